@@ -1,0 +1,1 @@
+"""Subscribers to the daemon: Python client, CLI listener, captions."""

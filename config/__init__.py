@@ -1,0 +1,1 @@
+"""Typed settings, defaults, TOML loading, XDG paths, service files."""

@@ -1,0 +1,1 @@
+"""The qasr process: capture, VAD, workers, WebSocket server, hotkey, text output, CLI."""

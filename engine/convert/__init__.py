@@ -1,0 +1,1 @@
+"""Checkpoint → bundle conversion (needs the `convert` extra: torch, onnx, gguf)."""

@@ -1,0 +1,3 @@
+from qasr.daemon.cli import main
+
+raise SystemExit(main())

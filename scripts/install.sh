@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Install qasr into ./.venv with everything it needs, system packages included.
+#   scripts/install.sh          runtime (+ conversion/download extras, to pull and convert models)
+#   scripts/install.sh --dev    everything the test suite needs too (reference model code, X/audio tools)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEV=0
+[[ "${1:-}" == "--dev" ]] && DEV=1
+
+RUNTIME_APT=(libportaudio2 pulseaudio-utils xclip xsel)
+DEV_APT=(pulseaudio libasound2-plugins espeak-ng sox xvfb xdotool xterm x11-utils x11-xserver-utils
+         fonts-noto-cjk imagemagick chromium python3-tk tk)
+
+if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    pkgs=("${RUNTIME_APT[@]}"); [[ $DEV -eq 1 ]] && pkgs+=("${DEV_APT[@]}")
+    missing=()
+    for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    if ((${#missing[@]})); then
+        echo "==> apt-get install ${missing[*]}"
+        $SUDO apt-get update -q
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+fi
+
+PY=${PYTHON:-python3}
+[[ -x .venv/bin/python ]] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip wheel setuptools
+
+# llama.cpp is compiled from the llama-cpp-python sdist (~4 min on 2 cores; pip caches the wheel).
+# AMX is off: machines that advertise AMX but trap its instructions crash in ggml's AMX kernels.
+# Set CMAKE_ARGS yourself to build for your CPU (e.g. "-DGGML_NATIVE=ON").
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON}"
+
+if [[ $DEV -eq 1 ]]; then
+    .venv/bin/python -m pip install -q -e ".[dev]"
+    # Official Qwen3-ASR model code: reference for the exactness tests only (its deps are not wanted).
+    .venv/bin/python -m pip install -q --no-deps "qwen-asr==0.0.6"
+else
+    .venv/bin/python -m pip install -q -e ".[convert,download,desktop]"
+fi
+echo "==> installed: $(.venv/bin/qasr-daemon --version)"
