@@ -1,0 +1,172 @@
+"""Typed settings: one frozen dataclass per section of config.toml.
+
+The defaults here are the single source of truth; ``config/default.toml`` documents every option
+with the same values (a test keeps the two in step). Each field carries its validation rules in
+``metadata``: ``choices`` (allowed strings), ``min``/``max`` (numeric range). The loader
+(``config/loader.py``) checks types, ranges and enums and rejects unknown keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from qasr.config import paths
+
+DEFAULT_MODEL_NAME = "Qwen3-ASR-0.6B"
+
+
+def _opt(default: Any, *, choices: tuple[str, ...] | None = None, min: float | None = None,
+         max: float | None = None, restart: bool = False) -> Any:
+    """A settings field with its validation rules attached.
+
+    restart: a running daemon applies a new value only when it restarts (SIGHUP leaves it as it is).
+    """
+    meta = {"choices": choices, "min": min, "max": max, "restart": restart}
+    if isinstance(default, (list, tuple)):
+        value = tuple(default)
+        return field(default_factory=lambda: value, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    path: str = _opt("", restart=True)  # "" -> models_dir()/DEFAULT_MODEL_NAME; relative -> under models_dir()
+    verify: str = _opt("size", choices=("none", "size", "sha256"), restart=True)
+
+    def resolved_path(self) -> Path:
+        if not self.path:
+            return paths.models_dir() / DEFAULT_MODEL_NAME
+        candidate = Path(self.path).expanduser()
+        return candidate if candidate.is_absolute() else paths.models_dir() / candidate
+
+
+@dataclass(frozen=True)
+class AudioSettings:
+    device: str = _opt("", restart=True)  # "" = system default input; else a name substring or an index
+    block_ms: int = _opt(30, min=10, max=200, restart=True)
+    preroll_s: float = _opt(1.0, min=0.0, max=10.0, restart=True)
+    queue_s: float = _opt(30.0, min=1.0, max=600.0, restart=True)
+
+
+@dataclass(frozen=True)
+class VadSettings:
+    mode: str = _opt("vad", choices=("vad", "ptt", "toggle"))
+    aggressiveness: int = _opt(2, min=0, max=3)
+    onset_ms: int = _opt(90, min=10, max=2000)
+    hangover_ms: int = _opt(600, min=30, max=5000)
+    preroll_ms: int = _opt(400, min=0, max=3000)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    language: str = _opt("")  # "" = detect; else a language the bundle lists (checked at start)
+    context: str = _opt("")
+    threads: int = _opt(0, min=0, max=256, restart=True)  # 0 = pick from the CPU count
+    max_new_tokens: int = _opt(448, min=1, max=4096)
+    rtf_budget: float = _opt(0.5, min=0.01, max=10.0)
+    max_utterance_s: float = _opt(60.0, min=1.0, max=1200.0)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    enabled: bool = _opt(True, restart=True)
+    host: str = _opt("127.0.0.1", restart=True)
+    port: int = _opt(8765, min=0, max=65535, restart=True)  # 0 = any free port (clients read server.json)
+    allowed_origins: tuple[str, ...] = _opt(("null", "http://127.0.0.1", "http://localhost"), restart=True)
+    require_token: bool = _opt(True, restart=True)
+    max_clients: int = _opt(16, min=1, max=1024, restart=True)
+    max_message_bytes: int = _opt(1 << 20, min=1024, max=64 << 20, restart=True)
+    rate_limit_per_s: float = _opt(50.0, min=1.0, max=100000.0, restart=True)
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    sink: str = _opt("auto", choices=("auto", "type", "paste", "none"))
+    live: bool = _opt(False)
+    paste_keys: str = _opt("ctrl+v")
+    terminal_paste_keys: str = _opt("ctrl+shift+v")
+    restore_clipboard: bool = _opt(True)
+    type_delay_ms: int = _opt(2, min=0, max=100)
+
+
+@dataclass(frozen=True)
+class HotkeySettings:
+    enabled: bool = _opt(True, restart=True)
+    toggle: str = _opt("<ctrl>+<alt>+space", restart=True)
+    push_to_talk: str = _opt("", restart=True)
+    cancel: str = _opt("", restart=True)
+
+
+@dataclass(frozen=True)
+class ShapingSettings:
+    capitalize: bool = _opt(True)
+    trailing_space: bool = _opt(True)
+    replacements_file: str = _opt("")
+
+
+@dataclass(frozen=True)
+class JournalSettings:
+    enabled: bool = _opt(True)
+    path: str = _opt("")  # "" = $XDG_STATE_HOME/qasr/journal.jsonl
+
+    def resolved_path(self) -> Path:
+        return Path(self.path).expanduser() if self.path else paths.journal_file()
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = _opt("info", choices=("debug", "info", "warning", "error"))
+    file: str = _opt("", restart=True)  # "" = $XDG_STATE_HOME/qasr/qasr.log
+    max_bytes: int = _opt(5 << 20, min=4096, max=1 << 30, restart=True)
+    backup_count: int = _opt(3, min=0, max=100, restart=True)
+
+    def resolved_file(self) -> Path:
+        return Path(self.file).expanduser() if self.file else paths.log_file()
+
+
+@dataclass(frozen=True)
+class DebugSettings:
+    save_audio_dir: str = _opt("")  # "" = off; else every utterance is saved there as a 16 kHz WAV
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    vad: VadSettings = field(default_factory=VadSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+    hotkey: HotkeySettings = field(default_factory=HotkeySettings)
+    shaping: ShapingSettings = field(default_factory=ShapingSettings)
+    journal: JournalSettings = field(default_factory=JournalSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    debug: DebugSettings = field(default_factory=DebugSettings)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {
+            f.name: {o.name: _plain(getattr(getattr(self, f.name), o.name)) for o in fields(getattr(self, f.name))}
+            for f in fields(self)
+        }
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def section_types() -> dict[str, type]:
+    """Section name -> its dataclass."""
+    return {f.name: type(getattr(Settings(), f.name)) for f in fields(Settings)}
+
+
+def changed_options(old: Settings, new: Settings) -> list[tuple[str, bool]]:
+    """("section.key", needs_restart) for every option whose value differs."""
+    changes = []
+    for section in fields(Settings):
+        a, b = getattr(old, section.name), getattr(new, section.name)
+        for option in fields(a):
+            if getattr(a, option.name) != getattr(b, option.name):
+                changes.append((f"{section.name}.{option.name}", bool(option.metadata.get("restart"))))
+    return changes

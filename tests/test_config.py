@@ -1,0 +1,163 @@
+"""Typed settings, the shipped default.toml and the loader's validation."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import fields
+
+import pytest
+
+from qasr.config import loader, paths
+from qasr.config.loader import ConfigError, apply_overrides, apply_toml, load_settings
+from qasr.config.settings import Settings, changed_options, section_types
+
+
+@pytest.fixture
+def xdg(tmp_path, monkeypatch):
+    for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    return tmp_path
+
+
+def test_defaults_load_without_a_config_file(xdg):
+    settings, path = load_settings()
+    assert path == paths.config_file()
+    assert not path.exists()
+    assert settings == Settings()
+    assert settings.server.host == "127.0.0.1"
+    assert settings.model.resolved_path().parent == paths.models_dir()
+
+
+def test_default_toml_documents_exactly_the_settings_with_their_defaults():
+    text = loader.default_toml_text()
+    data = tomllib.loads(text)
+    expected = Settings().to_dict()
+    assert set(data) == set(expected)
+    for section, options in expected.items():
+        assert set(data[section]) == set(options), section
+        for key, value in options.items():
+            assert data[section][key] == value, f"{section}.{key}"
+    # Every option has a comment right above it, and [restart] marks match the settings' metadata.
+    lines = text.splitlines()
+    section = None
+    for i, line in enumerate(lines):
+        header = re.match(r"^\[(\w+)\]$", line)
+        if header:
+            section = header.group(1)
+            continue
+        key = re.match(r"^(\w+) = ", line)
+        if not key:
+            continue
+        comment = []
+        j = i - 1
+        while j >= 0 and lines[j].startswith("#"):
+            comment.insert(0, lines[j])
+            j -= 1
+        assert comment, f"{section}.{key.group(1)} has no comment"
+        option = {f.name: f for f in fields(section_types()[section])}[key.group(1)]
+        assert ("[restart]" in " ".join(comment)) == option.metadata["restart"], f"{section}.{key.group(1)}"
+
+
+def test_user_file_merges_over_defaults(xdg):
+    cfg = paths.config_file()
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text('[engine]\nlanguage = "English"\nthreads = 1\n\n[server]\nport = 0\n')
+    settings, _ = load_settings()
+    assert settings.engine.language == "English"
+    assert settings.engine.threads == 1
+    assert settings.server.port == 0
+    assert settings.engine.max_new_tokens == Settings().engine.max_new_tokens
+    assert settings.vad == Settings().vad
+
+
+def test_float_accepts_integer_and_arrays_become_tuples():
+    settings = apply_toml(Settings(), '[engine]\nrtf_budget = 1\n[server]\nallowed_origins = ["null"]\n')
+    assert settings.engine.rtf_budget == 1.0 and isinstance(settings.engine.rtf_budget, float)
+    assert settings.server.allowed_origins == ("null",)
+
+
+@pytest.mark.parametrize(
+    "text, line, words",
+    [
+        ('[engine]\nlanguage = "English"\nthreads = "two"\n', 3, ["engine.threads", "integer", "'two'"]),
+        ('[vad]\n\n# c\nmode = "always"\n', 4, ["vad.mode", "'always'", "'vad'", "'ptt'", "'toggle'"]),
+        ('[vad]\naggressiveness = 7\n', 2, ["vad.aggressiveness", "range", "[0, 3]"]),
+        ('[server]\nport = 80\nhots = "x"\n', 3, ["unknown key server.hots", "did you mean server.host"]),
+        ('[engine]\n[enigne]\nlanguage = "x"\n', 2, ["unknown section [enigne]", "did you mean engine"]),
+        ('[output]\nlive = "yes"\n', 2, ["output.live", "true or false"]),
+        ('[server]\nallowed_origins = "null"\n', 2, ["server.allowed_origins", "array of strings"]),
+        ('[server]\nport = true\n', 2, ["server.port", "integer"]),
+        ('engine.language = 3\n', 1, ["engine.language", "string"]),
+        ('[logging]\nlevel = "verbose"\n', 2, ["logging.level", "'debug'"]),
+        ('[output]\nsink = "typ"\n', 2, ["output.sink", "did you mean 'type'"]),
+    ],
+)
+def test_bad_values_name_the_key_and_the_line(xdg, text, line, words):
+    cfg = xdg / "bad.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"{cfg}:line {line}:" in message
+    for word in words:
+        assert word in message
+
+
+def test_invalid_toml_is_reported_with_the_file(xdg):
+    cfg = xdg / "broken.toml"
+    cfg.write_text("[engine\nlanguage = 1\n")
+    with pytest.raises(ConfigError, match=re.escape(str(cfg)) + ".*not valid TOML.*line 1"):
+        load_settings(cfg)
+
+
+def test_explicit_config_file_must_exist(xdg):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(xdg / "nope.toml")
+
+
+def test_overrides_parse_toml_values_or_bare_text():
+    settings = apply_overrides(
+        Settings(),
+        ["engine.language=English", "server.port=0", "output.live=true", 'engine.context="a = b"',
+         'server.allowed_origins=["http://x"]', "debug.save_audio_dir=/tmp/x y"],
+    )
+    assert settings.engine.language == "English"
+    assert settings.server.port == 0
+    assert settings.output.live is True
+    assert settings.engine.context == "a = b"
+    assert settings.server.allowed_origins == ("http://x",)
+    assert settings.debug.save_audio_dir == "/tmp/x y"
+
+
+@pytest.mark.parametrize(
+    "item, words",
+    [
+        ("engine.threads=many", ["--set engine.threads=many", "integer"]),
+        ("engine.langauge=x", ["unknown key engine.langauge", "did you mean engine.language"]),
+        ("language=English", ["section.key=value"]),
+        ("engine.language", ["section.key=value"]),
+    ],
+)
+def test_bad_overrides_name_the_option(item, words):
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(Settings(), [item])
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_overrides_apply_after_the_file(xdg):
+    cfg = xdg / "c.toml"
+    cfg.write_text('[engine]\nlanguage = "Chinese"\ncontext = "kept"\n')
+    settings, path = load_settings(cfg, ["engine.language=English"])
+    assert path == cfg
+    assert settings.engine.language == "English"
+    assert settings.engine.context == "kept"
+
+
+def test_changed_options_reports_restart_needs():
+    old = Settings()
+    new = apply_overrides(old, ["engine.language=English", "server.port=9"])
+    assert sorted(changed_options(old, new)) == [("engine.language", False), ("server.port", True)]
+    assert changed_options(old, old) == []
