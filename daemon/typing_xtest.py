@@ -1,0 +1,129 @@
+"""Exact Unicode typing through XTEST, independent of the user's keyboard layout.
+
+For each character a spare keycode (one with no keysym) is remapped to the character's keysym, the
+server is synced, and the key is pressed and released with XTEST. Clients see a real key event and
+look the keysym up in the new mapping, so accents, CJK, emoji and Cyrillic come out exactly, in
+xterm too (which ignores synthetic SendEvent input).
+
+Race to avoid: a client re-reads the keymap only when it handles the MappingNotify, which may be after
+we remapped the same keycode again. So a pool of spare keycodes is used round-robin (a keycode is
+remapped again only after every other one was used), already-mapped characters are reused, and the
+keymap is restored only after a short delay once typing ends.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from qasr.errors import QasrError
+
+# Keysyms for characters that have a named key rather than a Unicode keysym.
+_SPECIAL_KEYSYMS = {"\n": 0xFF0D, "\r": 0xFF0D, "\t": 0xFF09, "\b": 0xFF08}
+
+
+@dataclass
+class TypingOptions:
+    char_delay_s: float = 0.002      # pause after each character; below ~2 ms some clients drop keys
+    reuse_guard_s: float = 0.3       # a spare keycode is remapped only this long after its last press
+    max_spare_keycodes: int = 64     # size of the least-recently-used pool (all spare keycodes, usually)
+
+
+def keysym_for_char(ch: str) -> int:
+    """The X keysym that produces `ch`: Latin-1 keysyms equal the code point, others are 0x01000000+cp."""
+    if ch in _SPECIAL_KEYSYMS:
+        return _SPECIAL_KEYSYMS[ch]
+    cp = ord(ch)
+    if 0x20 <= cp <= 0x7E or 0xA0 <= cp <= 0xFF:
+        return cp
+    return 0x01000000 + cp
+
+
+class XTestTyper:
+    """Types text into whatever window has keyboard focus. Not thread-safe: one caller at a time.
+
+    Borrowed keycodes stay mapped after `type()` returns (a late client still needs them to read the
+    last characters); the owner calls `restore_keymap()` a little later, and on close. No physical key
+    produces a spare keycode, so a lingering mapping changes nothing the user types.
+    """
+
+    def __init__(self, disp: Any, options: TypingOptions | None = None) -> None:
+        from Xlib.ext import xtest  # noqa: F401  (fails early if the extension module is missing)
+
+        self.disp = disp
+        self.options = options or TypingOptions()
+        if not disp.has_extension("XTEST"):
+            raise QasrError("the X server has no XTEST extension: typing is impossible; use the paste sink")
+        info = disp.display.info
+        mapping = disp.get_keyboard_mapping(info.min_keycode, info.max_keycode - info.min_keycode + 1)
+        self._width = len(mapping[0]) if mapping else 2
+        spare = [info.min_keycode + i for i, syms in enumerate(mapping) if not any(syms)]
+        # Keycode 8 is special under XKB; prefer high keycodes, which no layout uses.
+        spare = [kc for kc in spare if kc > 8]
+        spare.reverse()
+        if not spare:
+            raise QasrError("no unused keycode in the X keymap: typing is impossible; use the paste sink")
+        self._pool: list[int] = spare[: max(1, self.options.max_spare_keycodes)]
+        self._mapped: dict[int, int] = {}      # keycode -> keysym we put there
+        self._last_press: dict[int, float] = {kc: 0.0 for kc in self._pool}
+
+    @property
+    def spare_keycodes(self) -> int:
+        return len(self._pool)
+
+    def type(self, text: str) -> int:
+        """Type `text` into the focused window; returns the number of characters sent."""
+        from Xlib import X
+        from Xlib.ext import xtest
+
+        sent = 0
+        for ch in text:
+            keycode = self._keycode_for(keysym_for_char(ch))
+            xtest.fake_input(self.disp, X.KeyPress, keycode)
+            xtest.fake_input(self.disp, X.KeyRelease, keycode)
+            self.disp.sync()
+            self._last_press[keycode] = time.monotonic()
+            sent += 1
+            if self.options.char_delay_s > 0:
+                time.sleep(self.options.char_delay_s)
+        return sent
+
+    def press_keysyms(self, keysyms: list[int]) -> None:
+        """Press the keys in order and release them in reverse (a shortcut such as Ctrl+Shift+V)."""
+        from Xlib import X
+        from Xlib.ext import xtest
+
+        keycodes = [self.disp.keysym_to_keycode(k) or self._keycode_for(k) for k in keysyms]
+        for keycode in keycodes:
+            xtest.fake_input(self.disp, X.KeyPress, keycode)
+            self.disp.sync()
+            time.sleep(self.options.char_delay_s)
+        for keycode in reversed(keycodes):
+            xtest.fake_input(self.disp, X.KeyRelease, keycode)
+            self.disp.sync()
+            self._last_press[keycode] = time.monotonic()
+            time.sleep(self.options.char_delay_s)
+
+    def _keycode_for(self, keysym: int) -> int:
+        for keycode, mapped in self._mapped.items():
+            if mapped == keysym:
+                return keycode
+        # Least recently pressed keycode; wait until clients had time to read its previous keysym.
+        keycode = min(self._pool, key=lambda kc: self._last_press.get(kc, 0.0))
+        wait = self._last_press.get(keycode, 0.0) + self.options.reuse_guard_s - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self.disp.change_keyboard_mapping(keycode, [(keysym,) * self._width])
+        self.disp.sync()
+        self._mapped[keycode] = keysym
+        return keycode
+
+    def restore_keymap(self) -> None:
+        """Give the borrowed keycodes back (NoSymbol), as they were when we found them."""
+        if not self._mapped:
+            return
+        for keycode in list(self._mapped):
+            self.disp.change_keyboard_mapping(keycode, [(0,) * self._width])
+        self._mapped.clear()
+        self.disp.sync()
