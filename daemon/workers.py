@@ -1,0 +1,331 @@
+"""The transcription pipeline: an encoder worker and a decoder worker joined by bounded queues.
+
+    segmenter thread ──(begin/audio/end/cancel, bounded queue: blocks, never drops)──► encoder worker
+    encoder worker   ──(per-utterance flags: "partial wanted", "final wanted")──────► decoder worker
+    decoder worker   ──(events: partial / final / cancelled / error)───────────────► emit callback
+
+The encoder worker consumes an utterance's audio while the person speaks (``stream.encode``). The
+decoder worker works on the oldest utterance first: a requested final always runs (finals are never
+dropped, and come out in utterance order); partials are a flag, not a queue, so when decoding falls
+behind the intermediate partials are skipped and only the newest state is decoded.
+
+An engine plugs in through ``EngineBackend.open_stream() -> UtteranceStream``. Until the streaming
+engine exists, ``WholeUtteranceBackend`` is the INTERIM path: it buffers the audio and runs the
+offline ``Transcriber`` once per utterance for the final (no partials).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+log = logging.getLogger("qasr.workers")
+
+SAMPLE_RATE = 16000
+
+
+@dataclass
+class Partial:
+    committed: str  # text that will not change any more (append-only across partials)
+    tentative: str  # text that may still change
+
+
+@dataclass
+class Final:
+    text: str
+    language: str
+    token_ids: list[int]
+    audio_s: float
+    elapsed_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class UtteranceStream(Protocol):
+    """One utterance inside the engine. ``encode*`` run on the encoder worker, ``decode*`` on the
+    decoder worker, possibly at the same time: an implementation guards its own shared state."""
+
+    def encode(self, pcm: np.ndarray) -> None: ...
+    def finish_encoding(self) -> None: ...
+    def decode_partial(self) -> Partial | None: ...
+    def decode_final(self) -> Final: ...
+    def close(self) -> None: ...
+
+
+class EngineBackend(Protocol):
+    def open_stream(self) -> UtteranceStream: ...
+
+
+# ---------------------------------------------------------------- interim backend (offline Transcriber)
+
+class WholeUtteranceStream:
+    """INTERIM: keeps the audio; the final is one offline transcription of the whole utterance."""
+
+    def __init__(self, transcribe: Callable[[np.ndarray], Any]) -> None:
+        self._transcribe = transcribe
+        self._chunks: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def encode(self, pcm: np.ndarray) -> None:
+        with self._lock:
+            self._chunks.append(np.asarray(pcm, dtype=np.float32).reshape(-1))
+
+    def finish_encoding(self) -> None:
+        pass
+
+    def decode_partial(self) -> Partial | None:
+        return None  # the offline path has no partials
+
+    def audio(self) -> np.ndarray:
+        with self._lock:
+            return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+
+    def decode_final(self) -> Final:
+        audio = self.audio()
+        if audio.size == 0:
+            return Final(text="", language="", token_ids=[], audio_s=0.0, elapsed_s=0.0)
+        result = self._transcribe(audio)
+        return Final(
+            text=result.text, language=result.language, token_ids=list(result.token_ids),
+            audio_s=float(result.audio_s), elapsed_s=float(result.elapsed_s),
+            extra={"rtf": float(result.rtf)},
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._chunks.clear()
+
+
+class WholeUtteranceBackend:
+    """INTERIM backend over ``qasr.engine.transcribe.Transcriber``; ``transcribe`` is called with the
+    utterance audio and returns a TranscriptionResult (options are read per call, so a reload applies
+    to the next utterance)."""
+
+    def __init__(self, transcribe: Callable[[np.ndarray], Any]) -> None:
+        self._transcribe = transcribe
+
+    def open_stream(self) -> WholeUtteranceStream:
+        return WholeUtteranceStream(self._transcribe)
+
+
+# ---------------------------------------------------------------- pipeline
+
+@dataclass
+class _Utterance:
+    id: int
+    source: str
+    stream: UtteranceStream
+    started: float
+    ended: float | None = None  # monotonic time the audio ended (latency is measured from here)
+    audio_s: float = 0.0
+    partial_wanted: bool = False
+    final_wanted: bool = False
+    cancelled: bool = False
+    last_partial: Partial | None = None
+
+
+_STOP = object()
+
+
+class Pipeline:
+    """Utterances in, events out. ``emit(event)`` is called on the decoder worker thread."""
+
+    def __init__(self, backend: EngineBackend, emit: Callable[[dict[str, Any]], None],
+                 max_queued_blocks: int = 1000,
+                 on_audio: Callable[[int, np.ndarray], None] | None = None) -> None:
+        self._backend = backend
+        self._emit = emit
+        self._on_audio = on_audio
+        self._inbox: queue.Queue = queue.Queue(maxsize=max_queued_blocks)
+        self._ids = itertools.count(1)
+        self._cond = threading.Condition()
+        self._active: dict[int, _Utterance] = {}  # insertion order = utterance order
+        self._decoding: int | None = None
+        self._stopping = False
+        self._threads = [
+            threading.Thread(target=self._encoder_loop, name="encoder", daemon=True),
+            threading.Thread(target=self._decoder_loop, name="decoder", daemon=True),
+        ]
+        self.utterances_done = 0
+        self.last_latency_ms: float | None = None
+        self.last_final: dict[str, Any] | None = None
+
+    # -- control (any thread) ------------------------------------------------------------------
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def begin(self, source: str = "mic") -> int:
+        utterance_id = next(self._ids)
+        self._inbox.put(("begin", utterance_id, source))
+        return utterance_id
+
+    def audio(self, utterance_id: int, pcm: np.ndarray) -> None:
+        self._inbox.put(("audio", utterance_id, np.asarray(pcm, dtype=np.float32).reshape(-1)))
+
+    def end(self, utterance_id: int) -> None:
+        self._inbox.put(("end", utterance_id, time.monotonic()))
+
+    def cancel(self, utterance_id: int) -> None:
+        self._inbox.put(("cancel", utterance_id, None))
+
+    def busy(self) -> bool:
+        """True while some utterance's final is still being produced."""
+        with self._cond:
+            return any(u.final_wanted for u in self._active.values()) or not self._inbox.empty()
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._active)
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until every queued utterance has its final (or was cancelled). True if it did."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._inbox.unfinished_tasks == 0:
+                with self._cond:
+                    if not any(u.final_wanted or u.ended is not None for u in self._active.values()):
+                        return True
+                    self._cond.wait(0.05)
+                    continue
+            time.sleep(0.02)
+        return False
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._inbox.put(_STOP)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=timeout_s)
+
+    # -- encoder worker ------------------------------------------------------------------------
+    def _encoder_loop(self) -> None:
+        streams: dict[int, _Utterance] = {}
+        while True:
+            item = self._inbox.get()
+            try:
+                if item is _STOP:
+                    return
+                kind, utterance_id, arg = item
+                if kind == "begin":
+                    utt = _Utterance(utterance_id, arg, self._backend.open_stream(), time.monotonic())
+                    streams[utterance_id] = utt
+                    with self._cond:
+                        self._active[utterance_id] = utt
+                    self._emit({"type": "utterance_start", "utterance_id": utterance_id, "source": arg})
+                    continue
+                utt = streams.get(utterance_id)
+                if utt is None:
+                    continue
+                if kind == "audio":
+                    if self._on_audio is not None:
+                        self._on_audio(utterance_id, arg)
+                    utt.stream.encode(arg)
+                    utt.audio_s += arg.size / SAMPLE_RATE
+                    with self._cond:
+                        utt.partial_wanted = True
+                        self._cond.notify_all()
+                elif kind == "end":
+                    utt.stream.finish_encoding()
+                    del streams[utterance_id]
+                    with self._cond:
+                        utt.ended = arg
+                        utt.final_wanted = True
+                        self._cond.notify_all()
+                elif kind == "cancel":
+                    del streams[utterance_id]
+                    with self._cond:
+                        utt.cancelled = True
+                        if self._decoding != utterance_id:
+                            self._active.pop(utterance_id, None)
+                            utt.stream.close()
+                        self._cond.notify_all()
+                    self._emit({"type": "cancelled", "utterance_id": utterance_id})
+            except Exception:
+                log.exception("encoder worker: %s failed", item[0] if isinstance(item, tuple) else item)
+            finally:
+                self._inbox.task_done()
+
+    # -- decoder worker ------------------------------------------------------------------------
+    def _next_job(self) -> tuple[_Utterance, str] | None:
+        for utt in self._active.values():  # oldest first
+            if utt.final_wanted:
+                return utt, "final"
+            if utt.partial_wanted and utt.ended is None:
+                utt.partial_wanted = False  # any later audio raises it again: skipped partials coalesce
+                return utt, "partial"
+            if utt.ended is None:
+                break  # a newer utterance waits until this one's final is out
+        return None
+
+    def _decoder_loop(self) -> None:
+        while True:
+            with self._cond:
+                job = self._next_job()
+                while job is None and not self._stopping:
+                    self._cond.wait()
+                    job = self._next_job()
+                if job is None:
+                    return
+                utt, kind = job
+                self._decoding = utt.id
+            try:
+                if kind == "final":
+                    self._run_final(utt)
+                else:
+                    self._run_partial(utt)
+            except Exception as exc:
+                log.exception("decoder worker: %s of utterance %d failed", kind, utt.id)
+                if kind == "final":
+                    self._emit({"type": "error", "utterance_id": utt.id, "message": f"transcription failed: {exc}"})
+                    self._finish(utt)
+            finally:
+                with self._cond:
+                    self._decoding = None
+                    if utt.cancelled:
+                        self._active.pop(utt.id, None)
+                        utt.stream.close()
+                    self._cond.notify_all()
+
+    def _run_partial(self, utt: _Utterance) -> None:
+        partial = utt.stream.decode_partial()
+        if partial is None or utt.cancelled:
+            return
+        if utt.last_partial and (partial.committed, partial.tentative) == (
+            utt.last_partial.committed, utt.last_partial.tentative
+        ):
+            return
+        utt.last_partial = partial
+        self._emit({"type": "partial", "utterance_id": utt.id, "committed": partial.committed,
+                    "tentative": partial.tentative})
+
+    def _run_final(self, utt: _Utterance) -> None:
+        final = utt.stream.decode_final()
+        if utt.cancelled:
+            return
+        done = time.monotonic()
+        latency_ms = (done - utt.ended) * 1000.0 if utt.ended is not None else None
+        event = {
+            "type": "final", "utterance_id": utt.id, "source": utt.source, "text": final.text,
+            "language": final.language, "token_ids": final.token_ids, "audio_s": round(final.audio_s or utt.audio_s, 3),
+            "elapsed_s": round(final.elapsed_s, 3),
+            "latency_ms": round(latency_ms, 1) if latency_ms is not None else None, **final.extra,
+        }
+        self.utterances_done += 1
+        self.last_latency_ms = event["latency_ms"]
+        self.last_final = event
+        self._emit(event)
+        self._finish(utt)  # only now may drain() see the utterance as done
+
+    def _finish(self, utt: _Utterance) -> None:
+        with self._cond:
+            self._active.pop(utt.id, None)
+            utt.final_wanted = False
+        utt.stream.close()
