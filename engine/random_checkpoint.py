@@ -1,0 +1,569 @@
+"""Random Qwen3-ASR checkpoints in the exact Hugging Face layout of ``Qwen/Qwen3-ASR-0.6B``.
+
+A development and test tool: the weights are built by the OFFICIAL model class (qwen-asr,
+imported lazily together with torch) from a config, then re-initialised so that the model's
+greedy output is long, varied and depends on the audio and the prompt (see
+``_reinitialise``). Nothing at run time imports this module's heavy dependencies.
+
+Files written, as upstream: config.json, preprocessor_config.json, tokenizer_config.json,
+vocab.json, merges.txt, chat_template.json, generation_config.json, model.safetensors
+(weights under ``thinker.audio_tower.*``, ``thinker.model.*`` and the ``thinker.lm_head.*``
+copy of the tied embedding).
+
+The tokenizer is a small synthetic byte-level BPE in the Qwen2 format trained on an embedded
+multilingual text; the special tokens follow the regular vocabulary in the upstream order
+and relative positions (upstream: <|endoftext|> 151643 ... <asr_text> 151704), so their ids
+differ from upstream: readers must look ids up by token text. For the "0.6b"/"1.7b" presets
+the embedding keeps the upstream 151936 rows although the tokenizer is smaller, exactly as
+upstream has more rows than tokens.
+
+Weights dtype: "tiny" is written in float32 (tests compare against an fp32 reference without
+rounding); "0.6b"/"1.7b" are written in bfloat16 like upstream. ``dtype=`` overrides it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import sys
+import types
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from qasr.errors import QasrError
+
+SUPPORT_LANGUAGES = [
+    "Chinese", "English", "Cantonese", "Arabic", "German", "French", "Spanish", "Portuguese",
+    "Indonesian", "Italian", "Korean", "Russian", "Thai", "Vietnamese", "Japanese", "Turkish",
+    "Hindi", "Malay", "Dutch", "Swedish", "Danish", "Finnish", "Polish", "Czech", "Filipino",
+    "Persian", "Greek", "Romanian", "Hungarian", "Macedonian",
+]
+
+# Added tokens in upstream order: (offset from the first special id, text, special flag).
+# Upstream ids are 151643 + offset. Offsets the public record does not name are filled with
+# reserved placeholders so that every known token keeps its upstream relative position.
+# <asr_text> is NOT special upstream: the official parser finds it in text decoded with
+# skip_special_tokens=True.
+_KNOWN_ADDED = {
+    0: ("<|endoftext|>", True), 1: ("<|im_start|>", True), 2: ("<|im_end|>", True),
+    3: ("<|object_ref_start|>", True), 4: ("<|object_ref_end|>", True), 5: ("<|box_start|>", True),
+    6: ("<|box_end|>", True), 7: ("<|quad_start|>", True), 8: ("<|quad_end|>", True),
+    9: ("<|vision_start|>", True), 10: ("<|vision_end|>", True), 11: ("<|vision_pad|>", True),
+    12: ("<|image_pad|>", True), 13: ("<|video_pad|>", True), 14: ("<tool_call>", False),
+    15: ("</tool_call>", False), 16: ("<|fim_prefix|>", False), 17: ("<|fim_middle|>", False),
+    18: ("<|fim_suffix|>", False), 19: ("<|fim_pad|>", False), 20: ("<|repo_name|>", False),
+    21: ("<|file_sep|>", False), 22: ("<tool_response>", False), 23: ("</tool_response>", False),
+    24: ("<think>", False), 25: ("</think>", False), 26: ("<|audio_start|>", True),
+    27: ("<|audio_end|>", True), 28: ("<tts_pad>", True), 29: ("<tts_text_bos>", True),
+    30: ("<tts_text_eod>", True), 31: ("<tts_text_bos_single>", True), 33: ("<|audio_pad|>", True),
+    61: ("<asr_text>", False),
+}
+ADDED_TOKENS: list[tuple[str, bool]] = [
+    _KNOWN_ADDED.get(i, (f"<|reserved_special_{i}|>", True)) for i in range(62)
+]
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+# Qwen2's pre-tokenizer rule (transformers' Qwen2 tokenizer, llama.cpp "qwen2").
+QWEN2_PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}{%- for part in message['content'] %}"
+    "{%- if part['type'] == 'audio' %}{{- '<|audio_start|><|audio_pad|><|audio_end|>' }}"
+    "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+# What the BPE merges are learned from: the prompt scaffold, the language names, context
+# prompts and short texts in several scripts, so these tokenize into multi-byte tokens.
+_CORPUS_LINES = [
+    "system user assistant language None language English language Chinese language German",
+    " ".join(f"language {name}" for name in SUPPORT_LANGUAGES),
+    " ".join(SUPPORT_LANGUAGES),
+    "The meeting is about the quarterly budget, the new product launch and the hiring plan.",
+    "Please transcribe the following speech. Names: Alice Johnson, Bob Smith, Qwen, Kubernetes.",
+    "Hello everyone, thank you for joining today. Let's start with a short update from the team.",
+    "I think we should move the deadline to next Friday because the tests are still failing.",
+    "The weather today is sunny with a light breeze, and tomorrow it will rain in the afternoon.",
+    "Could you send me the report by email? I will read it tonight and reply in the morning.",
+    "numbers 0 1 2 3 4 5 6 7 8 9 10 100 2024 3.14 50% $20, (yes) [no] \"quoted\" it's we're I'll",
+    "Bonjour à tous, merci d'être venus. Le café est très bon et la réunion commence à midi.",
+    "Élève, garçon, déjà, où, très, fenêtre, château, naïve, Noël, français, l'été dernier.",
+    "Guten Tag! Die Straße ist schön, und die Brücke über den Fluss ist größer als früher. Grüße.",
+    "¿Dónde está la estación? El niño comió una manzana y la señora leyó el periódico mañana.",
+    "Olá, tudo bem? A informação está no coração da aplicação; não há razão para pressa.",
+    "Buongiorno, la città è bellissima e il caffè è già pronto. Perché no? Più tardi, grazie.",
+    "Dziękuję bardzo, cześć! Děkuji, dobrý den. Köszönöm szépen. Tack så mycket, hej då.",
+    "Привет, как дела? Спасибо, хорошо. Γειά σου, ευχαριστώ πολύ. Здравствуйте, до свидания.",
+    "今天天气很好，我们一起去公园散步吧。会议将在下午三点开始，请大家准时参加。",
+    "我们的产品发布计划已经完成，谢谢大家的支持。语音识别模型可以识别中文和英文。",
+    "你好，世界。中文，英文，德语，法语，西班牙语，日语，韩语，粤语。",
+    "こんにちは、ありがとうございます。今日はいい天気ですね。안녕하세요, 감사합니다.",
+    "Xin chào, cảm ơn bạn. Merhaba, teşekkürler. Selamat pagi, terima kasih. สวัสดีครับ",
+    "مرحبا، شكرا جزيلا. नमस्ते, धन्यवाद। سلام، متشکرم. Здраво, благодарам.",
+]
+
+
+def _corpus() -> str:
+    # Repetition weights the scaffold and the language names so they merge early.
+    scaffold = (_CORPUS_LINES[:3]) * 6
+    return "\n".join(scaffold + _CORPUS_LINES * 3)
+
+
+@dataclass(frozen=True)
+class AudioShape:
+    d_model: int
+    encoder_layers: int
+    encoder_attention_heads: int
+    encoder_ffn_dim: int
+    downsample_hidden_size: int
+    output_dim: int
+    num_mel_bins: int = 128
+    n_window: int = 50
+    n_window_infer: int = 800
+    max_source_positions: int = 1500
+    conv_chunksize: int = 500
+
+
+@dataclass(frozen=True)
+class TextShape:
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int | None  # None: tokenizer size rounded up (tiny); else the embedding row count
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 65536
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    audio: AudioShape
+    text: TextShape
+    dtype: str  # "float32" | "bfloat16"
+    tokenizer_vocab: int = 1024  # target size of the regular (BPE) vocabulary
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        audio=AudioShape(d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
+                         downsample_hidden_size=32, output_dim=96),
+        text=TextShape(hidden_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       head_dim=32, intermediate_size=256, vocab_size=None),
+        dtype="float32",
+    ),
+    "0.6b": Preset(
+        name="0.6b",
+        audio=AudioShape(d_model=896, encoder_layers=18, encoder_attention_heads=14, encoder_ffn_dim=3584,
+                         downsample_hidden_size=480, output_dim=1024),
+        text=TextShape(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                       head_dim=128, intermediate_size=3072, vocab_size=151936),
+        dtype="bfloat16",
+    ),
+    "1.7b": Preset(
+        name="1.7b",
+        audio=AudioShape(d_model=1024, encoder_layers=24, encoder_attention_heads=16, encoder_ffn_dim=4096,
+                         downsample_hidden_size=480, output_dim=2048),
+        text=TextShape(hidden_size=2048, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                       head_dim=128, intermediate_size=6144, vocab_size=151936),
+        dtype="bfloat16",
+    ),
+}
+
+# Initialisation knobs (see _reinitialise).
+ATTENTION_SHARPNESS = 1.8  # q/k scale: attention logits of a few units, not ~1
+STOP_ROW_GAIN = 1.25  # stop-token embedding rows this much longer: some generations end alone
+UNUSED_ROW_SCALE = 0.05  # embedding rows without a token: rarely chosen, as in a trained model
+OTHER_SPECIAL_ROW_SCALE = 0.5  # special tokens other than the stops/<asr_text>: seldom generated
+TEXT_BRANCH_GAIN = 1.0  # text residual branches (attention, MLP) relative to the embedding
+FINAL_NORM_MEAN = 0.0  # final RMSNorm weight mean: 0 breaks the "predict the input token" path
+
+
+class CheckpointError(QasrError):
+    """A random checkpoint could not be made."""
+
+
+# --------------------------------------------------------------------------- official code
+
+
+def import_official_qwen_asr() -> types.ModuleType:
+    """Import the official ``qwen_asr`` package (test/dev reference only).
+
+    Its package ``__init__`` imports the forced aligner and audio helpers, which need
+    dependencies (nagisa, librosa, ...) the ASR model itself never uses; those missing modules
+    are replaced by stubs that fail only when actually used.
+    """
+    for _ in range(12):
+        try:
+            return importlib.import_module("qwen_asr")
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            if not missing or missing.split(".")[0] in ("qwen_asr", "torch", "transformers"):
+                raise CheckpointError(
+                    f"cannot import the official qwen-asr package ({exc}); install the dev extras: "
+                    "pip install -e '.[dev]' qwen-asr"
+                ) from exc
+            for name in [m for m in sys.modules if m == "qwen_asr" or m.startswith("qwen_asr.")]:
+                del sys.modules[name]
+            sys.modules[missing] = _stub_module(missing)
+    raise CheckpointError("cannot import the official qwen-asr package: too many missing modules")
+
+
+def _stub_module(name: str) -> types.ModuleType:
+    stub = types.ModuleType(name)
+    stub.__path__ = []  # lets "import name.sub" resolve to further stubs via the retry loop
+
+    def _missing(attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        raise ImportError(f"{name} is not installed (stubbed for the qwen-asr reference): {name}.{attr}")
+
+    stub.__getattr__ = _missing  # type: ignore[attr-defined]
+    return stub
+
+
+def official_classes() -> tuple[Any, Any, Any]:
+    """(Qwen3ASRConfig, Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor) from qwen-asr."""
+    import_official_qwen_asr()
+    backend = importlib.import_module("qwen_asr.core.transformers_backend")
+    return backend.Qwen3ASRConfig, backend.Qwen3ASRForConditionalGeneration, backend.Qwen3ASRProcessor
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character map used by byte-level BPE vocabularies."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def train_tokenizer(target_vocab: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Train the synthetic Qwen2-style byte-level BPE: (vocab token -> id, merges in order)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    trainer = trainers.BpeTrainer(
+        vocab_size=target_vocab, min_frequency=2, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[],
+    )
+    tok.train_from_iterator([_corpus()], trainer=trainer)
+    state = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    # Renumber: the 256 byte symbols in GPT-2 byte order first, then merge results in merge order
+    # (the Qwen2 layout), so ids do not depend on the trainer's internal numbering.
+    byte_map = bytes_to_unicode()
+    vocab: dict[str, int] = {}
+    for b in range(256):
+        vocab.setdefault(byte_map[b], len(vocab))
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    return vocab, merges  # type: ignore[return-value]
+
+
+def special_ids(n_regular: int) -> dict[str, int]:
+    """Token text -> id for every added token, placed after the regular vocabulary."""
+    return {text: n_regular + i for i, (text, _) in enumerate(ADDED_TOKENS)}
+
+
+def _tokenizer_config(ids: dict[str, int]) -> dict[str, Any]:
+    decoder = {
+        str(ids[text]): {"content": text, "lstrip": False, "normalized": False, "rstrip": False,
+                         "single_word": False, "special": special}
+        for text, special in ADDED_TOKENS
+    }
+    return {
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "added_tokens_decoder": decoder,
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|audio_start|>", "<|audio_end|>",
+                                      "<|audio_pad|>"],
+        "bos_token": None,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>",
+        "errors": "replace",
+        "extra_special_tokens": {
+            "audio_bos_token": "<|audio_start|>",
+            "audio_eos_token": "<|audio_end|>",
+            "audio_token": "<|audio_pad|>",
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_bos_token": "<|vision_start|>",
+            "vision_eos_token": "<|vision_end|>",
+        },
+        "model_max_length": 131072,
+        "pad_token": "<|endoftext|>",
+        "processor_class": "Qwen3ASRProcessor",
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _mrope_section(head_dim: int) -> list[int]:
+    """Upstream's [24, 20, 20] (for head_dim 128) scaled to head_dim // 2 rotary frequencies."""
+    half = head_dim // 2
+    t = round(half * 24 / 64)
+    h = (half - t) // 2
+    return [t, h, half - t - h]
+
+
+def _config_json(preset: Preset, ids: dict[str, int], vocab_size: int) -> dict[str, Any]:
+    a, t = preset.audio, preset.text
+    audio_config = {
+        "activation_dropout": 0, "activation_function": "gelu", "attention_dropout": 0,
+        "conv_chunksize": a.conv_chunksize, "d_model": a.d_model,
+        "downsample_hidden_size": a.downsample_hidden_size, "dropout": 0,
+        "encoder_attention_heads": a.encoder_attention_heads, "encoder_ffn_dim": a.encoder_ffn_dim,
+        "encoder_layers": a.encoder_layers, "initializer_range": 0.02,
+        "max_source_positions": a.max_source_positions, "model_type": "qwen3_asr_audio_encoder",
+        "n_window": a.n_window, "n_window_infer": a.n_window_infer, "num_hidden_layers": a.encoder_layers,
+        "num_mel_bins": a.num_mel_bins, "output_dim": a.output_dim, "scale_embedding": False,
+    }
+    text_config = {
+        "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"], "head_dim": t.head_dim, "hidden_act": "silu",
+        "hidden_size": t.hidden_size, "initializer_range": 0.02, "intermediate_size": t.intermediate_size,
+        "max_position_embeddings": t.max_position_embeddings, "model_type": "qwen3_asr_text",
+        "num_attention_heads": t.num_attention_heads, "num_hidden_layers": t.num_hidden_layers,
+        "num_key_value_heads": t.num_key_value_heads, "rms_norm_eps": t.rms_norm_eps,
+        "rope_scaling": {"interleaved": True, "mrope_interleaved": True,
+                         "mrope_section": _mrope_section(t.head_dim), "rope_type": "default"},
+        "rope_theta": t.rope_theta, "tie_word_embeddings": True, "use_cache": True, "vocab_size": vocab_size,
+    }
+    return {
+        "architectures": ["Qwen3ASRForConditionalGeneration"],
+        "model_type": "qwen3_asr",
+        "support_languages": list(SUPPORT_LANGUAGES),
+        "thinker_config": {
+            "audio_config": audio_config,
+            "audio_end_token_id": ids["<|audio_end|>"],
+            "audio_start_token_id": ids["<|audio_start|>"],
+            "audio_token_id": ids["<|audio_pad|>"],
+            "dtype": preset.dtype,
+            "initializer_range": 0.02,
+            "model_type": "qwen3_asr_thinker",
+            "text_config": text_config,
+            "user_token_id": ids.get("user", 0),
+        },
+        "dtype": preset.dtype,
+        "transformers_version": "4.57.6",
+        "qasr_random_checkpoint": {"preset": preset.name},
+    }
+
+
+def _preprocessor_config() -> dict[str, Any]:
+    return {
+        "chunk_length": 30, "dither": 0.0, "feature_extractor_type": "WhisperFeatureExtractor",
+        "feature_size": 128, "hop_length": 160, "n_fft": 400, "n_samples": 480000, "nb_max_frames": 3000,
+        "padding_side": "right", "padding_value": 0.0, "processor_class": "Qwen3ASRProcessor",
+        "return_attention_mask": True, "sampling_rate": 16000,
+    }
+
+
+def _generation_config(ids: dict[str, int]) -> dict[str, Any]:
+    return {
+        "bos_token_id": ids["<|endoftext|>"], "do_sample": False,
+        "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
+        "pad_token_id": ids["<|endoftext|>"], "transformers_version": "4.57.6",
+    }
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _reinitialise(model: Any, preset: Preset, ids: dict[str, int], n_tokens: int, seed: int) -> None:
+    """Replace the default init by one that keeps a random model informative.
+
+    Default inits make a random Qwen3-ASR collapse (stop first, or one repeated token). Here:
+    every linear map is 1/sqrt(fan_in)-scaled so activations stay at unit scale, residual
+    branches are scaled by 1/sqrt(2 * layers) so the stream does not grow, biases and norm
+    weights get non-trivial values, q/k are scaled up (ATTENTION_SHARPNESS) so attention is
+    selective (the output then follows the audio), embeddings are unit-variance rows, stop
+    rows are longer (STOP_ROW_GAIN) and rows without a token tiny (UNUSED_ROW_SCALE).
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    a_res = 1.0 / math.sqrt(2 * preset.audio.encoder_layers)
+    t_res = TEXT_BRANCH_GAIN
+
+    def normal(shape: torch.Size, std: float, mean: float = 0.0) -> torch.Tensor:
+        return torch.randn(shape, generator=gen, dtype=torch.float32) * std + mean
+
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+            shape = param.shape
+            leaf = name.rsplit(".", 2)
+            kind = leaf[-1]
+            module = leaf[-2] if len(leaf) > 1 else ""
+            value: torch.Tensor
+            if name.endswith("embed_tokens.weight"):
+                value = normal(shape, 1.0)
+                value[n_tokens:] *= UNUSED_ROW_SCALE
+                for text, _ in ADDED_TOKENS:
+                    if text not in STOP_TOKENS and text != "<asr_text>":
+                        value[ids[text]] *= OTHER_SPECIAL_ROW_SCALE
+                for text in STOP_TOKENS:
+                    row = value[ids[text]]
+                    value[ids[text]] = row / row.norm() * math.sqrt(shape[1]) * STOP_ROW_GAIN
+            elif name.endswith("lm_head.weight"):
+                continue  # tied: copied from the embedding below
+            elif kind == "bias":
+                value = normal(shape, 0.1)
+            elif "norm" in module or module.endswith("layer_norm") or module == "ln_post":
+                if module in ("q_norm", "k_norm"):
+                    value = normal(shape, 0.1, mean=ATTENTION_SHARPNESS)
+                elif name == "thinker.model.norm.weight":
+                    value = normal(shape, 1.0, mean=FINAL_NORM_MEAN)
+                else:
+                    value = normal(shape, 0.1, mean=1.0)
+            elif module.startswith("conv2d"):
+                fan_in = shape[1] * shape[2] * shape[3]
+                value = normal(shape, math.sqrt(2.0 / fan_in))
+            else:  # linear weight [out, in]
+                fan_in = shape[1]
+                std = 1.0 / math.sqrt(fan_in)
+                in_audio = "audio_tower" in name
+                if module in ("q_proj", "k_proj") and in_audio:
+                    std *= math.sqrt(ATTENTION_SHARPNESS)
+                elif module in ("out_proj", "fc2"):
+                    std *= a_res
+                elif module in ("o_proj", "down_proj"):
+                    std *= t_res
+                elif module == "proj2":
+                    std *= 1.6  # after GELU: back to unit-scale audio embeddings
+                value = normal(shape, std)
+            param.copy_(value.to(param.dtype))
+        thinker = model.thinker
+        if thinker.lm_head.weight.data_ptr() != thinker.model.embed_tokens.weight.data_ptr():
+            thinker.lm_head.weight.copy_(thinker.model.embed_tokens.weight)
+
+
+def _state_dict_for_file(model: Any, dtype: str) -> dict[str, Any]:
+    import torch
+
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        tensors[name] = tensor.detach().to(torch_dtype).contiguous().clone()
+    # Upstream stores the tied head as its own tensor.
+    tensors["thinker.lm_head.weight"] = tensors["thinker.model.embed_tokens.weight"].clone()
+    return tensors
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def make_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0, dtype: str | None = None) -> Path:
+    """Write a random Qwen3-ASR checkpoint in the Hugging Face layout to ``out_dir``; return it."""
+    if preset not in PRESETS:
+        raise CheckpointError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    spec = PRESETS[preset]
+    if dtype is not None:
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise CheckpointError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
+        spec = replace(spec, dtype=dtype)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    import torch
+    from safetensors.torch import save_file
+
+    vocab, merges = train_tokenizer(spec.tokenizer_vocab)
+    ids = special_ids(len(vocab))
+    n_tokens = len(vocab) + len(ADDED_TOKENS)
+    vocab_size = spec.text.vocab_size or (-(-n_tokens // 64) * 64 + 64)
+    if vocab_size < n_tokens:
+        raise CheckpointError(f"preset {preset} has {vocab_size} embedding rows for {n_tokens} tokens")
+
+    config = _config_json(spec, ids, vocab_size)
+    config["thinker_config"]["user_token_id"] = vocab.get("user", 0)
+
+    _write_json(out / "config.json", config)
+    _write_json(out / "preprocessor_config.json", _preprocessor_config())
+    _write_json(out / "tokenizer_config.json", _tokenizer_config(ids))
+    _write_json(out / "vocab.json", vocab)
+    (out / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{left} {right}\n" for left, right in merges), encoding="utf-8"
+    )
+    _write_json(out / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
+    _write_json(out / "generation_config.json", _generation_config(ids))
+
+    config_cls, model_cls, _ = official_classes()
+    hf_config = config_cls(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
+    previous = torch.get_default_dtype()
+    torch.manual_seed(seed)
+    try:
+        torch.set_default_dtype(torch.float32)
+        model = model_cls(hf_config).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    _reinitialise(model, spec, ids, n_tokens, seed)
+    tensors = _state_dict_for_file(model, spec.dtype)
+    del model
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def preset_summary(preset: str) -> dict[str, Any]:
+    spec = PRESETS[preset]
+    return {"audio": asdict(spec.audio), "text": asdict(spec.text), "dtype": spec.dtype}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m qasr.engine.random_checkpoint",
+        description="Write a random Qwen3-ASR checkpoint in the Hugging Face layout (for tests and development).",
+    )
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                        help="weights dtype (default: float32 for tiny, bfloat16 like upstream otherwise)")
+    args = parser.parse_args(argv)
+    try:
+        path = make_checkpoint(args.out_dir, preset=args.preset, seed=args.seed, dtype=args.dtype)
+    except QasrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
