@@ -1,0 +1,329 @@
+"""The text decoder: a GGUF model run with llama.cpp's low-level API (llama-cpp-python).
+
+One sequence (id 0). The caller controls the KV cache explicitly: `n_past` is the next position,
+`feed_tokens` / `feed_embeddings` append at `n_past`, `truncate(n_keep)` drops every cached position
+from `n_keep` on (llama_memory_seq_rm), so a streaming caller can keep a prompt prefix and re-decode
+only what changed. Greedy decoding is argmax over the logits of the last fed position.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qasr.errors import QasrError
+
+log = logging.getLogger(__name__)
+
+
+class DecoderError(QasrError):
+    """The decoder model cannot be loaded or run; the message says what to do."""
+
+
+# --- llama.cpp logging ---------------------------------------------------------------------------
+# llama.cpp prints model-loading chatter to stderr. We route it through one kept ctypes callback (a
+# collected callback would crash the process) and keep the last lines to explain load failures.
+_RECENT_LOG: deque[str] = deque(maxlen=20)
+_LOG_CALLBACK = None
+
+
+def _install_log_callback() -> None:
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is not None:
+        return
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def _callback(level, text, user_data):  # noqa: ARG001 - C signature
+        try:
+            line = text.decode("utf-8", errors="replace").rstrip()
+        except Exception:  # never raise into C
+            return
+        if line:
+            _RECENT_LOG.append(line)
+            if level in (2, 3):  # WARN, ERROR
+                log.debug("llama.cpp: %s", line)
+
+    _LOG_CALLBACK = _callback
+    llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+    llama_cpp.llama_backend_init()
+
+
+def _last_error_line() -> str:
+    for line in reversed(_RECENT_LOG):
+        if "error" in line.lower() or "failed" in line.lower() or "invalid" in line.lower():
+            return line.strip()[:200]
+    return ""
+
+
+@dataclass(frozen=True)
+class DecoderOptions:
+    n_ctx: int = 2048  # KV-cache positions (prompt + audio + generated)
+    n_batch: int = 512  # most positions per llama_decode call
+    threads: int = 0  # generation threads; 0 = every CPU this process may use
+    threads_batch: int = 0  # prompt-processing threads; 0 = same as threads
+    kv_f32: bool = False  # f32 KV cache (exact reference runs); f16 otherwise
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+class _Batch:
+    """A reusable llama_batch for either token ids or embeddings (one sequence, id 0)."""
+
+    def __init__(self, capacity: int, n_embd: int):
+        import llama_cpp
+
+        self.capacity = capacity
+        self.n_embd = n_embd
+        self.batch = llama_cpp.llama_batch_init(capacity, n_embd, 1)
+        self._free = llama_cpp.llama_batch_free
+
+    def fill(self, start_pos: int, n: int, want_last_logits: bool, token_ids=None, embeds=None) -> None:
+        b = self.batch
+        b.n_tokens = n
+        if token_ids is not None:
+            for i, tok in enumerate(token_ids):
+                b.token[i] = int(tok)
+        else:
+            flat = np.ascontiguousarray(embeds, dtype=np.float32).reshape(-1)
+            ctypes.memmove(b.embd, flat.ctypes.data, flat.nbytes)
+        for i in range(n):
+            b.pos[i] = start_pos + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = 0
+        if want_last_logits:
+            b.logits[n - 1] = 1
+
+    def close(self) -> None:
+        if self.batch is not None:
+            self._free(self.batch)
+            self.batch = None
+
+
+class Decoder:
+    def __init__(self, gguf_path: str | Path, options: DecoderOptions = DecoderOptions()):
+        import llama_cpp
+
+        self._ll = llama_cpp
+        self.options = options
+        _install_log_callback()
+        path = Path(gguf_path)
+        if not path.is_file():
+            raise DecoderError(f"decoder model {path} does not exist; re-pull or re-convert the model")
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = 0
+        mparams.use_mmap = True
+        self._model = llama_cpp.llama_model_load_from_file(str(path).encode("utf-8"), mparams)
+        if not self._model:
+            why = _last_error_line()
+            raise DecoderError(
+                f"cannot load decoder model {path}{f' ({why})' if why else ''}; re-pull or re-convert the model"
+            )
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        threads = options.threads or _cpu_count()
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = options.n_ctx
+        cparams.n_batch = options.n_batch
+        cparams.n_ubatch = options.n_batch
+        cparams.n_seq_max = 1
+        cparams.n_threads = threads
+        cparams.n_threads_batch = options.threads_batch or threads
+        cparams.no_perf = True
+        if options.kv_f32:
+            cparams.type_k = llama_cpp.GGML_TYPE_F32
+            cparams.type_v = llama_cpp.GGML_TYPE_F32
+        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            why = _last_error_line()
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+            raise DecoderError(f"cannot create a llama.cpp context for {path}{f' ({why})' if why else ''}")
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self.n_embd = int(llama_cpp.llama_model_n_embd(self._model))
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx = int(llama_cpp.llama_n_ctx(self._ctx))
+        self.n_batch = options.n_batch
+        self._token_batch = _Batch(self.n_batch, 0)
+        self._embd_batch = _Batch(self.n_batch, self.n_embd)
+        self.n_past = 0
+        self._piece_cache: dict[int, bytes] = {}
+
+    # --- lifetime -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        ll = getattr(self, "_ll", None)
+        if ll is None:
+            return
+        for b in (getattr(self, "_token_batch", None), getattr(self, "_embd_batch", None)):
+            if b is not None:
+                b.close()
+        if getattr(self, "_ctx", None):
+            ll.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            ll.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> "Decoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- tokens <-> text ------------------------------------------------------------------------
+
+    def tokenize(self, text: str, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (self._ll.llama_token * cap)()
+        n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, cap, False, parse_special)
+        if n < 0:  # buffer too small: -n is the size needed
+            cap = -n
+            buf = (self._ll.llama_token * cap)()
+            n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, cap, False, parse_special)
+        if n < 0:
+            raise DecoderError("tokenization failed")
+        return list(buf[:n])
+
+    def token_bytes(self, token: int) -> bytes:
+        """Raw bytes of one token (special tokens rendered as their text); may be part of a UTF-8 char."""
+        cached = self._piece_cache.get(token)
+        if cached is not None:
+            return cached
+        size = 64
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = self._ll.llama_token_to_piece(self._vocab, int(token), buf, size, 0, True)
+            if n >= 0:
+                piece = buf.raw[:n]
+                break
+            size = -n
+        self._piece_cache[token] = piece
+        return piece
+
+    def detokenize(self, ids) -> str:
+        return b"".join(self.token_bytes(t) for t in ids).decode("utf-8", errors="replace")
+
+    def text_stream(self) -> "TokenTextStream":
+        return TokenTextStream(self)
+
+    # --- KV cache -------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget every cached position."""
+        self._ll.llama_memory_clear(self._memory, True)
+        self.n_past = 0
+
+    def truncate(self, n_keep: int) -> None:
+        """Keep positions [0, n_keep) in the KV cache, drop the rest."""
+        n_keep = max(0, min(int(n_keep), self.n_past))
+        if n_keep == self.n_past:
+            return
+        if not self._ll.llama_memory_seq_rm(self._memory, 0, n_keep, -1):
+            raise DecoderError("llama.cpp refused to trim the KV cache")
+        self.n_past = n_keep
+
+    # --- feeding --------------------------------------------------------------------------------
+
+    def _ensure_room(self, n: int) -> None:
+        if self.n_past + n > self.n_ctx:
+            raise DecoderError(
+                f"the decoder context holds {self.n_ctx} positions but {self.n_past + n} are needed; "
+                "shorten the audio piece or the context text"
+            )
+
+    def _decode(self, batch: _Batch) -> None:
+        rc = self._ll.llama_decode(self._ctx, batch.batch)
+        if rc != 0:
+            raise DecoderError(f"llama_decode failed (code {rc}); the decoder model may be corrupt")
+
+    def feed_tokens(self, ids, want_logits: bool = True) -> np.ndarray | None:
+        """Append token ids at n_past; returns the logits of the last one if `want_logits`."""
+        ids = list(ids)
+        if not ids:
+            return self.logits() if want_logits else None
+        self._ensure_room(len(ids))
+        for start in range(0, len(ids), self.n_batch):
+            part = ids[start : start + self.n_batch]
+            last = start + len(part) == len(ids)
+            self._token_batch.fill(self.n_past, len(part), want_logits and last, token_ids=part)
+            self._decode(self._token_batch)
+            self.n_past += len(part)
+        return self.logits() if want_logits else None
+
+    def feed_embeddings(self, embeds: np.ndarray, want_logits: bool = False) -> np.ndarray | None:
+        """Append float embeddings [n, n_embd] (audio) at n_past."""
+        embeds = np.asarray(embeds, dtype=np.float32)
+        if embeds.ndim != 2 or embeds.shape[1] != self.n_embd:
+            raise DecoderError(
+                f"audio embeddings have shape {embeds.shape}, the decoder needs [n, {self.n_embd}]; "
+                "the encoder and decoder files do not belong together — re-convert the model"
+            )
+        n = embeds.shape[0]
+        if n == 0:
+            return self.logits() if want_logits else None
+        self._ensure_room(n)
+        for start in range(0, n, self.n_batch):
+            part = embeds[start : start + self.n_batch]
+            last = start + part.shape[0] == n
+            self._embd_batch.fill(self.n_past, part.shape[0], want_logits and last, embeds=part)
+            self._decode(self._embd_batch)
+            self.n_past += part.shape[0]
+        return self.logits() if want_logits else None
+
+    def logits(self) -> np.ndarray:
+        """Logits of the last position decoded with logits requested, float32 [n_vocab] (a copy)."""
+        ptr = self._ll.llama_get_logits_ith(self._ctx, -1)
+        if not ptr:
+            raise DecoderError("no logits available: feed at least one position with logits first")
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+
+class TokenTextStream:
+    """Token ids in, text out; holds back bytes of a UTF-8 character split across tokens."""
+
+    def __init__(self, decoder: Decoder):
+        self._decoder = decoder
+        self._pending = b""
+
+    def push(self, token: int) -> str:
+        data = self._pending + self._decoder.token_bytes(token)
+        cut = _complete_utf8_prefix(data)
+        self._pending = data[cut:]
+        return data[:cut].decode("utf-8", errors="replace")
+
+    def flush(self) -> str:
+        data, self._pending = self._pending, b""
+        return data.decode("utf-8", errors="replace")
+
+
+def _complete_utf8_prefix(data: bytes) -> int:
+    """Length of the longest prefix of `data` that does not end inside a UTF-8 sequence."""
+    n = len(data)
+    # look back at most 3 bytes for the lead byte of an unfinished sequence
+    for back in range(1, min(4, n) + 1):
+        byte = data[n - back]
+        if byte & 0x80 == 0:  # ASCII: everything up to here is complete
+            return n
+        if byte & 0xC0 == 0xC0:  # lead byte
+            need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4
+            return n if back >= need else n - back
+    return n  # only continuation bytes: invalid, let the decoder replace them

@@ -1,0 +1,128 @@
+"""What the model writes -> what the user sees, and the guards that stop a run-away generation.
+
+Automatic language: the model writes ``language English<asr_text>the text``; the header never reaches
+the user. ``language None<asr_text>`` (silence) gives empty text. With a forced language the prompt
+already ends in the header, so everything generated is text.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from qasr.engine.prompt import ASR_TEXT_TAG
+
+LANGUAGE_PREFIX = "language "
+# A substring of 1-20 characters repeated more than 20 times in a row collapses to one copy, as the
+# official parser does (it keeps text like "hahaha" but not a 200-character loop).
+_REPEAT_RUN = re.compile(r"(.{1,20}?)\1{20,}", re.DOTALL)
+
+
+def collapse_repeats(text: str) -> str:
+    return _REPEAT_RUN.sub(r"\1", text)
+
+
+def normalize_language_name(value: str) -> str:
+    value = value.strip()
+    return value[:1].upper() + value[1:].lower()
+
+
+@dataclass(frozen=True)
+class ParsedOutput:
+    language: str  # "" when unknown or silent
+    text: str
+
+
+def parse_output(raw: str, forced_language: str | None = None) -> ParsedOutput:
+    """Split raw decoded text into (language, text) following the official qwen-asr parser."""
+    s = (raw or "").strip()
+    if not s:
+        return ParsedOutput(forced_language or "", "")
+    s = collapse_repeats(s)
+    if forced_language:
+        return ParsedOutput(forced_language, s)
+    if ASR_TEXT_TAG not in s:
+        return ParsedOutput("", s)
+    meta, text = s.split(ASR_TEXT_TAG, 1)
+    text = text.strip()
+    if "language none" in meta.lower():
+        return ParsedOutput("", text)
+    language = ""
+    for line in meta.splitlines():
+        line = line.strip()
+        if line.lower().startswith(LANGUAGE_PREFIX):
+            value = line[len(LANGUAGE_PREFIX) :].strip()
+            if value:
+                language = normalize_language_name(value)
+            break
+    return ParsedOutput(language, text)
+
+
+def visible_text(raw: str, forced_language: str | None = None) -> str:
+    """Text safe to show while decoding is still running: hides a header that is not finished yet."""
+    if forced_language:
+        return raw.strip()
+    if ASR_TEXT_TAG in raw:
+        return parse_output(raw).text
+    stripped = raw.lstrip()
+    if LANGUAGE_PREFIX.startswith(stripped[: len(LANGUAGE_PREFIX)].lower()) and "\n" not in stripped:
+        return ""  # still inside "language Xxx"
+    return raw.strip()
+
+
+# --- guards ------------------------------------------------------------------------------------
+
+AUDIO_TOKENS_PER_SECOND = 13
+# Speech rarely exceeds ~5 text tokens a second (fast English ~4, Chinese ~5); 10 a second of audio plus
+# room for the language header is twice that and still stops a loop on a 30 s piece within ~300 tokens.
+NEW_TOKENS_PER_SECOND = 10
+HEADER_ALLOWANCE = 16
+
+
+def new_token_cap(audio_s: float, user_max: int | None = None) -> int:
+    """Largest number of tokens one piece of audio may generate."""
+    cap = HEADER_ALLOWANCE + int(math.ceil(NEW_TOKENS_PER_SECOND * max(audio_s, 0.0)))
+    if user_max is not None and user_max > 0:
+        cap = min(cap, int(user_max))
+    return max(cap, 1)
+
+
+@dataclass(frozen=True)
+class LoopGuardOptions:
+    window: int = 15  # ... tokens in which
+    max_distinct: int = 3  # ... at most this many distinct ids means a loop
+    min_run_tokens: int = 40  # an n-gram repeated back to back over at least this many tokens
+    min_repeats: int = 3  # ... and at least this many times is a loop
+    max_ngram: int = 32
+
+
+def find_loop(ids: Sequence[int], options: LoopGuardOptions = LoopGuardOptions()) -> int | None:
+    """If the tail of `ids` is a repetition loop, the index where its repeated part starts
+    (ids[:index] keeps one copy of the pattern); else None. Call after each new token."""
+    n = len(ids)
+    if n >= options.window and len(set(ids[-options.window :])) <= options.max_distinct:
+        tail = ids[-options.window :]
+        # keep the first occurrence of the repeating pattern
+        for period in range(1, options.max_distinct + 1):
+            if all(tail[i] == tail[i - period] for i in range(period, len(tail))):
+                return _run_start(ids, period) + period
+        return n - options.window + options.max_distinct
+    for period in range(1, min(options.max_ngram, n // options.min_repeats) + 1):
+        repeats_needed = max(options.min_repeats, -(-options.min_run_tokens // period))
+        span = repeats_needed * period
+        if span > n:
+            continue
+        tail = ids[n - span :]
+        if all(tail[i] == tail[i - period] for i in range(period, span)):
+            return _run_start(ids, period) + period
+    return None
+
+
+def _run_start(ids: Sequence[int], period: int) -> int:
+    """Start of the longest suffix of ids that is periodic with `period`."""
+    i = len(ids) - period
+    while i - 1 >= 0 and ids[i - 1] == ids[i - 1 + period]:
+        i -= 1
+    return i
