@@ -20,6 +20,7 @@ from typing import Any
 from qasr.errors import QasrError
 
 # Keysyms for characters that have a named key rather than a Unicode keysym.
+_POOL_PROPERTY = "_QASR_XTEST_KEYCODES"
 _SPECIAL_KEYSYMS = {"\n": 0xFF0D, "\r": 0xFF0D, "\t": 0xFF09, "\b": 0xFF08}
 
 
@@ -55,18 +56,45 @@ class XTestTyper:
         self.options = options or TypingOptions()
         if not disp.has_extension("XTEST"):
             raise QasrError("the X server has no XTEST extension: typing is impossible; use the paste sink")
-        info = disp.display.info
-        mapping = disp.get_keyboard_mapping(info.min_keycode, info.max_keycode - info.min_keycode + 1)
-        self._width = len(mapping[0]) if mapping else 2
-        spare = [info.min_keycode + i for i, syms in enumerate(mapping) if not any(syms)]
-        # Keycode 8 is special under XKB; prefer high keycodes, which no layout uses.
-        spare = [kc for kc in spare if kc > 8]
-        spare.reverse()
+        self._pool_atom = disp.intern_atom(_POOL_PROPERTY)
+        spare = self._find_spare_keycodes()
         if not spare:
             raise QasrError("no unused keycode in the X keymap: typing is impossible; use the paste sink")
         self._pool: list[int] = spare[: max(1, self.options.max_spare_keycodes)]
+        self._record_pool()
         self._mapped: dict[int, int] = {}      # keycode -> keysym we put there
         self._last_press: dict[int, float] = {kc: 0.0 for kc in self._pool}
+
+    def _find_spare_keycodes(self) -> list[int]:
+        """Unmapped keycodes, plus ones an earlier qasr (maybe crashed) borrowed and never gave back.
+
+        Borrowed keycodes are listed in a root-window property; one counts as ours only while it still
+        holds one keysym and nothing else (our signature), so a user's own xmodmap entry is never taken.
+        """
+        from Xlib import X
+
+        info = self.disp.display.info
+        mapping = self.disp.get_keyboard_mapping(info.min_keycode, info.max_keycode - info.min_keycode + 1)
+        self._width = len(mapping[0]) if mapping else 2
+        root = self.disp.screen().root
+        prop = root.get_full_property(self._pool_atom, X.AnyPropertyType)
+        recorded = {int(v) for v in prop.value} if prop is not None else set()
+        spare = []
+        for offset, syms in enumerate(mapping):
+            keycode = info.min_keycode + offset
+            if keycode <= 8:  # special under XKB
+                continue
+            if not any(syms) or (keycode in recorded and len(set(syms) - {0}) == 1):
+                spare.append(keycode)
+        spare.reverse()  # prefer high keycodes, which no layout uses
+        return spare
+
+    def _record_pool(self) -> None:
+        from Xlib import X, Xatom
+
+        root = self.disp.screen().root
+        root.change_property(self._pool_atom, Xatom.CARDINAL, 32, self._pool, X.PropModeReplace)
+        self.disp.sync()
 
     @property
     def spare_keycodes(self) -> int:
@@ -77,6 +105,7 @@ class XTestTyper:
         from Xlib import X
         from Xlib.ext import xtest
 
+        self._forget_stale_mappings()
         sent = 0
         for ch in text:
             keycode = self._keycode_for(keysym_for_char(ch))
@@ -94,6 +123,7 @@ class XTestTyper:
         from Xlib import X
         from Xlib.ext import xtest
 
+        self._forget_stale_mappings()
         keycodes = [self.disp.keysym_to_keycode(k) or self._keycode_for(k) for k in keysyms]
         for keycode in keycodes:
             xtest.fake_input(self.disp, X.KeyPress, keycode)
@@ -118,6 +148,16 @@ class XTestTyper:
         self.disp.sync()
         self._mapped[keycode] = keysym
         return keycode
+
+    def _forget_stale_mappings(self) -> None:
+        """Drop cached keycodes that someone else (another typer, xmodmap) remapped since we used them."""
+        if not self._mapped:
+            return
+        low, high = min(self._mapped), max(self._mapped)
+        current = self.disp.get_keyboard_mapping(low, high - low + 1)
+        for keycode, keysym in list(self._mapped.items()):
+            if current[keycode - low][0] != keysym:
+                del self._mapped[keycode]
 
     def restore_keymap(self) -> None:
         """Give the borrowed keycodes back (NoSymbol), as they were when we found them."""
