@@ -1,0 +1,316 @@
+"""Read and validate a Hugging Face Qwen3-ASR checkpoint directory.
+
+Only plain files are read (config JSON, tokenizer files, safetensors); transformers is not needed.
+Every hyper-parameter and special-token id comes from the checkpoint itself.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from qasr.engine.bundle import SPECIAL_TOKENS
+from qasr.errors import QasrError
+
+ARCHITECTURE = "Qwen3ASRForConditionalGeneration"
+MODEL_TYPE = "qwen3_asr"
+
+AUDIO_PREFIX = "thinker.audio_tower."
+TEXT_PREFIX = "thinker.model."
+LM_HEAD = "thinker.lm_head.weight"
+
+# The 30 languages of the official release, used when config.json has no support_languages.
+OFFICIAL_LANGUAGES = (
+    "Chinese", "English", "Cantonese", "Arabic", "German", "French", "Spanish", "Portuguese",
+    "Indonesian", "Italian", "Korean", "Russian", "Thai", "Vietnamese", "Japanese", "Turkish",
+    "Hindi", "Malay", "Dutch", "Swedish", "Danish", "Finnish", "Polish", "Czech", "Filipino",
+    "Persian", "Greek", "Romanian", "Hungarian", "Macedonian",
+)
+
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
+
+# config.json thinker_config keys that must agree with the tokenizer's ids.
+CONFIG_TOKEN_KEYS = {
+    "audio_pad": "audio_token_id",
+    "audio_start": "audio_start_token_id",
+    "audio_end": "audio_end_token_id",
+}
+
+
+class CheckpointError(QasrError):
+    """The directory is not a usable Qwen3-ASR checkpoint."""
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    num_mel_bins: int
+    d_model: int
+    encoder_layers: int
+    encoder_attention_heads: int
+    encoder_ffn_dim: int
+    downsample_hidden_size: int
+    output_dim: int
+    max_source_positions: int
+    n_window: int
+    n_window_infer: int
+    activation_function: str = "gelu"
+    scale_embedding: bool = False
+
+    @property
+    def chunk_frames(self) -> int:
+        return 2 * self.n_window
+
+    @property
+    def tokens_per_chunk(self) -> int:
+        return conv_out_len(self.chunk_frames)
+
+    @property
+    def window_tokens(self) -> int:
+        return self.tokens_per_chunk * (self.n_window_infer // self.chunk_frames)
+
+    @property
+    def freq_after_convs(self) -> int:
+        return conv_out_len(self.num_mel_bins)
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    hidden_act: str = "silu"
+    attention_bias: bool = False
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    vocab: dict[str, int]  # regular byte-level BPE tokens
+    merges: list[str]  # "a b" pairs, in rank order
+    added: dict[int, tuple[str, bool]]  # id -> (content, special)
+    config: dict[str, Any]  # tokenizer_config.json
+
+    def id_of(self, text: str) -> int | None:
+        for tid, (content, _special) in self.added.items():
+            if content == text:
+                return tid
+        return self.vocab.get(text)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    root: Path
+    config: dict[str, Any]
+    audio: AudioConfig
+    text: TextConfig
+    tokenizer: Tokenizer
+    tokens: dict[str, int]  # manifest name -> id
+    languages: list[str]
+    sample_rate: int
+    n_fft: int
+    hop_length: int
+    weight_files: dict[str, Path] = field(repr=False)  # tensor name -> file
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    def tensor_names(self) -> list[str]:
+        return list(self.weight_files)
+
+
+def conv_out_len(n: int) -> int:
+    """Length after three kernel-3 stride-2 padding-1 convolutions."""
+    for _ in range(3):
+        n = (n - 1) // 2 + 1
+    return n
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is unreadable ({exc}); re-download the checkpoint") from exc
+
+
+def _pick(section: dict[str, Any], cls: type, where: str) -> Any:
+    """Build a config dataclass from a config.json section, naming the first missing key."""
+    kwargs = {}
+    for name, spec in cls.__dataclass_fields__.items():
+        if name in section:
+            kwargs[name] = section[name]
+        elif spec.default is MISSING and spec.default_factory is MISSING:
+            raise CheckpointError(f"config.json {where} lacks {name!r}; the checkpoint is incomplete or not Qwen3-ASR")
+    return cls(**kwargs)
+
+
+def _check_model_type(config: dict[str, Any], root: Path) -> None:
+    architectures = config.get("architectures") or []
+    model_type = config.get("model_type")
+    if model_type != MODEL_TYPE or (architectures and ARCHITECTURE not in architectures):
+        what = ", ".join(architectures) or model_type or "unknown"
+        raise CheckpointError(
+            f"{root} holds a {what} model, not Qwen3-ASR ({ARCHITECTURE}); "
+            "pass the folder of a Qwen/Qwen3-ASR-* checkpoint"
+        )
+    thinker = config.get("thinker_config")
+    if not isinstance(thinker, dict) or "audio_config" not in thinker or "text_config" not in thinker:
+        raise CheckpointError(f"{root}/config.json has no thinker_config.audio_config/text_config; not a Qwen3-ASR checkpoint")
+    if str(thinker.get("model_type", "")).endswith("forced_aligner"):
+        raise CheckpointError(f"{root} is a Qwen3 forced aligner, not a speech recognizer; pass a Qwen3-ASR checkpoint")
+
+
+def read_tokenizer(root: Path) -> Tokenizer:
+    missing = [name for name in TOKENIZER_FILES if not (root / name).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{root} lacks tokenizer file(s) {', '.join(missing)}; download the complete checkpoint"
+        )
+    vocab = _read_json(root / "vocab.json")
+    config = _read_json(root / "tokenizer_config.json")
+    merges = []
+    for line in (root / "merges.txt").read_text(encoding="utf-8").splitlines():
+        if not line or line.startswith("#version"):
+            continue
+        parts = line.split(" ")
+        if len(parts) == 2:
+            merges.append(line)
+    added = {
+        int(tid): (str(spec["content"]), bool(spec.get("special", False)))
+        for tid, spec in (config.get("added_tokens_decoder") or {}).items()
+    }
+    return Tokenizer(vocab=dict(vocab), merges=merges, added=added, config=config)
+
+
+def _special_token_ids(tokenizer: Tokenizer, thinker: dict[str, Any], root: Path) -> dict[str, int]:
+    tokens = {}
+    for name, text in SPECIAL_TOKENS.items():
+        tid = tokenizer.id_of(text)
+        if tid is None:
+            raise CheckpointError(f"the tokenizer in {root} has no {text} token; not a Qwen3-ASR tokenizer")
+        tokens[name] = tid
+    for name, key in CONFIG_TOKEN_KEYS.items():
+        if key in thinker and int(thinker[key]) != tokens[name]:
+            raise CheckpointError(
+                f"config.json says {key}={thinker[key]} but the tokenizer has {SPECIAL_TOKENS[name]} "
+                f"at {tokens[name]}; the checkpoint files do not belong together"
+            )
+    return tokens
+
+
+def _weight_files(root: Path) -> dict[str, Path]:
+    from safetensors import safe_open
+
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map") or {}
+        missing = sorted({f for f in weight_map.values() if not (root / f).is_file()})
+        if missing:
+            raise CheckpointError(f"{root} lacks weight shard(s) {', '.join(missing)}; finish the download")
+        return {name: root / f for name, f in weight_map.items()}
+    single = root / "model.safetensors"
+    if not single.is_file():
+        raise CheckpointError(f"{root} has no model.safetensors (or index); download the model weights")
+    try:
+        with safe_open(single, framework="pt") as fh:
+            return {name: single for name in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{single} is not a readable safetensors file ({exc}); re-download it") from exc
+
+
+def _check_weights(weight_files: dict[str, Path], audio: AudioConfig, text: TextConfig, root: Path) -> None:
+    required = [
+        f"{AUDIO_PREFIX}conv2d1.weight",
+        f"{AUDIO_PREFIX}conv_out.weight",
+        f"{AUDIO_PREFIX}layers.{audio.encoder_layers - 1}.fc2.weight",
+        f"{AUDIO_PREFIX}proj2.weight",
+        f"{TEXT_PREFIX}embed_tokens.weight",
+        f"{TEXT_PREFIX}norm.weight",
+        f"{TEXT_PREFIX}layers.{text.num_hidden_layers - 1}.mlp.down_proj.weight",
+    ]
+    if not text.tie_word_embeddings:
+        required.append(LM_HEAD)
+    missing = [name for name in required if name not in weight_files]
+    if missing:
+        raise CheckpointError(
+            f"{root} weights lack {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+            + "; the checkpoint is incomplete or not Qwen3-ASR"
+        )
+
+
+def read_checkpoint(hf_dir: str | Path) -> Checkpoint:
+    """Validate a checkpoint directory and read everything but the tensor data."""
+    root = Path(hf_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise CheckpointError(f"checkpoint directory {root} does not exist; pass the folder of a downloaded Qwen3-ASR model")
+    if not (root / "config.json").is_file():
+        raise CheckpointError(f"{root} has no config.json; pass the folder of a Hugging Face Qwen3-ASR checkpoint")
+    config = _read_json(root / "config.json")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{root}/config.json is not a JSON object; re-download the checkpoint")
+    _check_model_type(config, root)
+    thinker = config["thinker_config"]
+    audio = _pick(thinker["audio_config"], AudioConfig, "thinker_config.audio_config")
+    text_section = dict(thinker["text_config"])
+    text_section.setdefault("tie_word_embeddings", config.get("tie_word_embeddings", thinker.get("tie_word_embeddings", False)))
+    text = _pick(text_section, TextConfig, "thinker_config.text_config")
+    if audio.d_model % audio.encoder_attention_heads:
+        raise CheckpointError(f"audio d_model {audio.d_model} is not divisible by {audio.encoder_attention_heads} heads; corrupt config.json")
+    tokenizer = read_tokenizer(root)
+    tokens = _special_token_ids(tokenizer, thinker, root)
+    weight_files = _weight_files(root)
+    _check_weights(weight_files, audio, text, root)
+    pre = root / "preprocessor_config.json"
+    pre_cfg = _read_json(pre) if pre.is_file() else {}
+    if int(pre_cfg.get("feature_size", audio.num_mel_bins)) != audio.num_mel_bins:
+        raise CheckpointError(f"preprocessor_config.json feature_size disagrees with num_mel_bins {audio.num_mel_bins}; corrupt checkpoint")
+    languages = list(config.get("support_languages") or OFFICIAL_LANGUAGES)
+    return Checkpoint(
+        root=root,
+        config=config,
+        audio=audio,
+        text=text,
+        tokenizer=tokenizer,
+        tokens=tokens,
+        languages=languages,
+        sample_rate=int(pre_cfg.get("sampling_rate", 16000)),
+        n_fft=int(pre_cfg.get("n_fft", 400)),
+        hop_length=int(pre_cfg.get("hop_length", 160)),
+        weight_files=weight_files,
+    )
+
+
+def iter_tensors(ckpt: Checkpoint, prefix: str) -> Iterator[tuple[str, Any]]:
+    """Yield (name without prefix, float32 torch tensor) for every tensor under prefix."""
+    import torch
+    from safetensors import safe_open
+
+    by_file: dict[Path, list[str]] = {}
+    for name, path in ckpt.weight_files.items():
+        if name.startswith(prefix):
+            by_file.setdefault(path, []).append(name)
+    for path, names in by_file.items():
+        with safe_open(path, framework="pt") as fh:
+            for name in names:
+                yield name[len(prefix):], fh.get_tensor(name).to(torch.float32)
+
+
+def load_tensors(ckpt: Checkpoint, prefix: str) -> dict[str, Any]:
+    return dict(iter_tensors(ckpt, prefix))
+
+
+def load_tensor(ckpt: Checkpoint, name: str) -> Any:
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(ckpt.weight_files[name], framework="pt") as fh:
+        return fh.get_tensor(name).to(torch.float32)

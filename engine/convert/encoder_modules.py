@@ -1,0 +1,147 @@
+"""Torch modules for the Qwen3-ASR audio tower, split at the point the runtime needs.
+
+Front-end: one 1 s mel chunk -> 13 embeddings (convs, projection, positions restarting per chunk).
+Back-end: one attention window of embeddings -> audio embeddings for the text model.
+Written for export: plain tensor ops, batch-first, no masks (one batch item is one window).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from qasr.engine.convert.checkpoint import AudioConfig, CheckpointError
+
+# Hugging Face activation names -> torch functions (ACT2FN semantics).
+_ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+# nn.LayerNorm default, which the official audio tower uses for every norm.
+LAYER_NORM_EPS = 1e-5
+
+
+def activation(name: str):
+    try:
+        return _ACTIVATIONS[name]
+    except KeyError:
+        raise CheckpointError(f"audio activation {name!r} is not supported by the converter") from None
+
+
+def sinusoid_positions(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
+    """Whisper-style table: sin in the first half of the channels, cos in the second."""
+    increment = math.log(max_timescale) / (channels // 2 - 1)
+    inv_timescales = torch.exp(-increment * torch.arange(channels // 2).float())
+    scaled = torch.arange(length)[:, None] * inv_timescales[None, :]
+    return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=1)
+
+
+class AudioFrontEnd(nn.Module):
+    """mel [n_chunks, n_mels, chunk_frames] -> embeds [n_chunks, tokens_per_chunk, d_model]."""
+
+    def __init__(self, cfg: AudioConfig):
+        super().__init__()
+        hidden = cfg.downsample_hidden_size
+        self.conv2d1 = nn.Conv2d(1, hidden, 3, 2, padding=1)
+        self.conv2d2 = nn.Conv2d(hidden, hidden, 3, 2, padding=1)
+        self.conv2d3 = nn.Conv2d(hidden, hidden, 3, 2, padding=1)
+        self.conv_out = nn.Linear(hidden * cfg.freq_after_convs, cfg.d_model, bias=False)
+        # Positions restart at 0 in every chunk, so only the first tokens_per_chunk rows are used.
+        table = sinusoid_positions(cfg.max_source_positions, cfg.d_model)[: cfg.tokens_per_chunk]
+        self.register_buffer("positions", table.clone(), persistent=False)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        x = mel.unsqueeze(1)
+        # The official tower uses exact GELU after the convs whatever activation_function says.
+        x = F.gelu(self.conv2d1(x))
+        x = F.gelu(self.conv2d2(x))
+        x = F.gelu(self.conv2d3(x))
+        n, c, f, t = x.shape
+        x = x.permute(0, 3, 1, 2).reshape(n, t, c * f)
+        return self.conv_out(x) + self.positions
+
+
+class AudioAttention(nn.Module):
+    def __init__(self, d_model: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = d_model // heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        shape = (b, t, self.heads, self.head_dim)
+        q = self.q_proj(x).reshape(shape).transpose(1, 2)
+        k = self.k_proj(x).reshape(shape).transpose(1, 2)
+        v = self.v_proj(x).reshape(shape).transpose(1, 2)
+        scores = torch.matmul(q, k.transpose(2, 3)) * (self.head_dim ** -0.5)
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+class AudioEncoderLayer(nn.Module):
+    def __init__(self, cfg: AudioConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.self_attn_layer_norm = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
+        self.self_attn = AudioAttention(d, cfg.encoder_attention_heads)
+        self.final_layer_norm = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
+        self.fc1 = nn.Linear(d, cfg.encoder_ffn_dim)
+        self.fc2 = nn.Linear(cfg.encoder_ffn_dim, d)
+        self.act = activation(cfg.activation_function)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.self_attn_layer_norm(x))
+        return x + self.fc2(self.act(self.fc1(self.final_layer_norm(x))))
+
+
+class AudioBackEnd(nn.Module):
+    """hidden [n_windows, T, d_model] -> audio_embeds [n_windows, T, output_dim]."""
+
+    def __init__(self, cfg: AudioConfig):
+        super().__init__()
+        self.layers = nn.ModuleList([AudioEncoderLayer(cfg) for _ in range(cfg.encoder_layers)])
+        self.ln_post = nn.LayerNorm(cfg.d_model, eps=LAYER_NORM_EPS)
+        self.proj1 = nn.Linear(cfg.d_model, cfg.d_model)
+        self.proj2 = nn.Linear(cfg.d_model, cfg.output_dim)
+        self.act = activation(cfg.activation_function)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            hidden = layer(hidden)
+        return self.proj2(self.act(self.proj1(self.ln_post(hidden))))
+
+
+def _load(module: nn.Module, tensors: dict[str, torch.Tensor], what: str) -> nn.Module:
+    own = {k: v for k, v in tensors.items() if k in module.state_dict()}
+    missing = sorted(set(module.state_dict()) - set(own))
+    if missing:
+        raise CheckpointError(f"the audio tower weights lack {missing[0]} ({what}); the checkpoint is incomplete")
+    for name, tensor in own.items():
+        expected = module.state_dict()[name].shape
+        if tensor.shape != expected:
+            raise CheckpointError(
+                f"audio tower tensor {name} has shape {tuple(tensor.shape)}, config implies {tuple(expected)}; "
+                "config.json and weights disagree"
+            )
+    module.load_state_dict(own, strict=True)
+    return module.eval()
+
+
+def build_audio_modules(cfg: AudioConfig, tensors: dict[str, torch.Tensor]) -> tuple[AudioFrontEnd, AudioBackEnd]:
+    """Front-end and back-end with the checkpoint's audio_tower weights (names without the prefix)."""
+    if cfg.scale_embedding:
+        raise CheckpointError("audio_config.scale_embedding=true is not supported by the converter")
+    front = _load(AudioFrontEnd(cfg), tensors, "front-end")
+    back = _load(AudioBackEnd(cfg), tensors, "back-end")
+    return front, back
