@@ -188,7 +188,7 @@ PRESETS: dict[str, Preset] = {
 
 # Initialisation knobs (see _reinitialise).
 ATTENTION_SHARPNESS = 1.8  # q/k scale: attention logits of a few units, not ~1
-STOP_ROW_GAIN = 1.25  # stop-token embedding rows this much longer: some generations end alone
+STOP_ROW_GAIN = 1.3  # stop-token embedding rows this much longer: some generations end alone
 UNUSED_ROW_SCALE = 0.05  # embedding rows without a token: rarely chosen, as in a trained model
 OTHER_SPECIAL_ROW_SCALE = 0.5  # special tokens other than the stops/<asr_text>: seldom generated
 TEXT_BRANCH_GAIN = 1.0  # text residual branches (attention, MLP) relative to the embedding
