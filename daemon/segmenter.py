@@ -1,0 +1,453 @@
+"""Voice-activity segmentation of a 16 kHz mono stream into utterances (sans-I/O: no threads, no devices).
+
+Feed audio in any block size; get events back::
+
+    seg = Segmenter(SegmenterOptions(mode="vad"))
+    for event in seg.process(pcm_float32_16k):      # also start_utterance()/stop_utterance()/toggle()/cancel()/finish()
+        ...
+
+Events, in stream order (times are stream seconds: samples given to ``process()`` so far / 16000):
+
+- ``VadState(speaking, t_s)``  — the debounced voice state changed (every mode; for level meters / UI).
+- ``SpeechStart(utterance_id, t_s, continued)`` — an utterance begins. ``t_s`` is the first voiced
+  frame (vad mode) or the moment of ``start_utterance()`` (ptt/toggle). ``continued`` is True when it
+  follows a ``max_length`` cut without a gap.
+- ``SpeechAudio(utterance_id, pcm, t_s)`` — the utterance's audio in order, contiguous, starting with
+  the pre-roll; ``t_s`` is the stream time of ``pcm[0]``. At most one per ``process()`` call per utterance.
+- ``SpeechEnd(utterance_id, t_s, reason, last_voice_s)`` — ``reason`` is ``"silence"`` (vad hangover),
+  ``"stop"`` (stop_utterance/toggle/finish) or ``"max_length"``; ``t_s`` is the end of the last
+  SpeechAudio sample, ``last_voice_s`` the end of the last voiced frame.
+- ``Cancelled(utterance_id, reason)`` — drop the utterance: ``"cancel"`` (cancel()), ``"too_short"``
+  (voiced span under ``min_utterance_ms``) or ``"no_speech"`` (ptt/toggle with no voiced frame).
+
+Modes. ``vad``: an utterance starts after ``onset_ms`` of consecutive voiced 30 ms frames (webrtcvad) and
+carries ``preroll_ms`` of audio before the first voiced frame; it ends after ``hangover_ms`` of silence,
+keeping ``tail_ms`` of that silence. ``ptt``/``toggle``: the utterance spans start → stop (plus
+``release_tail_ms`` of audio after the stop request, for audio still in flight); the VAD only trims
+leading silence beyond ``preroll_ms`` before the first voiced frame and trailing silence beyond
+``tail_ms`` after the last one. ``start_utterance()`` in vad mode does nothing; ``stop_utterance()``
+ends the current utterance at once. After ``cancel()`` in vad mode, the segmenter waits for silence
+before it listens again.
+
+Max length: at ``max_utterance_s`` of utterance audio the utterance is cut (``SpeechEnd`` reason
+``max_length``) wherever it is, mid-word included; if speech goes on (or the key is still held) a new
+utterance with ``continued=True`` starts at the very next sample. The streaming engine may choose
+better cut points (low energy) itself; this cap is the hard limit.
+
+No audio is lost: every sample given to ``process()`` is either emitted in a ``SpeechAudio``
+(``samples_emitted``), dropped as silence/cancelled (``samples_discarded``), or still held
+(``samples_buffered``: the partial frame, pre-roll, and held trailing silence), so
+``samples_in == samples_emitted + samples_discarded + samples_buffered`` after every call.
+Audio in a cancelled utterance that was already emitted stays counted as emitted.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+import webrtcvad
+
+SAMPLE_RATE = 16000
+FRAME_MS = 30
+FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
+MODES = ("vad", "ptt", "toggle")
+
+
+@dataclass(frozen=True)
+class SegmenterOptions:
+    mode: str = "vad"  # "vad" | "ptt" | "toggle"
+    aggressiveness: int = 2  # webrtcvad 0 (least) … 3 (most aggressive about calling audio non-speech)
+    onset_ms: int = 150  # consecutive voiced audio that starts speech
+    hangover_ms: int = 600  # consecutive silence that ends speech
+    preroll_ms: int = 500  # audio kept before the first voiced frame
+    tail_ms: int = 300  # trailing silence kept after the last voiced frame
+    release_tail_ms: int = 250  # ptt/toggle: audio still taken after a stop request
+    max_utterance_s: float = 30.0
+    min_utterance_ms: int = 250  # voiced span below this → Cancelled("too_short") (vad mode)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"segmenter mode must be one of {MODES}, got {self.mode!r}")
+        if not 0 <= self.aggressiveness <= 3:
+            raise ValueError(f"VAD aggressiveness must be 0..3, got {self.aggressiveness}")
+        for name in ("onset_ms", "hangover_ms", "preroll_ms", "tail_ms", "release_tail_ms", "min_utterance_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.max_utterance_s * 1000 < 2 * FRAME_MS:
+            raise ValueError("max_utterance_s must be at least 0.06")
+
+
+@dataclass(frozen=True)
+class VadState:
+    speaking: bool
+    t_s: float
+
+
+@dataclass(frozen=True)
+class SpeechStart:
+    utterance_id: int
+    t_s: float
+    continued: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class SpeechAudio:
+    utterance_id: int
+    pcm: np.ndarray
+    t_s: float
+
+
+@dataclass(frozen=True)
+class SpeechEnd:
+    utterance_id: int
+    t_s: float
+    reason: str  # "silence" | "stop" | "max_length"
+    last_voice_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    utterance_id: int
+    reason: str = "cancel"  # "cancel" | "too_short" | "no_speech"
+
+
+SegmentEvent = Union[VadState, SpeechStart, SpeechAudio, SpeechEnd, Cancelled]
+
+
+@dataclass
+class _Frame:
+    start: int  # stream sample index of pcm[0]
+    pcm: np.ndarray
+    voiced: bool
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.pcm)
+
+
+@dataclass
+class _Utterance:
+    id: int
+    has_speech: bool
+    lead: deque = field(default_factory=deque)  # ptt/toggle: frames before the first voiced one
+    pending: list = field(default_factory=list)  # silence after the last voiced frame, held back
+    emitted: int = 0
+    first_voice: int | None = None
+    last_voice_end: int | None = None
+    stop_at: int | None = None  # ptt/toggle: end once the stream reaches this sample
+
+    @property
+    def length(self) -> int:
+        return self.emitted + sum(len(f.pcm) for f in self.pending)
+
+
+def _ms_to_frames(ms: float) -> int:
+    return int(-(-ms // FRAME_MS))  # ceil
+
+
+class Segmenter:
+    def __init__(self, options: SegmenterOptions | None = None) -> None:
+        self.options = options or SegmenterOptions()
+        self._vad = webrtcvad.Vad(self.options.aggressiveness)
+        self._onset = max(1, _ms_to_frames(self.options.onset_ms))
+        self._hangover = max(1, _ms_to_frames(self.options.hangover_ms))
+        self._preroll = _ms_to_frames(self.options.preroll_ms)
+        self._tail = _ms_to_frames(self.options.tail_ms)
+        self._max_samples = int(round(self.options.max_utterance_s * SAMPLE_RATE))
+        self._min_voice = int(round(self.options.min_utterance_ms * SAMPLE_RATE / 1000))
+        self._release_tail = int(round(self.options.release_tail_ms * SAMPLE_RATE / 1000))
+
+        self._partial = np.zeros(0, dtype=np.float32)
+        self._framed = 0  # samples cut into frames so far
+        self._idle: deque[_Frame] = deque()  # frames outside an utterance still kept (pre-roll)
+        self._voiced_run = 0
+        self._silent_run = 0
+        self._speaking = False
+        self._suppress = False  # vad mode after cancel(): wait for silence
+        self._utt: _Utterance | None = None
+        self._next_id = 1
+
+        self._events: list[SegmentEvent] = []
+        self._chunk: list[np.ndarray] = []
+        self._chunk_start = 0
+        self._chunk_end = 0
+        self._last_emitted_end = 0
+
+        self.samples_in = 0
+        self.samples_emitted = 0
+        self.samples_discarded = 0
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def mode(self) -> str:
+        return self.options.mode
+
+    @property
+    def in_utterance(self) -> bool:
+        return self._utt is not None
+
+    @property
+    def utterance_id(self) -> int | None:
+        return None if self._utt is None else self._utt.id
+
+    @property
+    def speaking(self) -> bool:
+        """The debounced VAD state (onset/hangover applied)."""
+        return self._speaking
+
+    @property
+    def samples_buffered(self) -> int:
+        held = len(self._partial) + sum(len(f.pcm) for f in self._idle)
+        if self._utt is not None:
+            held += sum(len(f.pcm) for f in self._utt.lead) + sum(len(f.pcm) for f in self._utt.pending)
+        return held
+
+    @property
+    def t_s(self) -> float:
+        """Stream time: all samples given to process() so far."""
+        return self.samples_in / SAMPLE_RATE
+
+    def process(self, pcm: np.ndarray) -> list[SegmentEvent]:
+        data = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        self.samples_in += len(data)
+        if len(self._partial):
+            data = np.concatenate([self._partial, data])
+        n_full = len(data) // FRAME_SAMPLES
+        for i in range(n_full):
+            # copy: frames outlive the caller's buffer (pre-roll, held silence)
+            pcm_frame = data[i * FRAME_SAMPLES:(i + 1) * FRAME_SAMPLES].copy()
+            self._on_frame(pcm_frame)
+        self._partial = data[n_full * FRAME_SAMPLES:].copy()
+        return self._take_events()
+
+    def start_utterance(self) -> list[SegmentEvent]:
+        """ptt/toggle: begin an utterance now (with pre-roll). vad mode: no-op. Ignored if one is open."""
+        if self.options.mode == "vad":
+            return []
+        if self._utt is not None:
+            if self._utt.stop_at is not None:  # pressed again during the release tail: keep going
+                self._utt.stop_at = None
+            return []
+        utt = self._open(t_s=self.t_s, has_speech=False)
+        utt.lead.extend(self._idle)
+        self._idle.clear()
+        return self._take_events()
+
+    def stop_utterance(self) -> list[SegmentEvent]:
+        """End the open utterance: ptt/toggle after ``release_tail_ms`` more audio, vad mode at once."""
+        if self._utt is None:
+            return []
+        if self.options.mode == "vad" or self._release_tail == 0:
+            self._close("stop")
+        elif self._utt.stop_at is None:
+            self._utt.stop_at = self.samples_in + self._release_tail
+        return self._take_events()
+
+    def toggle(self) -> list[SegmentEvent]:
+        if self._utt is not None and self._utt.stop_at is None:
+            return self.stop_utterance()
+        return self.start_utterance()
+
+    def cancel(self) -> list[SegmentEvent]:
+        """Drop the open utterance (``Cancelled``); its held audio is discarded."""
+        utt = self._utt
+        if utt is None:
+            return []
+        self._flush_chunk()
+        self._discard_frames(utt.lead)
+        self._discard_frames(utt.pending)
+        self._utt = None
+        self._events.append(Cancelled(utt.id, "cancel"))
+        if self.options.mode == "vad":
+            self._suppress = self._speaking
+        return self._take_events()
+
+    def finish(self) -> list[SegmentEvent]:
+        """End of stream: close any utterance at once; the partial frame is discarded."""
+        if self._utt is not None:
+            self._close("stop")
+        self.samples_discarded += len(self._partial)
+        self._partial = np.zeros(0, dtype=np.float32)
+        return self._take_events()
+
+    # ------------------------------------------------------------------ frames
+
+    def _on_frame(self, pcm: np.ndarray) -> None:
+        pcm16 = (np.clip(pcm, -1.0, 1.0) * 32767.0).astype("<i2")
+        voiced = self._vad.is_speech(pcm16.tobytes(), SAMPLE_RATE)
+        frame = _Frame(self._framed, pcm, voiced)
+        self._framed += FRAME_SAMPLES
+        change = self._update_vad_state(frame)
+        if change is not None and change.speaking:
+            self._events.append(change)
+        if self.options.mode == "vad":
+            self._vad_mode_frame(frame)
+        else:
+            self._manual_mode_frame(frame)
+        if change is not None and not change.speaking:
+            self._flush_chunk()  # events stay in stream order: audio before the state change
+            self._events.append(change)
+
+    def _update_vad_state(self, frame: _Frame) -> VadState | None:
+        if frame.voiced:
+            self._voiced_run += 1
+            self._silent_run = 0
+        else:
+            self._silent_run += 1
+            self._voiced_run = 0
+        if not self._speaking and self._voiced_run >= self._onset:
+            self._speaking = True
+            self._flush_chunk()
+            return VadState(True, (frame.end - self._voiced_run * FRAME_SAMPLES) / SAMPLE_RATE)
+        if self._speaking and self._silent_run >= self._hangover:
+            self._speaking = False
+            return VadState(False, frame.end / SAMPLE_RATE)
+        return None
+
+    def _vad_mode_frame(self, frame: _Frame) -> None:
+        utt = self._utt
+        if utt is None:
+            if self._suppress and not self._speaking:
+                self._suppress = False
+            self._idle.append(frame)
+            # keep the pre-roll plus the current voiced run (the onset candidate)
+            while len(self._idle) > self._preroll + self._voiced_run:
+                self._discard_frames([self._idle.popleft()])
+            if self._speaking and not self._suppress:
+                first_voiced = self._idle[len(self._idle) - self._voiced_run]
+                utt = self._open(t_s=first_voiced.start / SAMPLE_RATE, has_speech=True)
+                frames = list(self._idle)
+                self._idle.clear()
+                for f in frames:
+                    self._emit(f)
+                utt.first_voice = first_voiced.start
+                utt.last_voice_end = frames[-1].end
+            return
+        self._add_to_utterance(frame)
+        if not self._speaking:
+            self._close("silence")
+        elif utt.length >= self._max_samples:
+            self._cut_and_continue()
+
+    def _manual_mode_frame(self, frame: _Frame) -> None:
+        utt = self._utt
+        if utt is None:
+            self._idle.append(frame)
+            while len(self._idle) > self._preroll:
+                self._discard_frames([self._idle.popleft()])
+            return
+        if not utt.has_speech:
+            if frame.voiced:
+                utt.has_speech = True
+                utt.first_voice = frame.start
+                lead = list(utt.lead)
+                utt.lead.clear()
+                for f in lead:
+                    self._emit(f)
+                self._add_to_utterance(frame)
+            else:
+                utt.lead.append(frame)
+                while len(utt.lead) > self._preroll:
+                    self._discard_frames([utt.lead.popleft()])
+        else:
+            self._add_to_utterance(frame)
+        if utt.stop_at is not None and frame.end >= utt.stop_at:
+            self._close("stop")
+        elif utt.length >= self._max_samples:
+            self._cut_and_continue()
+
+    def _add_to_utterance(self, frame: _Frame) -> None:
+        utt = self._utt
+        assert utt is not None
+        if frame.voiced:
+            for f in utt.pending:
+                self._emit(f)
+            utt.pending.clear()
+            self._emit(frame)
+            utt.last_voice_end = frame.end
+        else:
+            utt.pending.append(frame)
+
+    # ------------------------------------------------------------------ utterances
+
+    def _open(self, t_s: float, has_speech: bool, continued: bool = False) -> _Utterance:
+        utt = _Utterance(id=self._next_id, has_speech=has_speech)
+        self._next_id += 1
+        self._utt = utt
+        self._events.append(SpeechStart(utt.id, t_s, continued))
+        return utt
+
+    def _close(self, reason: str) -> None:
+        utt = self._utt
+        assert utt is not None
+        keep = self._tail if reason in ("silence", "stop") else len(utt.pending)
+        for f in utt.pending[:keep]:
+            self._emit(f)
+        self._discard_frames(utt.pending[keep:])
+        utt.pending.clear()
+        self._discard_frames(utt.lead)
+        utt.lead.clear()
+        end = self._chunk_end if self._chunk else None
+        self._flush_chunk()
+        self._utt = None
+        if not utt.has_speech or utt.emitted == 0:
+            self._events.append(Cancelled(utt.id, "no_speech"))
+            return
+        voiced_span = (utt.last_voice_end or 0) - (utt.first_voice or 0)
+        if self.options.mode == "vad" and reason == "silence" and voiced_span < self._min_voice:
+            self._events.append(Cancelled(utt.id, "too_short"))
+            return
+        if end is None:
+            end = self._last_emitted_end
+        last_voice = None if utt.last_voice_end is None else utt.last_voice_end / SAMPLE_RATE
+        self._events.append(SpeechEnd(utt.id, end / SAMPLE_RATE, reason, last_voice))
+
+    def _cut_and_continue(self) -> None:
+        utt = self._utt
+        assert utt is not None
+        stop_at = utt.stop_at
+        self._close("max_length")
+        go_on = self._speaking if self.options.mode == "vad" else True
+        if go_on:
+            nxt = self._open(t_s=self._framed / SAMPLE_RATE, has_speech=self.options.mode == "vad",
+                             continued=True)
+            nxt.stop_at = stop_at
+            if nxt.has_speech:
+                nxt.first_voice = self._framed
+                nxt.last_voice_end = self._framed
+
+    # ------------------------------------------------------------------ emission and accounting
+
+    def _emit(self, frame: _Frame) -> None:
+        utt = self._utt
+        assert utt is not None
+        if self._chunk and self._chunk_end != frame.start:
+            self._flush_chunk()
+        if not self._chunk:
+            self._chunk_start = frame.start
+        self._chunk.append(frame.pcm)
+        self._chunk_end = frame.end
+        self._last_emitted_end = frame.end
+        utt.emitted += len(frame.pcm)
+        self.samples_emitted += len(frame.pcm)
+
+    def _flush_chunk(self) -> None:
+        if not self._chunk or self._utt is None:
+            return
+        pcm = np.concatenate(self._chunk) if len(self._chunk) > 1 else self._chunk[0]
+        self._events.append(SpeechAudio(self._utt.id, pcm, self._chunk_start / SAMPLE_RATE))
+        self._chunk = []
+
+    def _discard_frames(self, frames) -> None:
+        for f in frames:
+            self.samples_discarded += len(f.pcm)
+
+    def _take_events(self) -> list[SegmentEvent]:
+        if self._utt is not None:
+            self._flush_chunk()
+        events, self._events = self._events, []
+        return events
