@@ -54,9 +54,9 @@ class AudioSettings:
 class VadSettings:
     mode: str = _opt("vad", choices=("vad", "ptt", "toggle"))
     aggressiveness: int = _opt(2, min=0, max=3)
-    onset_ms: int = _opt(90, min=10, max=2000)
+    onset_ms: int = _opt(150, min=30, max=2000)
     hangover_ms: int = _opt(600, min=30, max=5000)
-    preroll_ms: int = _opt(400, min=0, max=3000)
+    preroll_ms: int = _opt(500, min=0, max=3000)
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class EngineSettings:
     threads: int = _opt(0, min=0, max=256, restart=True)  # 0 = pick from the CPU count
     max_new_tokens: int = _opt(448, min=1, max=4096)
     rtf_budget: float = _opt(0.5, min=0.01, max=10.0)
-    max_utterance_s: float = _opt(60.0, min=1.0, max=1200.0)
+    max_utterance_s: float = _opt(30.0, min=1.0, max=1200.0)
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,10 @@ class ServerSettings:
     enabled: bool = _opt(True, restart=True)
     host: str = _opt("127.0.0.1", restart=True)
     port: int = _opt(8765, min=0, max=65535, restart=True)  # 0 = any free port (clients read server.json)
-    allowed_origins: tuple[str, ...] = _opt(("null", "http://127.0.0.1", "http://localhost"), restart=True)
-    require_token: bool = _opt(True, restart=True)
+    allowed_origins: tuple[str, ...] = _opt((), restart=True)  # besides the server's own pages
     max_clients: int = _opt(16, min=1, max=1024, restart=True)
     max_message_bytes: int = _opt(1 << 20, min=1024, max=64 << 20, restart=True)
-    rate_limit_per_s: float = _opt(50.0, min=1.0, max=100000.0, restart=True)
+    rate_limit_per_s: float = _opt(20.0, min=1.0, max=100000.0, restart=True)
 
 
 @dataclass(frozen=True)
@@ -94,9 +93,11 @@ class OutputSettings:
 @dataclass(frozen=True)
 class HotkeySettings:
     enabled: bool = _opt(True, restart=True)
-    toggle: str = _opt("<ctrl>+<alt>+space", restart=True)
-    push_to_talk: str = _opt("", restart=True)
-    cancel: str = _opt("", restart=True)
+    combo: str = _opt("<ctrl>+<alt>+space", restart=True)
+    mode: str = _opt("auto", choices=("auto", "hold", "toggle"), restart=True)
+    tap_threshold_s: float = _opt(0.3, min=0.0, max=5.0, restart=True)
+    release_tail_s: float = _opt(0.3, min=0.0, max=5.0, restart=True)
+    cancel_key: str = _opt("<esc>", restart=True)
 
 
 @dataclass(frozen=True)

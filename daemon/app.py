@@ -2,17 +2,23 @@
 
 Threads: the main thread waits for signals and control requests (it never does audio work); an
 ``audio`` thread reads the capture and runs the segmenter; the ``encoder`` and ``decoder`` workers
-(daemon/workers.py) produce partials and finals; the control socket and the WebSocket server have
-their own threads. Events from the decoder worker go to the WebSocket server, the journal and the
-desktop output.
+(daemon/workers.py) turn utterances into partials and finals; the control socket and the WebSocket
+server (daemon/server_bridge.py) have their own threads. The decoder worker hands each event to
+``_on_pipeline_event``: mic finals go to the desktop output, the journal and every WebSocket
+subscriber; results of audio a client streamed go to that client only.
 
-States: ``starting`` → ``listening`` (capture open, waiting for speech / a command) ⇄ ``recording``
-(an utterance is being captured) ⇄ ``transcribing`` (finals still being produced, no speech) ;
-``paused`` (vad mode, listening switched off by ``toggle``); ``no-device`` (no microphone could be
-opened: the daemon keeps serving WebSocket ingestion, control commands and status, and retries the
-device every ``DEVICE_RETRY_S``); ``error`` (the capture stream failed); ``stopping``.
+States (``status()["state"]`` and ``state`` events):
+  starting      loading the model, opening the microphone and the server
+  listening     microphone open, waiting for speech (vad) or a start command (ptt/toggle)
+  recording     an utterance is being captured
+  transcribing  no utterance being captured, finals still being produced
+  paused        vad mode, listening switched off by ``toggle`` (the stream stays open: no warm-up later)
+  no-device     no microphone could be opened: the daemon keeps serving status, commands and WebSocket
+                audio ingestion, and tries the device again every DEVICE_RETRY_S seconds
+  error         the capture stream failed while running (retried like no-device)
+  stopping      SIGTERM/stop: the utterance in flight is ended and transcribed, then the daemon exits
 
-A missing or broken model is fatal at start (one clear line, non-zero exit); a missing microphone is not.
+A missing or broken model, a bad config or a busy port are fatal at start: one line, non-zero exit.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import os
 import struct
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +41,7 @@ from qasr.config.loader import ConfigError, load_settings
 from qasr.config.settings import Settings, changed_options
 from qasr.daemon import lifecycle, logging_setup
 from qasr.daemon.control import ControlServer
+from qasr.daemon.segmenter import Segmenter, SegmenterOptions
 from qasr.daemon.workers import Pipeline, WholeUtteranceBackend
 from qasr.engine.bundle import load_bundle
 from qasr.errors import QasrError
@@ -43,11 +50,11 @@ log = logging.getLogger("qasr.app")
 
 DEVICE_RETRY_S = 10.0
 DRAIN_TIMEOUT_S = 120.0
-STATES = ("starting", "listening", "recording", "transcribing", "paused", "no-device", "error", "stopping")
+CONTEXT_RESERVE_BYTES = 4096
 
 
 def _optional_module(name: str):
-    """A sibling module another part of qasr provides; None while it does not exist."""
+    """A sibling module another part of qasr provides; None while it is not there."""
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
@@ -62,7 +69,6 @@ class DaemonOptions:
     overrides: tuple[str, ...] = ()  # --set section.key=value, re-applied on every reload
     model: str | None = None  # --model DIR (wins over model.path)
     device: str | None = None  # --device NAME (wins over audio.device)
-    foreground: bool = True  # log to stderr too
 
 
 class Daemon:
@@ -75,26 +81,31 @@ class Daemon:
         self.transcriber = None
         self.pipeline: Pipeline | None = None
         self.capture = None
-        self.segmenter = None
+        self.segmenter: Segmenter | None = None
         self.server = None
+        self.server_handler = None
         self.journal = None
         self.output = None
         self.control: ControlServer | None = None
+        self.hotkey = None
         self.input_device: str | None = None
         self.device_error: str | None = None
         self.ws_url: str | None = None
         self.log_file: Path | None = None
         self.warnings: list[str] = []
+        self._runner = None
         self._lock = lifecycle.InstanceLock()
         self._terminate = threading.Event()
         self._reload_requested = threading.Event()
         self._wake = threading.Event()
-        self._seg_lock = threading.RLock()  # segmenter + mic utterance bookkeeping
-        self._mic_utterance: int | None = None
+        self._mic_lock = threading.RLock()  # segmenter, mic utterance bookkeeping, output target
+        self._mic_utterances: dict[int, int] = {}  # segmenter utterance id -> pipeline utterance id
+        self._segmenter_stale = False
         self._paused = False
         self._audio_stop = threading.Event()
         self._audio_thread: threading.Thread | None = None
         self._last_device_try = 0.0
+        self._output_lock = threading.Lock()
         self._saver: _UtteranceAudioSaver | None = None
 
     # ------------------------------------------------------------------ settings
@@ -117,20 +128,20 @@ class Daemon:
             lifecycle.install_signal_handlers(self.request_stop, self.request_reload)
             self._start_components()
             lifecycle.write_pid_file()
-        except QasrError as exc:
-            log.error("start-up failed: %s", exc)
-            reporter.failed(str(exc))
-            self._shutdown_components()
-            self._lock.release()
-            raise
         except BaseException as exc:
-            log.exception("start-up failed")
-            reporter.failed(f"internal error during start-up: {exc}; see {self.log_file or paths.log_file()}")
+            if isinstance(exc, QasrError):
+                log.error("start-up failed: %s", exc)
+                reporter.failed(str(exc))
+            else:
+                log.exception("start-up failed")
+                reporter.failed(f"internal error during start-up ({exc!r}); see {self.log_file or paths.log_file()}")
             self._shutdown_components()
             self._lock.release()
             raise
+        self.state = "listening"  # start-up is over: from here the state follows the components
         self._set_state(self._computed_state())
-        log.info("ready: state=%s model=%s device=%s ws=%s", self.state, self.model_name, self.input_device, self.ws_url)
+        log.info("ready: state=%s model=%s device=%s ws=%s", self.state, self.model_name, self.input_device,
+                 self.ws_url)
         reporter.ready({"pid": os.getpid(), "state": self.state, "ws_url": self.ws_url,
                         "input_device": self.input_device, "warnings": self.warnings})
         try:
@@ -154,12 +165,12 @@ class Daemon:
     def _start_components(self) -> None:
         s = self.settings
         self.bundle = load_bundle(s.model.resolved_path(), verify=s.model.verify)
-        self._check_language(s.engine.language)
+        self.check_language(s.engine.language)
         self.transcriber = self._make_transcriber()
         if s.debug.save_audio_dir:
             self._saver = _UtteranceAudioSaver(Path(s.debug.save_audio_dir).expanduser())
         self.pipeline = Pipeline(
-            WholeUtteranceBackend(self._transcribe),  # INTERIM: offline final per utterance, no partials
+            WholeUtteranceBackend(self._transcribe),  # INTERIM: one offline final per utterance, no partials
             self._on_pipeline_event,
             max_queued_blocks=max(16, int(s.audio.queue_s * 1000 / s.audio.block_ms)),
             on_audio=self._saver.add if self._saver else None,
@@ -171,30 +182,54 @@ class Daemon:
         self.control.start()
         self._start_server()
         self._open_capture()
+        self._start_hotkey()
 
     @property
     def model_name(self) -> str | None:
         return self.bundle.manifest.model.get("name") if self.bundle else None
 
-    def _check_language(self, language: str) -> None:
-        if language and self.bundle and language not in self.bundle.manifest.languages:
-            raise ConfigError(
-                f"engine.language = {language!r} is not a language of {self.model_name}; use \"\" (detect) "
-                f"or one of: {', '.join(self.bundle.manifest.languages)}"
-            )
+    def languages(self) -> list[str]:
+        return list(self.bundle.manifest.languages) if self.bundle else []
+
+    def check_language(self, language: str | None) -> None:
+        from qasr.engine.prompt import resolve_language
+
+        if language and self.bundle:
+            try:
+                resolve_language(language, self.languages())
+            except QasrError:
+                raise ConfigError(
+                    f"engine.language = {language!r} is not a language of {self.model_name}; use \"\" (detect) "
+                    f"or one of: {', '.join(self.languages())}"
+                ) from None
 
     def _make_transcriber(self):
-        transcribe = importlib.import_module("qasr.engine.transcribe")
-        e = self.settings.engine
-        options = transcribe.TranscribeOptions(
-            language=e.language or None, context=e.context, max_new_tokens=e.max_new_tokens, threads=e.threads,
-        )
-        return transcribe.Transcriber(self.bundle.root, options)
+        from qasr.engine.transcribe import TranscribeOptions, Transcriber
 
-    def _transcribe(self, audio: np.ndarray):
-        """INTERIM engine call (decoder worker thread): the whole utterance, current language/context."""
         e = self.settings.engine
-        return self.transcriber.transcribe(audio, language=e.language or None, context=e.context)
+        # n_ctx is sized from the context at construction: reserve room for contexts set later (reload,
+        # WebSocket `set`/audio.start), then put the real context back.
+        sizing = TranscribeOptions(
+            language=e.language or None, context=" " * CONTEXT_RESERVE_BYTES, threads=e.threads,
+            max_new_tokens=e.max_new_tokens, verify="none",
+        )
+        transcriber = Transcriber(self.bundle, sizing)
+        transcriber.options = replace(sizing, context=e.context)
+        return transcriber
+
+    def _transcribe(self, audio: np.ndarray, options: dict[str, Any]):
+        """INTERIM engine call (decoder worker): the whole utterance; the stream's options win over settings."""
+        from qasr.engine.prompt import resolve_language
+
+        e = self.settings.engine
+        context = options.get("context") if options.get("context") is not None else e.context
+        if len(context.encode("utf-8")) > CONTEXT_RESERVE_BYTES:
+            raise QasrError(f"the context is longer than {CONTEXT_RESERVE_BYTES} bytes; shorten it")
+        t = self.transcriber
+        # Per-utterance language/context: the Transcriber reads both when it builds each prompt.
+        t.language = resolve_language(options.get("language") or e.language or None, self.languages())
+        t.options = replace(t.options, context=context, max_new_tokens=e.max_new_tokens)
+        return t.transcribe(audio)
 
     def _make_journal(self) -> None:
         journal = _optional_module("qasr.daemon.journal")
@@ -203,188 +238,297 @@ class Daemon:
             self.journal = journal.Journal(journal.JournalOptions(enabled=j.enabled, path=j.resolved_path()))
 
     def _make_output(self) -> None:
-        self.output = None  # desktop output (daemon/output.py) is wired once it exists
+        o = self.settings.output
+        with self._output_lock:
+            old, self.output = self.output, None
+            if old is not None:
+                old.close()
+            if o.sink == "none":
+                return
+            output = _optional_module("qasr.daemon.output")
+            if output is None:
+                return
+            try:
+                self.output = output.TextOutput(output.OutputOptions(
+                    sink=o.sink, paste_keys=o.paste_keys, terminal_paste_keys=o.terminal_paste_keys,
+                    restore_clipboard=o.restore_clipboard, char_delay_ms=float(o.type_delay_ms),
+                ))
+            except QasrError as exc:
+                note = f"desktop text output is off: {exc}"
+                log.warning("%s", note)
+                if note not in self.warnings:
+                    self.warnings.append(note)
 
     def _start_server(self) -> None:
         s = self.settings.server
         if not s.enabled:
             return
-        ws_server = _optional_module("qasr.daemon.ws_server")
-        if ws_server is None:
-            self.warnings.append("the WebSocket server is not available in this build")
-            return
-        self.server = ws_server.EventServer(
-            ws_server.ServerOptions(host=s.host, port=s.port), _ServerHandler(self)
-        )
-        self.server.start()
-        self.ws_url = getattr(self.server, "url", None)
+        from qasr.daemon import server_bridge, ws_server
 
+        self.server_handler = server_bridge.DaemonServerHandler(self)
+        self.server = ws_server.EventServer(ws_server.ServerOptions(
+            host=s.host, port=s.port, allowed_origins=tuple(s.allowed_origins), max_clients=s.max_clients,
+            max_message_bytes=s.max_message_bytes, commands_per_second=s.rate_limit_per_s,
+            command_burst=max(1, int(2 * s.rate_limit_per_s)),
+        ), self.server_handler)
+        self._runner = server_bridge.ServerRunner(self.server)
+        try:
+            self._runner.start()
+        except BaseException:
+            self.server = None
+            self._runner = None
+            raise
+        self.ws_url = self.server.ws_url
+
+    def _start_hotkey(self) -> None:
+        h = self.settings.hotkey
+        hotkey = _optional_module("qasr.daemon.hotkey")
+        if hotkey is None or not h.enabled:
+            return
+        listener = hotkey.HotkeyListener(
+            hotkey.HotkeyOptions(enabled=h.enabled, combo=h.combo, mode=h.mode, tap_threshold_s=h.tap_threshold_s,
+                                 release_tail_s=h.release_tail_s, cancel_key=h.cancel_key),
+            on_start=lambda: self._hotkey_command("start"), on_stop=lambda: self._hotkey_command("stop"),
+            on_cancel=lambda: self._hotkey_command("cancel"),
+        )
+        if listener.start():
+            self.hotkey = listener
+            log.info("hotkey %s (%s)", h.combo, h.mode)
+        elif listener.unavailable_reason:
+            self.warnings.append(listener.unavailable_reason)
+
+    def _hotkey_command(self, action: str) -> None:
+        """Hotkey thread: ptt/toggle modes start/stop utterances; vad mode pauses/resumes listening."""
+        if self.settings.vad.mode == "vad":
+            name = "cancel" if action == "cancel" else "toggle"
+        else:
+            name = {"start": "start-utterance", "stop": "stop-utterance", "cancel": "cancel"}[action]
+        try:
+            self.command(name)
+        except QasrError as exc:
+            log.warning("hotkey: %s", exc)
+
+    # ------------------------------------------------------------------ microphone
     def _open_capture(self) -> None:
         self._last_device_try = time.monotonic()
         capture_mod = _optional_module("qasr.daemon.capture")
-        segmenter_mod = _optional_module("qasr.daemon.segmenter")
-        if capture_mod is None or segmenter_mod is None:
+        if capture_mod is None:
             self._no_device("microphone capture is not available in this build")
             return
         a = self.settings.audio
         try:
-            capture = capture_mod.AudioCapture(
-                capture_mod.CaptureOptions(device=a.device or None, block_ms=a.block_ms, preroll_s=a.preroll_s)
-            )
+            capture = capture_mod.AudioCapture(capture_mod.CaptureOptions(
+                device=a.device or None, block_ms=a.block_ms, preroll_s=a.preroll_s, ring_s=a.queue_s,
+            ), on_state=self._on_capture_state)
             capture.start()
-        except capture_mod.NoInputDeviceError as exc:
-            self._no_device(str(exc))
-            return
-        except QasrError as exc:
+        except QasrError as exc:  # NoInputDeviceError and friends
             self._no_device(str(exc))
             return
         self.capture = capture
-        self.input_device = getattr(capture, "device_name", None) or (a.device or "default")
+        self.input_device = _device_name(capture) or a.device or "default"
         self.device_error = None
-        self.segmenter = self._make_segmenter(segmenter_mod)
+        with self._mic_lock:
+            self.segmenter = self.make_segmenter()
         self._audio_stop.clear()
         self._audio_thread = threading.Thread(target=self._audio_loop, name="audio", daemon=True)
         self._audio_thread.start()
+        self.warnings = [w for w in self.warnings if not w.startswith("no input device")]
         log.info("capturing from %s", self.input_device)
 
     def _no_device(self, message: str) -> None:
         if self.device_error != message:
-            log.warning("no microphone: %s; serving WebSocket ingestion only, retrying every %.0f s",
+            log.warning("no microphone (%s); serving WebSocket audio only, retrying every %.0f s",
                         message, DEVICE_RETRY_S)
-            note = f"no input device ({message}); the daemon keeps serving WebSocket ingestion and retries"
-            if note not in self.warnings:
-                self.warnings.append(note)
+        self.warnings = [w for w in self.warnings if not w.startswith("no input device")]
+        self.warnings.append(
+            f"no input device ({message}); the daemon serves WebSocket audio streams and retries the "
+            f"microphone every {DEVICE_RETRY_S:.0f} s"
+        )
         self.device_error = message
         self.input_device = None
 
-    def _make_segmenter(self, segmenter_mod=None):
-        segmenter_mod = segmenter_mod or importlib.import_module("qasr.daemon.segmenter")
+    def make_segmenter(self, mode: str | None = None) -> Segmenter:
         v, e = self.settings.vad, self.settings.engine
-        return segmenter_mod.Segmenter(segmenter_mod.SegmenterOptions(
-            mode=v.mode, aggressiveness=v.aggressiveness, onset_ms=v.onset_ms, hangover_ms=v.hangover_ms,
+        return Segmenter(SegmenterOptions(
+            mode=mode or v.mode, aggressiveness=v.aggressiveness, onset_ms=v.onset_ms, hangover_ms=v.hangover_ms,
             preroll_ms=v.preroll_ms, max_utterance_s=e.max_utterance_s,
         ))
 
-    # ------------------------------------------------------------------ audio thread
     def _audio_loop(self) -> None:
+        capture = self.capture
         while not self._audio_stop.is_set():
             try:
-                pcm = self.capture.read(timeout=0.1)
+                pcm = capture.read(timeout=0.1)
             except Exception as exc:
                 log.exception("capture failed")
-                self.device_error = f"capture failed: {exc}"
-                self._set_state("error")
+                self._capture_failed(f"capture failed: {exc}")
                 return
             if pcm is None:
                 continue
-            with self._seg_lock:
+            with self._mic_lock:
                 if self._paused:
                     continue
-                for event in self.segmenter.process(pcm):
-                    self._on_segment_event(event)
+                self._handle_mic_events(self.segmenter.process(pcm))
+                if self._segmenter_stale and not self.segmenter.in_utterance:
+                    self.segmenter = self.make_segmenter()
+                    self._segmenter_stale = False
             self._wake.set()
 
-    def _on_segment_event(self, event: Any) -> None:
-        """Segmenter event -> pipeline (called with _seg_lock held)."""
-        kind = type(event).__name__
-        if kind == "SpeechStart":
-            self._mic_utterance = self.pipeline.begin("mic")
-        elif kind == "SpeechAudio" and self._mic_utterance is not None:
-            self.pipeline.audio(self._mic_utterance, event.pcm)
-        elif kind == "SpeechEnd" and self._mic_utterance is not None:
-            self.pipeline.end(self._mic_utterance)
-            self._mic_utterance = None
-        elif kind == "Cancelled" and self._mic_utterance is not None:
-            self.pipeline.cancel(self._mic_utterance)
-            self._mic_utterance = None
-        elif kind == "VadState":
-            self._publish_vad(event)
+    def _on_capture_state(self, state: str, message: str) -> None:
+        """Capture supervisor: a lost device is reopened by the capture itself; reflect it in the state."""
+        if state in ("retrying", "no-device"):
+            self.device_error = message
+            log.warning("microphone %s: %s", state, message)
+        elif state == "running":
+            self.device_error = None
+        self._wake.set()
 
-    def _publish_vad(self, event: Any) -> None:
-        if self.server is None:
+    def _capture_failed(self, message: str) -> None:
+        with self._mic_lock:
+            self._handle_mic_events(self.segmenter.finish())  # what was captured still gets transcribed
+        self.device_error = message
+        self.state = "error"
+        self._wake.set()
+
+    def _handle_mic_events(self, events: list) -> None:
+        """Segmenter events -> pipeline (with _mic_lock held)."""
+        for event in events:
+            kind = type(event).__name__
+            if kind == "VadState":
+                self._publish_protocol("vad", event.speaking, event.t_s)
+                continue
+            if kind == "SpeechStart":
+                self._mic_utterances[event.utterance_id] = self.pipeline.begin("mic", audio_start=event.t_s)
+                self._output_begin()
+                continue
+            utterance = self._mic_utterances.get(event.utterance_id)
+            if utterance is None:
+                continue
+            if kind == "SpeechAudio":
+                self.pipeline.audio(utterance, event.pcm)
+            elif kind == "SpeechEnd":
+                self.pipeline.end(utterance)
+                del self._mic_utterances[event.utterance_id]
+            elif kind == "Cancelled":
+                self.pipeline.cancel(utterance)
+                del self._mic_utterances[event.utterance_id]
+
+    def _output_begin(self) -> None:
+        if self.output is None:
             return
-        protocol = importlib.import_module("qasr.daemon.protocol")
-        speech = bool(getattr(event, "speech", False))
-        self.server.publish(protocol.vad(speech, float(getattr(event, "time_s", 0.0))))
+        with self._output_lock:
+            try:
+                self.output.begin_utterance()
+            except QasrError as exc:
+                log.warning("text output: %s", exc)
 
     # ------------------------------------------------------------------ pipeline events (decoder thread)
     def _on_pipeline_event(self, event: dict[str, Any]) -> None:
-        kind = event["type"]
+        from qasr.daemon.server_bridge import protocol_event
+
+        kind, source = event["type"], event.get("source", "mic")
+        if kind == "final" and self._saver is not None:
+            self._saver.save(event["utterance_id"])
+        if kind == "cancelled" and self._saver is not None:
+            self._saver.drop(event["utterance_id"])
+        if source != "mic":
+            if self.server_handler is not None:
+                self.server_handler.route(event, protocol_event(event))
+            return
         if kind == "final":
-            if self._saver is not None:
-                self._saver.save(event["utterance_id"])
-            sink = self._deliver(event)
-            out = dict(event, sink=sink)
-            if self.journal is not None:
+            sink, warning = self._deliver(event["text"])
+            if self.journal is not None and event["text"]:
                 try:
-                    self.journal.append(out)
+                    self.journal.append(dict(event, utterance_id=str(event["utterance_id"]), sink=sink))
                 except QasrError as exc:
                     log.error("%s", exc)
             log.info("final #%s (%.2f s audio, %s ms): %s", event["utterance_id"], event["audio_s"],
                      event["latency_ms"], event["text"])
-            self._publish(self._protocol_final(out))
+            self._publish(protocol_event(event, sink))
+            if warning:
+                self._publish_protocol("warning", "output", warning)
         elif kind == "partial":
-            self._publish(self._protocol_partial(event))
-        elif kind == "cancelled" and self._saver is not None:
-            self._saver.drop(event["utterance_id"])
+            self._live_type(event)
+            self._publish(protocol_event(event))
+        elif kind == "cancelled":
+            self._output_cancel()
         elif kind == "error":
             log.error("utterance %s: %s", event.get("utterance_id"), event.get("message"))
-            protocol = _optional_module("qasr.daemon.protocol")
-            if protocol is not None:
-                self._publish(protocol.error("internal", event["message"]))
+            self._publish(protocol_event(event))
         self._wake.set()
 
-    def _deliver(self, event: dict[str, Any]) -> str | None:
-        """Type/paste a mic final on the desktop; returns the sink's name (None when nothing was output)."""
-        if self.output is None or event.get("source") != "mic" or not event["text"]:
-            return None
-        try:
-            return self.output.deliver(event["text"])
-        except QasrError as exc:
-            log.warning("text output failed: %s", exc)
-            return None
+    def _deliver(self, text: str) -> tuple[str | None, str]:
+        """Type/paste a mic final on the desktop: (sink name or None, warning text)."""
+        with self._output_lock:
+            if self.output is None or not text:
+                return None, ""
+            try:
+                result = self.output.deliver(self._shape(text))
+            except QasrError as exc:
+                log.warning("text output failed: %s", exc)
+                return None, str(exc)
+        return (result.sink if result.delivered or result.sink == "clipboard" else None), result.message
 
-    def _protocol_final(self, event: dict[str, Any]) -> dict[str, Any]:
-        protocol = importlib.import_module("qasr.daemon.protocol")
-        timings = {"latency_ms": event["latency_ms"] or 0.0, "compute_ms": event["elapsed_s"] * 1000.0}
-        return protocol.final(
-            str(event["utterance_id"]), 0, event["text"], event["language"] or None, event["token_ids"],
-            0.0, event["audio_s"], timings=timings, sink=event.get("sink"), source=event["source"],
-        )
+    def _live_type(self, event: dict[str, Any]) -> None:
+        if self.output is None or not self.settings.output.live:
+            return
+        # Committed text only grows; the output remembers what it typed and sends the rest.
+        with self._output_lock:
+            typed = getattr(self.output, "_typed", "")
+            delta = event["committed"][len(typed):] if event["committed"].startswith(typed) else ""
+            try:
+                self.output.deliver_committed(delta)
+            except QasrError as exc:
+                log.warning("live typing failed: %s", exc)
 
-    def _protocol_partial(self, event: dict[str, Any]) -> dict[str, Any]:
-        protocol = importlib.import_module("qasr.daemon.protocol")
-        return protocol.partial(str(event["utterance_id"]), 0, event["committed"], event["tentative"], 0.0, 0.0)
+    def _output_cancel(self) -> None:
+        if self.output is not None:
+            with self._output_lock:
+                self.output.cancel_utterance()
 
-    def _publish(self, event: dict[str, Any]) -> None:
-        if self.server is not None:
+    def _shape(self, text: str) -> str:
+        shaping = _optional_module("qasr.daemon.text_shaping")
+        if shaping is None:
+            return text  # text shaping (daemon/text_shaping.py) is wired once it exists
+        return text
+
+    def _publish(self, event: dict[str, Any] | None) -> None:
+        if event is not None and self.server is not None:
             self.server.publish(event)
+
+    def _publish_protocol(self, kind: str, *args: Any) -> None:
+        if self.server is None:
+            return
+        from qasr.daemon import protocol
+
+        if kind == "vad":
+            self.server.publish(protocol.vad(*args))
+        elif kind == "warning":
+            self.server.publish(protocol.warning(*args))
+        elif kind == "state":
+            self.server.publish(protocol.state(*args))
 
     # ------------------------------------------------------------------ state
     def _computed_state(self) -> str:
-        if self.state == "stopping":
-            return "stopping"
-        if self.capture is None:
-            busy = self.pipeline is not None and self.pipeline.busy()
+        if self.state in ("stopping", "starting"):
+            return self.state
+        busy = self.pipeline is not None and self.pipeline.busy()
+        if self.capture is None or getattr(self.capture, "state", "running") in ("retrying", "no-device"):
             return "transcribing" if busy else "no-device"
         if self.state == "error":
             return "error"
         if self._paused:
             return "paused"
-        if self._mic_utterance is not None:
+        if self._mic_utterances:
             return "recording"
-        if self.pipeline is not None and self.pipeline.busy():
-            return "transcribing"
-        return "listening"
+        return "transcribing" if busy else "listening"
 
     def _set_state(self, state: str) -> None:
         if state == self.state:
             return
         log.debug("state %s -> %s", self.state, state)
         self.state = state
-        protocol = _optional_module("qasr.daemon.protocol")
-        if protocol is not None:
-            self._publish(protocol.state(state))
+        self._publish_protocol("state", state)
 
     def status(self) -> dict[str, Any]:
         s = self.settings
@@ -392,7 +536,7 @@ class Daemon:
         return {
             "pid": os.getpid(),
             "version": __version__,
-            "state": self._computed_state() if self.state != "starting" else "starting",
+            "state": self._computed_state(),
             "model": self.model_name,
             "model_path": str(self.bundle.root) if self.bundle else str(s.model.resolved_path()),
             "input_device": self.input_device,
@@ -408,6 +552,7 @@ class Daemon:
             "config_file": str(self.config_path),
             "log_file": str(self.log_file) if self.log_file else None,
             "journal_file": str(self.journal.path) if self.journal is not None and self.journal.enabled else None,
+            "output": self.settings.output.sink if self.output is not None else "none",
             "save_audio_dir": s.debug.save_audio_dir or None,
             "warnings": list(self.warnings),
         }
@@ -417,55 +562,47 @@ class Daemon:
         """start-utterance / stop-utterance / toggle / cancel, from the control socket, WebSocket or hotkey."""
         if self.state == "stopping":
             raise QasrError("the daemon is stopping")
-        with self._seg_lock:
-            if name == "cancel":
-                return self._cancel()
-            if self.segmenter is None:
+        with self._mic_lock:
+            if self.segmenter is None or self.capture is None:
                 raise QasrError(
-                    f"no microphone is open ({self.device_error or 'capture unavailable'}); "
-                    "check `qasr-daemon devices`, or stream audio over the WebSocket"
+                    f"no microphone is open ({self.device_error or 'capture unavailable'}); check "
+                    "`qasr-daemon devices`, or stream audio over the WebSocket"
                 )
-            mode = self.settings.vad.mode
-            if name == "toggle":
-                if mode == "vad":  # in vad mode toggle pauses / resumes listening
-                    self._paused = not self._paused
-                    if self._paused and self._mic_utterance is not None:
-                        self._end_mic_utterance()
-                    self._wake.set()
-                    return {"paused": self._paused}
-                events = self.segmenter.toggle()
-            elif name == "start-utterance":
+            seg = self.segmenter
+            if name == "cancel":
+                cancelled = seg.in_utterance
+                self._handle_mic_events(seg.cancel())
+                result = {"cancelled": cancelled}
+            elif name == "toggle" and seg.mode == "vad":  # vad mode: toggle pauses / resumes listening
+                self._paused = not self._paused
                 if self._paused:
-                    self._paused = False
-                events = self.segmenter.start_utterance()
+                    self._handle_mic_events(seg.stop_utterance())
+                result = {"paused": self._paused}
+            elif name == "toggle":
+                self._handle_mic_events(seg.toggle())
+                result = {"recording": seg.in_utterance}
+            elif name == "start-utterance":
+                self._paused = False
+                self._handle_mic_events(seg.start_utterance())
+                result = {"recording": seg.in_utterance}
             elif name == "stop-utterance":
-                events = self.segmenter.stop_utterance()
+                self._handle_mic_events(seg.stop_utterance())
+                result = {"recording": seg.in_utterance}
             else:
                 raise ValueError(f"unknown command {name!r}")
-            for event in events or ():
-                self._on_segment_event(event)
         self._wake.set()
-        return {"recording": self._mic_utterance is not None}
+        return result
 
-    def _cancel(self) -> dict[str, Any]:
-        cancelled = self._mic_utterance is not None
-        if self.segmenter is not None:
-            events = self.segmenter.cancel()
-            for event in events or ():
-                self._on_segment_event(event)
-        if self._mic_utterance is not None:
-            self.pipeline.cancel(self._mic_utterance)
-            self._mic_utterance = None
-        self._wake.set()
-        return {"cancelled": cancelled}
-
-    def _end_mic_utterance(self) -> None:
-        """End the utterance being recorded at this point (stop, pause, shutdown); its final still comes."""
-        if self._mic_utterance is not None:
-            self.pipeline.end(self._mic_utterance)
-            self._mic_utterance = None
-            if self.segmenter is not None:
-                self.segmenter = self._make_segmenter()  # forget the ended utterance's VAD state
+    def set_engine(self, language: str | None = None, context: str | None = None) -> dict[str, Any]:
+        """Change language/context for the next utterances (WebSocket ``set``); a reload re-reads the file."""
+        engine = self.settings.engine
+        if language is not None:
+            self.check_language(language)
+            engine = replace(engine, language=language)
+        if context is not None:
+            engine = replace(engine, context=context)
+        self.settings = replace(self.settings, engine=engine)
+        return {"language": engine.language or None, "context": engine.context}
 
     def _on_control(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request["cmd"]
@@ -475,8 +612,7 @@ class Daemon:
             self.request_stop()
             return {"stopping": True, "pid": os.getpid()}
         if cmd == "reload":
-            self.request_reload()
-            return {"reloading": True}
+            return {"reloaded": self.reload()}
         return self.command(cmd)
 
     # ------------------------------------------------------------------ signals / reload
@@ -492,26 +628,24 @@ class Daemon:
         """SIGHUP: re-read the config file (+ the same --set overrides); apply what can change live."""
         try:
             new, _ = self._load_settings()
-            self._check_language(new.engine.language)
+            self.check_language(new.engine.language)
         except QasrError as exc:
             log.error("reload refused, keeping the running settings: %s", exc)
+            self._publish_protocol("warning", "config", f"reload refused: {exc}")
             return False
         changes = changed_options(self.settings, new)
         restart = [name for name, needs in changes if needs]
         if restart:
             log.warning("changed options that apply after a restart: %s", ", ".join(restart))
             new = _keep_restart_options(self.settings, new)
-        old = self.settings
-        self.settings = new
+        old, self.settings = self.settings, new
         logging_setup.set_level(new.logging.level)
         if new.vad != old.vad or new.engine.max_utterance_s != old.engine.max_utterance_s:
-            with self._seg_lock:
-                if self.segmenter is not None:
-                    self._end_mic_utterance()
-                    self.segmenter = self._make_segmenter()
+            with self._mic_lock:
+                self._segmenter_stale = True  # replaced once no utterance is open
         if new.journal != old.journal:
             self._make_journal()
-        if new.output != old.output or new.shaping != old.shaping:
+        if new.output != old.output:
             self._make_output()
         log.info("reloaded %s: %s", self.config_path, ", ".join(n for n, _ in changes) or "no changes")
         return True
@@ -520,11 +654,7 @@ class Daemon:
     def _shutdown(self) -> None:
         log.info("stopping")
         self._set_state("stopping")
-        self._stop_audio_thread(flush=True)
-        with self._seg_lock:
-            if self._mic_utterance is not None:  # SIGTERM mid-utterance: finish it with the audio so far
-                self.pipeline.end(self._mic_utterance)
-                self._mic_utterance = None
+        self._stop_audio(finish_utterance=True)
         if self.pipeline is not None and not self.pipeline.drain(DRAIN_TIMEOUT_S):
             log.error("gave up waiting for pending finals after %.0f s", DRAIN_TIMEOUT_S)
         self._shutdown_components()
@@ -532,47 +662,56 @@ class Daemon:
         self._lock.release()
         log.info("stopped")
 
-    def _stop_audio_thread(self, flush: bool) -> None:
+    def _stop_audio(self, finish_utterance: bool) -> None:
         self._audio_stop.set()
         if self._audio_thread is not None:
             self._audio_thread.join(timeout=5)
             self._audio_thread = None
-        if self.capture is not None:
-            if flush:  # audio already captured belongs to the utterance in flight
-                with self._seg_lock:
-                    while (pcm := self.capture.read(timeout=0)) is not None and self.segmenter is not None:
-                        for event in self.segmenter.process(pcm):
-                            if type(event).__name__ != "SpeechStart" or self._mic_utterance is None:
-                                self._on_segment_event(event)
-            try:
-                self.capture.stop()
-            except Exception:
-                log.exception("closing the capture failed")
-            self.capture = None
+        capture, self.capture = self.capture, None
+        if capture is None:
+            return
+        with self._mic_lock:
+            if finish_utterance and self.segmenter is not None and self.pipeline is not None:
+                # Audio already captured belongs to the utterance in flight; then end it where it is.
+                while (pcm := capture.read(timeout=0)) is not None and self.segmenter.in_utterance:
+                    self._handle_mic_events(self.segmenter.process(pcm))
+                self._handle_mic_events(self.segmenter.finish())
+        try:
+            capture.stop()
+        except Exception:
+            log.exception("closing the capture failed")
 
     def _shutdown_components(self) -> None:
-        if self._audio_thread is not None or self.capture is not None:
-            self._stop_audio_thread(flush=False)
-        if self.server is not None:
+        if self.hotkey is not None:
+            self.hotkey.stop()
+            self.hotkey = None
+        self._stop_audio(finish_utterance=False)
+        if self._runner is not None:
             try:
-                self.server.stop()
+                self._runner.stop()
             except Exception:
                 log.exception("stopping the WebSocket server failed")
+            self._runner = None
             self.server = None
         if self.control is not None:
             self.control.stop()
             self.control = None
         if self.pipeline is not None:
             self.pipeline.stop()
-        close = getattr(self.output, "close", None)
+        if self.output is not None:
+            self.output.close()
+        close = getattr(self.transcriber, "close", None)
         if close is not None:
             close()
 
 
+def _device_name(capture: Any) -> str | None:
+    device = getattr(capture, "device", None)
+    return device.get("name") if isinstance(device, dict) else None
+
+
 def _keep_restart_options(old: Settings, new: Settings) -> Settings:
     """``new`` with every [restart] option put back to its running value."""
-    from dataclasses import fields
-
     sections = {}
     for section in fields(Settings):
         a, b = getattr(old, section.name), getattr(new, section.name)
@@ -585,91 +724,6 @@ def _toml_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class _ServerHandler:
-    """What the WebSocket server asks of the daemon (see daemon/ws_server.py's ServerHandler)."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-
-    def hello_info(self) -> dict[str, Any]:
-        d = self.daemon
-        return {"model": d.model_name, "state": d.state,
-                "languages": list(d.bundle.manifest.languages) if d.bundle else []}
-
-    def on_command(self, client_id: str, msg: dict[str, Any]) -> dict[str, Any]:
-        kind = msg["type"]
-        if kind == "set":
-            return self._set(msg)
-        mapping = {"start": "start-utterance", "stop": "stop-utterance", "toggle": "toggle", "cancel": "cancel"}
-        return self.daemon.command(mapping[kind])
-
-    def _set(self, msg: dict[str, Any]) -> dict[str, Any]:
-        d = self.daemon
-        engine = d.settings.engine
-        if msg.get("language") is not None:
-            d._check_language(msg["language"])
-            engine = replace(engine, language=msg["language"])
-        if msg.get("context") is not None:
-            engine = replace(engine, context=msg["context"])
-        d.settings = replace(d.settings, engine=engine)
-        return {"language": engine.language or None, "context": engine.context}
-
-    def open_ingest(self, client_id: str, fmt: str, sample_rate: int, segment: str, channels: int = 1):
-        return _IngestSink(self.daemon, client_id, fmt, sample_rate, segment, channels)
-
-
-class _IngestSink:
-    """Audio a WebSocket client streams: one utterance (segment "none") or VAD-delimited utterances."""
-
-    def __init__(self, daemon: Daemon, client_id: str, fmt: str, sample_rate: int, segment: str,
-                 channels: int = 1) -> None:
-        protocol = importlib.import_module("qasr.daemon.protocol")
-        self.daemon = daemon
-        self.source = f"ws:{client_id}"
-        self.decoder = protocol.PcmDecoder(protocol.AudioFormat(fmt, sample_rate, channels))
-        self.segmenter = None
-        self.utterance: int | None = None
-        if segment == "vad":
-            seg = importlib.import_module("qasr.daemon.segmenter")
-            v, e = daemon.settings.vad, daemon.settings.engine
-            self.segmenter = seg.Segmenter(seg.SegmenterOptions(
-                mode="vad", aggressiveness=v.aggressiveness, onset_ms=v.onset_ms, hangover_ms=v.hangover_ms,
-                preroll_ms=v.preroll_ms, max_utterance_s=e.max_utterance_s,
-            ))
-        else:
-            self.utterance = daemon.pipeline.begin(self.source)
-
-    def feed(self, data: bytes) -> None:
-        self._push(self.decoder.feed(data))
-
-    def _push(self, pcm: np.ndarray) -> None:
-        pipeline = self.daemon.pipeline
-        if self.segmenter is None:
-            if pcm.size:
-                pipeline.audio(self.utterance, pcm)
-            return
-        for event in self.segmenter.process(pcm):
-            kind = type(event).__name__
-            if kind == "SpeechStart":
-                self.utterance = pipeline.begin(self.source)
-            elif kind == "SpeechAudio" and self.utterance is not None:
-                pipeline.audio(self.utterance, event.pcm)
-            elif kind in ("SpeechEnd", "Cancelled") and self.utterance is not None:
-                (pipeline.end if kind == "SpeechEnd" else pipeline.cancel)(self.utterance)
-                self.utterance = None
-
-    def end(self) -> None:
-        self._push(self.decoder.flush())
-        if self.utterance is not None:
-            self.daemon.pipeline.end(self.utterance)
-            self.utterance = None
-
-    def cancel(self) -> None:
-        if self.utterance is not None:
-            self.daemon.pipeline.cancel(self.utterance)
-            self.utterance = None
-
-
 class _UtteranceAudioSaver:
     """debug.save_audio_dir: every utterance's audio, exactly as the engine got it, as float32 WAV."""
 
@@ -678,7 +732,6 @@ class _UtteranceAudioSaver:
         folder.mkdir(parents=True, exist_ok=True)
         self._chunks: dict[int, list[np.ndarray]] = {}
         self._lock = threading.Lock()
-        self._stamp = time.strftime("%Y%m%d-%H%M%S")
 
     def add(self, utterance_id: int, pcm: np.ndarray) -> None:
         with self._lock:
@@ -693,7 +746,7 @@ class _UtteranceAudioSaver:
             chunks = self._chunks.pop(utterance_id, None)
         if not chunks:
             return None
-        target = self.folder / f"{self._stamp}-utt{utterance_id:04d}.wav"
+        target = self.folder / f"utterance-{os.getpid()}-{utterance_id:04d}.wav"
         write_wav_float32(target, np.concatenate(chunks))
         return target
 

@@ -91,7 +91,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
     options = DaemonOptions(
         config_file=Path(args.config) if args.config else None, overrides=tuple(args.overrides),
-        model=args.model, device=args.device, foreground=args.foreground,
+        model=args.model, device=args.device,
     )
     if args.foreground:
         reporter = lifecycle.ReadyReporter()

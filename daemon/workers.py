@@ -59,7 +59,9 @@ class UtteranceStream(Protocol):
 
 
 class EngineBackend(Protocol):
-    def open_stream(self) -> UtteranceStream: ...
+    def open_stream(self, options: dict[str, Any]) -> UtteranceStream:
+        """options: per-utterance engine settings (``language``, ``context``; None = the daemon's)."""
+        ...
 
 
 # ---------------------------------------------------------------- interim backend (offline Transcriber)
@@ -67,8 +69,9 @@ class EngineBackend(Protocol):
 class WholeUtteranceStream:
     """INTERIM: keeps the audio; the final is one offline transcription of the whole utterance."""
 
-    def __init__(self, transcribe: Callable[[np.ndarray], Any]) -> None:
+    def __init__(self, transcribe: Callable[[np.ndarray, dict[str, Any]], Any], options: dict[str, Any]) -> None:
         self._transcribe = transcribe
+        self._options = options
         self._chunks: list[np.ndarray] = []
         self._lock = threading.Lock()
 
@@ -90,7 +93,7 @@ class WholeUtteranceStream:
         audio = self.audio()
         if audio.size == 0:
             return Final(text="", language="", token_ids=[], audio_s=0.0, elapsed_s=0.0)
-        result = self._transcribe(audio)
+        result = self._transcribe(audio, self._options)
         return Final(
             text=result.text, language=result.language, token_ids=list(result.token_ids),
             audio_s=float(result.audio_s), elapsed_s=float(result.elapsed_s),
@@ -103,15 +106,14 @@ class WholeUtteranceStream:
 
 
 class WholeUtteranceBackend:
-    """INTERIM backend over ``qasr.engine.transcribe.Transcriber``; ``transcribe`` is called with the
-    utterance audio and returns a TranscriptionResult (options are read per call, so a reload applies
-    to the next utterance)."""
+    """INTERIM backend over ``qasr.engine.transcribe.Transcriber``: ``transcribe(audio, options)`` gets
+    the whole utterance and returns a TranscriptionResult."""
 
-    def __init__(self, transcribe: Callable[[np.ndarray], Any]) -> None:
+    def __init__(self, transcribe: Callable[[np.ndarray, dict[str, Any]], Any]) -> None:
         self._transcribe = transcribe
 
-    def open_stream(self) -> WholeUtteranceStream:
-        return WholeUtteranceStream(self._transcribe)
+    def open_stream(self, options: dict[str, Any]) -> WholeUtteranceStream:
+        return WholeUtteranceStream(self._transcribe, options)
 
 
 # ---------------------------------------------------------------- pipeline
@@ -121,6 +123,7 @@ class _Utterance:
     id: int
     source: str
     stream: UtteranceStream
+    audio_start: float  # seconds on the source's clock where the utterance begins
     started: float
     ended: float | None = None  # monotonic time the audio ended (latency is measured from here)
     audio_s: float = 0.0
@@ -128,6 +131,7 @@ class _Utterance:
     final_wanted: bool = False
     cancelled: bool = False
     last_partial: Partial | None = None
+    seq: int = 0  # events sent for this utterance
 
 
 _STOP = object()
@@ -161,9 +165,9 @@ class Pipeline:
         for thread in self._threads:
             thread.start()
 
-    def begin(self, source: str = "mic") -> int:
+    def begin(self, source: str = "mic", options: dict[str, Any] | None = None, audio_start: float = 0.0) -> int:
         utterance_id = next(self._ids)
-        self._inbox.put(("begin", utterance_id, source))
+        self._inbox.put(("begin", utterance_id, (source, dict(options or {}), float(audio_start))))
         return utterance_id
 
     def audio(self, utterance_id: int, pcm: np.ndarray) -> None:
@@ -215,11 +219,13 @@ class Pipeline:
                     return
                 kind, utterance_id, arg = item
                 if kind == "begin":
-                    utt = _Utterance(utterance_id, arg, self._backend.open_stream(), time.monotonic())
+                    source, options, audio_start = arg
+                    utt = _Utterance(utterance_id, source, self._backend.open_stream(options), audio_start,
+                                     time.monotonic())
                     streams[utterance_id] = utt
                     with self._cond:
                         self._active[utterance_id] = utt
-                    self._emit({"type": "utterance_start", "utterance_id": utterance_id, "source": arg})
+                    self._emit({"type": "utterance_start", "utterance_id": utterance_id, "source": source})
                     continue
                 utt = streams.get(utterance_id)
                 if utt is None:
@@ -247,7 +253,7 @@ class Pipeline:
                             self._active.pop(utterance_id, None)
                             utt.stream.close()
                         self._cond.notify_all()
-                    self._emit({"type": "cancelled", "utterance_id": utterance_id})
+                    self._emit({"type": "cancelled", "utterance_id": utterance_id, "source": utt.source})
             except Exception:
                 log.exception("encoder worker: %s failed", item[0] if isinstance(item, tuple) else item)
             finally:
@@ -284,7 +290,8 @@ class Pipeline:
             except Exception as exc:
                 log.exception("decoder worker: %s of utterance %d failed", kind, utt.id)
                 if kind == "final":
-                    self._emit({"type": "error", "utterance_id": utt.id, "message": f"transcription failed: {exc}"})
+                    self._emit({"type": "error", "utterance_id": utt.id, "source": utt.source,
+                                "message": f"transcription failed: {exc}"})
                     self._finish(utt)
             finally:
                 with self._cond:
@@ -303,8 +310,10 @@ class Pipeline:
         ):
             return
         utt.last_partial = partial
-        self._emit({"type": "partial", "utterance_id": utt.id, "committed": partial.committed,
-                    "tentative": partial.tentative})
+        self._emit({"type": "partial", "utterance_id": utt.id, "source": utt.source, "seq": utt.seq,
+                    "committed": partial.committed, "tentative": partial.tentative,
+                    "audio_start": utt.audio_start, "audio_end": utt.audio_start + utt.audio_s})
+        utt.seq += 1
 
     def _run_final(self, utt: _Utterance) -> None:
         final = utt.stream.decode_final()
@@ -313,8 +322,9 @@ class Pipeline:
         done = time.monotonic()
         latency_ms = (done - utt.ended) * 1000.0 if utt.ended is not None else None
         event = {
-            "type": "final", "utterance_id": utt.id, "source": utt.source, "text": final.text,
-            "language": final.language, "token_ids": final.token_ids, "audio_s": round(final.audio_s or utt.audio_s, 3),
+            "type": "final", "utterance_id": utt.id, "source": utt.source, "seq": utt.seq, "text": final.text,
+            "language": final.language, "token_ids": final.token_ids, "audio_s": round(utt.audio_s, 3),
+            "audio_start": utt.audio_start, "audio_end": utt.audio_start + utt.audio_s,
             "elapsed_s": round(final.elapsed_s, 3),
             "latency_ms": round(latency_ms, 1) if latency_ms is not None else None, **final.extra,
         }
