@@ -31,7 +31,9 @@ before it listens again.
 
 Max length: at ``max_utterance_s`` of utterance audio the utterance is cut (``SpeechEnd`` reason
 ``max_length``) wherever it is, mid-word included; if speech goes on (or the key is still held) a new
-utterance with ``continued=True`` starts at the very next sample. The streaming engine may choose
+utterance with ``continued=True`` starts at the very next sample. In vad mode a cap that falls in a
+pause (held trailing silence) ends the utterance like a silence end, and resumed speech starts a new
+one through the normal onset. The streaming engine may choose
 better cut points (low energy) itself; this cap is the hard limit.
 
 No audio is lost: every sample given to ``process()`` is either emitted in a ``SpeechAudio``
@@ -141,7 +143,7 @@ class _Utterance:
 
     @property
     def length(self) -> int:
-        return self.emitted + sum(len(f.pcm) for f in self.pending)
+        return self.emitted + sum(len(f.pcm) for f in self.pending) + sum(len(f.pcm) for f in self.lead)
 
 
 def _ms_to_frames(ms: float) -> int:
@@ -154,9 +156,11 @@ class Segmenter:
         self._vad = webrtcvad.Vad(self.options.aggressiveness)
         self._onset = max(1, _ms_to_frames(self.options.onset_ms))
         self._hangover = max(1, _ms_to_frames(self.options.hangover_ms))
-        self._preroll = _ms_to_frames(self.options.preroll_ms)
-        self._tail = _ms_to_frames(self.options.tail_ms)
         self._max_samples = int(round(self.options.max_utterance_s * SAMPLE_RATE))
+        # the pre-roll and onset must fit in one utterance
+        self._preroll = max(0, min(_ms_to_frames(self.options.preroll_ms),
+                                   self._max_samples // FRAME_SAMPLES - self._onset - 1))
+        self._tail = _ms_to_frames(self.options.tail_ms)
         self._min_voice = int(round(self.options.min_utterance_ms * SAMPLE_RATE / 1000))
         self._release_tail = int(round(self.options.release_tail_ms * SAMPLE_RATE / 1000))
 
@@ -267,9 +271,11 @@ class Segmenter:
         return self._take_events()
 
     def finish(self) -> list[SegmentEvent]:
-        """End of stream: close any utterance at once; the partial frame is discarded."""
+        """End of stream: close any utterance at once; the pre-roll and partial frame are discarded."""
         if self._utt is not None:
             self._close("stop")
+        self._discard_frames(self._idle)
+        self._idle.clear()
         self.samples_discarded += len(self._partial)
         self._partial = np.zeros(0, dtype=np.float32)
         return self._take_events()
@@ -309,6 +315,7 @@ class Segmenter:
         return None
 
     def _vad_mode_frame(self, frame: _Frame) -> None:
+        self._cut_if_full(frame)
         utt = self._utt
         if utt is None:
             if self._suppress and not self._speaking:
@@ -317,7 +324,7 @@ class Segmenter:
             # keep the pre-roll plus the current voiced run (the onset candidate)
             while len(self._idle) > self._preroll + self._voiced_run:
                 self._discard_frames([self._idle.popleft()])
-            if self._speaking and not self._suppress:
+            if self._voiced_run >= self._onset and not self._suppress:
                 first_voiced = self._idle[len(self._idle) - self._voiced_run]
                 utt = self._open(t_s=first_voiced.start / SAMPLE_RATE, has_speech=True)
                 frames = list(self._idle)
@@ -330,10 +337,9 @@ class Segmenter:
         self._add_to_utterance(frame)
         if not self._speaking:
             self._close("silence")
-        elif utt.length >= self._max_samples:
-            self._cut_and_continue()
 
     def _manual_mode_frame(self, frame: _Frame) -> None:
+        self._cut_if_full(frame)
         utt = self._utt
         if utt is None:
             self._idle.append(frame)
@@ -357,7 +363,11 @@ class Segmenter:
             self._add_to_utterance(frame)
         if utt.stop_at is not None and frame.end >= utt.stop_at:
             self._close("stop")
-        elif utt.length >= self._max_samples:
+
+    def _cut_if_full(self, frame: _Frame) -> None:
+        """Cut the utterance before ``frame`` would take it past ``max_utterance_s``."""
+        utt = self._utt
+        if utt is not None and utt.length + len(frame.pcm) > self._max_samples:
             self._cut_and_continue()
 
     def _add_to_utterance(self, frame: _Frame) -> None:
@@ -381,10 +391,10 @@ class Segmenter:
         self._events.append(SpeechStart(utt.id, t_s, continued))
         return utt
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: str, trim_tail: bool = True) -> None:
         utt = self._utt
         assert utt is not None
-        keep = self._tail if reason in ("silence", "stop") else len(utt.pending)
+        keep = self._tail if trim_tail else len(utt.pending)
         for f in utt.pending[:keep]:
             self._emit(f)
         self._discard_frames(utt.pending[keep:])
@@ -410,15 +420,16 @@ class Segmenter:
         utt = self._utt
         assert utt is not None
         stop_at = utt.stop_at
-        self._close("max_length")
-        go_on = self._speaking if self.options.mode == "vad" else True
-        if go_on:
-            nxt = self._open(t_s=self._framed / SAMPLE_RATE, has_speech=self.options.mode == "vad",
-                             continued=True)
-            nxt.stop_at = stop_at
-            if nxt.has_speech:
-                nxt.first_voice = self._framed
-                nxt.last_voice_end = self._framed
+        if self.options.mode == "vad" and utt.pending:
+            # the cap falls in a pause: end here like a silence end; a resumed voice starts anew
+            self._close("max_length")
+            return
+        self._close("max_length", trim_tail=False)
+        nxt = self._open(t_s=self._framed / SAMPLE_RATE, has_speech=self.options.mode == "vad",
+                         continued=True)
+        nxt.stop_at = stop_at
+        if nxt.has_speech:
+            nxt.first_voice = nxt.last_voice_end = self._framed
 
     # ------------------------------------------------------------------ emission and accounting
 

@@ -1,0 +1,340 @@
+"""VAD segmenter: utterance boundaries on espeak-ng and synthetic speech, ptt/toggle, max length, cancel,
+and exact sample accounting (every input sample is emitted, discarded or still buffered)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from qasr.daemon.segmenter import (FRAME_SAMPLES, SAMPLE_RATE, Cancelled, Segmenter, SegmenterOptions,
+                                   SpeechAudio, SpeechEnd, SpeechStart, VadState)
+from tests.fixtures.desktop import espeak_wav, load_wav, with_silence
+
+SR = SAMPLE_RATE
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+
+
+# ---------------------------------------------------------------------- helpers
+
+def voiced_burst(seconds: float, f0: float = 140.0, seed: int = 0) -> np.ndarray:
+    """Speech-like synthetic audio: a glottal-ish pulse train with a slow syllable envelope."""
+    n = int(seconds * SR)
+    t = np.arange(n) / SR
+    rng = np.random.default_rng(seed)
+    saw = ((t * f0) % 1.0) * 2 - 1
+    envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 4.0 * t) ** 2
+    return (0.3 * saw * envelope + 0.003 * rng.standard_normal(n)).astype(np.float32)
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SR), dtype=np.float32)
+
+
+def speech_bounds(pcm: np.ndarray, threshold: float = 0.01) -> tuple[float, float]:
+    idx = np.flatnonzero(np.abs(pcm) > threshold)
+    return idx[0] / SR, (idx[-1] + 1) / SR
+
+
+def feed(seg: Segmenter, signal: np.ndarray, seed: int = 0, max_block: int = 1500,
+         check_accounting: bool = True) -> list:
+    """Feed in random block sizes, checking the accounting invariant after every call."""
+    rng = np.random.default_rng(seed)
+    events: list = []
+    i = 0
+    while i < len(signal):
+        n = int(rng.integers(1, max_block))
+        events += seg.process(signal[i:i + n])
+        i += n
+        if check_accounting:
+            assert seg.samples_in == seg.samples_emitted + seg.samples_discarded + seg.samples_buffered
+    return events
+
+
+class Utterance:
+    def __init__(self, start: SpeechStart) -> None:
+        self.start = start
+        self.audio: list[SpeechAudio] = []
+        self.end: SpeechEnd | Cancelled | None = None
+
+    @property
+    def pcm(self) -> np.ndarray:
+        return np.concatenate([a.pcm for a in self.audio]) if self.audio else np.zeros(0, np.float32)
+
+    @property
+    def audio_start(self) -> float:
+        return self.audio[0].t_s
+
+    @property
+    def audio_end(self) -> float:
+        return self.audio[-1].t_s + len(self.audio[-1].pcm) / SR
+
+
+def utterances(events: list) -> list[Utterance]:
+    """Group events by utterance and check their order and contiguity."""
+    out: dict[int, Utterance] = {}
+    open_id = None
+    for e in events:
+        if isinstance(e, SpeechStart):
+            assert open_id is None, "an utterance started before the previous one ended"
+            out[e.utterance_id] = Utterance(e)
+            open_id = e.utterance_id
+        elif isinstance(e, SpeechAudio):
+            assert e.utterance_id == open_id
+            u = out[e.utterance_id]
+            if u.audio:  # contiguous: each chunk starts where the previous one ended
+                assert e.t_s * SR == pytest.approx(u.audio_end * SR, abs=1e-6)
+            u.audio.append(e)
+        elif isinstance(e, (SpeechEnd, Cancelled)):
+            assert e.utterance_id == open_id
+            out[e.utterance_id].end = e
+            open_id = None
+    return list(out.values())
+
+
+def assert_audio_is_input(u: Utterance, signal: np.ndarray) -> None:
+    """The utterance's audio is exactly the input slice at its time stamps."""
+    begin = int(round(u.audio_start * SR))
+    pcm = u.pcm
+    np.testing.assert_array_equal(pcm, signal[begin:begin + len(pcm)])
+
+
+@pytest.fixture(scope="module")
+def fox() -> np.ndarray:
+    return load_wav(espeak_wav("the quick brown fox jumps over the lazy dog"))
+
+
+@pytest.fixture(scope="module")
+def hello() -> np.ndarray:
+    return load_wav(espeak_wav("hello there, how are you today"))
+
+
+# ---------------------------------------------------------------------- vad mode, espeak-ng speech
+
+@needs_espeak
+def test_one_phrase_with_silence_each_side_gives_one_utterance(fox):
+    opts = SegmenterOptions()
+    signal = with_silence(fox, 1.0, 1.0)
+    true_start, true_end = speech_bounds(signal)
+    seg = Segmenter(opts)
+    events = feed(seg, signal) + seg.finish()
+    utts = utterances(events)
+    assert len(utts) == 1
+    u = utts[0]
+    assert isinstance(u.end, SpeechEnd) and u.end.reason == "silence"
+    assert abs(u.start.t_s - true_start) < 0.12
+    assert abs(u.end.last_voice_s - true_end) < 0.25
+    # pre-roll before the first voiced frame, the tail after the last one
+    assert u.audio_start == pytest.approx(max(0.0, u.start.t_s - 0.51), abs=1e-6)
+    assert u.end.t_s == pytest.approx(u.audio_end)
+    assert u.end.t_s - u.end.last_voice_s == pytest.approx(0.3, abs=0.031)
+    assert u.audio_start <= true_start and u.audio_end >= true_end
+    assert_audio_is_input(u, signal)
+    speaking = [e.speaking for e in events if isinstance(e, VadState)]
+    assert speaking == [True, False]
+
+
+@needs_espeak
+def test_two_phrases_separated_by_a_pause_give_two_utterances(fox, hello):
+    signal = np.concatenate([silence(1.0), fox, silence(1.5), hello, silence(1.0)])
+    first_end = (SR * 1.0 + len(fox)) / SR
+    second_start = first_end + 1.5
+    seg = Segmenter()
+    events = feed(seg, signal, seed=3) + seg.finish()
+    utts = utterances(events)
+    assert [u.start.utterance_id for u in utts] == [1, 2]
+    assert all(isinstance(u.end, SpeechEnd) and u.end.reason == "silence" for u in utts)
+    assert utts[0].audio_end < second_start
+    assert utts[0].audio_end <= utts[1].audio_start  # the second pre-roll never repeats audio
+    assert abs(utts[1].start.t_s - (second_start + speech_bounds(hello)[0])) < 0.12
+    for u in utts:
+        assert_audio_is_input(u, signal)
+
+
+@needs_espeak
+def test_mandarin_phrase_is_one_utterance():
+    zh = load_wav(espeak_wav("今天天气很好，我们去公园散步吧", voice="cmn"))
+    seg = Segmenter()
+    utts = utterances(feed(seg, with_silence(zh, 1.0, 1.0)) + seg.finish())
+    assert len(utts) == 1 and isinstance(utts[0].end, SpeechEnd)
+
+
+def test_silence_and_quiet_noise_give_no_utterance():
+    rng = np.random.default_rng(5)
+    signal = np.concatenate([silence(2.0), (0.005 * rng.standard_normal(3 * SR)).astype(np.float32)])
+    seg = Segmenter()
+    events = feed(seg, signal)
+    assert events == []
+    assert seg.samples_emitted == 0
+    assert seg.samples_buffered <= 17 * FRAME_SAMPLES + FRAME_SAMPLES  # only the pre-roll is held
+
+
+def test_short_voice_is_cancelled_as_too_short():
+    signal = np.concatenate([silence(1.0), voiced_burst(0.4), silence(1.5)])
+    seg = Segmenter(SegmenterOptions(min_utterance_ms=1000))
+    utts = utterances(feed(seg, signal))
+    assert len(utts) == 1
+    assert utts[0].end == Cancelled(utts[0].start.utterance_id, "too_short")
+
+
+# ---------------------------------------------------------------------- exact accounting
+
+@pytest.mark.parametrize("mode", ["vad", "ptt"])
+def test_every_sample_is_emitted_discarded_or_buffered(mode):
+    rng = np.random.default_rng(11)
+    parts = []
+    for i in range(6):
+        parts += [silence(float(rng.uniform(0.2, 2.0))), voiced_burst(float(rng.uniform(0.3, 2.5)), seed=i)]
+    parts.append(silence(0.7))
+    signal = np.concatenate(parts)
+    opts = SegmenterOptions(mode=mode, max_utterance_s=1.7, preroll_ms=400, hangover_ms=450, tail_ms=200)
+    seg = Segmenter(opts)
+    events: list = []
+    i = 0
+    presses = 0
+    while i < len(signal):
+        n = int(rng.integers(1, 2500))
+        events += seg.process(signal[i:i + n])
+        i += n
+        if mode == "ptt" and rng.random() < 0.08:  # press/release at random points, cancel sometimes
+            action = rng.choice(["start", "stop", "cancel"], p=[0.5, 0.4, 0.1])
+            events += {"start": seg.start_utterance, "stop": seg.stop_utterance, "cancel": seg.cancel}[action]()
+            presses += action == "start"
+        assert seg.samples_in == seg.samples_emitted + seg.samples_discarded + seg.samples_buffered
+    tail_buffered = seg.samples_buffered
+    events += seg.finish()
+    assert seg.samples_in == len(signal)
+    assert seg.samples_in == seg.samples_emitted + seg.samples_discarded + seg.samples_buffered
+    assert seg.samples_buffered == 0 and tail_buffered > 0
+
+    audio = [e for e in events if isinstance(e, SpeechAudio)]
+    assert sum(len(a.pcm) for a in audio) == seg.samples_emitted
+    # emitted ranges are exactly the input there and never overlap
+    covered = np.zeros(len(signal), dtype=np.int32)
+    for a in audio:
+        begin = int(round(a.t_s * SR))
+        np.testing.assert_array_equal(a.pcm, signal[begin:begin + len(a.pcm)])
+        covered[begin:begin + len(a.pcm)] += 1
+    assert covered.max() == 1
+    utts = utterances(events)
+    assert len(utts) >= 3
+    assert all(u.end is not None for u in utts)
+    if mode == "vad":
+        assert any(isinstance(u.end, SpeechEnd) and u.end.reason == "max_length" for u in utts)
+    else:
+        assert presses >= 2
+
+
+# ---------------------------------------------------------------------- ptt / toggle
+
+@needs_espeak
+def test_ptt_utterance_spans_press_to_release_with_preroll(fox):
+    opts = SegmenterOptions(mode="ptt", preroll_ms=300, release_tail_ms=240, tail_ms=300)
+    seg = Segmenter(opts)
+    lead = np.concatenate([silence(1.2), fox[:int(0.3 * SR)]])  # the speaker starts just before the press
+    events = feed(seg, lead)
+    assert not [e for e in events if not isinstance(e, VadState)]  # nothing happens before the press
+    press_t = seg.t_s
+    events += seg.start_utterance()
+    events += feed(seg, fox[int(0.3 * SR):int(2.0 * SR)], seed=1)
+    release_t = seg.t_s  # released while the last word is still being said
+    events += seg.stop_utterance()
+    events += feed(seg, fox[int(2.0 * SR):], seed=2)
+    events += feed(seg, silence(1.5), seed=4)
+    utts = utterances(events)
+    assert len(utts) == 1
+    u = utts[0]
+    assert u.start.t_s == pytest.approx(press_t)
+    assert isinstance(u.end, SpeechEnd) and u.end.reason == "stop"
+    # pre-roll reaches back before the press, to the speech that was already under way
+    assert u.audio_start <= 1.2 + speech_bounds(fox)[0] + 0.03
+    assert press_t - u.audio_start <= 0.3 + 1e-6
+    # the release tail: audio still in flight after the release is taken, then it ends
+    assert release_t + 0.24 <= u.audio_end <= release_t + 0.24 + 0.03
+    signal = np.concatenate([lead, fox[int(0.3 * SR):], silence(1.5)])
+    assert_audio_is_input(u, signal)
+
+
+@needs_espeak
+def test_ptt_trims_leading_silence_beyond_preroll(hello):
+    seg = Segmenter(SegmenterOptions(mode="ptt", preroll_ms=300))
+    events = feed(seg, silence(0.5))
+    events += seg.start_utterance()
+    signal_after_press = np.concatenate([silence(3.0), hello, silence(2.0)])
+    events += feed(seg, signal_after_press)
+    events += seg.stop_utterance() + seg.finish()
+    (u,) = utterances(events)
+    onset = 0.5 + 3.0 + speech_bounds(hello)[0]
+    assert onset - 0.33 - 0.03 <= u.audio_start <= onset
+    assert u.end.reason == "stop"
+    assert u.audio_end - u.end.last_voice_s <= 0.3 + 1e-6  # trailing silence trimmed to the tail
+
+
+def test_ptt_without_speech_is_cancelled():
+    seg = Segmenter(SegmenterOptions(mode="ptt"))
+    events = seg.start_utterance() + feed(seg, silence(2.0)) + seg.stop_utterance() + feed(seg, silence(0.5))
+    (u,) = utterances(events)
+    assert u.audio == [] and u.end == Cancelled(u.start.utterance_id, "no_speech")
+    assert seg.samples_emitted == 0
+
+
+def test_toggle_starts_and_stops():
+    seg = Segmenter(SegmenterOptions(mode="toggle", release_tail_ms=0))
+    events = feed(seg, silence(0.5)) + seg.toggle()
+    events += feed(seg, voiced_burst(1.0)) + feed(seg, silence(0.3))
+    events += seg.toggle() + feed(seg, silence(1.0))  # silence does not start anything in toggle mode
+    events += seg.toggle() + feed(seg, voiced_burst(0.6, seed=2)) + seg.toggle()
+    utts = utterances(events)
+    assert [type(u.end) for u in utts] == [SpeechEnd, SpeechEnd]
+    assert [u.end.reason for u in utts] == ["stop", "stop"]
+    assert utts[0].audio_end <= utts[1].audio_start
+
+
+# ---------------------------------------------------------------------- max length, cancel
+
+def test_max_length_cuts_and_continues_without_a_gap():
+    signal = np.concatenate([silence(0.8), voiced_burst(4.6), silence(1.5)])
+    seg = Segmenter(SegmenterOptions(max_utterance_s=2.0))
+    utts = utterances(feed(seg, signal))
+    assert len(utts) == 3
+    assert [u.end.reason for u in utts] == ["max_length", "max_length", "silence"]
+    assert [u.start.continued for u in utts] == [False, True, True]
+    for u in utts:
+        assert len(u.pcm) <= 2.0 * SR
+        assert_audio_is_input(u, signal)
+    for a, b in zip(utts, utts[1:]):
+        assert b.audio_start == pytest.approx(a.audio_end)  # no sample lost at a cut
+
+
+def test_ptt_max_length_keeps_going_while_the_key_is_held():
+    seg = Segmenter(SegmenterOptions(mode="ptt", max_utterance_s=1.0, release_tail_ms=0))
+    events = seg.start_utterance() + feed(seg, voiced_burst(2.5)) + seg.stop_utterance()
+    utts = utterances(events)
+    assert [u.end.reason for u in utts] == ["max_length", "max_length", "stop"]
+    assert sum(len(u.pcm) for u in utts) == seg.samples_emitted
+
+
+def test_cancel_drops_the_utterance_and_waits_for_silence():
+    seg = Segmenter()
+    events = feed(seg, np.concatenate([silence(0.5), voiced_burst(1.0)]))
+    assert seg.in_utterance
+    cancelled_id = seg.utterance_id
+    events += seg.cancel()
+    events += feed(seg, voiced_burst(1.0, seed=1))  # the same speech goes on: no new utterance
+    assert not seg.in_utterance
+    events += feed(seg, np.concatenate([silence(1.0), voiced_burst(0.8, seed=2), silence(1.0)]))
+    utts = utterances(events)
+    assert utts[0].end == Cancelled(cancelled_id, "cancel")
+    assert len(utts) == 2 and isinstance(utts[1].end, SpeechEnd)
+    assert utts[1].audio_start >= 2.5  # after the silence, not the cancelled speech
+    assert seg.samples_in == seg.samples_emitted + seg.samples_discarded + seg.samples_buffered
+
+
+def test_invalid_options_are_rejected():
+    with pytest.raises(ValueError):
+        SegmenterOptions(mode="always")
+    with pytest.raises(ValueError):
+        SegmenterOptions(aggressiveness=4)
+    with pytest.raises(ValueError):
+        SegmenterOptions(hangover_ms=-1)
