@@ -239,7 +239,7 @@ class AudioCapture:
         self.state = "stopped"
         self.state_message = ""
         self.device: dict[str, Any] | None = None  # the device in use: list_input_devices() entry + rate/channels
-        self.frames_dropped = 0
+        self._dropped = 0
         self.overruns = 0
         self.frames_delivered = 0
         self.device_overflows = 0
@@ -252,6 +252,12 @@ class AudioCapture:
     @property
     def frames_captured(self) -> int:
         return self._ring.write_pos
+
+    @property
+    def frames_dropped(self) -> int:
+        """Samples lost to a slow consumer, including those overwritten and not yet noticed by read()."""
+        ring = self._ring
+        return self._dropped + max(0, ring.write_pos - ring.read_pos - ring.capacity)
 
     @property
     def pending(self) -> int:
@@ -350,7 +356,7 @@ class AudioCapture:
 
     def _drop(self, n: int) -> None:
         self._ring.read_pos += n
-        self.frames_dropped += n
+        self._dropped += n
         self.overruns += 1
         log.warning("audio consumer fell behind: dropped %.2f s of audio", n / TARGET_RATE)
 
