@@ -49,10 +49,13 @@ class _Tracker:
             self.start[stage] = done / total
             done += _STAGES[stage]
         self.share = {s: _STAGES[s] / total for s in stages}
+        self.last = 0.0
 
     def __call__(self, stage: str, fraction: float = 0.0) -> None:
+        # Never report less than before (float sums of stage shares can round down a hair).
+        self.last = max(self.last, min(1.0, self.start[stage] + self.share[stage] * fraction))
         if self.callback is not None:
-            self.callback(stage, min(1.0, self.start[stage] + self.share[stage] * fraction))
+            self.callback(stage, self.last)
 
     def done(self) -> None:
         if self.callback is not None:
