@@ -64,6 +64,10 @@ class AudioDeviceError(QasrError):
     """The configured device is missing, ambiguous or cannot be opened."""
 
 
+class DeviceOpenError(AudioDeviceError):
+    """The device exists but PortAudio could not open or start a stream on it."""
+
+
 @dataclass(frozen=True)
 class CaptureOptions:
     device: str | int | None = None
@@ -73,7 +77,8 @@ class CaptureOptions:
     samplerate: float | None = None  # device rate to open at; None = the device's default rate
     channels: int | None = None  # None = mono if the device allows, else all its channels
     latency: str | float = "high"  # PortAudio suggested latency: "low", "high" or seconds
-    stall_timeout_s: float = 3.0  # no audio for this long from an open stream → treated as lost
+    stall_timeout_s: float = 3.0  # no audio for this long from a running stream → treated as lost
+    first_audio_timeout_s: float = 8.0  # the same for a freshly opened stream (the first block comes late)
     retry_initial_s: float = 0.5
     retry_max_s: float = 10.0
     wait_for_device: bool = False  # start() without a device: False = raise, True = state no-device and retry
@@ -83,6 +88,13 @@ class CaptureOptions:
             raise ValueError(f"block_ms must be 5..500, got {self.block_ms}")
         if self.preroll_s < 0 or self.ring_s <= 0:
             raise ValueError("preroll_s must be >= 0 and ring_s > 0")
+
+
+def capture_options_from_settings(audio: Any, **overrides: Any) -> CaptureOptions:
+    """From ``config.settings.AudioSettings`` (device, block_ms, preroll_s, queue_s → ring_s)."""
+    device = str(audio.device).strip() or None
+    return CaptureOptions(**{"device": device, "block_ms": audio.block_ms, "preroll_s": audio.preroll_s,
+                             "ring_s": audio.queue_s, **overrides})
 
 
 # ---------------------------------------------------------------------- PortAudio access
@@ -397,6 +409,7 @@ class AudioCapture:
             resampler = StreamResampler(rate, channels)
             self._generation += 1
             callback, finished = self._make_callback(self._generation, resampler)
+            stream = None
             try:
                 stream = sd.InputStream(
                     device=device["index"], samplerate=rate, channels=channels, dtype="float32",
@@ -405,8 +418,10 @@ class AudioCapture:
                 self._opened_at = self._last_callback = time.monotonic()
                 stream.start()
             except Exception as exc:  # sd.PortAudioError, or ValueError from bad settings
-                raise AudioDeviceError(f"cannot open audio input {device['name']!r}: {exc}; "
-                                       "check audio.device (`qasr-daemon devices`)") from exc
+                if stream is not None:
+                    stream.close(ignore_errors=True)
+                raise DeviceOpenError(f"cannot open audio input {device['name']!r}: {exc}; "
+                                      "check audio.device (`qasr-daemon devices`)") from exc
             self._stream = stream
             self._resampler = resampler
             _open_streams += 1
@@ -452,7 +467,9 @@ class AudioCapture:
         if not active:
             return "the audio stream stopped"
         now = time.monotonic()
-        if now - self._last_callback > self.options.stall_timeout_s:
+        waiting_first = self._last_callback <= self._opened_at
+        limit = self.options.first_audio_timeout_s if waiting_first else self.options.stall_timeout_s
+        if now - self._last_callback > limit:
             return f"no audio for {now - self._last_callback:.1f} s"
         return None
 
@@ -484,8 +501,7 @@ class AudioCapture:
             except (NoInputDeviceError, AudioDeviceError) as exc:
                 attempt += 1
                 delay = self._backoff(attempt)
-                state = "no-device" if not isinstance(exc, AudioDeviceError) or "cannot open" not in str(exc) \
-                    else "retrying"
+                state = "retrying" if isinstance(exc, DeviceOpenError) else "no-device"
                 self._set_state(state, f"{exc} (retrying in {delay:.1f} s)")
                 next_try = time.monotonic() + delay
             except Exception as exc:  # PortAudio re-initialisation failures and the like

@@ -53,7 +53,7 @@ class StreamResampler:
     def process(self, block: np.ndarray) -> np.ndarray:
         mono = to_mono_float32(block)
         if self._stream is None:
-            return mono.copy() if mono is block else mono
+            return np.array(mono, dtype=np.float32, copy=True)  # never a view of the caller's buffer
         return self._stream.resample_chunk(mono)
 
     def flush(self) -> np.ndarray:

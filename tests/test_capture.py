@@ -325,3 +325,13 @@ def test_xvfb_display_is_usable(xvfb_display):
     out = subprocess.run(["xdpyinfo"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert "1280x800 pixels" in out.stdout
+
+
+def test_capture_options_follow_the_settings_file():
+    from qasr.config.settings import AudioSettings
+    from qasr.daemon.capture import capture_options_from_settings
+
+    opts = capture_options_from_settings(AudioSettings())
+    assert opts.device is None and opts.ring_s == AudioSettings().queue_s
+    assert capture_options_from_settings(AudioSettings(device=" usb "), preroll_s=2.0).device == "usb"
+    assert capture_options_from_settings(AudioSettings(), preroll_s=2.0).preroll_s == 2.0

@@ -338,3 +338,15 @@ def test_invalid_options_are_rejected():
         SegmenterOptions(aggressiveness=4)
     with pytest.raises(ValueError):
         SegmenterOptions(hangover_ms=-1)
+
+
+def test_options_follow_the_settings_file():
+    from qasr.config.settings import Settings
+    from qasr.daemon.segmenter import segmenter_options_from_settings
+
+    settings = Settings()
+    opts = segmenter_options_from_settings(settings.vad, settings.engine.max_utterance_s)
+    assert (opts.mode, opts.aggressiveness, opts.onset_ms, opts.hangover_ms, opts.preroll_ms) == (
+        settings.vad.mode, settings.vad.aggressiveness, settings.vad.onset_ms, settings.vad.hangover_ms,
+        settings.vad.preroll_ms)
+    assert opts.max_utterance_s == settings.engine.max_utterance_s
