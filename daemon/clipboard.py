@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 
 from qasr.errors import QasrError
@@ -75,7 +76,10 @@ class Clipboard:
 
     # -- writing -------------------------------------------------------------------------------
     def set_text(self, text: str, selection: str = CLIPBOARD) -> None:
-        self._write(selection, None, text.encode("utf-8"))
+        """Own the selection with `text`; returns once the selection really holds it."""
+        data = text.encode("utf-8")
+        self._write(selection, None, data)
+        self._wait_for(selection, data)
 
     def restore(self, snapshot: ClipboardSnapshot) -> None:
         if snapshot.empty:
@@ -83,6 +87,7 @@ class Clipboard:
         else:
             target = None if snapshot.target == "UTF8_STRING" else snapshot.target
             self._write(snapshot.selection, target, snapshot.data)
+            self._wait_for(snapshot.selection, snapshot.data, target)
 
     def clear(self, selection: str = CLIPBOARD) -> None:
         if self.tool == "xsel":
@@ -90,6 +95,17 @@ class Clipboard:
         else:
             # xclip cannot disown; an empty string is the closest it can restore "nothing" to.
             self._write(selection, None, b"")
+
+    def _wait_for(self, selection: str, data: bytes, target: str | None = None) -> None:
+        """xclip/xsel fork before the child takes the selection: until it has, readers (and a paste
+        keystroke) still get the previous owner's content."""
+        deadline = time.monotonic() + self.timeout_s
+        delay = 0.002
+        while (self._read(selection, target) or b"") != data:
+            if time.monotonic() > deadline:
+                raise ClipboardUnavailable(f"{self.tool} did not take the {selection} selection; check DISPLAY")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     # -- subprocesses --------------------------------------------------------------------------
     def _read(self, selection: str, target: str | None) -> bytes | None:

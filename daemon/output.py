@@ -309,7 +309,10 @@ class TextOutput:
         with self._lock:
             self._keymap_timer = None
             if self._typer is not None:
-                self._typer.restore_keymap()
+                try:
+                    self._typer.restore_keymap()
+                except Exception as exc:  # the X connection is gone (display closed, server ended)
+                    log.debug("could not restore the keymap: %s", exc)
 
     def flush(self) -> None:
         """Run pending clipboard and keymap restores now (tests, shutdown)."""

@@ -24,34 +24,9 @@ TAP_S = 0.25
 
 
 @pytest.fixture(scope="module")
-def display(request):
-    """DISPLAY of a running X server: the shared `xvfb_display` fixture when present, else our own Xvfb."""
-    try:
-        shared = request.getfixturevalue("xvfb_display")
-    except pytest.FixtureLookupError:
-        shared = None
-    if shared is not None:
-        yield os.environ["DISPLAY"]
-        return
-    if not shutil.which("Xvfb"):
-        pytest.skip("Xvfb is not installed")
-    read_fd, write_fd = os.pipe()
-    proc = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
-        pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    os.close(write_fd)
-    with os.fdopen(read_fd) as f:
-        name = f":{f.readline().strip()}"
-    patch = pytest.MonkeyPatch()
-    patch.setenv("DISPLAY", name)
-    patch.delenv("WAYLAND_DISPLAY", raising=False)
-    try:
-        yield name
-    finally:
-        patch.undo()
-        proc.terminate()
-        proc.wait(timeout=10)
+def display(xvfb_display):
+    """The shared Xvfb (tests/fixtures/desktop.py); DISPLAY points at it."""
+    return xvfb_display
 
 
 class Recorder:

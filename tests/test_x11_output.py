@@ -80,35 +80,9 @@ def wait_until(predicate, timeout_s: float = 10.0, step_s: float = 0.05):
 
 
 @pytest.fixture(scope="module")
-def display(request, tmp_path_factory):
-    """DISPLAY of a running X server: the shared `xvfb_display` fixture when present, else our own Xvfb."""
-    try:
-        shared = request.getfixturevalue("xvfb_display")
-    except pytest.FixtureLookupError:
-        shared = None
-    if shared is not None:
-        yield os.environ["DISPLAY"]
-        return
-    if not shutil.which("Xvfb"):
-        pytest.skip("Xvfb is not installed")
-    read_fd, write_fd = os.pipe()
-    proc = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
-        pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    os.close(write_fd)
-    with os.fdopen(read_fd) as f:
-        number = f.readline().strip()
-    name = f":{number}"
-    patch = pytest.MonkeyPatch()
-    patch.setenv("DISPLAY", name)
-    patch.delenv("WAYLAND_DISPLAY", raising=False)
-    try:
-        yield name
-    finally:
-        patch.undo()
-        proc.terminate()
-        proc.wait(timeout=10)
+def display(xvfb_display):
+    """The shared Xvfb (tests/fixtures/desktop.py); DISPLAY points at it."""
+    return xvfb_display
 
 
 class TkEntry:
@@ -198,6 +172,21 @@ def xterm_app(display, scripts, tmp_path, request):
     term = XtermLine(scripts / "read_line.py", tmp_path / "line.txt", f"qasr xterm {request.node.name}")
     yield term
     term.close()
+
+
+@pytest.fixture
+def make_output(xdisp, clipboard):
+    """TextOutput on the test display; closed (pending restores run) when the test ends."""
+    made: list[TextOutput] = []
+
+    def make(**options) -> TextOutput:
+        output = TextOutput(OutputOptions(**options), disp=xdisp, clipboard=clipboard)
+        made.append(output)
+        return output
+
+    yield make
+    for output in made:
+        output.close()
 
 
 @pytest.fixture(scope="module")
@@ -330,11 +319,11 @@ def test_clipboard_children_do_not_hold_our_pipes(display):
 
 
 @NEEDS_X
-def test_paste_into_tk_restores_the_users_clipboard(tk_app, xdisp, clipboard, speeds):
+def test_paste_into_tk_restores_the_users_clipboard(tk_app, xdisp, clipboard, speeds, make_output):
     tk_app.focus()
     tk_app.clear()
     clipboard.set_text("the user's own clipboard")
-    output = TextOutput(OutputOptions(sink="paste", restore_delay_s=30), disp=xdisp, clipboard=clipboard)
+    output = make_output(sink="paste", restore_delay_s=30)
     output.begin_utterance()
     result = output.deliver(SAMPLE)
     assert (result.sink, result.delivered, result.focus_moved) == ("paste", True, False)
@@ -346,11 +335,11 @@ def test_paste_into_tk_restores_the_users_clipboard(tk_app, xdisp, clipboard, sp
 
 
 @NEEDS_X
-def test_restore_skipped_when_the_user_copied_something_new(tk_app, xdisp, clipboard):
+def test_restore_skipped_when_the_user_copied_something_new(tk_app, xdisp, clipboard, make_output):
     tk_app.focus()
     tk_app.clear()
     clipboard.set_text("old")
-    output = TextOutput(OutputOptions(sink="paste", restore_delay_s=30), disp=xdisp, clipboard=clipboard)
+    output = make_output(sink="paste", restore_delay_s=30)
     output.deliver("first ")
     output.deliver("second")  # a restore is pending: the original "old" must still be what comes back
     assert tk_app.wait_text("first second") == "first second"
@@ -363,11 +352,11 @@ def test_restore_skipped_when_the_user_copied_something_new(tk_app, xdisp, clipb
 
 
 @NEEDS_X
-def test_paste_into_xterm_uses_primary_and_restores_both(xterm_app, xdisp, clipboard, speeds):
+def test_paste_into_xterm_uses_primary_and_restores_both(xterm_app, xdisp, clipboard, speeds, make_output):
     xterm_app.focus()
     clipboard.set_text("clip before")
     clipboard.set_text("primary before", PRIMARY)
-    output = TextOutput(OutputOptions(sink="paste", restore_delay_s=30), disp=xdisp, clipboard=clipboard)
+    output = make_output(sink="paste", restore_delay_s=30)
     output.begin_utterance()
     assert output.target.wm_class == "XTerm"
     result = output.deliver(SAMPLE)
@@ -382,8 +371,8 @@ def test_paste_into_xterm_uses_primary_and_restores_both(xterm_app, xdisp, clipb
 
 
 @NEEDS_X
-def test_auto_types_into_terminals_and_pastes_elsewhere(tk_app, xterm_app, xdisp, clipboard):
-    output = TextOutput(OutputOptions(sink="auto", restore_delay_s=30), disp=xdisp, clipboard=clipboard)
+def test_auto_types_into_terminals_and_pastes_elsewhere(tk_app, xterm_app, xdisp, clipboard, make_output):
+    output = make_output(sink="auto", restore_delay_s=30)
     xterm_app.focus()
     output.begin_utterance()
     assert output.deliver("auto in xterm\n").sink == "type"
@@ -397,11 +386,11 @@ def test_auto_types_into_terminals_and_pastes_elsewhere(tk_app, xterm_app, xdisp
 
 
 @NEEDS_X
-def test_focus_moved_types_nothing_and_leaves_text_on_clipboard(tk_app, xterm_app, xdisp, clipboard):
+def test_focus_moved_types_nothing_and_leaves_text_on_clipboard(tk_app, xterm_app, xdisp, clipboard, make_output):
     tk_app.focus()
     tk_app.clear()
     clipboard.set_text("before")
-    output = TextOutput(OutputOptions(sink="type"), disp=xdisp, clipboard=clipboard)
+    output = make_output(sink="type")
     target = output.begin_utterance()
     assert target.window_id == tk_app.window_id
     xterm_app.focus()  # the user clicked elsewhere while speaking
@@ -421,10 +410,10 @@ def test_focus_moved_types_nothing_and_leaves_text_on_clipboard(tk_app, xterm_ap
 
 
 @NEEDS_X
-def test_live_typing_appends_committed_text_and_finishes_at_final(tk_app, xdisp):
+def test_live_typing_appends_committed_text_and_finishes_at_final(tk_app, xdisp, make_output):
     tk_app.focus()
     tk_app.clear()
-    output = TextOutput(OutputOptions(sink="type"), disp=xdisp)
+    output = make_output(sink="type")
     output.begin_utterance()
     for delta in ("Grüße, ", "café — ", "你好"):
         result = output.deliver_committed(delta)
@@ -437,10 +426,10 @@ def test_live_typing_appends_committed_text_and_finishes_at_final(tk_app, xdisp)
 
 
 @NEEDS_X
-def test_live_typing_stops_when_focus_moves(tk_app, xterm_app, xdisp, clipboard):
+def test_live_typing_stops_when_focus_moves(tk_app, xterm_app, xdisp, clipboard, make_output):
     tk_app.focus()
     tk_app.clear()
-    output = TextOutput(OutputOptions(sink="type"), disp=xdisp, clipboard=clipboard)
+    output = make_output(sink="type")
     output.begin_utterance()
     output.deliver_committed("one ")
     xterm_app.focus()
