@@ -289,6 +289,29 @@ class Decoder:
             self.n_past += part.shape[0]
         return self.logits() if want_logits else None
 
+    def feed_tokens_argmax(self, ids) -> list[int]:
+        """Append token ids in one pass and return the greedy next token after EACH of them.
+
+        Used to verify a draft (the previous streaming hypothesis) in one batched decode: position i's
+        argmax is what greedy decoding would generate after ids[:i + 1].
+        """
+        ids = list(ids)
+        if not ids:
+            return []
+        self._ensure_room(len(ids))
+        best: list[int] = []
+        for start in range(0, len(ids), self.n_batch):
+            part = ids[start : start + self.n_batch]
+            self._token_batch.fill(self.n_past, len(part), False, token_ids=part)
+            for i in range(len(part)):
+                self._token_batch.batch.logits[i] = 1
+            self._decode(self._token_batch)
+            self.n_past += len(part)
+            for i in range(len(part)):
+                ptr = self._ll.llama_get_logits_ith(self._ctx, i)
+                best.append(int(np.argmax(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))))
+        return best
+
     def logits(self) -> np.ndarray:
         """Logits of the last position decoded with logits requested, float32 [n_vocab] (a copy)."""
         ptr = self._ll.llama_get_logits_ith(self._ctx, -1)

@@ -1,0 +1,376 @@
+"""Streaming transcription of one utterance: PCM in pieces of any size in, partial and final events out.
+
+    engine = Transcriber(bundle_dir)                       # loads the model once
+    session = StreamingSession(engine, StreamingOptions(language=None), utterance_id="u1")
+    for pcm in microphone_pieces:
+        for event in session.feed(pcm):                    # PartialEvent now and then
+            show(event.committed, event.tentative)
+    final = session.finish()                               # FinalEvent, tokens equal offline transcribe
+
+How a step works (see docs/architecture.md, "Streaming"):
+1. `IncrementalEncoder` keeps the front-end output of finished 1 s chunks and the back-end output of
+   finished 8 s windows; only the open window is encoded again.
+2. The decoder's KV cache keeps the prompt head and the audio of finished windows across steps; each
+   step trims the cache after them and feeds the open window, the prompt tail and the previous
+   hypothesis as a draft in ONE batch, keeps the draft up to the first token greedy decoding disagrees
+   with, and continues greedily from there (a few tokens per step).
+3. `CommitTracker` commits the tokens the last two hypotheses agree on, minus the newest few.
+4. The final re-encodes exactly (global log-mel maximum), verifies the last hypothesis as a draft and
+   continues greedily, applying the same stop, cap and loop rules as offline `transcribe`, so its token
+   ids are the offline ones.
+The cadence of steps adapts so that measured compute stays under `rtf_budget` of the audio time;
+a step that is not due is skipped, never queued. Nothing carries over between utterances.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from qasr.engine import output as out
+from qasr.engine.commit import CommitOptions, CommitTracker, TextOfTokens
+from qasr.engine.incremental_encoder import IncrementalEncoder
+from qasr.engine.prompt import build_prompt, resolve_language
+from qasr.engine.segmentation import is_silent
+from qasr.engine.transcribe import Transcriber
+
+
+@dataclass(frozen=True)
+class StreamingOptions:
+    language: str | None = None
+    context: str = ""
+    first_step_s: float = 0.5  # audio before the first partial
+    step_s: float = 0.5  # least audio between partials
+    rtf_budget: float = 0.5  # sustained compute / audio time the cadence aims under
+    max_new_tokens_per_step: int = 24  # beyond the accepted draft, per partial step
+    max_new_tokens: int | None = None  # final: as offline --max-new-tokens
+    max_utterance_s: float = 30.0  # longer speech is cut at a quiet point into a new utterance
+    cut_search_s: float = 5.0  # how far back from the limit to look for the quiet point
+    min_audio_s: float = 0.5  # as offline: shorter finals are zero-padded
+    commit: CommitOptions = CommitOptions()
+
+
+@dataclass
+class StepTimings:
+    encoder_ms: float = 0.0
+    prefill_ms: float = 0.0  # audio + prompt tail + draft verification
+    decode_ms: float = 0.0  # greedy tokens beyond the draft
+    total_ms: float = 0.0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+
+
+@dataclass
+class PartialEvent:
+    utterance_id: str
+    seq: int
+    committed: str  # append-only within the utterance
+    tentative: str  # may change at the next partial
+    audio_start_s: float
+    audio_end_s: float
+    timings: StepTimings
+    type: str = "partial"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FinalEvent:
+    utterance_id: str
+    seq: int
+    text: str
+    language: str
+    token_ids: list[int]  # every generated id incl. the language header, excluding the stop token
+    audio_start_s: float
+    audio_end_s: float
+    stop_reason: str  # stop, max_tokens, loop, silence, empty, cancelled
+    committed: str  # what partials had committed (a prefix of `text` unless the model changed its mind)
+    timings: StepTimings
+    cut: bool = False  # ended by max_utterance_s; the speech continues in the next utterance
+    type: str = "final"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Hypothesis:
+    ids: list[int] = field(default_factory=list)
+    stop_reason: str = ""
+    cut: int | None = None  # loop guard cut
+
+
+class StreamingSession:
+    """One utterance. Not thread-safe: one caller at a time (the daemon's workers hold a lock)."""
+
+    def __init__(
+        self,
+        engine: Transcriber,
+        options: StreamingOptions = StreamingOptions(),
+        utterance_id: str = "u0",
+        start_s: float = 0.0,
+    ):
+        self.engine = engine
+        self.options = options
+        self.utterance_id = utterance_id
+        self.start_s = start_s
+        manifest = engine.bundle.manifest
+        self.language = resolve_language(options.language, manifest.languages)
+        self.encoder = IncrementalEncoder(engine.encoder, engine.feature_params, options.min_audio_s)
+        self.decoder = engine.decoder
+        self.stop_ids = frozenset(manifest.stop_token_ids)
+        self.text_of = TextOfTokens(self.decoder.token_bytes, manifest.tokens["asr_text"], self.language is not None)
+        self.commits = CommitTracker(options.commit)
+        self.seq = 0
+        self.compute_s = 0.0  # every step's compute, for the budget
+        self.steps = 0
+        self.skipped = 0
+        self._hyp = _Hypothesis()
+        self._last_step_audio_s = 0.0
+        self._last_step_cost_s = 0.0
+        self._kv_audio_windows = 0  # finished windows whose embeddings sit in the KV cache
+        self._head_len = 0
+        self._finished = False
+        self._carry: np.ndarray | None = None
+        self.next_session: StreamingSession | None = None
+        self.decoder.reset()
+        head = build_prompt(self.decoder.tokenize, 0, options.context, self.language)
+        self._before_ids, self._after_ids = head.before_ids, head.after_ids
+        self.decoder.feed_tokens(self._before_ids, want_logits=False)
+        self._head_len = self.decoder.n_past
+
+    # --- public API -----------------------------------------------------------------------------
+
+    @property
+    def audio_s(self) -> float:
+        return self.encoder.audio_s
+
+    @property
+    def committed_text(self) -> str:
+        return self.text_of.text(self.commits.committed, complete_only=True)
+
+    def feed(self, pcm: np.ndarray) -> list[PartialEvent | FinalEvent]:
+        """Add audio; returns the events it caused (a partial when one is due, a final on a length cut)."""
+        if self._finished:
+            raise RuntimeError("feed() after finish() or cancel()")
+        t0 = time.perf_counter()
+        self.encoder.push(pcm)
+        self.compute_s += time.perf_counter() - t0
+        events: list[PartialEvent | FinalEvent] = []
+        if self.audio_s >= self.options.max_utterance_s:
+            events.append(self._cut_at_quiet_point())
+            return events
+        if self._step_due():
+            event = self.step()
+            if event is not None:
+                events.append(event)
+        return events
+
+    def step(self) -> PartialEvent | None:
+        """Decode a hypothesis for the audio so far and return a partial (None while silent)."""
+        audio = self.encoder.audio
+        self._last_step_audio_s = self.audio_s
+        if audio.size == 0 or is_silent(audio, self.engine.feature_params.sample_rate):
+            return None
+        t0 = time.perf_counter()
+        timings = StepTimings()
+        open_embeds = self.encoder.open_window()
+        timings.encoder_ms = (time.perf_counter() - t0) * 1000.0
+        self._sync_audio_into_kv(open_embeds)
+        cap = out.new_token_cap(self.audio_s, self.options.max_new_tokens)
+        hyp = self._decode(self._hyp.ids, cap, self.options.max_new_tokens_per_step, timings)
+        self._hyp = hyp
+        elapsed = time.perf_counter() - t0
+        timings.total_ms = elapsed * 1000.0
+        self.compute_s += elapsed
+        self._last_step_cost_s = elapsed
+        self.steps += 1
+        visible = hyp.ids if hyp.cut is None else hyp.ids[: hyp.cut]
+        self.commits.update(visible)
+        committed = self.committed_text
+        full = self.text_of.text(visible, complete_only=True)
+        # A hypothesis that contradicts the committed text shows no tentative text until it agrees again.
+        tentative = full[len(committed) :] if full.startswith(committed) else ""
+        self.seq += 1
+        return PartialEvent(
+            utterance_id=self.utterance_id,
+            seq=self.seq,
+            committed=committed,
+            tentative=tentative,
+            audio_start_s=self.start_s,
+            audio_end_s=self.start_s + self.audio_s,
+            timings=timings,
+        )
+
+    def finish(self) -> FinalEvent:
+        """End of speech: the exact final (token ids equal offline `transcribe` of the same audio)."""
+        if self._finished:
+            raise RuntimeError("finish() called twice")
+        self._finished = True
+        t0 = time.perf_counter()
+        timings = StepTimings()
+        audio = self.encoder.audio
+        rate = self.engine.feature_params.sample_rate
+        committed = self.committed_text
+        if audio.size == 0 or is_silent(audio, rate):
+            self.seq += 1
+            timings.total_ms = (time.perf_counter() - t0) * 1000.0
+            return self._final([], "empty" if audio.size == 0 else "silence", None, committed, timings)
+        embeds, kept = self.encoder.exact_embeddings()
+        timings.encoder_ms = (time.perf_counter() - t0) * 1000.0
+        n_audio = max(self.encoder.n_samples, self.encoder.min_samples) / rate
+        cap = out.new_token_cap(n_audio, self.options.max_new_tokens)
+        window = self.engine.bundle.manifest.audio.window_tokens
+        kept = min(kept, self._kv_audio_windows)
+        self.decoder.truncate(self._head_len + kept * window)
+        self._kv_audio_windows = kept
+        self.decoder.feed_embeddings(embeds[kept * window :])
+        hyp = self._decode(self._hyp.ids, cap, None, timings)
+        self.seq += 1
+        timings.total_ms = (time.perf_counter() - t0) * 1000.0
+        self.compute_s += timings.total_ms / 1000.0
+        return self._final(hyp.ids, hyp.stop_reason, hyp.cut, committed, timings)
+
+    def cancel(self) -> None:
+        """Discard the utterance; the decoder cache is cleared so nothing leaks into the next one."""
+        self._finished = True
+        self.decoder.reset()
+
+    # --- budget ---------------------------------------------------------------------------------
+
+    def _step_due(self) -> bool:
+        o = self.options
+        if self.steps == 0 and self._last_step_audio_s == 0.0:
+            return self.audio_s >= o.first_step_s
+        since = self.audio_s - self._last_step_audio_s
+        # Keep (compute of a step) / (audio between steps) under the budget, and the running total too.
+        interval = max(o.step_s, self._last_step_cost_s / max(o.rtf_budget, 1e-6))
+        overspent = self.compute_s > o.rtf_budget * self.audio_s
+        due = since >= interval and not overspent
+        if since >= o.step_s and not due:
+            self.skipped += 1
+        return due
+
+    # --- decoding -------------------------------------------------------------------------------
+
+    def _sync_audio_into_kv(self, open_embeds: np.ndarray) -> None:
+        """Trim the cache after the finished windows it holds, append newly finished ones, then the open window."""
+        window = self.engine.bundle.manifest.audio.window_tokens
+        self.decoder.truncate(self._head_len + self._kv_audio_windows * window)
+        for embeds in self.encoder.finished_windows[self._kv_audio_windows :]:
+            self.decoder.feed_embeddings(embeds)
+            self._kv_audio_windows += 1
+        self.decoder.feed_embeddings(open_embeds)
+
+    def _decode(
+        self,
+        draft: list[int],
+        cap: int,
+        max_beyond_draft: int | None,
+        timings: StepTimings,
+    ) -> _Hypothesis:
+        """Prompt tail + draft verification + greedy continuation, with offline's stop/cap/loop rules."""
+        t0 = time.perf_counter()
+        dec = self.decoder
+        logits = dec.feed_tokens(self._after_ids)
+        first = int(np.argmax(logits))
+        draft = list(draft[: max(0, cap)])
+        ids: list[int] = []
+        hyp = _Hypothesis(stop_reason="max_tokens")
+        # Greedy predictions after the prompt tail and after each draft token, in one batch.
+        predictions = [first]
+        if draft:
+            base = dec.n_past
+            predictions += dec.feed_tokens_argmax(draft)
+        accepted = 0
+        done = False
+        for i, token in enumerate(predictions):
+            if self._accept(ids, token, cap, hyp):
+                done = True
+                break
+            if i < len(draft) and draft[i] == token:
+                accepted += 1
+                continue
+            break  # the draft disagrees (or is used up): continue greedily from `token`
+        timings.draft_tokens = len(draft)
+        timings.accepted_tokens = accepted
+        if draft:
+            dec.truncate(base + accepted)
+        t1 = time.perf_counter()
+        timings.prefill_ms += (t1 - t0) * 1000.0
+        extra = 0
+        while not done and (max_beyond_draft is None or extra < max_beyond_draft):
+            logits = dec.feed_tokens([ids[-1]])
+            extra += 1
+            if self._accept(ids, int(np.argmax(logits)), cap, hyp):
+                break
+        timings.decode_ms += (time.perf_counter() - t1) * 1000.0
+        hyp.ids = ids
+        return hyp
+
+    def _accept(self, ids: list[int], token: int, cap: int, hyp: _Hypothesis) -> bool:
+        """Apply one greedy token exactly as offline generation does; True when generation ends."""
+        if len(ids) >= cap:
+            hyp.stop_reason = "max_tokens"
+            return True
+        if token in self.stop_ids:
+            hyp.stop_reason = "stop"
+            return True
+        ids.append(token)
+        cut = out.find_loop(ids) if self.engine.options.loop_guard else None
+        if cut is not None:
+            hyp.stop_reason, hyp.cut = "loop", cut
+            return True
+        if len(ids) >= cap:
+            hyp.stop_reason = "max_tokens"
+            return True
+        return False
+
+    # --- ends -----------------------------------------------------------------------------------
+
+    def _final(self, ids, reason, cut, committed, timings, was_cut: bool = False) -> FinalEvent:
+        visible = ids if cut is None else ids[:cut]
+        parsed = out.parse_output(self.decoder.detokenize(visible), self.language)
+        self.decoder.reset()
+        return FinalEvent(
+            utterance_id=self.utterance_id,
+            seq=self.seq,
+            text=parsed.text,
+            language=parsed.language or (self.language or ""),
+            token_ids=list(ids),
+            audio_start_s=self.start_s,
+            audio_end_s=self.start_s + self.audio_s,
+            stop_reason=reason,
+            committed=committed,
+            timings=timings,
+            cut=was_cut,
+        )
+
+    def _cut_at_quiet_point(self) -> FinalEvent:
+        """Max length reached: finish the audio up to the quietest point and start a new utterance
+        (carrying the rest of the audio, with this utterance's text as context)."""
+        audio = self.encoder.audio.copy()
+        rate = self.engine.feature_params.sample_rate
+        limit = audio.shape[0]
+        search = int(self.options.cut_search_s * rate)
+        win = int(0.1 * rate)
+        left = max(1, limit - search)
+        energy = np.convolve(np.abs(audio[left:limit]), np.ones(win, dtype=np.float32), mode="valid")
+        boundary = left + int(np.argmin(energy)) + win // 2 if energy.size else limit
+        head, rest = audio[:boundary], audio[boundary:]
+        # Re-run this utterance on the head only, then hand the rest to a continuation session.
+        self.encoder = IncrementalEncoder(self.engine.encoder, self.engine.feature_params, self.options.min_audio_s)
+        self._kv_audio_windows = 0
+        self.encoder.push(head)
+        final = self.finish()
+        final.cut = True
+        context = (self.options.context + " " + final.text).strip()[-400:]
+        cont_options = StreamingOptions(**{**self.options.__dict__, "context": context})
+        self.next_session = StreamingSession(
+            self.engine, cont_options, utterance_id=f"{self.utterance_id}+", start_s=self.start_s + boundary / rate
+        )
+        self.next_session.feed(rest)
+        return final

@@ -1,0 +1,229 @@
+"""Streaming engine: incremental encoder, prefix reuse, append-only commits, exact finals, budget, cuts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qasr.engine.commit import CommitOptions, CommitTracker, TextOfTokens, complete_utf8_prefix
+from qasr.engine.features import log_mel_features
+from qasr.engine.incremental_encoder import IncrementalEncoder
+from qasr.engine.streaming import FinalEvent, PartialEvent, StreamingOptions, StreamingSession
+from qasr.engine.transcribe import TranscribeOptions, Transcriber
+from tests.audio_samples import make_test_audio
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_bundle):
+    cache: dict[str | None, Transcriber] = {}
+
+    def get(language: str | None = None, context: str = "") -> Transcriber:
+        key = (language, context)
+        if key not in cache:
+            cache[key] = Transcriber(tiny_bundle, TranscribeOptions(language=language, context=context, threads=1))
+        return cache[key]
+
+    yield get
+    for engine in cache.values():
+        engine.close()
+
+
+def stream(engine: Transcriber, audio: np.ndarray, step_s: float, options: StreamingOptions):
+    session = StreamingSession(engine, options, utterance_id="u1")
+    events = []
+    n = max(1, int(step_s * RATE))
+    for i in range(0, audio.shape[0], n):
+        events.extend(session.feed(audio[i : i + n]))
+    final = session.finish()
+    return session, events, final
+
+
+# --- commit policy (pure) ---------------------------------------------------------------------------
+
+
+def test_commit_tracker_needs_agreement_and_keeps_rollback():
+    tracker = CommitTracker(CommitOptions(agreement=2, rollback=2))
+    assert tracker.update([1, 2, 3, 4, 5]) == []  # one hypothesis is not an agreement
+    assert tracker.update([1, 2, 3, 9, 9, 9]) == [1, 2, 3]  # common prefix 3, rollback leaves 4
+    assert tracker.update([1, 2, 7, 7, 7, 7]) == []  # contradicts committed: nothing new
+    assert tracker.committed == [1, 2, 3]
+    assert tracker.update([1, 2, 3, 4, 5, 6, 7]) == []  # agrees with committed, but not with previous
+    assert tracker.update([1, 2, 3, 4, 5, 6, 8]) == [4, 5]  # lcp 6, newest 2 of 7 held back
+    assert tracker.committed == [1, 2, 3, 4, 5]
+
+
+def test_complete_utf8_prefix_holds_back_split_characters():
+    text = "né 你好 🎤".encode()
+    for cut in range(len(text) + 1):
+        prefix = complete_utf8_prefix(text[:cut])
+        prefix.decode("utf-8")  # never raises
+        assert text.startswith(prefix) and cut - len(prefix) < 4
+
+
+def test_text_of_tokens_hides_unfinished_header():
+    table = {1: b"language", 2: b" English", 3: b"<asr_text>", 4: b"hi", 5: b" th", 6: b"\xe4\xbd", 7: b"\xa0"}
+    auto = TextOfTokens(table.__getitem__, asr_text_id=3, forced_language=False)
+    assert auto.text([1]) == "" and auto.text([1, 2]) == ""
+    assert auto.text([1, 2, 3, 4, 5]) == "hi th"
+    assert auto.text([1, 2, 3, 4, 6], complete_only=True) == "hi"
+    assert auto.text([1, 2, 3, 4, 6, 7], complete_only=True) == "hi你"
+    forced = TextOfTokens(table.__getitem__, asr_text_id=3, forced_language=True)
+    assert forced.text([4, 5]) == "hi th"
+
+
+# --- incremental encoder -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds", [0.7, 5.3, 8.0, 13.6, 17.25])
+def test_exact_embeddings_equal_offline_encoder(engines, seconds):
+    engine = engines()
+    audio = make_test_audio(seconds, seed=int(seconds * 100))
+    inc = IncrementalEncoder(engine.encoder, engine.feature_params)
+    rng = np.random.default_rng(0)
+    pos = 0
+    while pos < audio.shape[0]:  # irregular piece sizes
+        step = int(rng.integers(100, 9000))
+        inc.push(audio[pos : pos + step])
+        pos += step
+    exact, kept = inc.exact_embeddings()
+    padded = audio if audio.shape[0] >= RATE // 2 else np.pad(audio, (0, RATE // 2 - audio.shape[0]))
+    offline = engine.encode(padded)
+    assert exact.shape == offline.shape
+    np.testing.assert_allclose(exact, offline, atol=1e-5, rtol=0)
+    assert kept <= len(inc.finished_windows)
+
+
+def test_streamed_encoder_output_equals_offline_when_loudest_moment_comes_first(engines):
+    engine = engines()
+    audio = make_test_audio(12.4, seed=7) * 0.5
+    audio[3000:3400] += 0.9 * np.sin(np.arange(400) / 3.0).astype(np.float32)  # the clip's maximum, at 0.2 s
+    inc = IncrementalEncoder(engine.encoder, engine.feature_params)
+    for i in range(0, audio.shape[0], 4000):
+        inc.push(audio[i : i + 4000])
+    streamed = np.concatenate([*inc.finished_windows, inc.open_window()])
+    offline = engine.encoder.encode(log_mel_features(audio, engine.feature_params))
+    assert len(inc.finished_windows) == 1  # 12.4 s: one finished 8 s window, one open
+    np.testing.assert_allclose(streamed, offline, atol=1e-4, rtol=0)
+
+
+def test_front_end_runs_once_per_finished_chunk(engines):
+    engine = engines()
+    calls: list[int] = []
+    real = engine.encoder.frontend_chunks
+
+    def counting(chunks):
+        calls.append(int(chunks.shape[0]))
+        return real(chunks)
+
+    engine.encoder.frontend_chunks = counting
+    try:
+        audio = make_test_audio(10.0, seed=3)
+        session = StreamingSession(engine, StreamingOptions(rtf_budget=100.0), "u1")
+        partials = []
+        for i in range(0, audio.shape[0], RATE // 2):
+            partials += [e for e in session.feed(audio[i : i + RATE // 2]) if isinstance(e, PartialEvent)]
+        kv_windows_while_streaming = session._kv_audio_windows
+        session.finish()
+    finally:
+        del engine.encoder.frontend_chunks
+    # each finished chunk once, plus one tail chunk per partial step, plus the final's tail and any
+    # chunk whose features the global log-mel maximum changed
+    assert sum(calls) - 10 - len(partials) - 1 <= 10
+    assert sum(calls[: len(calls) - 2]) <= 10 + len(partials)
+    assert kv_windows_while_streaming == 1  # the finished 8 s window went into the KV cache once
+
+
+# --- exact finals ----------------------------------------------------------------------------------
+
+
+CASES = [
+    (3.3, 0.25, None, ""),
+    (6.1, 0.5, "English", ""),
+    (11.7, 0.5, None, ""),
+    (9.1, 1.0, "English", ""),
+    (14.2, 0.25, None, "Names: Ada Lovelace, Grace Hopper"),
+    (17.6, 1.0, "Chinese", ""),
+]
+
+
+@pytest.mark.parametrize("seconds,step_s,language,context", CASES)
+def test_final_tokens_equal_offline_transcribe(engines, seconds, step_s, language, context):
+    engine = engines(language, context)
+    audio = make_test_audio(seconds, seed=int(seconds * 10))
+    offline = engine.transcribe(audio)
+    assert len(offline.token_ids) >= 3, "reference output too short to prove anything"
+    _, events, final = stream(engine, audio, step_s, StreamingOptions(language=language, context=context, rtf_budget=100.0))
+    assert isinstance(final, FinalEvent)
+    assert final.token_ids == offline.token_ids
+    assert final.text == offline.text
+    assert final.language == offline.language
+    assert any(isinstance(e, PartialEvent) for e in events)
+    print(f"{seconds}s step {step_s}: draft {final.timings.draft_tokens} accepted {final.timings.accepted_tokens}")
+
+
+def test_committed_text_is_append_only(engines):
+    engine = engines("English")
+    audio = make_test_audio(12.0, seed=42)
+    _, events, final = stream(engine, audio, 0.25, StreamingOptions(language="English", rtf_budget=100.0))
+    partials = [e for e in events if isinstance(e, PartialEvent)]
+    assert len(partials) >= 10
+    previous = ""
+    for p in partials:
+        assert p.committed.startswith(previous)
+        previous = p.committed
+    assert [p.seq for p in partials] == list(range(1, len(partials) + 1))
+    assert final.committed == previous
+
+
+def test_cancel_leaves_nothing_for_the_next_utterance(engines):
+    engine = engines()
+    first = StreamingSession(engine, StreamingOptions(rtf_budget=100.0), "a")
+    first.feed(make_test_audio(4.0, seed=11))
+    first.cancel()
+    audio = make_test_audio(5.0, seed=12)
+    _, _, final = stream(engine, audio, 0.5, StreamingOptions(rtf_budget=100.0))
+    assert final.token_ids == engine.transcribe(audio).token_ids
+
+
+def test_silence_gives_no_partials_and_an_empty_final(engines):
+    engine = engines()
+    _, events, final = stream(engine, np.zeros(3 * RATE, dtype=np.float32), 0.5, StreamingOptions(rtf_budget=100.0))
+    assert events == []
+    assert final.text == "" and final.token_ids == [] and final.stop_reason == "silence"
+
+
+def test_budget_skips_partials_but_never_the_final(engines):
+    engine = engines()
+    audio = make_test_audio(10.0, seed=5)
+    generous_session, generous, _ = stream(engine, audio, 0.25, StreamingOptions(rtf_budget=100.0))
+    tight_session, tight, final = stream(engine, audio, 0.25, StreamingOptions(rtf_budget=0.02))
+    assert len(tight) < len(generous)
+    assert tight_session.skipped > 0
+    assert final.token_ids == engine.transcribe(audio).token_ids
+    # sustained compute stays near the budget: at most one step over it
+    step_cost = max((e.timings.total_ms for e in tight), default=0.0) / 1000.0
+    partial_compute = tight_session.compute_s - final.timings.total_ms / 1000.0
+    assert partial_compute <= 0.02 * 10.0 + step_cost + 0.05
+
+
+def test_long_speech_is_cut_into_utterances_with_context(engines):
+    engine = engines()
+    audio = make_test_audio(13.0, seed=9)
+    session = StreamingSession(engine, StreamingOptions(max_utterance_s=6.0, cut_search_s=2.0, rtf_budget=100.0), "u7")
+    finals: list[FinalEvent] = []
+    current = session
+    for i in range(0, audio.shape[0], 4000):
+        for event in current.feed(audio[i : i + 4000]):
+            if isinstance(event, FinalEvent):
+                finals.append(event)
+                current = current.next_session
+    finals.append(current.finish())
+    assert len(finals) >= 2 and all(f.cut for f in finals[:-1]) and not finals[-1].cut
+    assert finals[0].audio_start_s == 0.0
+    for a, b in zip(finals, finals[1:]):
+        assert abs(a.audio_end_s - b.audio_start_s) < 1e-6  # spans tile the audio
+        assert 4.0 <= a.audio_end_s - a.audio_start_s <= 6.0
+    assert abs(finals[-1].audio_end_s - 13.0) < 1e-3
+    assert len({f.utterance_id for f in finals}) == len(finals)
