@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -440,3 +441,33 @@ def test_live_typing_stops_when_focus_moves(tk_app, xterm_app, xdisp, clipboard,
     assert final.sink == "clipboard" and final.focus_moved
     assert clipboard.get_text() == "one two three"
     assert tk_app.wait_text("one ") == "one "
+
+
+@NEEDS_X
+def test_typing_waits_until_the_hotkey_modifiers_are_released(tk_app, xdisp, clipboard, make_output):
+    tk_app.focus()
+    tk_app.clear()
+    output = make_output(sink="type", modifier_release_timeout_s=5)
+    output.begin_utterance()
+    _xdotool("keydown", "ctrl")  # the user still holds Ctrl of the hotkey
+    releaser = threading.Timer(0.4, _xdotool, ("keyup", "ctrl"))
+    releaser.start()
+    started = time.monotonic()
+    result = output.deliver("ctrl-free")
+    waited = time.monotonic() - started
+    releaser.join()
+    assert result.delivered and waited >= 0.3
+    assert tk_app.wait_text("ctrl-free") == "ctrl-free"  # no Ctrl+c / Ctrl+f shortcuts fired
+    # still held past the timeout: nothing typed, the text waits on the clipboard
+    tk_app.clear()
+    impatient = make_output(sink="type", modifier_release_timeout_s=0.2)
+    impatient.begin_utterance()
+    _xdotool("keydown", "ctrl")
+    try:
+        held = impatient.deliver("not typed")
+    finally:
+        _xdotool("keyup", "ctrl")
+    assert held.sink == "clipboard" and not held.delivered and "modifier" in held.message
+    assert clipboard.get_text() == "not typed"
+    time.sleep(0.2)
+    assert tk_app.text() == ""
