@@ -102,9 +102,11 @@ class HotkeySettings:
 
 @dataclass(frozen=True)
 class ShapingSettings:
-    capitalize: bool = _opt(True)
+    replacements_file: str = _opt("replacements.txt")  # relative: inside the config folder
+    hotwords_file: str = _opt("hotwords.txt")
     trailing_space: bool = _opt(True)
-    replacements_file: str = _opt("")
+    strip_final_period_max_words: int = _opt(0, min=0, max=1000)
+    max_context_chars: int = _opt(1000, min=0, max=10000)
 
 
 @dataclass(frozen=True)

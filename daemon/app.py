@@ -88,6 +88,7 @@ class Daemon:
         self.output = None
         self.control: ControlServer | None = None
         self.hotkey = None
+        self.shaper = None
         self.input_device: str | None = None
         self.device_error: str | None = None
         self.ws_url: str | None = None
@@ -177,6 +178,7 @@ class Daemon:
         )
         self.pipeline.start()
         self._make_journal()
+        self._make_shaper()
         self._make_output()
         self.control = ControlServer(self._on_control)
         self.control.start()
@@ -222,7 +224,7 @@ class Daemon:
         from qasr.engine.prompt import resolve_language
 
         e = self.settings.engine
-        context = options.get("context") if options.get("context") is not None else e.context
+        context = self._context(options.get("context"))
         if len(context.encode("utf-8")) > CONTEXT_RESERVE_BYTES:
             raise QasrError(f"the context is longer than {CONTEXT_RESERVE_BYTES} bytes; shorten it")
         t = self.transcriber
@@ -431,12 +433,15 @@ class Daemon:
             self._saver.save(event["utterance_id"])
         if kind == "cancelled" and self._saver is not None:
             self._saver.drop(event["utterance_id"])
+        raw = event.get("text", "")
+        if kind == "final" and self.shaper is not None and raw:
+            event = dict(event, text=self.shaper.apply_replacements(raw))
         if source != "mic":
             if self.server_handler is not None:
                 self.server_handler.route(event, protocol_event(event))
             return
         if kind == "final":
-            sink, warning = self._deliver(event["text"])
+            sink, warning = self._deliver(raw)
             if self.journal is not None and event["text"]:
                 try:
                     self.journal.append(dict(event, utterance_id=str(event["utterance_id"]), sink=sink))
@@ -463,7 +468,7 @@ class Daemon:
             if self.output is None or not text:
                 return None, ""
             try:
-                result = self.output.deliver(self._shape(text))
+                result = self.output.deliver(self.shaper.shape(text) if self.shaper is not None else text)
             except QasrError as exc:
                 log.warning("text output failed: %s", exc)
                 return None, str(exc)
@@ -486,11 +491,22 @@ class Daemon:
             with self._output_lock:
                 self.output.cancel_utterance()
 
-    def _shape(self, text: str) -> str:
-        shaping = _optional_module("qasr.daemon.text_shaping")
-        if shaping is None:
-            return text  # text shaping (daemon/text_shaping.py) is wired once it exists
-        return text
+    def _make_shaper(self) -> None:
+        from qasr.daemon.text_shaping import ShapingOptions, TextShaper
+
+        sh = self.settings.shaping
+        self.shaper = TextShaper(ShapingOptions(
+            replacements_file=sh.replacements_file, hotwords_file=sh.hotwords_file,
+            trailing_space=sh.trailing_space, strip_final_period_max_words=sh.strip_final_period_max_words,
+            max_context_chars=sh.max_context_chars,
+        ), on_warning=lambda message: self._publish_protocol("warning", "shaping", message))
+
+    def _context(self, requested: str | None) -> str:
+        """Model context: the stream's own, else engine.context plus the hot words file (decoder thread)."""
+        if requested is not None:
+            return requested
+        hotwords = self.shaper.context() if self.shaper is not None else ""
+        return ", ".join(part for part in (self.settings.engine.context, hotwords) if part)
 
     def _publish(self, event: dict[str, Any] | None) -> None:
         if event is not None and self.server is not None:
@@ -647,6 +663,8 @@ class Daemon:
             self._make_journal()
         if new.output != old.output:
             self._make_output()
+        if new.shaping != old.shaping:
+            self._make_shaper()
         log.info("reloaded %s: %s", self.config_path, ", ".join(n for n, _ in changes) or "no changes")
         return True
 
@@ -685,6 +703,7 @@ class Daemon:
         if self.hotkey is not None:
             self.hotkey.stop()
             self.hotkey = None
+        self.shaper = None
         self._stop_audio(finish_utterance=False)
         if self._runner is not None:
             try:

@@ -131,7 +131,6 @@ class IngestStream:
         self._cond = threading.Condition()
         self._open: set[int] = set()
         self._finals = 0
-        self._position_s = 0.0  # seconds of this stream fed so far
         self.utterance: int | None = None
         self.segmenter = self.daemon.make_segmenter(mode="vad") if request.segment == "vad" else None
         if self.segmenter is None:
@@ -146,17 +145,18 @@ class IngestStream:
         self.utterance = utterance_id
 
     def feed(self, samples: np.ndarray) -> None:
-        pipeline = self.daemon.pipeline
-        start = self._position_s
-        self._position_s += samples.size / 16000.0
         if self.segmenter is None:
             if samples.size:
-                pipeline.audio(self.utterance, samples)
+                self.daemon.pipeline.audio(self.utterance, samples)
             return
-        for event in self.segmenter.process(samples):
+        self._handle(self.segmenter.process(samples))
+
+    def _handle(self, events: list) -> None:
+        pipeline = self.daemon.pipeline
+        for event in events:
             kind = type(event).__name__
             if kind == "SpeechStart":
-                self._begin(float(getattr(event, "time_s", start)))
+                self._begin(event.t_s)
             elif kind == "SpeechAudio" and self.utterance is not None:
                 pipeline.audio(self.utterance, event.pcm)
             elif kind in ("SpeechEnd", "Cancelled") and self.utterance is not None:
@@ -164,13 +164,10 @@ class IngestStream:
                 self.utterance = None
 
     def end(self) -> dict | None:
-        pipeline = self.daemon.pipeline
         if self.segmenter is not None:
-            for event in self.segmenter.stop_utterance() or ():  # close a speech segment still open
-                if type(event).__name__ == "SpeechAudio" and self.utterance is not None:
-                    pipeline.audio(self.utterance, event.pcm)
+            self._handle(self.segmenter.finish())  # closes a speech segment still open
         if self.utterance is not None:
-            pipeline.end(self.utterance)
+            self.daemon.pipeline.end(self.utterance)
             self.utterance = None
         with self._cond:
             if not self._cond.wait_for(lambda: not self._open, timeout=INGEST_END_TIMEOUT_S):
