@@ -150,7 +150,7 @@ class _Utterance:
 
     @property
     def length(self) -> int:
-        return self.emitted + sum(len(f.pcm) for f in self.pending) + sum(len(f.pcm) for f in self.lead)
+        return self.emitted + (len(self.pending) + len(self.lead)) * FRAME_SAMPLES
 
 
 def _ms_to_frames(ms: float) -> int:
@@ -212,10 +212,10 @@ class Segmenter:
 
     @property
     def samples_buffered(self) -> int:
-        held = len(self._partial) + sum(len(f.pcm) for f in self._idle)
+        frames = len(self._idle)
         if self._utt is not None:
-            held += sum(len(f.pcm) for f in self._utt.lead) + sum(len(f.pcm) for f in self._utt.pending)
-        return held
+            frames += len(self._utt.lead) + len(self._utt.pending)
+        return len(self._partial) + frames * FRAME_SAMPLES
 
     @property
     def t_s(self) -> float:
