@@ -223,3 +223,25 @@ def test_latency_from_key_to_callback(listen):
     assert latency < 2.0
     _xdotool("key", "ctrl+alt+space")
     assert rec.wait_for(["start", "stop"])
+
+
+@NEEDS_X
+def test_our_own_typing_neither_triggers_nor_breaks_the_listener(listen, display):
+    """The output types through remapped keycodes while the listener runs: no callbacks, still alive."""
+    from qasr.daemon import x11
+    from qasr.daemon.typing_xtest import XTestTyper
+
+    listener, rec = listen()
+    disp = x11.open_display()
+    try:
+        typer = XTestTyper(disp)
+        typer.type("Grüße 你好 🎤 Привет space bar")
+        typer.restore_keymap()
+    finally:
+        disp.close()
+    time.sleep(0.3)
+    assert rec.names() == []
+    _xdotool("key", "ctrl+alt+space")
+    assert rec.wait_for(["start"])
+    _xdotool("key", "Escape")
+    assert rec.wait_for(["start", "cancel"])
