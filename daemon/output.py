@@ -189,6 +189,11 @@ class TextOutput:
     def target(self) -> x11.WindowInfo | None:
         return self._target
 
+    @property
+    def typed_text(self) -> str:
+        """What live typing has sent in this utterance (the app computes the next delta from it)."""
+        return self._typed
+
     def deliver_committed(self, delta: str) -> DeliveryResult | None:
         """Live typing: type newly committed text now (never erased later). None when nothing to do."""
         if not delta or self.options.sink == "none" or self._live_failed:

@@ -193,9 +193,20 @@ class TextShaper:
         limit = self.options.strip_final_period_max_words
         if limit > 0 and word_count(text) <= limit:
             text = _FINAL_PERIOD.sub(r"\1", text)
+        return self._with_trailing_space(text)
+
+    def shape_live_final(self, text: str) -> str:
+        """Final text when live typing already sent the committed prefix unchanged: only the trailing space.
+
+        Replacements and period removal would rewrite text that is already typed (it cannot be erased),
+        so in live mode they are not applied to the typed output.
+        """
+        return self._with_trailing_space(text)
+
+    def _with_trailing_space(self, text: str) -> str:
         if self.options.trailing_space and text.strip() and not text[-1].isspace() \
                 and not _is_unspaced_script(text[-1]):
-            text += " "
+            return text + " "
         return text
 
     # -- files ---------------------------------------------------------------------------------

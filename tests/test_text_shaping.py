@@ -108,6 +108,13 @@ def test_trailing_space_and_cjk(config):
     assert TextShaper(ShapingOptions(trailing_space=False)).shape("Hi.") == "Hi."
 
 
+def test_live_final_only_adds_the_trailing_space(config):
+    write(config / "replacements.txt", "teh = the\n")
+    shaper = TextShaper(ShapingOptions(strip_final_period_max_words=5))
+    assert shaper.shape("teh end.") == "the end "
+    assert shaper.shape_live_final("teh end.") == "teh end. "  # already typed live: never rewritten
+
+
 def test_final_period_removed_only_for_short_utterances(config):
     shaper = TextShaper(ShapingOptions(strip_final_period_max_words=3, trailing_space=False))
     assert shaper.shape("Yes.") == "Yes"

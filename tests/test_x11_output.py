@@ -420,6 +420,7 @@ def test_live_typing_appends_committed_text_and_finishes_at_final(tk_app, xdisp,
         result = output.deliver_committed(delta)
         assert result.delivered and result.sink == "type"
     assert tk_app.wait_text("Grüße, café — 你好") == "Grüße, café — 你好"
+    assert output.typed_text == "Grüße, café — 你好"
     final = output.deliver("Grüße, café — 你好世界")
     assert final.chars == 2
     assert tk_app.wait_text("Grüße, café — 你好世界") == "Grüße, café — 你好世界"
