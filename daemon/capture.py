@@ -6,7 +6,7 @@ or are lost, so it is never opened on a key press). The PortAudio callback only 
 consumer thread pulls with ``read()``::
 
     cap = AudioCapture(CaptureOptions(device="usb"), on_state=lambda state, msg: ...)
-    cap.start()                       # raises NoInputDeviceError / AudioDeviceError
+    cap.start()                       # raises NoInputDeviceError / AudioDeviceError (DeviceOpenError)
     while running:
         pcm = cap.read(timeout=0.5)   # float32 [n] at 16 kHz, in order, or None on timeout/stop
         ...
@@ -16,11 +16,18 @@ consumer thread pulls with ``read()``::
 Device: ``None``/``""`` = the default input, an int or digit string = PortAudio index, anything else a
 case-insensitive substring of the device name (an exact name wins; several matches is an error).
 
+Errors (all ``QasrError``, one line saying what to do): ``NoInputDeviceError`` (no input device at
+all, or PortAudio missing), ``AudioDeviceError`` (the configured name/index matches nothing or several
+devices), ``DeviceOpenError(AudioDeviceError)`` (PortAudio refused to open/start the stream).
+``start()`` raises them; with ``wait_for_device=True`` it instead enters ``no-device`` and keeps trying.
+
 States (``cap.state``; ``on_state(state, message)`` is called from ``start()``'s thread or the
 supervisor thread, never from the audio callback): ``starting`` (opened, waiting for the first block),
-``running``, ``retrying`` (the stream failed, finished, or delivered nothing for ``stall_timeout_s``;
-it is reopened with exponential back-off, PortAudio's device list is re-read first), ``no-device``
-(the device is gone; still retrying), ``stopped``. While the device is lost no samples are produced:
+``running``, ``retrying`` (the stream failed, finished, or delivered nothing for ``stall_timeout_s``
+— ``first_audio_timeout_s`` right after opening; it is reopened with exponential back-off from
+``retry_initial_s`` to ``retry_max_s``, PortAudio's device list is re-read first), ``no-device``
+(the device is gone; still retrying), ``stopped``. A stream that hangs inside PortAudio/ALSA on close
+would block the supervisor thread (not seen with PulseAudio being killed). While the device is lost no samples are produced:
 the stream simply resumes later (a gap in time, not silence).
 
 Counters (16 kHz samples unless named ``device_*``): ``frames_captured`` (written into the ring),
