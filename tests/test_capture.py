@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ from qasr.daemon.segmenter import Segmenter, SpeechEnd, SpeechStart
 from tests.fixtures.desktop import espeak_wav, load_wav, play_into_mic
 
 SR = 16000
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 
 
 # ---------------------------------------------------------------------- resampler
@@ -175,6 +177,8 @@ def _best_alignment(recorded: np.ndarray, reference: np.ndarray) -> tuple[float,
 
 @pytest.fixture(scope="module")
 def phrase_wav():
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed")
     return espeak_wav("please open the settings window and check the microphone level")
 
 
@@ -308,6 +312,7 @@ def test_no_sound_server_gives_no_input_device_error(tmp_path):
 
 # ---------------------------------------------------------------------- the desktop fixtures themselves
 
+@needs_espeak
 def test_espeak_wav_is_16k_mono_speech():
     import soundfile
 
