@@ -191,7 +191,7 @@ ATTENTION_SHARPNESS = 1.8  # q/k scale: attention logits of a few units, not ~1
 STOP_ROW_GAIN = 1.3  # stop-token embedding rows this much longer: some generations end alone
 UNUSED_ROW_SCALE = 0.05  # embedding rows without a token: rarely chosen, as in a trained model
 OTHER_SPECIAL_ROW_SCALE = 0.5  # special tokens other than the stops/<asr_text>: seldom generated
-TEXT_BRANCH_GAIN = 1.0  # text residual branches (attention, MLP) relative to the embedding
+TEXT_BRANCH_GAIN = 1.0  # text residual branch scale at 2 layers (scaled by sqrt(2 / layers))
 FINAL_NORM_MEAN = 0.0  # final RMSNorm weight mean: 0 breaks the "predict the input token" path
 
 
@@ -406,8 +406,10 @@ def _reinitialise(model: Any, preset: Preset, ids: dict[str, int], n_tokens: int
     """Replace the default init by one that keeps a random model informative.
 
     Default inits make a random Qwen3-ASR collapse (stop first, or one repeated token). Here:
-    every linear map is 1/sqrt(fan_in)-scaled so activations stay at unit scale, residual
-    branches are scaled by 1/sqrt(2 * layers) so the stream does not grow, biases and norm
+    every linear map is 1/sqrt(fan_in)-scaled so activations stay at unit scale, audio residual
+    branches are scaled by 1/sqrt(2 * layers) so the stream does not grow, text branches so the
+    stream ends at a fixed multiple of the embedding whatever the depth (a tied head otherwise
+    just repeats the input token), the final norm weight has zero mean, biases and norm
     weights get non-trivial values, q/k are scaled up (ATTENTION_SHARPNESS) so attention is
     selective (the output then follows the audio), embeddings are unit-variance rows, stop
     rows are longer (STOP_ROW_GAIN) and rows without a token tiny (UNUSED_ROW_SCALE).
@@ -416,7 +418,8 @@ def _reinitialise(model: Any, preset: Preset, ids: dict[str, int], n_tokens: int
 
     gen = torch.Generator().manual_seed(seed)
     a_res = 1.0 / math.sqrt(2 * preset.audio.encoder_layers)
-    t_res = TEXT_BRANCH_GAIN
+    # Residual stream ends at sqrt(1 + 2 * layers * t_res**2) = sqrt(5) embedding norms at any depth.
+    t_res = TEXT_BRANCH_GAIN * math.sqrt(2.0 / preset.text.num_hidden_layers)
 
     def normal(shape: torch.Size, std: float, mean: float = 0.0) -> torch.Tensor:
         return torch.randn(shape, generator=gen, dtype=torch.float32) * std + mean
@@ -474,9 +477,8 @@ def _state_dict_for_file(model: Any, dtype: str) -> dict[str, Any]:
     import torch
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    tensors = {}
-    for name, tensor in model.state_dict().items():
-        tensors[name] = tensor.detach().to(torch_dtype).contiguous().clone()
+    model.to(torch_dtype)  # in place: the float32 storage is released before saving
+    tensors = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     # Upstream stores the tied head as its own tensor.
     tensors["thinker.lm_head.weight"] = tensors["thinker.model.embed_tokens.weight"].clone()
     return tensors

@@ -260,3 +260,17 @@ class OfficialReference:
                    max_new_tokens: int = 64, windowed: bool = True) -> tuple[str, str]:
         """(language, text) for one clip, as the official transcribe() returns them."""
         return self.parse(self.generate(audio, language, context, max_new_tokens, windowed), language)
+
+    def official_transcribe(self, audio: np.ndarray, language: str | None = None, context: str = "",
+                            max_new_tokens: int = 64, windowed: bool = True) -> tuple[str, str]:
+        """The unmodified official ``Qwen3ASRModel.transcribe()`` (its hard-coded stop ids
+        included, so on a random checkpoint it only stops at ``max_new_tokens``)."""
+        previous, self.asr.max_new_tokens = self.asr.max_new_tokens, max_new_tokens
+        self._windowed = windowed
+        try:
+            result = self.asr.transcribe((np.asarray(audio, dtype=np.float32), SAMPLE_RATE),
+                                         context=context, language=language)[0]
+        finally:
+            self.asr.max_new_tokens = previous
+            self._windowed = True
+        return result.language, result.text

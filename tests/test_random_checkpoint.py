@@ -194,3 +194,17 @@ def test_presets_match_the_upstream_shapes():
 def test_unknown_preset_is_a_user_error(tmp_path: Path):
     with pytest.raises(rc.CheckpointError, match="unknown preset"):
         rc.make_checkpoint(tmp_path, preset="7b")
+
+
+def test_reference_generation_is_the_official_transcribe_path(official_ref, generations):
+    clips, results = generations
+    running = [i for i, r in enumerate(results) if not r.stopped]
+    assert running
+    clip = clips[running[0]]
+    for language, context in ((None, ""), ("German", "Grüße")):
+        ids = official_ref.generate(clip, language=language, context=context, max_new_tokens=20)
+        assert len(ids) == 20 or language is not None
+        if len(ids) < 20:
+            continue  # stopped early with our stop ids: the official call would run on
+        assert official_ref.official_transcribe(clip, language, context, max_new_tokens=20) == official_ref.parse(
+            ids, language)
