@@ -158,7 +158,7 @@ class Decoder:
         self._token_batch = _Batch(self.n_batch, 0)
         self._embd_batch = _Batch(self.n_batch, self.n_embd)
         self.n_past = 0
-        self._piece_cache: dict[int, bytes] = {}
+        self._piece_cache: dict[tuple[int, bool], bytes] = {}
 
     # --- lifetime -------------------------------------------------------------------------------
 
@@ -203,24 +203,30 @@ class Decoder:
             raise DecoderError("tokenization failed")
         return list(buf[:n])
 
-    def token_bytes(self, token: int) -> bytes:
-        """Raw bytes of one token (special tokens rendered as their text); may be part of a UTF-8 char."""
-        cached = self._piece_cache.get(token)
+    def token_bytes(self, token: int, render_control: bool = False) -> bytes:
+        """Raw bytes of one token; may be part of a UTF-8 character.
+
+        Control tokens (<|im_start|>, <|audio_pad|> ...) give b"" unless `render_control`, as the
+        official decode with skip_special_tokens=True; user-defined ones such as <asr_text> always
+        render, which the output parser relies on.
+        """
+        key = (int(token), bool(render_control))
+        cached = self._piece_cache.get(key)
         if cached is not None:
             return cached
         size = 64
         while True:
             buf = ctypes.create_string_buffer(size)
-            n = self._ll.llama_token_to_piece(self._vocab, int(token), buf, size, 0, True)
+            n = self._ll.llama_token_to_piece(self._vocab, int(token), buf, size, 0, render_control)
             if n >= 0:
                 piece = buf.raw[:n]
                 break
             size = -n
-        self._piece_cache[token] = piece
+        self._piece_cache[key] = piece
         return piece
 
-    def detokenize(self, ids) -> str:
-        return b"".join(self.token_bytes(t) for t in ids).decode("utf-8", errors="replace")
+    def detokenize(self, ids, render_control: bool = False) -> str:
+        return b"".join(self.token_bytes(t, render_control) for t in ids).decode("utf-8", errors="replace")
 
     def text_stream(self) -> "TokenTextStream":
         return TokenTextStream(self)
