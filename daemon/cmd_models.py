@@ -86,4 +86,136 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert]
+# ---------------------------------------------------------------- pull, list, path, verify
+# (download and store logic: daemon/model_download.py, daemon/model_store.py)
+
+def _add_pull(msub: argparse._SubParsersAction) -> None:
+    from qasr.daemon.model_store import CATALOGUE, DEFAULT_DECODER, DEFAULT_ENCODER
+
+    c = msub.add_parser(
+        "pull",
+        help="download an official Qwen3-ASR checkpoint and convert it into a bundle",
+        description="Download Qwen/Qwen3-ASR-<size> from Hugging Face (ModelScope as the fallback), "
+        "check every file's checksum, convert it into $XDG_DATA_HOME/qasr/models/qwen3-asr-<size> "
+        "(other precisions: qwen3-asr-<size>-<encoder>-<decoder>) and verify the bundle. "
+        "An interrupted download resumes when the command is run again.",
+    )
+    c.add_argument("model", metavar="MODEL", choices=list(CATALOGUE), help=f"one of {', '.join(CATALOGUE)}")
+    c.add_argument("--source", choices=("huggingface", "modelscope"), default="huggingface",
+                   help="hub tried first (default: huggingface); the other one is the fallback")
+    c.add_argument("--no-fallback", dest="fallback", action="store_false",
+                   help="do not try the other hub when the first one fails")
+    c.add_argument("--endpoint", metavar="URL",
+                   help="base URL of the first hub (default: $HF_ENDPOINT / $MODELSCOPE_ENDPOINT or the public hub)")
+    c.add_argument("--repo", metavar="OWNER/NAME", help="another repository with the same layout")
+    c.add_argument("--revision", metavar="REV", help="branch, tag or commit (default: main / master)")
+    c.add_argument("--encoder", choices=ENCODER_PRECISIONS, default=DEFAULT_ENCODER,
+                   help=f"audio encoder precision (default: {DEFAULT_ENCODER})")
+    c.add_argument("--decoder", choices=DECODER_PRECISIONS, default=DEFAULT_DECODER,
+                   help=f"text decoder precision (default: {DEFAULT_DECODER})")
+    c.add_argument("--keep-checkpoint", action="store_true",
+                   help="keep the downloaded checkpoint in $XDG_CACHE_HOME/qasr/downloads after converting")
+    c.add_argument("--force", action="store_true", help="pull and convert again even if the bundle is installed")
+    c.add_argument("--retries", type=int, default=4, metavar="N",
+                   help="retries after a network error, with back-off (default: 4)")
+    c.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                   help="seconds to wait for the server on each request (default: 30)")
+    c.set_defaults(func=cmd_pull)
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from qasr.daemon.model_download import DownloadOptions, TerminalProgress
+    from qasr.daemon.model_store import PullOptions, pull
+
+    options = PullOptions(
+        model=args.model, source=args.source, fallback=args.fallback, endpoint=args.endpoint,
+        repo=args.repo, revision=args.revision, encoder=args.encoder, decoder=args.decoder,
+        keep_checkpoint=args.keep_checkpoint, force=args.force,
+        download=DownloadOptions(timeout_s=args.timeout, retries=max(0, args.retries)),
+    )
+    started = time.monotonic()
+    result = pull(options, TerminalProgress(sys.stderr), ProgressLine(sys.stderr))
+    if result.already_present:
+        print(f"{result.bundle_dir} is already installed (use --force to pull it again)")
+    else:
+        elapsed = time.monotonic() - started
+        print(f"bundle written to {result.bundle_dir} from {result.source} {result.repo}@{result.revision[:12]} "
+              f"({args.encoder} encoder, {args.decoder} decoder, {elapsed:.0f} s)")
+    return 0
+
+
+def _add_list(msub: argparse._SubParsersAction) -> None:
+    c = msub.add_parser("list", help="list installed model bundles",
+                        description="List the bundles in $XDG_DATA_HOME/qasr/models; * marks the one the daemon loads.")
+    c.set_defaults(func=cmd_list)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from qasr.config import paths
+    from qasr.daemon.model_download import format_bytes
+    from qasr.daemon.model_store import default_bundle_path, list_bundles
+
+    default = default_bundle_path()
+    bundles = list_bundles(default=default)
+    if not bundles:
+        print(f"no model bundles in {paths.models_dir()}; install one with `qasr-daemon models pull 0.6b`")
+        return 0
+    rows = [("", "NAME", "MODEL", "ENCODER", "DECODER", "SIZE", "SOURCE")]
+    for b in bundles:
+        rows.append(("*" if b.is_default else "", b.name, b.model or "?", b.encoder or "?", b.decoder or "?",
+                     format_bytes(b.size), b.source if b.problem is None else f"BROKEN: {b.problem}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1])
+    if not any(b.is_default for b in bundles):
+        print(f"(the daemon's model {default} is not installed)")
+    return 0
+
+
+def _add_path(msub: argparse._SubParsersAction) -> None:
+    c = msub.add_parser("path", help="print a bundle's folder",
+                        description="Print the folder of an installed bundle (default: the daemon's model).")
+    c.add_argument("name", metavar="NAME", nargs="?", help="bundle name (see `models list`) or 0.6b / 1.7b")
+    c.set_defaults(func=cmd_path)
+
+
+def cmd_path(args: argparse.Namespace) -> int:
+    from qasr.daemon.model_store import resolve_bundle
+
+    print(resolve_bundle(args.name))
+    return 0
+
+
+def _add_verify(msub: argparse._SubParsersAction) -> None:
+    c = msub.add_parser("verify", help="check every file of a bundle against its sha256",
+                        description="Check every file of a bundle against the sha256 in its manifest "
+                        "(default: every installed bundle). Exits non-zero naming the bad file.")
+    c.add_argument("target", metavar="NAME|DIR", nargs="?", help="bundle name, 0.6b / 1.7b, or a folder")
+    c.set_defaults(func=cmd_verify)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from qasr.config import paths
+    from qasr.daemon.model_store import list_bundles, resolve_bundle, verify_bundle_dir
+    from qasr.engine.bundle import BundleError
+
+    if args.target:
+        targets = [resolve_bundle(args.target)]
+    else:
+        targets = [b.path for b in list_bundles()]
+        if not targets:
+            raise QasrError(f"no model bundles in {paths.models_dir()}; install one with `qasr-daemon models pull 0.6b`")
+    bad = 0
+    for target in targets:
+        try:
+            verify_bundle_dir(target)
+            print(f"ok  {target}")
+        except BundleError as exc:
+            bad += 1
+            print(f"BAD {target}: {exc}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_convert, _add_pull, _add_list, _add_path, _add_verify,
+]
