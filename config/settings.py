@@ -61,6 +61,7 @@ class VadSettings:
 
 @dataclass(frozen=True)
 class EngineSettings:
+    streaming: bool = _opt(True)
     language: str = _opt("")  # "" = detect; else a language the bundle lists (checked at start)
     context: str = _opt("")
     threads: int = _opt(0, min=0, max=256, restart=True)  # 0 = pick from the CPU count

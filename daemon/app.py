@@ -42,7 +42,7 @@ from qasr.config.settings import Settings, changed_options
 from qasr.daemon import lifecycle, logging_setup
 from qasr.daemon.control import ControlServer
 from qasr.daemon.segmenter import Segmenter, SegmenterOptions
-from qasr.daemon.workers import Pipeline, WholeUtteranceBackend
+from qasr.daemon.workers import Pipeline, StreamingBackend, WholeUtteranceBackend
 from qasr.engine.bundle import load_bundle
 from qasr.errors import QasrError
 
@@ -170,8 +170,10 @@ class Daemon:
         self.transcriber = self._make_transcriber()
         if s.debug.save_audio_dir:
             self._saver = _UtteranceAudioSaver(Path(s.debug.save_audio_dir).expanduser())
+        backend = (StreamingBackend(self._make_session) if s.engine.streaming
+                   else WholeUtteranceBackend(self._transcribe))
         self.pipeline = Pipeline(
-            WholeUtteranceBackend(self._transcribe),  # INTERIM: one offline final per utterance, no partials
+            backend,
             self._on_pipeline_event,
             max_queued_blocks=max(16, int(s.audio.queue_s * 1000 / s.audio.block_ms)),
             on_audio=self._saver.add if self._saver else None,
@@ -219,8 +221,22 @@ class Daemon:
         transcriber.options = replace(sizing, context=e.context)
         return transcriber
 
+    def _make_session(self, options: dict[str, Any]):
+        """A streaming session for one utterance (decoder worker); the stream's options win over settings."""
+        from qasr.engine.streaming import StreamingOptions, StreamingSession
+
+        e = self.settings.engine
+        context = self._context(options.get("context"))
+        if len(context.encode("utf-8")) > CONTEXT_RESERVE_BYTES:
+            raise QasrError(f"the context is longer than {CONTEXT_RESERVE_BYTES} bytes; shorten it")
+        return StreamingSession(self.transcriber, StreamingOptions(
+            language=options.get("language") or e.language or None, context=context, rtf_budget=e.rtf_budget,
+            max_new_tokens=e.max_new_tokens,
+            max_utterance_s=e.max_utterance_s + 3600.0,  # the segmenter cuts long speech; never the session
+        ))
+
     def _transcribe(self, audio: np.ndarray, options: dict[str, Any]):
-        """INTERIM engine call (decoder worker): the whole utterance; the stream's options win over settings."""
+        """Offline engine call (engine.streaming = false; decoder worker): the whole utterance."""
         from qasr.engine.prompt import resolve_language
 
         e = self.settings.engine

@@ -9,9 +9,10 @@ decoder worker works on the oldest utterance first: a requested final always run
 dropped, and come out in utterance order); partials are a flag, not a queue, so when decoding falls
 behind the intermediate partials are skipped and only the newest state is decoded.
 
-An engine plugs in through ``EngineBackend.open_stream() -> UtteranceStream``. Until the streaming
-engine exists, ``WholeUtteranceBackend`` is the INTERIM path: it buffers the audio and runs the
-offline ``Transcriber`` once per utterance for the final (no partials).
+An engine plugs in through ``EngineBackend.open_stream(options) -> UtteranceStream``:
+``StreamingBackend`` (engine/streaming.py: partials while speaking, exact finals) is the default;
+``WholeUtteranceBackend`` runs the offline ``Transcriber`` once per utterance (final only), used when
+``engine.streaming = false``.
 """
 
 from __future__ import annotations
@@ -114,6 +115,91 @@ class WholeUtteranceBackend:
 
     def open_stream(self, options: dict[str, Any]) -> WholeUtteranceStream:
         return WholeUtteranceStream(self._transcribe, options)
+
+
+# ---------------------------------------------------------------- streaming backend
+
+class StreamingUtteranceStream:
+    """One utterance on ``qasr.engine.streaming.StreamingSession``.
+
+    The session owns the engine's single decoder (creating one resets its cache), so it is created
+    lazily on the decoder worker by the first ``decode_*`` call: the pipeline only decodes the oldest
+    utterance, so the previous utterance's final is out by then. Until then ``encode`` buffers the
+    audio; afterwards it runs the encoder front-end/back-end (``session.encoder.push``) on the encoder
+    worker. A lock serialises the two workers on the session.
+    """
+
+    def __init__(self, make_session: Callable[[], Any]) -> None:
+        self._make_session = make_session
+        self._session = None
+        self._pending: list[np.ndarray] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _activate(self):  # decoder worker, lock held
+        if self._session is None:
+            self._session = self._make_session()
+            for pcm in self._pending:
+                self._push(pcm)
+            self._pending.clear()
+        return self._session
+
+    def _push(self, pcm: np.ndarray) -> None:
+        started = time.perf_counter()
+        self._session.encoder.push(pcm)
+        self._session.compute_s += time.perf_counter() - started  # encoder time counts against the budget
+
+    def encode(self, pcm: np.ndarray) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if self._session is None:
+                self._pending.append(np.asarray(pcm, dtype=np.float32).reshape(-1))
+            else:
+                self._push(pcm)
+
+    def finish_encoding(self) -> None:
+        pass
+
+    def decode_partial(self) -> Partial | None:
+        with self._lock:
+            if self._closed:
+                return None
+            session = self._activate()
+            # feed() with no new audio runs a decoding step only when the cadence says one is due.
+            for event in session.feed(np.zeros(0, np.float32)):
+                if event.type == "partial":
+                    return Partial(committed=event.committed, tentative=event.tentative)
+            return None
+
+    def decode_final(self) -> Final:
+        with self._lock:
+            session = self._activate()
+            final = session.finish()
+            t = final.timings
+            return Final(
+                text=final.text, language=final.language, token_ids=list(final.token_ids),
+                audio_s=float(final.audio_end_s - final.audio_start_s), elapsed_s=session.compute_s,
+                extra={"stop_reason": final.stop_reason, "final_ms": round(t.total_ms, 1),
+                       "partial_steps": session.steps, "skipped_steps": session.skipped},
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._session is not None and not self._closed:
+                self._session.cancel()  # only an active (the oldest) session holds the decoder
+            self._closed = True
+            self._pending.clear()
+
+
+class StreamingBackend:
+    """Partials while the person speaks, and finals equal to offline transcription (engine/streaming.py)."""
+
+    def __init__(self, make_session: Callable[[dict[str, Any]], Any]) -> None:
+        self._make_session = make_session  # options -> StreamingSession (called on the decoder worker)
+
+    def open_stream(self, options: dict[str, Any]) -> StreamingUtteranceStream:
+        return StreamingUtteranceStream(lambda: self._make_session(options))
 
 
 # ---------------------------------------------------------------- pipeline

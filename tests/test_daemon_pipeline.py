@@ -230,3 +230,39 @@ def test_microphone_to_websocket_final_equals_offline(tmp_path, tiny_bundle, tra
         assert entries[0]["text"] == final["text"]
     finally:
         env.cleanup()
+
+
+def test_streaming_backend_gives_partials_and_offline_equal_finals(transcriber):
+    from qasr.daemon.workers import Pipeline, StreamingBackend
+    from qasr.engine.streaming import StreamingOptions, StreamingSession
+
+    events: list[dict] = []
+    backend = StreamingBackend(lambda options: StreamingSession(transcriber, StreamingOptions(rtf_budget=10.0)))
+    pipeline = Pipeline(backend, events.append)
+    pipeline.start()
+    audios = [_tone_audio(3.0, 9), _tone_audio(1.5, 10)]
+    try:
+        ids = []
+        for audio in audios:  # the second utterance starts before the first one's final is out
+            ids.append(pipeline.begin("mic"))
+            for block in np.array_split(audio, int(audio.size / 480)):  # 30 ms blocks, as from the microphone
+                pipeline.audio(ids[-1], block)
+                time.sleep(0.002)
+            pipeline.end(ids[-1])
+        assert pipeline.drain(180)
+    finally:
+        pipeline.stop()
+    finals = [e for e in events if e["type"] == "final"]
+    assert [f["utterance_id"] for f in finals] == ids
+    for final, audio in zip(finals, audios):
+        assert final["token_ids"] == transcriber.transcribe(audio).token_ids
+    partials = [e for e in events if e["type"] == "partial"]
+    assert partials and {p["utterance_id"] for p in partials} <= set(ids)
+    for uid in ids:  # committed text only grows within an utterance
+        committed = [p["committed"] for p in partials if p["utterance_id"] == uid]
+        assert all(later.startswith(earlier) for earlier, later in zip(committed, committed[1:]))
+    # every partial of an utterance comes before its final
+    order = [(e["type"], e["utterance_id"]) for e in events if e["type"] in ("partial", "final")]
+    for uid in ids:
+        final_at = order.index(("final", uid))
+        assert all(i < final_at for i, item in enumerate(order) if item == ("partial", uid))
