@@ -17,7 +17,7 @@ import pytest
 from qasr.daemon.capture import (NO_INPUT_MESSAGE, AudioCapture, AudioDeviceError, CaptureOptions,
                                  NoInputDeviceError, list_input_devices, resolve_input_device)
 from qasr.daemon.resample import StreamResampler, to_mono_float32
-from qasr.daemon.segmenter import Segmenter, SpeechEnd, SpeechStart
+from qasr.daemon.segmenter import Segmenter, SpeechAudio, SpeechEnd, SpeechStart
 from tests.fixtures.desktop import espeak_wav, load_wav, play_into_mic
 
 SR = 16000
@@ -193,37 +193,59 @@ def test_devices_are_listed(pulse_server):
 
 @pytest.mark.system
 def test_captured_speech_matches_what_was_played(pulse_server, phrase_wav):
+    """Capture → segmenter as the daemon wires them: every delivered sample reaches the segmenter,
+    the recording correlates with what was played, and the segmenter finds the one phrase."""
     states = []
     cap = AudioCapture(CaptureOptions(device="pulse", preroll_s=0.5),
                        on_state=lambda state, message: states.append(state))
+    seg = Segmenter()
+    recorded, events = [], []
+
+    def consume(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            pcm = cap.read(timeout=0.05)
+            if pcm is not None:
+                recorded.append(pcm)
+                events.extend(seg.process(pcm))
+
     cap.start()
     try:
         assert cap.device["name"] == "pulse"
         assert _wait_state(cap, "running", 10), cap.stats()
-        _drain(cap)
-        time.sleep(0.3)
-        play_into_mic(phrase_wav)
-        time.sleep(0.6)
-        recorded = _drain(cap)
+        consume(0.5)
+        player = play_into_mic(phrase_wav, wait=False)
+        while player.poll() is None:
+            consume(0.1)
+        consume(1.5)  # the hangover ends the utterance
         preroll = cap.preroll()
     finally:
         cap.stop()
+    while (pcm := cap.read(timeout=0)) is not None:
+        recorded.append(pcm)
+        events.extend(seg.process(pcm))
+    recorded = np.concatenate(recorded)
     assert states[0] == "starting" and "running" in states and states[-1] == "stopped"
-    assert cap.frames_captured == cap.frames_delivered + cap.frames_dropped + cap.pending
-    assert cap.frames_dropped == 0 and cap.callback_errors == 0
+    # nothing lost between the device, the ring and the segmenter
+    assert cap.frames_dropped == 0 and cap.callback_errors == 0 and cap.pending == 0
+    assert cap.frames_captured == cap.frames_delivered == len(recorded) == seg.samples_in
+    assert seg.samples_in == seg.samples_emitted + seg.samples_discarded + seg.samples_buffered
+
     reference = load_wav(phrase_wav)
     r, lag = _best_alignment(recorded, reference)
     assert r > 0.95, (r, lag)
     assert len(preroll) == int(0.5 * SR)
     np.testing.assert_array_equal(preroll, recorded[-len(preroll):])
 
-    seg = Segmenter()
-    events = seg.process(recorded) + seg.finish()
     starts = [e for e in events if isinstance(e, SpeechStart)]
     ends = [e for e in events if isinstance(e, SpeechEnd)]
-    assert len(starts) == 1 and len(ends) == 1
-    speech_onset = (lag + np.flatnonzero(np.abs(reference) > 0.01)[0]) / SR
-    assert abs(starts[0].t_s - speech_onset) < 0.15
+    assert len(starts) == 1 and len(ends) == 1 and ends[0].reason == "silence"
+    speech = np.flatnonzero(np.abs(reference) > 0.01)
+    assert abs(starts[0].t_s - (lag + speech[0]) / SR) < 0.15
+    assert abs(ends[0].last_voice_s - (lag + speech[-1]) / SR) < 0.3
+    utterance = np.concatenate([e.pcm for e in events if isinstance(e, SpeechAudio)])
+    r_utt, _ = _best_alignment(utterance, reference[speech[0]:speech[-1]])
+    assert r_utt > 0.95
 
 
 @pytest.mark.system
