@@ -208,3 +208,20 @@ def test_reference_generation_is_the_official_transcribe_path(official_ref, gene
             continue  # stopped early with our stop ids: the official call would run on
         assert official_ref.official_transcribe(clip, language, context, max_new_tokens=20) == official_ref.parse(
             ids, language)
+
+
+@pytest.mark.parametrize("preset, billions", [("0.6b", (0.7, 1.0)), ("1.7b", (1.9, 2.6))])
+def test_large_presets_build_the_official_model(preset, billions):
+    import torch
+
+    config_cls, model_cls, _ = rc.official_classes()
+    spec = rc.PRESETS[preset]
+    ids = rc.special_ids(1024)
+    config = rc._config_json(spec, ids, spec.text.vocab_size)
+    hf_config = config_cls(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
+    with torch.device("meta"):
+        model = model_cls(hf_config)
+    n_params = sum(p.numel() for p in model.parameters()) / 1e9
+    assert billions[0] < n_params < billions[1]
+    assert model.thinker.model.embed_tokens.weight.shape == (151936, spec.text.hidden_size)
+    assert model.thinker.audio_tower.proj2.weight.shape == (spec.text.hidden_size, spec.audio.d_model)
