@@ -249,6 +249,21 @@ def test_captured_speech_matches_what_was_played(pulse_server, phrase_wav):
 
 
 @pytest.mark.system
+def test_device_by_index(pulse_server):
+    pulse = next(d for d in list_input_devices() if d["name"] == "pulse")
+    cap = AudioCapture(CaptureOptions(device=str(pulse["index"]), block_ms=50))
+    cap.start()
+    try:
+        assert cap.device["index"] == pulse["index"]
+        assert cap.device["samplerate"] == pulse["default_samplerate"] and cap.device["channels_open"] == 1
+        assert _wait_state(cap, "running", 10)
+        first = cap.read(timeout=2.0)
+        assert first is not None and first.dtype == np.float32
+    finally:
+        cap.stop()
+
+
+@pytest.mark.system
 def test_unknown_device_name_is_a_clear_error(pulse_server):
     cap = AudioCapture(CaptureOptions(device="no-such-microphone"))
     with pytest.raises(AudioDeviceError, match="no audio input device matches 'no-such-microphone'"):
