@@ -107,6 +107,7 @@ class Daemon:
         self._audio_thread: threading.Thread | None = None
         self._last_device_try = 0.0
         self._output_lock = threading.Lock()
+        self._live_typed: tuple[int | None, str] = (None, "")  # (utterance, committed text typed live)
         self._saver: _UtteranceAudioSaver | None = None
 
     # ------------------------------------------------------------------ settings
@@ -418,18 +419,21 @@ class Daemon:
             if kind == "SpeechStart":
                 self._mic_utterances[event.utterance_id] = self.pipeline.begin("mic", audio_start=event.t_s)
                 self._output_begin()
+                if self.hotkey is not None and self.segmenter is not None and self.segmenter.mode != "vad":
+                    self.hotkey.notify_started()
                 continue
             utterance = self._mic_utterances.get(event.utterance_id)
             if utterance is None:
                 continue
             if kind == "SpeechAudio":
                 self.pipeline.audio(utterance, event.pcm)
-            elif kind == "SpeechEnd":
-                self.pipeline.end(utterance)
+            elif kind in ("SpeechEnd", "Cancelled"):
+                (self.pipeline.end if kind == "SpeechEnd" else self.pipeline.cancel)(utterance)
                 del self._mic_utterances[event.utterance_id]
-            elif kind == "Cancelled":
-                self.pipeline.cancel(utterance)
-                del self._mic_utterances[event.utterance_id]
+                continues = kind == "SpeechEnd" and event.reason == "max_length"  # a new utterance follows
+                if (self.hotkey is not None and not self._mic_utterances and not continues
+                        and self.segmenter is not None and self.segmenter.mode != "vad"):
+                    self.hotkey.notify_stopped()  # ended by other means (CLI, cancel): the hotkey state follows
 
     def _output_begin(self) -> None:
         if self.output is None:
@@ -493,14 +497,21 @@ class Daemon:
     def _live_type(self, event: dict[str, Any]) -> None:
         if self.output is None or not self.settings.output.live:
             return
-        # Committed text only grows; the output remembers what it typed and sends the rest.
+        # Committed text only grows within an utterance: type what was committed since the last partial.
         with self._output_lock:
-            typed = getattr(self.output, "_typed", "")
-            delta = event["committed"][len(typed):] if event["committed"].startswith(typed) else ""
+            uid, committed = event["utterance_id"], event["committed"]
+            typed_uid, typed = self._live_typed
+            if typed_uid != uid:
+                typed = ""
+            delta = committed[len(typed):] if committed.startswith(typed) else ""
+            self._live_typed = (uid, committed if delta else typed)
             try:
-                self.output.deliver_committed(delta)
+                result = self.output.deliver_committed(delta)
             except QasrError as exc:
                 log.warning("live typing failed: %s", exc)
+                return
+        if result is not None and result.message:
+            self._publish_protocol("warning", "output", result.message)
 
     def _output_cancel(self) -> None:
         if self.output is not None:
