@@ -207,7 +207,7 @@ def _pid_alive(pid: int) -> bool:
 def discover(info_path: Path | None = None, token_path: Path | None = None) -> ServerInfo:
     """Read the running daemon's address (``server_info_file``) and token; DaemonNotRunning if none."""
     info_path = Path(info_path) if info_path else paths.server_info_file()
-    hint = "start it with `qasr-daemon start` (or `qasr-daemon run`)"
+    hint = "start it with `qasr-daemon start`"
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
