@@ -68,7 +68,6 @@ class OfficialReference:
         qwen_asr = import_official_qwen_asr()
         from qwen_asr.inference import utils as official_utils
 
-        torch.set_grad_enabled(False)
         kwargs: dict[str, Any] = {"dtype": torch.float32}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
@@ -152,9 +151,10 @@ class OfficialReference:
         feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
         self._windowed = windowed
         try:
-            out = self.model.thinker.get_audio_features(
-                feats[None], feature_attention_mask=torch.ones(1, feats.shape[1], dtype=torch.long)
-            )
+            with torch.no_grad():
+                out = self.model.thinker.get_audio_features(
+                    feats[None], feature_attention_mask=torch.ones(1, feats.shape[1], dtype=torch.long)
+                )
         finally:
             self._windowed = True
         return out.detach().numpy().astype(np.float32)
@@ -239,11 +239,11 @@ class OfficialReference:
 
         ids = torch.tensor([prompt_ids], dtype=torch.long)
         thinker = self.model.thinker
-        embeds = thinker.get_input_embeddings()(ids)
-        mask = (ids == self.audio_token_id)[..., None].expand_as(embeds)
-        embeds = embeds.masked_scatter(mask, torch.from_numpy(np.asarray(audio_embeds, dtype=np.float32)))
-        attention = torch.ones_like(ids)
-        out = thinker(inputs_embeds=embeds, attention_mask=attention, input_ids=ids, use_cache=False)
+        with torch.no_grad():
+            embeds = thinker.get_input_embeddings()(ids)
+            mask = (ids == self.audio_token_id)[..., None].expand_as(embeds)
+            embeds = embeds.masked_scatter(mask, torch.from_numpy(np.asarray(audio_embeds, dtype=np.float32)))
+            out = thinker(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), use_cache=False)
         return out.logits[0].detach().numpy().astype(np.float32)
 
     # ------------------------------------------------------------------ text

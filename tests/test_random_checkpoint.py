@@ -225,3 +225,16 @@ def test_large_presets_build_the_official_model(preset, billions):
     assert billions[0] < n_params < billions[1]
     assert model.thinker.model.embed_tokens.weight.shape == (151936, spec.text.hidden_size)
     assert model.thinker.audio_tower.proj2.weight.shape == (spec.text.hidden_size, spec.audio.d_model)
+
+
+def test_prompt_logits_agree_with_generation(official_ref, generations):
+    clips, results = generations
+    clip, result = clips[2], results[2]
+    embeds = official_ref.encode(clip)
+    prompt = official_ref.prompt_ids(embeds.shape[0])
+    logits = official_ref.next_token_logits(prompt + result.ids[:3], embeds)
+    assert logits.shape[0] == len(prompt) + 3
+    for step in range(4):
+        row = logits[len(prompt) - 1 + step]
+        assert int(np.argmax(row)) == result.steps[step].token
+        assert abs(float(row.max()) - result.steps[step].top1) < 1e-3
