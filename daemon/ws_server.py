@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import inspect
 import json
@@ -47,6 +48,7 @@ import os
 import secrets
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -255,16 +257,6 @@ class _Client:
         self.last_rate_error = 0.0
 
 
-async def _call(fn, *args):
-    """Coroutine functions run on the loop; plain ones in a worker thread (they may block)."""
-    if inspect.iscoroutinefunction(fn):
-        return await fn(*args)
-    result = await asyncio.to_thread(fn, *args)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
-
-
 # ---------------------------------------------------------------------------------------------
 
 
@@ -277,6 +269,7 @@ class EventServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clients: dict[str, _Client] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._executor: ThreadPoolExecutor | None = None
         self._next_id = 0
         self._token = ""
         self._port = 0
@@ -316,6 +309,8 @@ class EventServer:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # Each client runs at most one handler call at a time; a few more threads serve HTTP hooks.
+        self._executor = ThreadPoolExecutor(max_workers=self.options.max_clients + 4, thread_name_prefix="qasr-ws")
         self._token = self.options.token or load_or_create_token(self._token_path)
         if self.options.host not in ("127.0.0.1", "localhost", "::1"):
             log.warning("listening on %s: other machines can reach the daemon (the token still applies)", self.options.host)
@@ -360,6 +355,7 @@ class EventServer:
             return
         server.close(close_connections=True)
         await server.wait_closed()
+        self._executor.shutdown(wait=False, cancel_futures=True)
         if self.options.write_info_file:
             with contextlib.suppress(OSError, ValueError):
                 if json.loads(self._info_path.read_text()).get("pid") == os.getpid():
@@ -530,9 +526,19 @@ class EventServer:
             return self._text(503, f"too many clients ({self.options.max_clients}); close one or raise server.max_clients")
         return None
 
+    async def _call(self, fn, *args):
+        """Coroutine functions run on the loop; plain ones in the server's own worker threads (they may
+        block: one client's long ``end()`` must not starve another client's commands)."""
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args)
+        result = await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
     async def _optional(self, name: str, *args):
         method = getattr(self.handler, name, None)
-        return None if method is None else await _call(method, *args)
+        return None if method is None else await self._call(method, *args)
 
     async def _health(self) -> Response:
         try:
@@ -570,7 +576,7 @@ class EventServer:
             if self.options.http_requires_token and not self._token_ok(request, query):
                 self.metrics.count("rejected_auth")
                 return self._text(401, f"add ?token=<token from {self._token_path}> to the address")
-            reply = await _call(hook, path, query)
+            reply = await self._call(hook, path, query)
             if reply is not None:
                 return self._http(reply.status, reply.body, reply.content_type, reply.headers)
         if path in ("/", ""):
@@ -589,7 +595,11 @@ class EventServer:
         self.metrics.count("connections")
         sender = asyncio.create_task(self._sender(client))
         try:
-            info = dict(await self._optional("hello_info") or {})
+            try:
+                info = dict(await self._optional("hello_info") or {})
+            except Exception:
+                log.exception("hello_info failed")
+                info = {}
             model = info.pop("model", None)
             rate = info.pop("sample_rate", protocol.TARGET_SAMPLE_RATE)
             limits = {
@@ -658,7 +668,7 @@ class EventServer:
             client.subscribed = set(msg["events"])
             return protocol.ack(mtype, rid, events=sorted(client.subscribed))
         if mtype in protocol.COMMANDS:
-            result = await _call(self.handler.on_command, client.id, msg)
+            result = await self._call(self.handler.on_command, client.id, msg)
             return protocol.ack(mtype, rid, **(result or {}))
         if mtype == "audio.start":
             return await self._start_ingest(client, msg)
@@ -683,7 +693,7 @@ class EventServer:
             context=msg.get("context"),
             request_id=msg.get("id"),
         )
-        sink = await _call(self.handler.open_ingest, client.id, request)
+        sink = await self._call(self.handler.open_ingest, client.id, request)
         client.ingest = _Ingest(sink, PcmDecoder(AudioFormat.from_message(msg)), request)
         return protocol.ack("audio.start", request.request_id, sample_rate=protocol.TARGET_SAMPLE_RATE)
 
@@ -694,8 +704,8 @@ class EventServer:
         client.ingest = None
         tail = ingest.decoder.flush()
         if tail.size:
-            await _call(ingest.sink.feed, tail)
-        result = await _call(ingest.sink.end) or {}
+            await self._call(ingest.sink.feed, tail)
+        result = await self._call(ingest.sink.end) or {}
         return protocol.ack(
             "audio.end",
             request_id,
@@ -709,7 +719,7 @@ class EventServer:
         if ingest is None:
             return
         try:
-            await _call(ingest.sink.cancel)
+            await self._call(ingest.sink.cancel)
         except Exception:
             log.exception("cancelling the audio stream of %s failed", client.id)
 
@@ -725,7 +735,7 @@ class EventServer:
         try:
             samples = ingest.decoder.feed(data)
             if samples.size:
-                await _call(ingest.sink.feed, samples)
+                await self._call(ingest.sink.feed, samples)
         except ProtocolError as exc:
             await self._cancel_ingest(client)
             self._reply(client, protocol.error(exc.code, exc.message + "; the audio stream was cancelled"))

@@ -621,3 +621,53 @@ def test_stop_closes_clients_with_going_away_and_publish_after_stop_is_harmless(
         assert server.clients_count == 0
 
     asyncio.run(main())
+
+
+def test_blocking_handler_calls_do_not_starve_other_clients():
+    release = threading.Event()
+
+    class BlockingSink(ChecksumSink):
+        def end(self) -> dict:
+            release.wait(30)
+            return super().end()
+
+    class AsyncCommands(RecordingHandler):
+        def open_ingest(self, client_id, request):
+            sink = BlockingSink(self.server, client_id, request)
+            self.sinks.append(sink)
+            return sink
+
+        async def on_command(self, client_id, msg):  # coroutine handlers run on the loop
+            return {"on_loop": threading.current_thread() is threading.main_thread()}
+
+    async def main():
+        handler = AsyncCommands()
+        server = EventServer(ServerOptions(port=0), handler)
+        handler.server = server
+        await server.start()
+        blocked = []
+        try:
+            for _ in range(8):  # more than asyncio's default executor has threads on a small machine
+                ws = await connect(server.ws_url, additional_headers=auth(server))
+                await recv_json(ws)
+                await ws.send(json.dumps({"type": "audio.start", "format": "s16le", "sample_rate": 16000}))
+                await recv_json(ws)
+                await ws.send(json.dumps({"type": "audio.end"}))
+                blocked.append(ws)
+            await asyncio.sleep(0.2)
+            async with connect(server.ws_url, additional_headers=auth(server)) as other:
+                hello = await recv_json(other, timeout=5)
+                assert hello["state"] == "idle"
+                await other.send(json.dumps({"type": "start", "id": 1}))
+                assert await recv_json(other, timeout=5) == {"type": "ack", "command": "start", "id": 1, "on_loop": True}
+            release.set()
+            for ws in blocked:
+                done, _ = await recv_until(ws, "ack")
+                assert done["command"] == "audio.end" and done["samples"] == 0
+        finally:
+            release.set()
+            for ws in blocked:
+                await ws.close()
+            await server.stop()
+
+    asyncio.run(main())
