@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import os
 import queue
 import random
@@ -34,12 +35,13 @@ from typing import Any
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from qasr.config import paths
 from qasr.errors import QasrError
 
 PROTOCOL = "qasr.v1"
+log = logging.getLogger("qasr.client")
 
 
 class DaemonNotRunning(QasrError):
@@ -292,7 +294,7 @@ class QasrClient:
         except InvalidStatus as exc:
             body = exc.response.body.decode("utf-8", "replace").strip()
             raise QasrError(f"the daemon at {url} refused the connection: {body or exc}") from None
-        except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
+        except (OSError, InvalidHandshake, InvalidURI, asyncio.TimeoutError) as exc:
             raise DaemonNotRunning(
                 f"cannot reach the qasr daemon at {url} ({exc or type(exc).__name__}); is it running? "
                 "see `qasr-daemon status`"
@@ -303,6 +305,13 @@ class QasrClient:
                 raise QasrError(f"{url} does not speak {PROTOCOL} (got {hello.raw!r:.80}); is it a qasr daemon?")
             if self.subscribe is not None:
                 await ws.send(json.dumps({"type": "subscribe", "events": self.subscribe}))
+        except ConnectionClosed as exc:
+            await ws.close()
+            reason = f"{exc.rcvd.code} {exc.rcvd.reason}" if exc.rcvd else "connection dropped"
+            raise QasrError(f"the daemon at {url} closed the connection ({reason})") from None
+        except (asyncio.TimeoutError, ValueError, TypeError):
+            await ws.close()
+            raise QasrError(f"{url} sent no valid qasr.v1 hello; is it a qasr daemon?") from None
         except BaseException:
             await ws.close()
             raise
@@ -357,8 +366,10 @@ class QasrClient:
                 jitter = 1 + random.uniform(-self.reconnect.jitter, self.reconnect.jitter)
                 await asyncio.sleep(delay * jitter)
                 delay = min(delay * self.reconnect.factor, self.reconnect.max_delay)
-                with contextlib.suppress(QasrError):
+                try:
                     self._ws = await self._open()
+                except Exception as exc:  # keep trying: the daemon may be restarting
+                    log.debug("reconnect failed: %s", exc)
             delay = self.reconnect.initial_delay
 
     async def _read(self, ws: ClientConnection) -> str:

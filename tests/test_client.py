@@ -36,6 +36,7 @@ from qasr.clients.client import (
     transcribe_pcm,
 )
 from qasr.config import paths
+from qasr.errors import QasrError
 from qasr.daemon import protocol
 from qasr.daemon.cmd_listen import CLEAR_LINE, DIM, RESET, TranscriptPrinter
 from qasr.daemon.ws_server import EventServer, ServerOptions
@@ -106,6 +107,19 @@ def test_connect_without_daemon_is_one_clear_error():
         assert "\n" not in str(exc.value)
         with pytest.raises(DaemonNotRunning, match="cannot reach"):
             await QasrClient(url="ws://127.0.0.1:9/", token="x").connect()
+
+    asyncio.run(main())
+
+
+def test_refusals_become_one_line_errors():
+    async def main():
+        async with running(max_clients=1) as (server, _):
+            with pytest.raises(QasrError, match="invalid token"):
+                await QasrClient(token="wrong").connect()
+            async with QasrClient():
+                with pytest.raises(QasrError, match="too many clients") as exc:
+                    await QasrClient().connect()
+                assert "\n" not in str(exc.value)
 
     asyncio.run(main())
 
