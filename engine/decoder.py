@@ -34,10 +34,13 @@ _LOG_CALLBACK = None
 
 
 def _install_log_callback() -> None:
+    """(Re)install our callback: other code (the quantizer) may have set its own in between."""
     global _LOG_CALLBACK
-    if _LOG_CALLBACK is not None:
-        return
     import llama_cpp
+
+    if _LOG_CALLBACK is not None:
+        llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+        return
 
     @llama_cpp.llama_log_callback
     def _callback(level, text, user_data):  # noqa: ARG001 - C signature
