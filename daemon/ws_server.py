@@ -254,7 +254,8 @@ class _Client:
         self.commands = TokenBucket(options.commands_per_second, options.command_burst)
         self.violations = TokenBucket(options.commands_per_second, options.rate_violation_limit)
         self.audio = TokenBucket(options.audio_bytes_per_second, options.audio_bytes_per_second)
-        self.last_rate_error = 0.0
+        self.last_rate_error = float("-inf")
+        self.last_audio_error = float("-inf")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -730,7 +731,10 @@ class EventServer:
             await asyncio.sleep(delay)
         ingest = client.ingest
         if ingest is None:
-            self._reply(client, protocol.error(ErrorCode.NO_INGEST, "binary frame without audio.start; send audio.start first"))
+            now = time.monotonic()
+            if now - client.last_audio_error >= 1.0:  # one error per second, not one per frame
+                client.last_audio_error = now
+                self._reply(client, protocol.error(ErrorCode.NO_INGEST, "binary frame without audio.start; send audio.start first"))
             return
         try:
             samples = ingest.decoder.feed(data)
