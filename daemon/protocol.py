@@ -299,9 +299,19 @@ def pong(request_id: Any = None) -> dict:
     return _with_id({"type": "pong"}, request_id)
 
 
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
 def encode(event: dict) -> str:
-    """Serialise a server event (compact, UTF-8 text kept as is)."""
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    """Serialise a server event (compact, UTF-8 text kept as is; numpy values become plain JSON)."""
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=_jsonable)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,6 +110,8 @@ def test_builders_round_numbers_and_drop_non_finite_timings():
     assert final["token_ids"] == [1, 2] and all(type(t) is int for t in final["token_ids"])
     assert json.loads(protocol.encode(protocol.final("u", 0, "你好", "Chinese", [1], 0, 1)))["text"] == "你好"
     assert "你好" in protocol.encode(protocol.final("u", 0, "你好", "Chinese", [1], 0, 1))
+    odd = json.loads(protocol.encode({"type": "warning", "n": np.float32(0.5), "a": np.arange(2), "p": Path("/x")}))
+    assert odd == {"type": "warning", "n": 0.5, "a": [0, 1], "p": "/x"}
     ack = protocol.ack("start", None, type="evil", id="evil", state="x")
     assert ack == {"type": "ack", "command": "start", "state": "x"}
 
