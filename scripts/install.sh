@@ -38,6 +38,6 @@ if [[ $DEV -eq 1 ]]; then
     # Official Qwen3-ASR model code: reference for the exactness tests only (its deps are not wanted).
     .venv/bin/python -m pip install -q --no-deps "qwen-asr==0.0.6"
 else
-    .venv/bin/python -m pip install -q -e ".[convert,download,desktop]"
+    .venv/bin/python -m pip install -q -e ".[convert]"
 fi
 echo "==> installed: $(.venv/bin/qasr-daemon --version)"
