@@ -315,9 +315,10 @@ def resolve_bundle(name: str | None) -> Path:
         path = paths.models_dir() / name
     if not path.is_dir():
         shown = name or "the default model"
+        key = name.lower() if name and name.lower() in CATALOGUE else "0.6b"
         raise QasrError(
             f"no model bundle {shown} at {path}; `qasr-daemon models list` shows the installed ones, "
-            "`qasr-daemon models pull 0.6b` installs one"
+            f"`qasr-daemon models pull {key}` installs one"
         )
     return path
 
