@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from qasr.engine.prompt import ASR_TEXT_TAG
 
@@ -29,8 +29,7 @@ def normalize_language_name(value: str) -> str:
     return value[:1].upper() + value[1:].lower()
 
 
-@dataclass(frozen=True)
-class ParsedOutput:
+class ParsedOutput(NamedTuple):
     language: str  # "" when unknown or silent
     text: str
 
