@@ -111,6 +111,38 @@ def log10_mel(audio: np.ndarray, params: FeatureParams = FeatureParams()) -> np.
     return np.log10(np.maximum(mel, LOG_FLOOR)).T
 
 
+def log10_mel_range(
+    audio: np.ndarray, start: int, stop: int, params: FeatureParams = FeatureParams()
+) -> np.ndarray:
+    """Frames [start, stop) of `log10_mel(audio)` without computing the others (for streaming).
+
+    Frame t looks at samples [t*hop - n_fft/2, t*hop + n_fft/2); outside the clip the samples are
+    reflected as the whole-clip path does, so a frame whose window reaches past the current end of a
+    growing buffer is not final until `final_frames(len(audio) + more)` includes it.
+    """
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    n = audio.shape[0]
+    stop = min(stop, num_frames(n, params))
+    if stop <= start:
+        return np.zeros((params.num_mel_bins, 0), dtype=np.float64)
+    half = params.n_fft // 2
+    index = np.arange(start * params.hop_length - half, (stop - 1) * params.hop_length + half)
+    index = np.abs(index)  # reflect at the start (no edge repeat), as np.pad(mode="reflect")
+    over = index >= n
+    index[over] = 2 * (n - 1) - index[over]  # reflect at the end
+    padded = audio.astype(np.float64)[index]
+    power = power_frames(padded, stop - start, params)
+    return np.log10(np.maximum(power @ mel_filters(params), LOG_FLOOR)).T
+
+
+def final_frames(n_samples: int, params: FeatureParams = FeatureParams()) -> int:
+    """How many leading frames of a growing buffer no longer depend on samples still to come."""
+    half = params.n_fft // 2
+    if n_samples < half:
+        return 0
+    return min(num_frames(n_samples, params), (n_samples - half) // params.hop_length + 1)
+
+
 def normalize_log_mel(log_mel: np.ndarray, max_log: float | None = None) -> np.ndarray:
     """Clamp to (max_log - 8) and scale to (x + 4) / 4; max_log defaults to the array's own maximum."""
     if log_mel.size == 0:

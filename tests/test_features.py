@@ -144,3 +144,23 @@ def test_explicit_max_log_for_incremental_use():
     above = whole > whole.min()
     assert np.array_equal(lower[above], whole[above])
     assert np.all(lower <= whole)
+
+
+def test_frame_ranges_for_a_growing_buffer():
+    """Streaming: frames computed from a prefix equal the whole clip's once they are final."""
+    from qasr.engine.features import final_frames, log10_mel_range
+
+    from tests.audio_samples import make_test_audio
+
+    audio = make_test_audio(4.21, seed=8)
+    whole = log10_mel(audio)
+    for start, stop in [(0, 5), (0, whole.shape[1]), (100, 200), (whole.shape[1] - 3, whole.shape[1] + 50)]:
+        assert np.array_equal(log10_mel_range(audio, start, stop), whole[:, start : min(stop, whole.shape[1])])
+    done = 0
+    for end in range(2400, audio.size, 3200):  # 0.2 s steps, as audio arrives
+        prefix = audio[:end]
+        ready = final_frames(end)
+        assert ready <= end // 160
+        assert np.array_equal(log10_mel_range(prefix, done, ready), whole[:, done:ready])
+        done = ready
+    assert final_frames(100) == 0 and final_frames(16000) == 99
