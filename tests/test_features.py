@@ -164,3 +164,16 @@ def test_frame_ranges_for_a_growing_buffer():
         assert np.array_equal(log10_mel_range(prefix, done, ready), whole[:, done:ready])
         done = ready
     assert final_frames(100) == 0 and final_frames(16000) == 99
+
+
+@pytest.mark.parametrize("seconds,kind", [(0.3, "speechlike"), (2.5, "speechlike"), (9.7, "speechlike"), (3.0, "noise")])
+def test_features_equal_official_reference_harness(official_ref, whisper_extractor, seconds, kind):
+    """The official processor loaded from the checkpoint (tests/official.py), on the shared test audio."""
+    from tests.audio_samples import make_test_audio
+
+    audio = make_test_audio(seconds, seed=17, kind=kind)
+    want = official_ref.features(audio)
+    got = log_mel_features(audio)
+    assert got.shape == want.shape
+    assert np.array_equal(want, _official(whisper_extractor, audio))  # same extractor settings
+    _compare(whisper_extractor, audio, f"harness {kind} {seconds}s")
