@@ -15,8 +15,6 @@ from typing import Callable, TextIO
 from qasr.engine.bundle import DECODER_PRECISIONS, ENCODER_PRECISIONS
 from qasr.errors import QasrError
 
-CONVERT_DEPS_HINT = "the converter needs extra packages: pip install 'qasr[convert]'"
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="model bundles: convert (and pull, list, path, verify)")
@@ -66,16 +64,12 @@ class ProgressLine:
         self.stage = stage
 
 
-def _load_converter() -> Callable:
-    try:
-        from qasr.engine.convert import convert_checkpoint
-    except ModuleNotFoundError as exc:
-        raise QasrError(f"{CONVERT_DEPS_HINT} (missing module {exc.name})") from exc
-    return convert_checkpoint
-
-
 def cmd_convert(args: argparse.Namespace) -> int:
-    convert_checkpoint = _load_converter()
+    try:
+        from qasr.engine.convert import check_dependencies, convert_checkpoint
+    except ModuleNotFoundError as exc:  # a broken install; the converter itself imports lazily
+        raise QasrError(f"the converter cannot load ({exc}); reinstall with pip install 'qasr[convert]'") from exc
+    check_dependencies()  # one line naming what to pip install, before the progress output starts
     progress = ProgressLine(sys.stderr)
     out = convert_checkpoint(
         args.hf_dir, args.out_dir, encoder=args.encoder, decoder=args.decoder,
@@ -134,7 +128,11 @@ def cmd_pull(args: argparse.Namespace) -> int:
         download=DownloadOptions(timeout_s=args.timeout, retries=max(0, args.retries)),
     )
     started = time.monotonic()
-    result = pull(options, TerminalProgress(sys.stderr), ProgressLine(sys.stderr))
+    try:
+        result = pull(options, TerminalProgress(sys.stderr), ProgressLine(sys.stderr))
+    except KeyboardInterrupt:
+        print("\nstopped; run the same command again to resume the download", file=sys.stderr)
+        raise
     if result.already_present:
         print(f"{result.bundle_dir} is already installed (use --force to pull it again)")
     else:

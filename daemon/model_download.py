@@ -304,6 +304,7 @@ class TerminalProgress:
         self.interval_s = interval_s if interval_s is not None else (0.2 if self.tty else 5.0)
         self.name, self.total, self.done, self.resumed_at = "", None, 0, 0
         self.started = self.last_shown = 0.0
+        self.line_open = False  # a TTY progress line without its newline yet
 
     def start(self, name: str, total: int | None, done: int) -> None:
         self.name, self.total, self.done, self.resumed_at = name, total, done, done
@@ -324,7 +325,8 @@ class TerminalProgress:
         self._show(time.monotonic(), final=True)
 
     def note(self, message: str) -> None:
-        self._write(("\n" if self.tty else "") + message + "\n")
+        self._write(("\n" if self.line_open else "") + message + "\n")
+        self.line_open = False
 
     def _show(self, now: float, final: bool) -> None:
         elapsed = max(now - self.started, 1e-6)
@@ -338,6 +340,7 @@ class TerminalProgress:
         line = "  ".join(parts)
         if self.tty:
             self._write(f"\r{line:<79}" + ("\n" if final else ""))
+            self.line_open = not final
         else:
             self._write(("done " if final else "") + line + "\n")
 

@@ -358,3 +358,22 @@ def test_progress_plain_lines_when_not_a_tty(hub, tmp_path):
     assert "\r" not in out.getvalue()
     assert any("ETA" in line and "/s" in line for line in lines[1:-1])
     assert lines[-1].startswith("done model.safetensors  100.0%")
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_overwrites_one_line_on_a_tty(hub, tmp_path):
+    out = _Tty()
+    progress = md.TerminalProgress(out, interval_s=0.0)
+    hub.drop_after["model.safetensors"] = [64_000]
+    opts = md.DownloadOptions(timeout_s=5, retries=1, backoff_s=0.01, chunk_bytes=16_384)
+    md.download_file(_remote(hub, "model.safetensors"), tmp_path / "m.safetensors", opts, progress)
+    text = out.getvalue()
+    assert text.startswith("\rmodel.safetensors")
+    assert "ETA " in text and "\ndownloading" not in text
+    # The retry note ends the open progress line first, then the resumed transfer overwrites again.
+    assert "\nmodel.safetensors: connection closed after 64.0 KB; retrying in 0 s\n\r" in text
+    assert text.endswith("\n") and text.count("\n") == 3  # note: before and after; the final line
