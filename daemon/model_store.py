@@ -313,6 +313,8 @@ def resolve_bundle(name: str | None) -> Path:
         path = paths.models_dir() / bundle_name(CATALOGUE[name.lower()])
     else:
         path = paths.models_dir() / name
+        if not path.is_dir() and Path(name).is_dir():  # a folder in the working directory
+            path = Path(name)
     if not path.is_dir():
         shown = name or "the default model"
         key = name.lower() if name and name.lower() in CATALOGUE else "0.6b"

@@ -228,7 +228,7 @@ def _write_bundle(root: Path, encoder: str, decoder: str, source: str) -> Path:
     return root
 
 
-def test_list_path_verify_in_process(xdg, capsys):
+def test_list_path_verify_in_process(xdg, capsys, monkeypatch):
     models = paths.models_dir()
     good = _write_bundle(models / "qwen3-asr-0.6b", "int8", "q4_k", "huggingface:Qwen/Qwen3-ASR-0.6B@abc")
     other = _write_bundle(models / "qwen3-asr-0.6b-fp16-f16", "fp16", "f16", "modelscope:Qwen/Qwen3-ASR-0.6B@master")
@@ -255,6 +255,10 @@ def test_list_path_verify_in_process(xdg, capsys):
     assert ms.resolve_bundle("0.6b") == good
     assert ms.resolve_bundle(None) == other  # the daemon's model
     assert ms.resolve_bundle(str(other)) == other
+    monkeypatch.chdir(models)
+    assert ms.resolve_bundle("qwen3-asr-0.6b") == good  # a name under models_dir() first
+    monkeypatch.chdir(models.parent)
+    assert ms.resolve_bundle("models").resolve() == models.resolve()  # else a folder here
     with pytest.raises(ms.QasrError, match="no model bundle 1.7b at .*/qwen3-asr-1.7b; .*models pull 1.7b` installs one"):
         ms.resolve_bundle("1.7b")
     assert cli_main(["models", "path", "nope"]) == 1
