@@ -364,3 +364,13 @@ def test_cli_reports_a_bad_checkpoint_in_one_line(tmp_path, capsys):
     assert main(["models", "convert", str(tmp_path), str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("qasr-daemon: error: ") and "LlamaForCausalLM" in err[-1]
+
+
+def test_missing_converter_packages_are_named_with_the_install_hint(monkeypatch, tiny_checkpoint, tmp_path):
+    from qasr.engine.convert import convert_checkpoint, pipeline
+
+    monkeypatch.setattr(pipeline, "REQUIRED_MODULES", pipeline.REQUIRED_MODULES + ("qasr_no_such_module",))
+    with pytest.raises(QasrError) as err:
+        convert_checkpoint(tiny_checkpoint, tmp_path / "out")
+    assert "qasr_no_such_module" in str(err.value) and "pip install 'qasr[convert]'" in str(err.value)
+    assert "torch" not in str(err.value).split("which")[0]  # installed packages are not listed

@@ -1,9 +1,9 @@
 """Checkpoint → bundle conversion (needs the `convert` extra: torch, onnx, gguf).
 
 Public API: `convert_checkpoint(hf_dir, out_dir, encoder=..., decoder=..., progress=...)`.
-Importing this package imports torch; import it lazily from the CLI.
+Importing the package is cheap; torch, onnx and gguf load when a conversion runs.
 """
 
-from qasr.engine.convert.pipeline import convert_checkpoint
+from qasr.engine.convert.pipeline import check_dependencies, convert_checkpoint
 
-__all__ = ["convert_checkpoint"]
+__all__ = ["check_dependencies", "convert_checkpoint"]

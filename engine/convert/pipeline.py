@@ -6,6 +6,7 @@ end, so an interrupted conversion never leaves something that looks like a valid
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,6 +26,9 @@ from qasr.engine.convert.checkpoint import AUDIO_PREFIX, Checkpoint, load_tensor
 from qasr.errors import QasrError
 
 Progress = Callable[[str, float], None]
+
+# Modules of the `convert` extra (pip install 'qasr[convert]') plus the runtime ones it drives.
+REQUIRED_MODULES = ("torch", "onnx", "onnxscript", "onnxruntime", "safetensors", "gguf", "llama_cpp")
 
 # Share of the total work per stage, for a progress bar that moves evenly.
 _STAGES = {
@@ -68,6 +72,15 @@ def model_name(ckpt: Checkpoint) -> str:
     if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
         return root.parent.parent.name.split("--")[-1]
     return root.name
+
+
+def check_dependencies() -> None:
+    """Raise QasrError naming the missing packages before any work starts."""
+    missing = [name for name in REQUIRED_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise QasrError(
+            f"the converter needs {', '.join(missing)}, which are not installed: pip install 'qasr[convert]'"
+        )
 
 
 def _check_options(encoder: str, decoder: str) -> None:
@@ -189,6 +202,7 @@ def convert_checkpoint(
     Returns the bundle directory. Raises QasrError with a one-line message on user errors.
     """
     _check_options(encoder, decoder)
+    check_dependencies()
     out_dir = Path(out_dir).expanduser().resolve()
     stages = [s for s in _STAGES if decoder in ("q8_0", "q4_k") or s != "quantizing decoder"]
     track = _Tracker(progress, stages)
