@@ -18,6 +18,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import sys
 import time
 import urllib.error
@@ -169,6 +170,10 @@ def _open(url: str, headers: Mapping[str, str], timeout: float, source_hint: str
             raise  # handled by the caller (the .part file is already complete or larger)
         raise _status_error(url, exc.code, source_hint) from exc
     except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ssl.SSLError):  # retrying will not fix a certificate problem
+            host = urllib.parse.urlsplit(url).netloc
+            raise DownloadError(f"TLS error talking to {host} ({exc.reason}); check the system clock, "
+                                "CA certificates (ca-certificates package) or your proxy") from exc
         raise _Transient(_describe_network_error(url, exc)) from exc
     except (OSError, http.client.HTTPException) as exc:  # timeouts, resets while reading headers
         raise _Transient(_describe_network_error(url, exc)) from exc
@@ -182,7 +187,8 @@ def _with_retries(action: Callable[[], Any], options: DownloadOptions, what: str
             return action()
         except _Transient as exc:
             if attempt == options.retries:
-                raise DownloadError(f"{what} failed after {attempt + 1} attempts: {exc}") from exc
+                tries = f" after {attempt + 1} attempts" if attempt else ""
+                raise DownloadError(f"{what} failed{tries}: {exc}") from exc
             if on_retry is not None:
                 on_retry(str(exc), delay)
             time.sleep(delay)

@@ -377,3 +377,23 @@ def test_progress_overwrites_one_line_on_a_tty(hub, tmp_path):
     # The retry note ends the open progress line first, then the resumed transfer overwrites again.
     assert "\nmodel.safetensors: connection closed after 64.0 KB; retrying in 0 s\n\r" in text
     assert text.endswith("\n") and text.count("\n") == 3  # note: before and after; the final line
+
+
+def test_certificate_error_is_not_retried(hub, tmp_path):
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a self-signed certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    hub.server.socket = context.wrap_socket(hub.server.socket, server_side=True)
+    url = hub.url.replace("http://", "https://")
+    opts = md.DownloadOptions(timeout_s=5, retries=3, backoff_s=5.0)  # a retry would take seconds
+    with pytest.raises(md.DownloadError, match="TLS error talking to 127.0.0.1.*CA certificates") as err:
+        md.list_huggingface_files(REPO, "main", url, opts)
+    assert "attempts" not in str(err.value)
