@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -374,3 +375,22 @@ def test_missing_converter_packages_are_named_with_the_install_hint(monkeypatch,
         convert_checkpoint(tiny_checkpoint, tmp_path / "out")
     assert "qasr_no_such_module" in str(err.value) and "pip install 'qasr[convert]'" in str(err.value)
     assert "torch" not in str(err.value).split("which")[0]  # installed packages are not listed
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_line_redraws_one_line_on_a_terminal():
+    from qasr.daemon.cmd_models import ProgressLine
+
+    term, pipe = _Terminal(), io.StringIO()
+    for stream in (term, pipe):
+        line = ProgressLine(stream)
+        for stage, fraction in [("reading checkpoint", 0.0), ("writing decoder", 0.5), ("writing decoder", 0.6), ("done", 1.0)]:
+            line(stage, fraction)
+    drawn = term.getvalue()
+    assert drawn.count("\r") == 4 and drawn.endswith("\n") and drawn.count("\n") == 1
+    assert " 60.0%  writing decoder" in drawn and "100.0%" in drawn
+    assert pipe.getvalue() == "reading checkpoint...\nwriting decoder...\n"
