@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from qasr.engine.encoder import default_threads
 from qasr.errors import QasrError
 
 log = logging.getLogger(__name__)
@@ -69,16 +69,9 @@ def _last_error_line() -> str:
 class DecoderOptions:
     n_ctx: int = 2048  # KV-cache positions (prompt + audio + generated)
     n_batch: int = 512  # most positions per llama_decode call
-    threads: int = 0  # generation threads; 0 = every CPU this process may use
+    threads: int = 0  # generation threads; 0 = encoder.default_threads()
     threads_batch: int = 0  # prompt-processing threads; 0 = same as threads
     kv_f32: bool = False  # f32 KV cache (exact reference runs); f16 otherwise
-
-
-def _cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 class _Batch:
@@ -135,7 +128,7 @@ class Decoder:
                 f"cannot load decoder model {path}{f' ({why})' if why else ''}; re-pull or re-convert the model"
             )
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-        threads = options.threads or _cpu_count()
+        threads = options.threads or default_threads()
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = options.n_ctx
         cparams.n_batch = options.n_batch

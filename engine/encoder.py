@@ -29,15 +29,24 @@ class EncoderError(QasrError):
 
 
 def default_threads() -> int:
+    """Physical cores this process may use: hyper-threads add little to matrix products and make
+    the thread barriers of llama.cpp and onnxruntime stall when the machine is busy."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        usable = os.cpu_count() or 1
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or usable
+    except ImportError:
+        physical = usable
+    return max(1, min(usable, physical))
 
 
 @dataclass(frozen=True)
 class EncoderOptions:
-    threads: int = 0  # intra-op threads; 0 = every CPU this process may use
+    threads: int = 0  # intra-op threads; 0 = default_threads()
     max_batch_windows: int = 8  # full back-end windows per run (bounds memory on long pieces)
     max_batch_chunks: int = 64  # front-end chunks per run
 

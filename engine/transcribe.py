@@ -43,7 +43,7 @@ class TranscribeOptions:
     language: str | None = None  # None: the model detects it
     context: str = ""  # hotwords, names, topic: goes into the system turn
     max_new_tokens: int | None = None  # per piece; the audio-length cap applies too
-    threads: int = 0  # CPU threads for encoder and decoder; 0 = all this process may use
+    threads: int = 0  # CPU threads for encoder and decoder; 0 = physical cores (encoder.default_threads)
     max_piece_s: float = 30.0  # long audio is cut at quiet points into pieces at most this long
     min_audio_s: float = 0.5  # shorter pieces are zero-padded to this length
     silence_gate: bool = True  # skip pieces quieter than -60 dBFS
@@ -160,6 +160,14 @@ class Transcriber:
         new_tokens = out.new_token_cap(self.options.max_piece_s, self.options.max_new_tokens)
         need = audio_tokens + context_tokens + new_tokens + PROMPT_OVERHEAD_TOKENS
         return int(-(-need // 256) * 256)
+
+    def warm_up(self) -> None:
+        """Run encoder and decoder once on one second of zeros, so the first real request does not
+        pay for lazy set-up (onnxruntime arenas, llama.cpp buffers). Leaves the KV cache empty."""
+        a = self.bundle.manifest.audio
+        embeds = self.encoder.encode(np.zeros((a.num_mel_bins, a.chunk_frames), dtype=np.float32))
+        self.prefill(embeds)
+        self.decoder.reset()
 
     def close(self) -> None:
         self.decoder.close()

@@ -261,3 +261,11 @@ def test_cli_text_json_and_srt(tiny_bundle, audio_files, capsys):
     if records[0]["text"]:
         assert srt.startswith("1\n00:00:00,000 --> 00:00:03,000\n")
         assert records[0]["text"] in srt
+
+
+def test_warm_up_leaves_no_state(transcriber):
+    audio = make_test_audio(2.0, seed=8)
+    before = transcriber.transcribe(audio).token_ids
+    transcriber.warm_up()
+    assert transcriber.decoder.n_past == 0
+    assert transcriber.transcribe(audio).token_ids == before
