@@ -199,8 +199,10 @@ def pull(options: PullOptions, progress: TransferProgress | None = None,
                 raise DownloadError(f"could not download {entry.key} from any source — " + " | ".join(failures)) from exc
             progress.note(f"{source} failed ({exc}); trying {sources[i + 1]}")
 
+    progress.note(f"converting into {target} ({options.encoder} encoder, {options.decoder} decoder)")
     _convert(ckpt, target, options, convert_progress)
     _record_origin(target, listing, options)
+    progress.note("verifying the bundle (sha256 of every file)")
     load_bundle(target, verify="sha256")
     if not options.keep_checkpoint:
         _remove_checkpoint(ckpt)
