@@ -1,0 +1,167 @@
+// qasr live captions page: follows the local daemon's qasr.v1 events over a WebSocket.
+// The token comes from the URL fragment (#token=...), appearance from the query string (see captions.html).
+"use strict";
+
+(function () {
+  const params = new URLSearchParams(location.search);
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const token = fragment.get("token") || "";
+
+  // ---- appearance ------------------------------------------------------------------------------
+  function colour(value) {
+    if (!value) return null;
+    const candidate = /^[0-9a-f]{3,8}$/i.test(value) ? "#" + value : value;
+    return CSS.supports("color", candidate) ? candidate : null;
+  }
+  function number(name, fallback, min, max) {
+    const value = parseFloat(params.get(name));
+    return Number.isFinite(value) ? Math.min(max, Math.max(min, value)) : fallback;
+  }
+  const root = document.documentElement.style;
+  const font = params.get("font");
+  if (font) root.setProperty("--font", JSON.stringify(font) + ", \"Noto Sans CJK SC\", sans-serif");
+  if (params.has("size")) root.setProperty("--size", number("size", 32, 6, 400) + "px");
+  for (const [param, variable] of [["color", "--color"], ["tentative", "--tentative"], ["background", "--background"]]) {
+    const value = colour(params.get(param));
+    if (value) root.setProperty(variable, value);
+  }
+  const lines = Math.round(number("lines", 2, 1, 20));
+  root.setProperty("--lines", String(lines));
+  const align = params.get("align");
+  if (["left", "center", "right"].includes(align)) root.setProperty("--align", align);
+  const fadeAfterMs = number("fade", 6, 0, 3600) * 1000;
+  const statusMode = ["auto", "always", "never"].includes(params.get("status")) ? params.get("status") : "auto";
+
+  const box = document.getElementById("box");
+  const captions = document.getElementById("captions");
+  const statusBox = document.getElementById("status");
+  const statusText = document.getElementById("status-text");
+  statusBox.className = statusMode;
+  const textEl = document.createElement("div");
+  textEl.id = "text";
+  captions.appendChild(textEl);
+
+  // ---- caption state (same rules as clients/captions_model.py) ---------------------------------
+  const WIDE = /[\u1100-\u115F\u2E80-\uA4CF\uAC00-\uD7A3\uF900-\uFAFF\uFE30-\uFE4F\uFF00-\uFF60\uFFE0-\uFFE6]/;
+  const HISTORY_CHARS = 2000;
+  let finished = "";
+  const live = new Map(); // utterance id -> {committed, tentative}
+  let fadeTimer = null;
+
+  function separator(left, right) {
+    if (!left || !right || /\s$/.test(left) || /^\s/.test(right)) return "";
+    if (WIDE.test(left.slice(-1)) || WIDE.test(right[0])) return "";
+    return " ";
+  }
+  function join(left, right) { return left + separator(left, right) + right; }
+
+  function spans() {
+    const out = [];
+    let text = finished;
+    if (finished) out.push(["committed", finished]);
+    for (const u of live.values()) {
+      let first = true;
+      for (const [piece0, style] of [[u.committed, "committed"], [u.tentative, "tentative"]]) {
+        if (!piece0) continue;
+        let piece = piece0;
+        if (first) { piece = separator(text, piece) + piece; first = false; }
+        text += piece;
+        if (out.length && out[out.length - 1][0] === style) out[out.length - 1][1] += piece;
+        else out.push([style, piece]);
+      }
+    }
+    return out;
+  }
+
+  function render() {
+    const parts = spans();
+    textEl.replaceChildren(...parts.map(([style, text]) => {
+      const span = document.createElement("span");
+      span.className = style;
+      span.textContent = text;
+      return span;
+    }));
+    box.classList.toggle("empty", parts.length === 0);
+  }
+
+  function activity() {
+    box.classList.remove("faded");
+    if (fadeTimer) clearTimeout(fadeTimer);
+    fadeTimer = fadeAfterMs > 0 ? setTimeout(fadeOut, fadeAfterMs) : null;
+  }
+  function fadeOut() {
+    box.classList.add("faded");
+    fadeTimer = setTimeout(() => { finished = ""; live.clear(); render(); box.classList.remove("faded"); }, 1000);
+  }
+
+  function settleLive() { // a lost connection never delivers the finals of utterances in flight
+    for (const u of live.values()) finished = join(finished, (u.committed + u.tentative).trim());
+    live.clear();
+  }
+
+  function onEvent(event) {
+    switch (event.type) {
+      case "partial":
+        live.set(String(event.utterance_id), { committed: event.committed || "", tentative: event.tentative || "" });
+        break;
+      case "final": {
+        live.delete(String(event.utterance_id));
+        const text = (event.text || "").trim();
+        if (text) finished = join(finished, text).slice(-HISTORY_CHARS);
+        break;
+      }
+      case "vad":
+        if (event.speech) activity();
+        return;
+      case "hello":
+        setConnection("connected", "connected");
+        return;
+      default:
+        return;
+    }
+    activity();
+    render();
+  }
+
+  // ---- connection ----------------------------------------------------------------------------
+  function setConnection(state, text) {
+    document.body.dataset.connection = state;
+    statusText.textContent = text;
+  }
+
+  const FIRST_DELAY_MS = 500, MAX_DELAY_MS = 5000;
+  let delay = FIRST_DELAY_MS;
+
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const ws = new WebSocket(`${scheme}://${location.host}/?token=${encodeURIComponent(token)}`);
+    let opened = false;
+    ws.onopen = () => {
+      opened = true;
+      delay = FIRST_DELAY_MS;
+      ws.send(JSON.stringify({ type: "subscribe", events: ["state", "vad", "partial", "final"] }));
+    };
+    ws.onmessage = (message) => {
+      if (typeof message.data !== "string") return;
+      let event;
+      try { event = JSON.parse(message.data); } catch (_) { return; }
+      onEvent(event);
+    };
+    ws.onclose = (close) => {
+      settleLive();
+      render();
+      const why = close.reason || (opened ? "connection lost" : "daemon not reachable");
+      setConnection("reconnecting", `reconnecting… (${why})`);
+      const wait = delay * (0.8 + 0.4 * Math.random());
+      delay = Math.min(delay * 2, MAX_DELAY_MS);
+      setTimeout(connect, wait);
+    };
+  }
+
+  render();
+  if (!token) {
+    setConnection("failed", "no token: open the address printed by `qasr-daemon captions --print-url`");
+  } else {
+    connect();
+  }
+})();
