@@ -122,3 +122,21 @@ def test_prompt_ids_equal_official(transcribers, official_ref):
         for n_audio in (1, 13, 143):
             ours = t.prompt(n_audio).token_ids(official_ref.audio_token_id)
             assert ours == official_ref.prompt_ids(n_audio, language, context)
+
+
+def test_clip_under_one_second(official_ref, tiny_bundle):
+    """0.8 s: one front-end chunk, which the official code does not pad to 100 frames.
+
+    Exact when the bundle's front-end has a dynamic time axis; with a fixed 100-frame front-end the
+    chunk is zero-padded (the tail embeddings differ), which is reported as an expected failure.
+    """
+    audio = make_test_audio(0.8, seed=8)
+    ref = official_ref.generate_with_scores(audio, max_new_tokens=MAX_NEW)
+    with Transcriber(tiny_bundle, TranscribeOptions(threads=1, max_new_tokens=MAX_NEW, loop_guard=False)) as t:
+        dynamic = t.encoder.frontend_dynamic_time
+        got = t.transcribe(audio)
+    print(f"\n0.8 s clip: dynamic front-end={dynamic}, reference {len(ref.ids)} tokens, equal={got.token_ids == ref.ids}")
+    if not dynamic:
+        pytest.xfail("fixed 100-frame front-end: a lone short chunk is padded, unlike the official code")
+    assert len(ref.ids) >= 3
+    assert got.token_ids == ref.ids
