@@ -14,7 +14,7 @@ from typing import Any
 
 from qasr.config import paths
 
-DEFAULT_MODEL_NAME = "Qwen3-ASR-0.6B"
+DEFAULT_MODEL_NAME = "qwen3-asr-0.6b"  # where `qasr-daemon models pull 0.6b` puts it
 
 
 def _opt(default: Any, *, choices: tuple[str, ...] | None = None, min: float | None = None,

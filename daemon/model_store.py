@@ -210,13 +210,12 @@ def pull(options: PullOptions, progress: TransferProgress | None = None,
 
 
 def _convert(ckpt: Path, target: Path, options: PullOptions, progress: ConvertProgress | None) -> None:
+    from qasr.engine.convert import check_dependencies, convert_checkpoint
+
     try:
-        from qasr.engine.convert import convert_checkpoint
-    except ModuleNotFoundError as exc:
-        raise QasrError(
-            f"converting the download needs extra packages: pip install 'qasr[convert]' (missing {exc.name}); "
-            f"the checkpoint stays in {ckpt}, so re-running pull will not download it again"
-        ) from exc
+        check_dependencies()
+    except QasrError as exc:
+        raise QasrError(f"{exc}; the checkpoint stays in {ckpt}, so re-running pull will not download it again") from exc
     convert_checkpoint(ckpt, target, encoder=options.encoder, decoder=options.decoder,
                        progress=progress, overwrite=True)
 
