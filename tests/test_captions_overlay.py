@@ -272,7 +272,7 @@ def test_overlay_shows_a_running_daemons_speech_transcript(tmp_path, xvfb_displa
     from tests.fixtures.desktop import espeak_wav
     from tests.test_lifecycle import DaemonEnv
 
-    env = DaemonEnv(tmp_path / "daemon", extra_env=pulse_server.client_env)
+    env = DaemonEnv(tmp_path, extra_env=pulse_server.client_env)
     xterm = FocusedXterm(xvfb_display)
     overlay = None
     try:
