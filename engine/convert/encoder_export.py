@@ -32,9 +32,12 @@ class GraphSpec:
     input_name: str
     output_name: str
     dynamic_axes: dict[int, str]  # input axis -> name
+    axis_max: tuple[tuple[int, int], ...] = ()  # (input axis, largest size) where it is bounded
 
 
-FRONTEND = GraphSpec("mel", "embeds", {0: "n_chunks"})
+# The time axis is dynamic too: a clip shorter than one chunk runs unpadded, as the official code does
+# (it pads to the longest chunk of the clip); longer clips send full 100-frame chunks.
+FRONTEND = GraphSpec("mel", "embeds", {0: "n_chunks", 2: "frames"}, axis_max=((2, 100),))
 BACKEND = GraphSpec("hidden", "audio_embeds", {0: "n_windows", 1: "T"})
 
 
@@ -56,7 +59,8 @@ def _quiet_exporter():
 
 def export_fp32(module: torch.nn.Module, example: torch.Tensor, spec: GraphSpec, path: Path) -> Path:
     """torch -> ONNX (dynamo exporter), weights inside the one .onnx file."""
-    dims = {axis: torch.export.Dim(name, min=1, max=1 << 16) for axis, name in spec.dynamic_axes.items()}
+    bounded = dict(spec.axis_max)
+    dims = {axis: torch.export.Dim(name, min=1, max=bounded.get(axis, 1 << 16)) for axis, name in spec.dynamic_axes.items()}
     with _quiet_exporter(), torch.no_grad():
         torch.onnx.export(
             module,

@@ -65,7 +65,7 @@ class AudioFrontEnd(nn.Module):
         x = F.gelu(self.conv2d3(x))
         n, c, f, t = x.shape
         x = x.permute(0, 3, 1, 2).reshape(n, t, c * f)
-        return self.conv_out(x) + self.positions
+        return self.conv_out(x) + self.positions[:t]
 
 
 class AudioAttention(nn.Module):
