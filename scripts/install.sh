@@ -9,7 +9,7 @@ DEV=0
 [[ "${1:-}" == "--dev" ]] && DEV=1
 
 RUNTIME_APT=(libportaudio2 pulseaudio-utils xclip xsel)
-DEV_APT=(pulseaudio libasound2-plugins espeak-ng sox xvfb xdotool xterm x11-utils x11-xserver-utils
+DEV_APT=(pulseaudio libasound2-plugins espeak-ng sox ffmpeg xvfb xdotool xterm x11-utils x11-xserver-utils
          fonts-noto-cjk imagemagick chromium python3-tk tk)
 
 if command -v apt-get >/dev/null 2>&1; then
@@ -20,7 +20,7 @@ if command -v apt-get >/dev/null 2>&1; then
     if ((${#missing[@]})); then
         echo "==> apt-get install ${missing[*]}"
         $SUDO apt-get update -q
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
     fi
 fi
 
