@@ -75,11 +75,15 @@ def screenshot(path: Path, display: str) -> np.ndarray:
 def overlay_window(display: str):
     """(python-xlib Display, the overlay's top-level window) once it is mapped, else (display, None)."""
     from Xlib import X, display as xdisplay
+    from Xlib.error import XError
 
     dpy = xdisplay.Display(display)
     for window in dpy.screen().root.query_tree().children:
-        if window.get_wm_name() == "qasr captions" and window.get_attributes().map_state == X.IsViewable:
-            return dpy, window
+        try:
+            if window.get_wm_name() == "qasr captions" and window.get_attributes().map_state == X.IsViewable:
+                return dpy, window
+        except XError:  # a window (the xterm of an earlier test) went away while we looked
+            continue
     dpy.close()
     return None, None
 
