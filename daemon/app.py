@@ -289,6 +289,9 @@ class Daemon:
             host=s.host, port=s.port, allowed_origins=tuple(s.allowed_origins), max_clients=s.max_clients,
             max_message_bytes=s.max_message_bytes, commands_per_second=s.rate_limit_per_s,
             command_burst=max(1, int(2 * s.rate_limit_per_s)),
+            # The pages (/captions) are static and hold no secret; they carry the token in the URL
+            # fragment and prove it on the WebSocket, so a token in the page's query is never needed.
+            http_requires_token=False,
         ), self.server_handler)
         self._runner = server_bridge.ServerRunner(self.server)
         try:

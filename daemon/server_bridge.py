@@ -73,6 +73,11 @@ class DaemonServerHandler(BaseServerHandler):
         return {"model": d.model_name, "state": d.state, "mode": d.settings.vad.mode,
                 "language": d.settings.engine.language or None, "languages": d.languages()}
 
+    def http_response(self, path: str, query: dict[str, list[str]]):
+        from qasr.daemon import web_pages
+
+        return web_pages.http_response(path, query)
+
     def health_info(self) -> dict:
         d = self.daemon
         return {"ok": d.state not in ("error", "stopping"), "state": d.state, "model": d.model_name,

@@ -24,7 +24,8 @@ functions, which run on the server's event loop (so they must not block):
 - ``health_info() -> dict``: merged into ``/health`` (``ok``, ``state``, ``model``...).
 - ``metrics_info() -> dict``: numbers added to ``/metrics``.
 - ``http_response(path, query) -> HttpReply | None``: hook for the app's own pages (``/captions``); None: 404.
-  Those pages need the token (``?token=``) unless ``ServerOptions.http_requires_token`` is false.
+  Those pages need the token (``?token=``) unless ``ServerOptions.http_requires_token`` is false (the
+  daemon sets it false: its pages are static and carry the token in the URL fragment).
 
 Security: every WebSocket proves the token in ``paths.token_file()`` (``Authorization: Bearer`` header or
 ``token`` query parameter); connections with an ``Origin`` header (browsers) must come from an allowed origin
