@@ -76,7 +76,7 @@ class ServerSettings:
     host: str = _opt("127.0.0.1", restart=True)
     port: int = _opt(8765, min=0, max=65535, restart=True)  # 0 = any free port (clients read server.json)
     allowed_origins: tuple[str, ...] = _opt((), restart=True)  # besides the server's own pages
-    max_clients: int = _opt(16, min=1, max=1024, restart=True)
+    max_clients: int = _opt(32, min=1, max=1024, restart=True)
     max_message_bytes: int = _opt(1 << 20, min=1024, max=64 << 20, restart=True)
     rate_limit_per_s: float = _opt(20.0, min=1.0, max=100000.0, restart=True)
 
