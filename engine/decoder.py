@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from qasr.engine.encoder import default_threads
+from qasr.engine.output import complete_utf8_prefix
 from qasr.errors import QasrError
 
 log = logging.getLogger(__name__)
@@ -331,24 +332,10 @@ class TokenTextStream:
 
     def push(self, token: int) -> str:
         data = self._pending + self._decoder.token_bytes(token)
-        cut = _complete_utf8_prefix(data)
+        cut = len(complete_utf8_prefix(data))
         self._pending = data[cut:]
         return data[:cut].decode("utf-8", errors="replace")
 
     def flush(self) -> str:
         data, self._pending = self._pending, b""
         return data.decode("utf-8", errors="replace")
-
-
-def _complete_utf8_prefix(data: bytes) -> int:
-    """Length of the longest prefix of `data` that does not end inside a UTF-8 sequence."""
-    n = len(data)
-    # look back at most 3 bytes for the lead byte of an unfinished sequence
-    for back in range(1, min(4, n) + 1):
-        byte = data[n - back]
-        if byte & 0x80 == 0:  # ASCII: everything up to here is complete
-            return n
-        if byte & 0xC0 == 0xC0:  # lead byte
-            need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4
-            return n if back >= need else n - back
-    return n  # only continuation bytes: invalid, let the decoder replace them

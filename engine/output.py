@@ -71,6 +71,29 @@ def visible_text(raw: str, forced_language: str | None = None) -> str:
     return raw.strip()
 
 
+def complete_utf8_prefix(data: bytes) -> bytes:
+    """The longest prefix of ``data`` that does not end inside a UTF-8 multi-byte sequence."""
+    end = len(data)
+    # Walk back over at most 3 continuation bytes to the lead byte of the last sequence.
+    i = end - 1
+    while i >= 0 and end - i <= 4 and (data[i] & 0xC0) == 0x80:
+        i -= 1
+    if i < 0:
+        return data
+    lead = data[i]
+    if lead < 0x80:
+        need = 1
+    elif lead >> 5 == 0b110:
+        need = 2
+    elif lead >> 4 == 0b1110:
+        need = 3
+    elif lead >> 3 == 0b11110:
+        need = 4
+    else:
+        return data  # invalid lead byte: leave it to the decoder's error handling
+    return data if end - i >= need else data[:i]
+
+
 # --- guards ------------------------------------------------------------------------------------
 
 AUDIO_TOKENS_PER_SECOND = 13

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qasr.engine.commit import CommitOptions, CommitTracker, TextOfTokens, complete_utf8_prefix
+from qasr.engine.commit import CommitOptions, CommitTracker, TextOfTokens
+from qasr.engine.output import complete_utf8_prefix
 from qasr.engine.features import log_mel_features
 from qasr.engine.incremental_encoder import IncrementalEncoder
 from qasr.engine.streaming import FinalEvent, PartialEvent, StreamingOptions, StreamingSession
