@@ -212,15 +212,11 @@ class Daemon:
         from qasr.engine.transcribe import TranscribeOptions, Transcriber
 
         e = self.settings.engine
-        # n_ctx is sized from the context at construction: reserve room for contexts set later (reload,
-        # WebSocket `set`/audio.start), then put the real context back.
-        sizing = TranscribeOptions(
-            language=e.language or None, context=" " * CONTEXT_RESERVE_BYTES, threads=e.threads,
-            max_new_tokens=e.max_new_tokens, verify="none",
-        )
-        transcriber = Transcriber(self.bundle, sizing)
-        transcriber.options = replace(sizing, context=e.context)
-        return transcriber
+        # Room for contexts set later (reload, WebSocket `set` / audio.start) is reserved in the decoder.
+        return Transcriber(self.bundle, TranscribeOptions(
+            language=e.language or None, context=e.context, threads=e.threads, max_new_tokens=e.max_new_tokens,
+            verify="none", context_reserve_bytes=CONTEXT_RESERVE_BYTES,
+        ))
 
     def _make_session(self, options: dict[str, Any]):
         """A streaming session for one utterance (decoder worker); the stream's options win over settings."""
@@ -238,16 +234,10 @@ class Daemon:
 
     def _transcribe(self, audio: np.ndarray, options: dict[str, Any]):
         """Offline engine call (engine.streaming = false; decoder worker): the whole utterance."""
-        from qasr.engine.prompt import resolve_language
-
         e = self.settings.engine
-        context = self._context(options.get("context"))
-        if len(context.encode("utf-8")) > CONTEXT_RESERVE_BYTES:
-            raise QasrError(f"the context is longer than {CONTEXT_RESERVE_BYTES} bytes; shorten it")
         t = self.transcriber
-        # Per-utterance language/context: the Transcriber reads both when it builds each prompt.
-        t.language = resolve_language(options.get("language") or e.language or None, self.languages())
-        t.options = replace(t.options, context=context, max_new_tokens=e.max_new_tokens)
+        t.set_prompt(options.get("language") or e.language or None, self._context(options.get("context")),
+                     e.max_new_tokens)
         return t.transcribe(audio)
 
     def _make_journal(self) -> None:

@@ -18,7 +18,7 @@ Behaviour worth knowing:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -32,6 +32,7 @@ from qasr.engine.encoder import EncoderOptions, EncoderRunner, chunk_tokens
 from qasr.engine.features import log_mel_features, params_from_manifest
 from qasr.engine.prompt import Prompt, build_prompt, resolve_language
 from qasr.engine.segmentation import SegmentationOptions, cut_points, is_silent
+from qasr.errors import QasrError
 
 # Prompt tokens around the audio besides the context: system/user/assistant scaffolding (~16) and a
 # forced language header (~8); rounded up generously.
@@ -49,6 +50,7 @@ class TranscribeOptions:
     silence_gate: bool = True  # skip pieces quieter than -60 dBFS
     loop_guard: bool = True  # stop repetition loops
     verify: str = "size"  # bundle verification: "none", "size" or "sha256"
+    context_reserve_bytes: int = 0  # size the decoder for contexts up to this long, set later by set_prompt
 
 
 @dataclass
@@ -156,7 +158,8 @@ class Transcriber:
         a = self.bundle.manifest.audio
         piece_frames = int(np.ceil(max(self.options.max_piece_s, self.options.min_audio_s) * a.sample_rate)) // a.hop_length
         audio_tokens = chunk_tokens(piece_frames, a.chunk_frames, a.tokens_per_chunk)
-        context_tokens = len(self.options.context.encode("utf-8"))  # a BPE token covers >= 1 byte
+        # a BPE token covers >= 1 byte
+        context_tokens = max(len(self.options.context.encode("utf-8")), self.options.context_reserve_bytes)
         new_tokens = out.new_token_cap(self.options.max_piece_s, self.options.max_new_tokens)
         need = audio_tokens + context_tokens + new_tokens + PROMPT_OVERHEAD_TOKENS
         return int(-(-need // 256) * 256)
@@ -168,6 +171,15 @@ class Transcriber:
         embeds = self.encoder.encode(np.zeros((a.num_mel_bins, a.chunk_frames), dtype=np.float32))
         self.prefill(embeds)
         self.decoder.reset()
+
+    def set_prompt(self, language: str | None, context: str, max_new_tokens: int | None = None) -> None:
+        """Language and context for the next transcriptions (e.g. per utterance in the daemon)."""
+        limit = max(len(self.options.context.encode("utf-8")), self.options.context_reserve_bytes)
+        if len(context.encode("utf-8")) > limit:
+            raise QasrError(f"the context is longer than {limit} bytes; shorten it")
+        self.language = resolve_language(language, self.bundle.manifest.languages)
+        self.options = replace(self.options, language=language, context=context, max_new_tokens=max_new_tokens,
+                               context_reserve_bytes=limit)
 
     def close(self) -> None:
         self.decoder.close()

@@ -22,6 +22,7 @@ from qasr.engine.output import (
 )
 from qasr.engine.segmentation import SegmentationOptions, cut_points, is_silent, peak_window_rms
 from qasr.engine.transcribe import TranscribeOptions, Transcriber, join_texts, merge_languages
+from qasr.errors import QasrError
 from tests.audio_samples import make_test_audio
 
 
@@ -269,3 +270,18 @@ def test_warm_up_leaves_no_state(transcriber):
     transcriber.warm_up()
     assert transcriber.decoder.n_past == 0
     assert transcriber.transcribe(audio).token_ids == before
+
+
+def test_set_prompt_changes_language_and_context_per_call(tiny_bundle):
+    audio = make_test_audio(3.0, seed=21)
+    with Transcriber(tiny_bundle, TranscribeOptions(threads=1, context_reserve_bytes=200)) as shared:
+        shared.set_prompt("english", "Names: Ada, Grace")
+        with Transcriber(tiny_bundle, TranscribeOptions(threads=1, language="English", context="Names: Ada, Grace")) as own:
+            assert shared.transcribe(audio).token_ids == own.transcribe(audio).token_ids
+        shared.set_prompt(None, "")
+        with Transcriber(tiny_bundle, TranscribeOptions(threads=1)) as plain:
+            assert shared.transcribe(audio).token_ids == plain.transcribe(audio).token_ids
+        with pytest.raises(QasrError, match="longer than 200 bytes"):
+            shared.set_prompt(None, "x" * 201)
+        with pytest.raises(QasrError, match="unknown language"):
+            shared.set_prompt("Klingon", "")
