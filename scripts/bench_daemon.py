@@ -16,21 +16,21 @@ Measurements
   (published_partial/final/vad), of status ``utterances``, and the events a subscriber received.
 - ``memory``: VmRSS and VmHWM (peak RSS) from /proc/PID/status after start-up and after the speech runs.
 - ``final_latency`` (vad mode, streaming engine): espeak-ng speech played into the null sink while a
-  WebSocket subscriber records the arrival time (time.monotonic) of every event. Per utterance:
-  ``speech_end_to_final_ms`` = final arrival − end of speech on the wall clock (paplay start + offset of
-  the last voiced sample in the played file): what a user waits, hangover and capture path included.
-  ``hangover_ms`` = vad.hangover_ms (configuration). ``utt_end_to_final_ms`` = final arrival − the wall
-  time at which the daemon's audio stream reached the end of the utterance (the ``vad`` events carry
-  stream time; see ``utterance_end_wall``): the hangover and capture path excluded.
-  ``daemon_latency_ms`` = final ``timings.latency_ms`` (pipeline: utterance end → final emitted; decoder
-  queueing + final compute, i.e. the engine's final latency as the daemon runs it). ``engine_final_ms`` =
-  the engine's own finish() compute when the final's timings carry it (``final_ms``/``total_ms``),
-  else None. ``overhead_ms`` = utt_end_to_final − engine_final (target ≤ 100 ms); ``ws_overhead_ms`` =
-  utt_end_to_final − daemon_latency (shaping, journal, publish, WebSocket); ``e2e_overhead_ms`` =
-  speech_end_to_final − hangover − daemon_latency (adds the playback → capture path and VAD framing);
-  ``speech_end_to_utt_end_ms`` ≈ hangover + capture path, measured; ``vad_event_lag_ms`` = how late the
-  vad speech=false event itself arrived; ``partials``, ``compute_ms`` (engine time for the utterance),
-  ``cpu_s`` (daemon CPU during the utterance).
+  WebSocket subscriber records the arrival time (time.monotonic) of every event. The ``vad`` events
+  carry the daemon's stream time; with their arrival times they map stream time to wall time (see
+  ``stream_clock``), which places the end of speech (first voiced frame + the file's voiced duration)
+  and the end of the utterance (hangover over) on this process's clock. Per utterance:
+  ``speech_end_to_final_ms`` = final arrival − end of speech, as the daemon heard it.
+  ``hangover_ms`` = vad.hangover_ms (configuration; ``speech_end_to_utt_end_ms`` is it, measured).
+  ``engine_final_ms`` = the engine's own finish() compute when the final's timings carry it
+  (``final_ms``/``total_ms``), else None. ``overhead_ms`` = speech_end_to_final − hangover −
+  engine_final (target ≤ 100 ms). ``utt_end_to_final_ms`` = final arrival − end of the utterance;
+  ``daemon_latency_ms`` = the final's ``timings.latency_ms`` (pipeline: utterance end → final emitted:
+  decoder queueing behind a partial step + final compute, the engine's final latency as the daemon runs
+  it); ``ws_overhead_ms`` = utt_end_to_final − daemon_latency (text shaping, journal, publish, WebSocket).
+  ``played_end_to_final_ms`` = final arrival − (paplay start + offset of the speech end in the file):
+  adds paplay start-up and the playback → capture path (``playback_delay_ms``, measured at speech start).
+  ``partials``, ``compute_ms`` (engine time for the utterance), ``cpu_s`` (daemon CPU during it).
 - ``clients``: daemon CPU seconds for the same utterance with 1 and with ``--clients`` subscribers
   (alternating, ``--repeats`` rounds); ``extra_cpu_pct`` = (median CPU with N / median CPU with 1 − 1)
   × 100 (target ≤ 5 %), plus the spread of final arrival over the N clients.
@@ -586,56 +586,64 @@ def engine_final_ms(timings: dict) -> float | None:
     return None
 
 
-def utterance_end_wall(events: list[tuple[float, dict]], t_final: float, onset_s: float) -> tuple[float, float] | None:
-    """Wall time (monotonic) at which the daemon's stream reached the end of the utterance whose final
-    arrived at ``t_final``, and the arrival of its ``vad`` speech=false event.
+def stream_clock(events: list[tuple[float, dict]], t_final: float, onset_s: float) -> dict | None:
+    """Map the daemon's stream clock to this process's wall clock for the utterance whose final arrived
+    at ``t_final``.
 
     ``vad`` events carry stream time (samples captured / 16000). speech=true is decided ``onset_s`` after
-    its ``time``, speech=false at its ``time``; each event arrives at wall = offset + decision time + lag
-    (lag >= 0: capture block, processing, WebSocket). The smaller of the two offsets is the better
-    estimate of the stream → wall mapping (the onset one is usually taken while the daemon is idle, so
-    it is not inflated by a busy decoder)."""
-    ends = [(t, m) for t, m in events if m["type"] == "vad" and not m["speech"] and t <= t_final]
-    if not ends:
+    its ``time`` (the start of the voiced run), speech=false at its ``time`` (hangover over); each event
+    arrives at wall = offset + decision time + lag, lag >= 0 (capture block, processing, WebSocket; large
+    while the decoder is busy). The smallest offset over the utterance's events is the best estimate.
+    Returns the wall times of the speech start (first voiced frame), of the utterance end, and the offset."""
+    vads = [(t, m) for t, m in events if m["type"] == "vad" and t <= t_final]
+    ends = [(t, m) for t, m in vads if not m["speech"]]
+    starts = [(t, m) for t, m in vads if m["speech"]]
+    if not ends or not starts:
         return None
-    t_end, end = ends[-1]
-    starts = [(t, m) for t, m in events if m["type"] == "vad" and m["speech"] and t <= t_end]
-    offsets = [t_end - float(end["time"])]
-    if starts:
-        t_start, start = starts[-1]
-        offsets.append(t_start - (float(start["time"]) + onset_s))
-    return min(offsets) + float(end["time"]), t_end
+    offsets = [t - float(m["time"]) - (onset_s if m["speech"] else 0.0) for t, m in vads]
+    offset = min(offsets)
+    return {"offset": offset, "speech_start": offset + float(starts[0][1]["time"]),
+            "utt_end": offset + float(ends[-1][1]["time"])}
+
+
+def warmup(daemon: Daemon, subs: Subscribers, pulse: Pulse, speech: SpeechFile) -> None:
+    """One utterance that is not reported: the first one after start-up pays one-time costs."""
+    daemon.wait_state(("listening",), timeout=120)
+    got = play_and_wait(daemon, subs, pulse, speech)
+    log(f"warm-up utterance: {len(got['finals'])} final(s), daemon cpu {got['cpu_s']:.2f} s")
 
 
 def phase_latency(daemon: Daemon, subs: Subscribers, pulse: Pulse, report: Reporter, speeches: list[SpeechFile],
                   repeats: int, hangover_ms: int, onset_ms: int) -> None:
     onset_s = max(1, -(-onset_ms // 30)) * 0.03  # the segmenter decides after ceil(onset / 30 ms) voiced frames
+    warmup(daemon, subs, pulse, speeches[0])
     for speech in speeches:
         for run in range(repeats):
             daemon.wait_state(("listening",), timeout=120)
             time.sleep(0.5)
             got = play_and_wait(daemon, subs, pulse, speech)
             base = {"speech_s": round(speech.speech_s, 2), "run": run}
-            if not got["finals"]:
+            clock = stream_clock(got["events"], got["finals"][-1][0], onset_s) if got["finals"] else None
+            if clock is None:
                 report("final_latency", **base, measured=False,
                        reason="no final (the VAD found no speech, or the utterance was too short)")
                 continue
             t_final, final = got["finals"][-1]
             timings = final.get("timings") or {}
             engine_ms, daemon_ms = engine_final_ms(timings), timings.get("latency_ms")
-            anchor = utterance_end_wall(got["events"], t_final, onset_s)
-            utt_end, vad_arrival = anchor if anchor else (None, None)
-            after_utt = (t_final - utt_end) * 1000.0 if utt_end is not None else None
-            speech_end_to_final = (t_final - got["t_speech_end"]) * 1000.0
+            speech_end = clock["speech_start"] + speech.speech_s  # the played file's voiced span, on the stream
+            to_final = (t_final - speech_end) * 1000.0
+            after_utt = (t_final - clock["utt_end"]) * 1000.0
             report("final_latency", **base, utterances=len(got["finals"]),
                    audio_s=round(final["audio_end"] - final["audio_start"], 2), partials=got["partials"],
-                   speech_end_to_final_ms=r1(speech_end_to_final), hangover_ms=hangover_ms,
-                   utt_end_to_final_ms=r1(after_utt), engine_final_ms=r1(engine_ms), daemon_latency_ms=r1(daemon_ms),
-                   overhead_ms=r1(after_utt - engine_ms) if after_utt is not None and engine_ms is not None else None,
-                   ws_overhead_ms=r1(after_utt - daemon_ms) if after_utt is not None and daemon_ms is not None else None,
-                   e2e_overhead_ms=r1(speech_end_to_final - hangover_ms - daemon_ms) if daemon_ms is not None else None,
-                   speech_end_to_utt_end_ms=r1((utt_end - got["t_speech_end"]) * 1000.0) if utt_end else None,
-                   vad_event_lag_ms=r1((vad_arrival - utt_end) * 1000.0) if utt_end else None,
+                   speech_end_to_final_ms=r1(to_final), hangover_ms=hangover_ms,
+                   engine_final_ms=r1(engine_ms),
+                   overhead_ms=r1(to_final - hangover_ms - engine_ms) if engine_ms is not None else None,
+                   utt_end_to_final_ms=r1(after_utt), daemon_latency_ms=r1(daemon_ms),
+                   ws_overhead_ms=r1(after_utt - daemon_ms) if daemon_ms is not None else None,
+                   speech_end_to_utt_end_ms=r1((clock["utt_end"] - speech_end) * 1000.0),
+                   played_end_to_final_ms=r1((t_final - got["t_speech_end"]) * 1000.0),
+                   playback_delay_ms=r1((clock["speech_start"] - (got["t_play"] + speech.lead_s)) * 1000.0),
                    compute_ms=r1(timings.get("compute_ms")), cpu_s=round(got["cpu_s"], 2))
 
 
@@ -821,14 +829,55 @@ def typing_chars(changes: list[tuple[float, str]], expected: str) -> tuple[float
     return started[0], complete[0], len(changes)
 
 
+def typing_run(env: "BenchEnv", daemon: Daemon, subs: Subscribers, speech: SpeechFile) -> dict:
+    """Hold the hotkey while the speech plays, release it at the end of the speech, wait for the text."""
+    daemon.wait_state(("listening",), timeout=120)
+    env.tk.clear()
+    time.sleep(0.3)
+    since = mono()
+    t_down = env.keyboard.down()
+    t_play = mono()
+    player = env.pulse.play(speech.path)
+    try:
+        # release the key at the end of the speech (+ the ~40 ms playback → capture path)
+        time.sleep(max(0.0, t_play + speech.speech_end_s + 0.05 - mono()))
+    finally:
+        t_up = env.keyboard.up()
+    changes = env.tk.wait_text(TYPED_TEXT, timeout=120 + 10 * speech.speech_s)
+    stop_process(player)
+    deadline = mono() + (10 if changes is not None else 2)  # the final is published after the delivery
+    while mono() < deadline and not any(m["type"] == "final" for _, m in subs.events(0, since)):
+        time.sleep(0.02)
+    events = subs.events(0, since)
+    return {"t_down": t_down, "t_up": t_up, "changes": changes, "events": events,
+            "finals": [(t, m) for t, m in events if m["type"] == "final"]}
+
+
+def typing_failure(env: "BenchEnv", got: dict) -> str:
+    text = env.tk.text()
+    reason = f"the Entry holds {text!r}, not the expected text" if text else "nothing was typed"
+    events, finals = got["events"], got["finals"]
+    if not finals and not any(m["type"] == "state" and m["state"] == "recording" for _, m in events):
+        reason += " (no utterance: the hotkey press was not seen)"
+    elif finals and not finals[-1][1]["text"]:
+        reason += " (the final text is empty: nothing to deliver)"
+    elif finals:
+        reason += f" (final sink {finals[-1][1].get('sink')!r})"
+    warnings = [m.get("message") for _, m in events if m["type"] == "warning"]
+    if warnings:
+        reason += f"; warnings: {warnings}"
+    return reason
+
+
 def phase_typing(env: "BenchEnv", report: Reporter, speeches: list[SpeechFile], repeats: int, sinks: list[str],
                  hotkey_tail_s: float) -> None:
-    display = env.xvfb.display
+    tails_ms = int(HOTKEY_DEBOUNCE_MS + hotkey_tail_s * 1000 + SEGMENTER_PTT_TAIL_MS)
     for sink in sinks:
         daemon = env.new_daemon(
-            ["vad.mode=ptt", f"hotkey.combo=<{HOTKEY.lower()}>", "hotkey.mode=hold", f"hotkey.release_tail_s={hotkey_tail_s}",
-             "hotkey.enabled=true", f"output.sink={sink}", "output.live=false", "shaping.trailing_space=false",
-             "shaping.strip_final_period_max_words=0"], display=display, replacements=TYPED_TEXT)
+            ["vad.mode=ptt", f"hotkey.combo=<{HOTKEY.lower()}>", "hotkey.mode=hold",
+             f"hotkey.release_tail_s={hotkey_tail_s}", "hotkey.enabled=true", f"output.sink={sink}",
+             "output.live=false", "shaping.trailing_space=false", "shaping.strip_final_period_max_words=0"],
+            display=env.xvfb.display, replacements=TYPED_TEXT)
         status = daemon.wait_state(("listening",), timeout=60)
         problems = [w for w in status.get("warnings", []) if "hotkey" in w or "output" in w]
         if status.get("output") in (None, "none") or problems:
@@ -838,51 +887,36 @@ def phase_typing(env: "BenchEnv", report: Reporter, speeches: list[SpeechFile], 
             env.stop_daemon()
             continue
         subs = env.subscribe(daemon)
-        for speech in speeches:
-            for run in range(repeats):
-                daemon.wait_state(("listening",), timeout=120)
-                env.tk.clear()
-                time.sleep(0.3)
-                since = mono()
-                t_down = env.keyboard.down()
-                t_play = mono()
-                player = env.pulse.play(speech.path)
-                # release the key at the end of the speech (+ the ~40 ms playback → capture path)
-                time.sleep(max(0.0, t_play + speech.speech_end_s + 0.05 - mono()))
-                t_up = env.keyboard.up()
-                changes = env.tk.wait_text(TYPED_TEXT, timeout=120 + 10 * speech.speech_s)
-                stop_process(player)
-                deadline = mono() + (10 if changes is not None else 2)
-                while mono() < deadline and not any(m["type"] == "final" for _, m in subs.events(0, since)):
-                    time.sleep(0.02)
-                events = subs.events(0, since)
-                finals = [(t, m) for t, m in events if m["type"] == "final"]
-                warnings = [m.get("message") for _, m in events if m["type"] == "warning"]
-                base = {"sink": sink, "speech_s": round(speech.speech_s, 2), "run": run}
-                if changes is None:
-                    text = env.tk.text()
-                    reason = (f"the Entry holds {text!r}, not the expected text" if text else "nothing was typed")
-                    if not any(m["type"] == "vad" for _, m in events) and not finals:
-                        reason += " (no utterance: the hotkey press was not seen)"
-                    elif finals and not finals[-1][1]["text"]:
-                        reason += " (the final text is empty: nothing to deliver)"
-                    if warnings:
-                        reason += f"; warnings: {warnings}"
-                    report("typing", **base, measured=False, reason=reason)
-                    continue
-                t_first, t_last, n_changes = typing_chars(changes, TYPED_TEXT)
-                final = finals[-1][1] if finals else {}
-                timings = final.get("timings") or {}
-                report("typing", **base, chars=len(TYPED_TEXT),
-                       release_to_last_char_ms=r1((t_last - t_up) * 1000.0),
-                       release_to_first_char_ms=r1((t_first - t_up) * 1000.0),
-                       typing_ms=r1((t_last - t_first) * 1000.0),
-                       cps=round((len(TYPED_TEXT) - 1) / (t_last - t_first), 1) if t_last > t_first else None,
-                       entry_changes=n_changes,
-                       configured_tails_ms=int(HOTKEY_DEBOUNCE_MS + hotkey_tail_s * 1000 + SEGMENTER_PTT_TAIL_MS),
-                       daemon_latency_ms=r1(timings.get("latency_ms")), engine_final_ms=r1(engine_final_ms(timings)),
-                       ws_final_after_release_ms=r1((finals[-1][0] - t_up) * 1000.0) if finals else None,
-                       final_sink=final.get("sink"), held_s=round(t_up - t_down, 2))
+        runs = [(speeches[0], -1)] + [(speech, run) for speech in speeches for run in range(repeats)]
+        for speech, run in runs:  # run -1: warm-up, not reported
+            base = {"sink": sink, "speech_s": round(speech.speech_s, 2), "run": run}
+            try:
+                got = typing_run(env, daemon, subs, speech)
+            except BenchError as exc:
+                report("typing", **base, measured=False, reason=str(exc).splitlines()[0])
+                with contextlib.suppress(Exception):
+                    daemon.control("cancel")
+                continue
+            changes = got["changes"]
+            if run < 0:
+                log(f"typing warm-up ({sink}): {'typed' if changes is not None else typing_failure(env, got)}")
+                continue
+            if changes is None:
+                report("typing", **base, measured=False, reason=typing_failure(env, got))
+                continue
+            t_first, t_last, n_changes = typing_chars(changes, TYPED_TEXT)
+            t_up = got["t_up"]
+            t_final, final = got["finals"][-1] if got["finals"] else (None, {})
+            timings = final.get("timings") or {}
+            report("typing", **base, chars=len(TYPED_TEXT),
+                   release_to_last_char_ms=r1((t_last - t_up) * 1000.0),
+                   release_to_first_char_ms=r1((t_first - t_up) * 1000.0),
+                   typing_ms=r1((t_last - t_first) * 1000.0),
+                   cps=round((len(TYPED_TEXT) - 1) / (t_last - t_first), 1) if t_last > t_first else None,
+                   entry_changes=n_changes, configured_tails_ms=tails_ms,
+                   daemon_latency_ms=r1(timings.get("latency_ms")), engine_final_ms=r1(engine_final_ms(timings)),
+                   ws_final_after_release_ms=r1((t_final - t_up) * 1000.0) if t_final else None,
+                   final_sink=final.get("sink"), held_s=round(t_up - got["t_down"], 2))
         env.stop_daemon()
 
 
