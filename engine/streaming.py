@@ -44,7 +44,7 @@ class StreamingOptions:
     first_step_s: float = 0.5  # audio before the first partial
     step_s: float = 0.5  # least audio between partials
     rtf_budget: float = 0.5  # sustained compute / audio time the cadence aims under
-    max_new_tokens_per_step: int = 24  # beyond the accepted draft, per partial step
+    max_new_tokens_per_step: int = 10  # beyond the accepted draft, per partial step (~25 ms each at 0.6B)
     max_new_tokens: int | None = None  # final: as offline --max-new-tokens
     max_utterance_s: float = 30.0  # longer speech is cut at a quiet point into a new utterance
     cut_search_s: float = 5.0  # how far back from the limit to look for the quiet point
