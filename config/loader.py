@@ -108,6 +108,16 @@ def _check(name: str, value: Any, hint: Any, meta: Any, where: str) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: {name} must be an array of strings, got {_show(value)}")
         return tuple(value)
+    if origin is dict:  # dict[str, str]: a TOML table of strings, e.g. { firefox = "type" }
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f"{where}: {name} must be a table of strings like {{ xterm = \"type\" }}, "
+                              f"got {_show(value)}")
+        choices = meta.get("choices")
+        for key, item in value.items():
+            if choices and item not in choices:
+                raise ConfigError(f"{where}: {name}.{key} = {item!r} is not one of {', '.join(map(repr, choices))}"
+                                  f"{_suggest(item, choices, quote=True)}")
+        return dict(value)
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: {name} must be true or false, got {_show(value)}")

@@ -16,6 +16,19 @@ from qasr.config import paths
 
 DEFAULT_MODEL_NAME = "qwen3-asr-0.6b"  # where `qasr-daemon models pull 0.6b` puts it
 
+# WM_CLASS globs (class or instance, case-insensitive) of terminal windows: output.terminal_classes.
+TERMINAL_CLASSES = (
+    "xterm", "uxterm", "urxvt", "rxvt", "urxvt-*", "st", "st-256color", "gnome-terminal*", "kgx",
+    "org.gnome.Console", "konsole", "kitty", "alacritty", "terminator", "tilix", "xfce4-terminal",
+    "mate-terminal", "lxterminal", "qterminal", "wezterm", "org.wezfurlong.wezterm", "foot",
+    "terminology", "sakura", "guake", "tilda", "yakuake", "ghostty", "com.mitchellh.ghostty",
+    "cool-retro-term", "deepin-terminal", "io.elementary.terminal", "blackbox", "termite", "roxterm",
+)
+# Terminals whose paste key inserts the PRIMARY selection (no default Ctrl+Shift+V binding).
+PASTE_KEY_RULES = {"xterm": "shift+Insert", "uxterm": "shift+Insert", "urxvt": "shift+Insert",
+                   "rxvt": "shift+Insert", "urxvt-*": "shift+Insert"}
+OUTPUT_SINKS = ("type", "paste", "none")  # what `auto` may pick for a window
+
 
 def _opt(default: Any, *, choices: tuple[str, ...] | None = None, min: float | None = None,
          max: float | None = None, restart: bool = False) -> Any:
@@ -24,6 +37,9 @@ def _opt(default: Any, *, choices: tuple[str, ...] | None = None, min: float | N
     restart: a running daemon applies a new value only when it restarts (SIGHUP leaves it as it is).
     """
     meta = {"choices": choices, "min": min, "max": max, "restart": restart}
+    if isinstance(default, dict):  # a TOML table of strings; ``choices`` then limits its values
+        table = dict(default)
+        return field(default_factory=lambda: dict(table), metadata=meta)
     if isinstance(default, (list, tuple)):
         value = tuple(default)
         return field(default_factory=lambda: value, metadata=meta)
@@ -85,10 +101,19 @@ class ServerSettings:
 class OutputSettings:
     sink: str = _opt("auto", choices=("auto", "type", "paste", "none"))
     live: bool = _opt(False)
+    auto_rules: dict[str, str] = _opt({}, choices=OUTPUT_SINKS)  # WM_CLASS glob -> sink, for sink = auto
+    auto_terminal_sink: str = _opt("type", choices=OUTPUT_SINKS)
+    auto_default_sink: str = _opt("paste", choices=OUTPUT_SINKS)
+    terminal_classes: tuple[str, ...] = _opt(TERMINAL_CLASSES)
     paste_keys: str = _opt("ctrl+v")
     terminal_paste_keys: str = _opt("ctrl+shift+v")
+    paste_key_rules: dict[str, str] = _opt(PASTE_KEY_RULES)  # WM_CLASS glob -> paste keys
     restore_clipboard: bool = _opt(True)
+    restore_delay_s: float = _opt(1.0, min=0.0, max=60.0)
+    focus_check: bool = _opt(True)
     type_delay_ms: int = _opt(2, min=0, max=100)
+    keymap_restore_delay_s: float = _opt(1.0, min=0.0, max=60.0)
+    modifier_release_timeout_s: float = _opt(1.5, min=0.0, max=30.0)
 
 
 @dataclass(frozen=True)

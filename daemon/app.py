@@ -107,7 +107,7 @@ class Daemon:
         self._audio_thread: threading.Thread | None = None
         self._last_device_try = 0.0
         self._output_lock = threading.Lock()
-        self._live_typed: tuple[int | None, str] = (None, "")  # (utterance, committed text typed live)
+        self._output_targets: dict[int, Any] = {}  # mic pipeline utterance id -> its output.UtteranceTarget
         self._saver: _UtteranceAudioSaver | None = None
 
     # ------------------------------------------------------------------ settings
@@ -258,10 +258,7 @@ class Daemon:
             if output is None:
                 return
             try:
-                self.output = output.TextOutput(output.OutputOptions(
-                    sink=o.sink, paste_keys=o.paste_keys, terminal_paste_keys=o.terminal_paste_keys,
-                    restore_clipboard=o.restore_clipboard, char_delay_ms=float(o.type_delay_ms),
-                ))
+                self.output = output.TextOutput(output_options(o, output.OutputOptions))
             except QasrError as exc:
                 note = f"desktop text output is off: {exc}"
                 log.warning("%s", note)
@@ -410,8 +407,9 @@ class Daemon:
                 self._publish_protocol("vad", event.speaking, event.t_s)
                 continue
             if kind == "SpeechStart":
-                self._mic_utterances[event.utterance_id] = self.pipeline.begin("mic", audio_start=event.t_s)
-                self._output_begin()
+                utterance = self.pipeline.begin("mic", audio_start=event.t_s)
+                self._mic_utterances[event.utterance_id] = utterance
+                self._output_begin(utterance)
                 if self.hotkey is not None and self.segmenter is not None and self.segmenter.mode != "vad":
                     self.hotkey.notify_started()
                 continue
@@ -428,12 +426,13 @@ class Daemon:
                         and self.segmenter is not None and self.segmenter.mode != "vad"):
                     self.hotkey.notify_stopped()  # ended by other means (CLI, cancel): the hotkey state follows
 
-    def _output_begin(self) -> None:
-        if self.output is None:
-            return
+    def _output_begin(self, utterance: int) -> None:
+        """Record the focused window for this utterance: its text goes there or to the clipboard."""
         with self._output_lock:
+            if self.output is None:
+                return
             try:
-                self.output.begin_utterance()
+                self._output_targets[utterance] = self.output.begin_utterance()
             except QasrError as exc:
                 log.warning("text output: %s", exc)
 
@@ -454,62 +453,75 @@ class Daemon:
                 self.server_handler.route(event, protocol_event(event))
             return
         if kind == "final":
-            sink, warning = self._deliver(raw)
+            result = self._deliver(event["utterance_id"], raw)
+            sink = _delivered_by(result)
             if self.journal is not None and event["text"]:
                 try:
                     self.journal.append(dict(event, utterance_id=str(event["utterance_id"]), sink=sink))
                 except QasrError as exc:
                     log.error("%s", exc)
-            log.info("final #%s (%.2f s audio, %s ms): %s", event["utterance_id"], event["audio_s"],
-                     event["latency_ms"], event["text"])
+            log.info("final #%s (%.2f s audio, %s ms, sink %s): %s", event["utterance_id"], event["audio_s"],
+                     event["latency_ms"], sink or "none", event["text"])
             self._publish(protocol_event(event, sink))
-            if warning:
-                self._publish_protocol("warning", "output", warning)
+            self._publish_output_warning(result, event["utterance_id"])
         elif kind == "partial":
             self._live_type(event)
             self._publish(protocol_event(event))
         elif kind == "cancelled":
-            self._output_cancel()
+            self._output_end(event["utterance_id"])
         elif kind == "error":
             log.error("utterance %s: %s", event.get("utterance_id"), event.get("message"))
+            self._output_end(event.get("utterance_id"))
             self._publish(protocol_event(event))
         self._wake.set()
 
-    def _deliver(self, text: str) -> tuple[str | None, str]:
-        """Type/paste a mic final on the desktop: (sink name or None, warning text)."""
+    def _deliver(self, utterance: int, text: str):
+        """Type/paste a mic final into the window its utterance started in: the DeliveryResult, or None."""
         with self._output_lock:
+            target = self._output_targets.pop(utterance, None)
             if self.output is None or not text:
-                return None, ""
+                return None
+            shaped = text
+            if self.shaper is not None:
+                # Live typing already typed committed text that cannot be rewritten: no replacements then.
+                shaped = self.shaper.shape_live_final(text) if self.settings.output.live else self.shaper.shape(text)
             try:
-                result = self.output.deliver(self.shaper.shape(text) if self.shaper is not None else text)
+                return self.output.deliver(shaped, target)
             except QasrError as exc:
                 log.warning("text output failed: %s", exc)
-                return None, str(exc)
-        return (result.sink if result.delivered or result.sink == "clipboard" else None), result.message
+                return _failed_delivery(str(exc))
 
     def _live_type(self, event: dict[str, Any]) -> None:
         if self.output is None or not self.settings.output.live:
             return
         # Committed text only grows within an utterance: type what was committed since the last partial.
         with self._output_lock:
-            uid, committed = event["utterance_id"], event["committed"]
-            typed_uid, typed = self._live_typed
-            if typed_uid != uid:
-                typed = ""
+            target = self._output_targets.get(event["utterance_id"])
+            if self.output is None or target is None:
+                return
+            committed = event["committed"]
+            typed = target.typed_text
             delta = committed[len(typed):] if committed.startswith(typed) else ""
-            self._live_typed = (uid, committed if delta else typed)
             try:
-                result = self.output.deliver_committed(delta)
+                result = self.output.deliver_committed(delta, target)
             except QasrError as exc:
                 log.warning("live typing failed: %s", exc)
                 return
-        if result is not None and result.message:
-            self._publish_protocol("warning", "output", result.message)
+        self._publish_output_warning(result, event["utterance_id"])
 
-    def _output_cancel(self) -> None:
-        if self.output is not None:
-            with self._output_lock:
-                self.output.cancel_utterance()
+    def _publish_output_warning(self, result: Any, utterance: int) -> None:
+        if result is None or not result.message:
+            return
+        code = "focus_moved" if result.focus_moved else "output"
+        self._publish_protocol("warning", code, result.message, utterance_id=str(utterance),
+                               sink=_delivered_by(result))
+
+    def _output_end(self, utterance: int | None) -> None:
+        """A cancelled or failed utterance: nothing will be delivered for it."""
+        with self._output_lock:
+            target = self._output_targets.pop(utterance, None)
+            if self.output is not None and target is not None:
+                self.output.cancel_utterance(target)
 
     def _make_shaper(self) -> None:
         from qasr.daemon.text_shaping import ShapingOptions, TextShaper
@@ -532,7 +544,7 @@ class Daemon:
         if event is not None and self.server is not None:
             self.server.publish(event)
 
-    def _publish_protocol(self, kind: str, *args: Any) -> None:
+    def _publish_protocol(self, kind: str, *args: Any, **info: Any) -> None:
         if self.server is None:
             return
         from qasr.daemon import protocol
@@ -540,7 +552,7 @@ class Daemon:
         if kind == "vad":
             self.server.publish(protocol.vad(*args))
         elif kind == "warning":
-            self.server.publish(protocol.warning(*args))
+            self.server.publish(protocol.warning(*args, **info))
         elif kind == "state":
             self.server.publish(protocol.state(*args))
 
@@ -742,6 +754,28 @@ class Daemon:
         close = getattr(self.transcriber, "close", None)
         if close is not None:
             close()
+
+
+def output_options(o: Any, options_type: type) -> Any:
+    """output.OutputOptions from the [output] settings: every option of the section is passed on."""
+    renamed = {"type_delay_ms": "char_delay_ms"}
+    values = {renamed.get(f.name, f.name): getattr(o, f.name) for f in fields(o) if f.name != "live"}
+    values["char_delay_ms"] = float(values["char_delay_ms"])
+    values["auto_rules"], values["paste_key_rules"] = dict(o.auto_rules), dict(o.paste_key_rules)
+    return options_type(**values)
+
+
+def _delivered_by(result: Any) -> str | None:
+    """The sink that delivered a final (`clipboard` when it was left there), None when nothing was."""
+    if result is None:
+        return None
+    return result.sink if result.delivered or result.sink == "clipboard" else None
+
+
+def _failed_delivery(message: str) -> Any:
+    from qasr.daemon.output import DeliveryResult
+
+    return DeliveryResult("none", False, message=f"text output failed: {message}")
 
 
 def _device_name(capture: Any) -> str | None:

@@ -12,12 +12,15 @@ Sinks
   handle remapped keycodes poorly).
 - `none`: deliver nothing (captions/clients only).
 
-Focus safety: `begin_utterance()` records the focused window; before delivering, the focused window must
-still be that one. If focus moved, nothing is typed: the text goes on the clipboard and the result says
-so (`focus_moved`, `message`), which the app turns into a `warning` event.
+Focus safety: `begin_utterance()` records the focused window and returns an `UtteranceTarget`; the
+final of that utterance is delivered with `deliver(text, target)`, and the focused window must still be
+the recorded one. Each utterance keeps its own target, so an utterance that starts before the previous
+one's final is out does not change where the previous one goes. If focus moved, nothing is typed: the
+text goes on the clipboard and the result says so (`focus_moved`, `message`), which the app turns into
+a `warning` event. Without a target argument the methods use the utterance begun last.
 
-Live typing (opt-in, `deliver_committed`): committed text is typed as it is committed, never erased;
-`deliver(final)` then sends only the part of the final text not typed yet.
+Live typing (opt-in, `deliver_committed(delta, target)`): committed text is typed as it is committed,
+never erased; `deliver(final, target)` then sends only the part of the final text not typed yet.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from qasr.config.settings import PASTE_KEY_RULES, TERMINAL_CLASSES
 from qasr.errors import QasrError
 
 from . import x11
@@ -39,17 +43,10 @@ log = logging.getLogger("qasr.output")
 
 SINKS = ("auto", "type", "paste", "none")
 
-DEFAULT_TERMINAL_CLASSES = (
-    "xterm", "uxterm", "urxvt", "rxvt", "urxvt-*", "st", "st-256color", "gnome-terminal*", "kgx",
-    "org.gnome.Console", "konsole", "kitty", "alacritty", "terminator", "tilix", "xfce4-terminal",
-    "mate-terminal", "lxterminal", "qterminal", "wezterm", "org.wezfurlong.wezterm", "foot",
-    "terminology", "sakura", "guake", "tilda", "yakuake", "ghostty", "com.mitchellh.ghostty",
-    "cool-retro-term", "deepin-terminal", "io.elementary.terminal", "blackbox", "termite", "roxterm",
-)
-
+# The defaults live with the settings (config/settings.py) so config.toml documents them.
+DEFAULT_TERMINAL_CLASSES = TERMINAL_CLASSES
 # Terminals whose paste key inserts the PRIMARY selection (no default Ctrl+Shift+V binding).
-DEFAULT_PASTE_KEY_RULES = {"xterm": "shift+Insert", "uxterm": "shift+Insert", "urxvt": "shift+Insert",
-                           "rxvt": "shift+Insert", "urxvt-*": "shift+Insert"}
+DEFAULT_PASTE_KEY_RULES = PASTE_KEY_RULES
 
 _MODIFIER_NAMES = {"ctrl": "Control_L", "control": "Control_L", "shift": "Shift_L", "alt": "Alt_L",
                    "super": "Super_L", "win": "Super_L", "meta": "Meta_L"}
@@ -83,6 +80,23 @@ class DeliveryResult:
     target: x11.WindowInfo | None = None
     focused: x11.WindowInfo | None = None
     message: str = ""                        # non-empty: tell the user (a `warning` event)
+
+
+class UtteranceTarget:
+    """One utterance's delivery state: the window it belongs to and what live typing sent there."""
+
+    def __init__(self, window: x11.WindowInfo | None) -> None:
+        self.window = window
+        self.typed_text = ""                 # live-typed committed text (the app computes the next delta)
+        self.live_failed = ""                # why live typing stopped ("" while fine)
+
+    @property
+    def window_id(self) -> int | None:
+        return self.window.window_id if self.window is not None else None
+
+    def __repr__(self) -> str:
+        where = self.window.describe() if self.window is not None else "no window"
+        return f"UtteranceTarget({where}, typed={len(self.typed_text)} chars)"
 
 
 def validate_options(options: OutputOptions) -> None:
@@ -161,93 +175,95 @@ class TextOutput:
             self._owns_display = True
         self._clipboard = clipboard
         self._typer: XTestTyper | None = None
-        self._target: x11.WindowInfo | None = None
-        self._target_set = False
-        self._typed = ""                     # live-typed committed text of this utterance
-        self._live_failed = ""               # why live typing stopped ("" while fine)
+        self._current: UtteranceTarget | None = None  # the utterance begun last (calls without a target)
         self._restore_timer: threading.Timer | None = None
         self._restore_snapshots: list[ClipboardSnapshot] = []
         self._restore_text = ""
         self._keymap_timer: threading.Timer | None = None
 
     # -- utterance lifecycle -----------------------------------------------------------------
-    def begin_utterance(self) -> x11.WindowInfo | None:
+    def begin_utterance(self) -> UtteranceTarget:
         """Remember where the user is now: the text of this utterance goes there or nowhere."""
-        self._target = self._focused()
-        self._target_set = True
-        self._typed = ""
-        self._live_failed = ""
-        return self._target
+        self._current = UtteranceTarget(self._focused())
+        return self._current
 
-    def cancel_utterance(self) -> None:
-        self._target = None
-        self._target_set = False
-        self._typed = ""
-        self._live_failed = ""
+    def cancel_utterance(self, target: UtteranceTarget | None = None) -> None:
+        """Forget an utterance (the one begun last by default); nothing more is delivered for it."""
+        if target is None or target is self._current:
+            self._current = None
 
     @property
     def target(self) -> x11.WindowInfo | None:
-        return self._target
+        """The window of the utterance begun last."""
+        return self._current.window if self._current is not None else None
 
     @property
     def typed_text(self) -> str:
-        """What live typing has sent in this utterance (the app computes the next delta from it)."""
-        return self._typed
+        """What live typing has sent in the utterance begun last."""
+        return self._current.typed_text if self._current is not None else ""
 
-    def deliver_committed(self, delta: str) -> DeliveryResult | None:
+    def deliver_committed(self, delta: str, target: UtteranceTarget | None = None) -> DeliveryResult | None:
         """Live typing: type newly committed text now (never erased later). None when nothing to do."""
-        if not delta or self.options.sink == "none" or self._live_failed:
+        if not delta or self.options.sink == "none":
             return None
-        self._ensure_target()
-        if resolve_sink(self._target, self.options) == "none":
+        utt = self._resolve(target)
+        if utt.live_failed or resolve_sink(utt.window, self.options) == "none":
             return None
         focused = self._focused()
-        if self.options.focus_check and not self._same_window(focused):
-            self._live_failed = "focus moved"
-            return DeliveryResult("none", False, focus_moved=True, target=self._target, focused=focused,
-                                  message=self._focus_message(focused, "live typing stopped"))
+        if self.options.focus_check and not _same_window(utt, focused):
+            utt.live_failed = "focus moved"
+            return DeliveryResult("none", False, focus_moved=True, target=utt.window, focused=focused,
+                                  message=_focus_message(utt, focused, "live typing stopped"))
         started = time.monotonic()
         if not self._modifiers_released():
-            self._live_failed = "modifier keys held"
+            utt.live_failed = "modifier keys held"
             return None
         sent = self._type(delta)
-        self._typed += delta
-        return DeliveryResult("type", True, sent, time.monotonic() - started, target=self._target, focused=focused)
+        utt.typed_text += delta
+        return DeliveryResult("type", True, sent, time.monotonic() - started, target=utt.window, focused=focused)
 
-    def deliver(self, text: str) -> DeliveryResult:
-        """Deliver the final text of the utterance (minus what live typing already sent), then reset."""
+    def deliver(self, text: str, target: UtteranceTarget | None = None) -> DeliveryResult:
+        """Deliver the final text of an utterance (minus what live typing already sent); the utterance ends."""
+        utt = self._resolve(target)
         try:
-            return self._deliver(text)
+            return self._deliver(text, utt)
         finally:
-            self.cancel_utterance()
+            self.cancel_utterance(utt)
 
-    def _deliver(self, text: str) -> DeliveryResult:
+    def _resolve(self, target: UtteranceTarget | None) -> UtteranceTarget:
+        if target is not None:
+            return target
+        if self._current is None:  # no begin_utterance: deliver where the user is now
+            self.begin_utterance()
+        return self._current
+
+    def _deliver(self, text: str, utt: UtteranceTarget) -> DeliveryResult:
         if self.options.sink == "none":
             return DeliveryResult("none", False, 0)
-        self._ensure_target()
         focused = self._focused()
-        if self._typed and not text.startswith(self._typed):
-            return self._to_clipboard(text, focused, False,
+        typed = utt.typed_text
+        if typed and not text.startswith(typed):
+            return self._to_clipboard(text, utt, focused, False,
                                       "the final text differs from what was typed live; it is on the clipboard")
-        if self._live_failed:
-            return self._to_clipboard(text, focused, self._live_failed == "focus moved",
-                                      f"live typing stopped ({self._live_failed}); the whole text is on the clipboard")
-        rest = text[len(self._typed):]
-        sink = resolve_sink(self._target, self.options)
+        if utt.live_failed:
+            return self._to_clipboard(text, utt, focused, utt.live_failed == "focus moved",
+                                      f"live typing stopped ({utt.live_failed}); the whole text is on the clipboard")
+        rest = text[len(typed):]
+        sink = resolve_sink(utt.window, self.options)
         if sink == "none" or not rest:
-            return DeliveryResult(sink, False, 0, target=self._target, focused=focused)
-        if self.options.focus_check and not self._same_window(focused):
-            return self._to_clipboard(text, focused, True, self._focus_message(focused, "nothing typed"))
+            return DeliveryResult(sink, False, 0, target=utt.window, focused=focused)
+        if self.options.focus_check and not _same_window(utt, focused):
+            return self._to_clipboard(text, utt, focused, True, _focus_message(utt, focused, "nothing typed"))
         if not self._modifiers_released():
-            return self._to_clipboard(text, focused, False,
+            return self._to_clipboard(text, utt, focused, False,
                                       "modifier keys were still held, so nothing was typed; the text is on the clipboard")
         started = time.monotonic()
         if sink == "type":
             sent = self._type(rest)
-            return DeliveryResult("type", True, sent, time.monotonic() - started, target=self._target, focused=focused)
-        self._paste(rest, paste_keys_for(self._target, self.options))
+            return DeliveryResult("type", True, sent, time.monotonic() - started, target=utt.window, focused=focused)
+        self._paste(rest, paste_keys_for(utt.window, self.options))
         return DeliveryResult("paste", True, len(rest), time.monotonic() - started,
-                              target=self._target, focused=focused)
+                              target=utt.window, focused=focused)
 
     # -- sinks ---------------------------------------------------------------------------------
     def _type(self, text: str) -> int:
@@ -283,8 +299,8 @@ class TextOutput:
                 self._restore_text = text
                 self._restore_timer = _timer(self.options.restore_delay_s, self._restore_clipboard)
 
-    def _to_clipboard(self, text: str, focused: x11.WindowInfo | None, focus_moved: bool,
-                      message: str) -> DeliveryResult:
+    def _to_clipboard(self, text: str, utt: UtteranceTarget, focused: x11.WindowInfo | None,
+                      focus_moved: bool, message: str) -> DeliveryResult:
         try:
             with self._lock:
                 if self._restore_timer is not None:  # the user's content must not come back over this
@@ -295,7 +311,7 @@ class TextOutput:
             message = f"{message.split(';')[0]}; the clipboard failed too ({exc}), text lost: {text!r}"
         log.warning("%s", message)
         return DeliveryResult("clipboard", False, len(text), focus_moved=focus_moved,
-                              target=self._target, focused=focused, message=message)
+                              target=utt.window, focused=focused, message=message)
 
     # -- restores ------------------------------------------------------------------------------
     def _restore_clipboard(self) -> None:
@@ -344,19 +360,6 @@ class TextOutput:
         with self._lock:
             return x11.active_window(self._disp)
 
-    def _ensure_target(self) -> None:
-        if not self._target_set:  # no begin_utterance: deliver where the user is now
-            self.begin_utterance()
-
-    def _same_window(self, focused: x11.WindowInfo | None) -> bool:
-        return self._target is not None and focused is not None and focused.window_id == self._target.window_id
-
-    def _focus_message(self, focused: x11.WindowInfo | None, what: str) -> str:
-        if self._target is None:
-            return f"no window had keyboard focus when dictation started: {what}; the text is on the clipboard"
-        where = focused.describe() if focused else "no window"
-        return f"focus moved from {self._target.describe()} to {where}: {what}; the text is on the clipboard"
-
     def _modifiers_released(self) -> bool:
         with self._lock:
             return x11.wait_modifiers_released(self._disp, self.options.modifier_release_timeout_s)
@@ -365,6 +368,17 @@ class TextOutput:
         if self._clipboard is None:
             self._clipboard = Clipboard()
         return self._clipboard
+
+
+def _same_window(utt: UtteranceTarget, focused: x11.WindowInfo | None) -> bool:
+    return utt.window is not None and focused is not None and focused.window_id == utt.window.window_id
+
+
+def _focus_message(utt: UtteranceTarget, focused: x11.WindowInfo | None, what: str) -> str:
+    if utt.window is None:
+        return f"no window had keyboard focus when dictation started: {what}; the text is on the clipboard"
+    where = focused.describe() if focused else "no window"
+    return f"focus moved from {utt.window.describe()} to {where}: {what}; the text is on the clipboard"
 
 
 def _timer(delay_s: float, func: Any) -> threading.Timer:
