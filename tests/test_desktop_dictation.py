@@ -1,0 +1,421 @@
+"""Issue 5 end to end: push-to-talk with the daemon running, the final typed or pasted exactly.
+
+One daemon process for the module, under Xvfb, with the hotkey on (``<pause>``, hold-to-talk), a
+PulseAudio null sink as its microphone, the tiny random test bundle, ``debug.save_audio_dir`` set and a
+WebSocket subscriber collecting events. The test presses the hotkey with ``xdotool keydown``, plays
+espeak-ng speech into the null sink, releases the key, and checks what the focused Tk Entry / xterm holds.
+
+Pause is the hotkey because it reaches neither application as input: xterm sends an escape sequence
+for F9 or Ctrl+Alt+Space, which would land in the line the xterm script reads.
+
+The tiny random model writes deterministic gibberish, and ``engine.language`` is forced so the final
+has no ``language X<asr_text>`` header. Two replacement rules shape it:
+- control characters are removed (a Tab in gibberish would move the Entry's focus; nothing a dictation
+  user would want typed);
+- in the "exact text" test a second rule ``(?s)^.*$ = <fixed text>`` replaces the whole final with a
+  known string of Latin accents, CJK and emoji: the model's output cannot be chosen, but the text shaping
+  stage runs before the daemon's output path, so this puts known text through exactly the code that
+  delivers a dictated final.
+Without a window manager, focus is set with ``xdotool windowfocus --sync`` (XSetInputFocus).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from qasr.config.settings import OutputSettings, Settings
+from qasr.daemon.app import output_options
+from qasr.daemon.output import OutputOptions
+from qasr.daemon.text_shaping import ShapingOptions, TextShaper
+from tests.test_lifecycle import DaemonEnv
+from tests.test_x11_output import READ_LINE, TK_APP, TkEntry, XtermLine, wait_until
+
+pytestmark = pytest.mark.skipif(
+    not all(shutil.which(tool) for tool in ("Xvfb", "xterm", "xdotool", "espeak-ng", "paplay")),
+    reason="Xvfb, xterm, xdotool, espeak-ng and paplay are needed",
+)
+
+HOTKEY = "Pause"
+EXACT_TEXT = "Grüße, café — naïve 你好世界 🎤😀"
+NO_CONTROLS_RULE = r"[\x00-\x1f\x7f] = " + "\n"
+EXACT_RULE = f"(?s)^.*$ = {EXACT_TEXT}\n"
+USER_CLIPBOARD = "the user's own clipboard"
+MAX_NEW_TOKENS = 16
+RESTORE_DELAY_S = 0.5
+
+
+# ------------------------------------------------------------------------------ no X needed
+
+def test_every_output_setting_reaches_the_text_output():
+    defaults = output_options(Settings().output, OutputOptions)
+    assert defaults == OutputOptions(char_delay_ms=2.0)
+    custom = OutputSettings(
+        sink="paste", auto_rules={"firefox": "type"}, auto_terminal_sink="paste", auto_default_sink="type",
+        terminal_classes=("myterm",), paste_keys="ctrl+shift+v", terminal_paste_keys="shift+Insert",
+        paste_key_rules={"myterm": "ctrl+v"}, restore_clipboard=False, restore_delay_s=3.0, focus_check=False,
+        type_delay_ms=7, keymap_restore_delay_s=2.0, modifier_release_timeout_s=0.5,
+    )
+    options = output_options(custom, OutputOptions)
+    assert options == OutputOptions(
+        sink="paste", auto_rules={"firefox": "type"}, auto_terminal_sink="paste", auto_default_sink="type",
+        terminal_classes=("myterm",), paste_keys="ctrl+shift+v", terminal_paste_keys="shift+Insert",
+        paste_key_rules={"myterm": "ctrl+v"}, restore_clipboard=False, restore_delay_s=3.0, focus_check=False,
+        char_delay_ms=7.0, keymap_restore_delay_s=2.0, modifier_release_timeout_s=0.5,
+    )
+
+
+def test_output_tables_load_from_toml_and_bad_sinks_are_refused():
+    from qasr.config.loader import ConfigError, apply_overrides, apply_toml
+
+    settings = apply_toml(Settings(), '[output]\nauto_rules = { firefox = "type", "keepass*" = "none" }\n')
+    assert settings.output.auto_rules == {"firefox": "type", "keepass*": "none"}
+    assert settings.output.paste_key_rules["xterm"] == "shift+Insert"  # untouched default
+    settings = apply_overrides(settings, ['output.paste_key_rules={ kitty = "ctrl+shift+v" }'])
+    assert settings.output.paste_key_rules == {"kitty": "ctrl+shift+v"}
+    with pytest.raises(ConfigError, match=r"line 2.*output.auto_rules.firefox = 'shout'"):
+        apply_toml(Settings(), '[output]\nauto_rules = { firefox = "shout" }\n')
+    with pytest.raises(ConfigError, match="table of strings"):
+        apply_toml(Settings(), "[output]\nauto_rules = { firefox = 1 }\n")
+
+
+# ------------------------------------------------------------------------------ the running daemon
+
+class Subscriber:
+    """A WebSocket client of the daemon on a thread, keeping every event it receives."""
+
+    def __init__(self, runtime: Path) -> None:
+        from contextlib import ExitStack
+
+        from websockets.sync.client import connect
+
+        info = json.loads((runtime / "server.json").read_text())
+        token = (runtime / "token").read_text().strip()
+        self._stack = ExitStack()
+        self.ws = self._stack.enter_context(
+            connect(info["ws_url"], additional_headers={"Authorization": f"Bearer {token}"}, max_size=None))
+        self.events: list[dict] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            for message in self.ws:
+                with self._lock:
+                    self.events.append(json.loads(message))
+        except ConnectionClosed:
+            pass
+
+    def mark(self) -> int:
+        with self._lock:
+            return len(self.events)
+
+    def since(self, mark: int, kind: str | None = None, **fields) -> list[dict]:
+        """Events received after ``mark`` of this type whose fields have these values."""
+        with self._lock:
+            return [e for e in self.events[mark:] if (kind is None or e["type"] == kind)
+                    and all(e.get(k) == v for k, v in fields.items())]
+
+    def wait(self, mark: int, kind: str, timeout_s: float = 120.0, **fields) -> dict | None:
+        found = wait_until(lambda: self.since(mark, kind, **fields), timeout_s, 0.05)
+        return found[0] if found else None
+
+    def send(self, message: dict) -> None:
+        self.ws.send(json.dumps(message))
+
+    def close(self) -> None:
+        self._stack.close()
+        self._thread.join(timeout=10)
+
+
+class Desk:
+    """The daemon under test, its subscriber, a Tk Entry, and helpers to dictate into them."""
+
+    def __init__(self, env: DaemonEnv, bundle: Path, pulse, saved: Path, replacements: Path, tk: TkEntry,
+                 scripts: Path, tmp: Path) -> None:
+        self.env, self.bundle, self.pulse, self.saved = env, bundle, pulse, saved
+        self.replacements, self.tk, self.scripts, self.tmp = replacements, tk, scripts, tmp
+        self.subscriber: Subscriber | None = None
+        self.speech: Path | None = None
+
+    def dictate(self, during=None, speech: Path | None = None) -> int:
+        """Hold the hotkey while speech plays into the microphone; run ``during()`` before the release.
+
+        Returns the subscriber mark taken before the key press.
+        """
+        mark = self.subscriber.mark()
+        xdotool("keydown", HOTKEY)
+        try:
+            started = self.subscriber.wait(mark, "state", 20, state="recording")
+            assert started is not None, f"the hotkey press started no utterance\n{self.env.log()[-3000:]}"
+            self.pulse.play(speech or self.speech)
+            if during is not None:
+                during()
+        finally:
+            xdotool("keyup", HOTKEY)
+        return mark
+
+    def final_after(self, mark: int) -> dict:
+        final = self.subscriber.wait(mark, "final", 120)
+        assert final is not None, f"no final event; events: {self.subscriber.since(mark)}\n{self.env.log()[-3000:]}"
+        return final
+
+    def offline(self, utterance_id: str) -> dict:
+        """`qasr-daemon transcribe` of the audio the daemon saved for this utterance."""
+        [wav] = self.saved.glob(f"utterance-*-{int(utterance_id):04d}.wav")
+        result = self.env.cli("transcribe", "--model", str(self.bundle), "--language", "English",
+                              "--max-new-tokens", str(MAX_NEW_TOKENS), "--format", "json", str(wav))
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def reload(self, config: str) -> None:
+        self.env.write_config(config)
+        result = self.env.cli("reload", timeout=60)
+        assert result.returncode == 0, result.stderr
+
+    def xterm(self, name: str) -> XtermLine:
+        return XtermLine(self.scripts / "read_line.py", self.tmp / f"{name}.txt", f"qasr dictation {name}")
+
+
+def xdotool(*args: str) -> str:
+    return subprocess.run(["xdotool", *args], check=True, capture_output=True, text=True, timeout=20).stdout
+
+
+def shaped(final_text: str) -> str:
+    """What the daemon delivers for a final event's text: the event text already carries the replacements;
+    the rest of the shaping (trailing space, period rule at its default) comes on top."""
+    return TextShaper(ShapingOptions(replacements_file="/nonexistent/replacements.txt",
+                                     hotwords_file="/nonexistent/hotwords.txt")).shape(final_text)
+
+
+def config_text(replacements: Path, extra_output: str = "") -> str:
+    return (f'[shaping]\nreplacements_file = "{replacements}"\n'
+            f"[output]\nrestore_delay_s = {RESTORE_DELAY_S}\n{extra_output}")
+
+
+@pytest.fixture(scope="module")
+def desk(xvfb_display, pulse_server, tiny_bundle, tmp_path_factory):
+    from qasr.daemon.clipboard import Clipboard  # noqa: F401 - fails early without xclip/xsel
+
+    from tests.fixtures.desktop import espeak_wav
+
+    tmp = tmp_path_factory.mktemp("dictation")
+    scripts = tmp / "scripts"
+    scripts.mkdir()
+    (scripts / "tk_entry.py").write_text(TK_APP)
+    (scripts / "read_line.py").write_text(READ_LINE)
+    replacements = tmp / "replacements.txt"
+    replacements.write_text(NO_CONTROLS_RULE, encoding="utf-8")
+    saved = tmp / "saved"
+    env = DaemonEnv(tmp, extra_env={**pulse_server.client_env, "DISPLAY": xvfb_display})
+    env.write_config(config_text(replacements))
+    tk = TkEntry(scripts / "tk_entry.py", "QasrDictation", "qasr dictation entry")
+    desk = Desk(env, tiny_bundle, pulse_server, saved, replacements, tk, scripts, tmp)
+    try:
+        env.start(tiny_bundle, "--set", "vad.mode=ptt", "--set", "hotkey.enabled=true",
+                  "--set", f"hotkey.combo=<{HOTKEY.lower()}>", "--set", "hotkey.mode=hold",
+                  "--set", "engine.language=English", "--set", f"engine.max_new_tokens={MAX_NEW_TOKENS}",
+                  "--set", "engine.rtf_budget=10",  # partials at every step: live typing has commits to type
+                  "--set", f"debug.save_audio_dir={saved}")
+        status = env.wait_status(lambda s: s["state"] == "listening", timeout=60)
+        assert status["state"] == "listening", status
+        assert status["output"] == "auto", status
+        assert not [w for w in status["warnings"] if "hotkey" in w or "output" in w], status["warnings"]
+        desk.subscriber = Subscriber(Path(env.env["XDG_RUNTIME_DIR"]) / "qasr")
+        desk.speech = espeak_wav("testing one two three")
+        yield desk
+    finally:
+        if desk.subscriber is not None:
+            desk.subscriber.close()
+        env.cleanup()
+        tk.close()
+
+
+@pytest.fixture
+def clipboard(desk):
+    from qasr.daemon.clipboard import Clipboard
+
+    return Clipboard()
+
+
+def test_hold_to_talk_pastes_the_final_into_tk_and_restores_the_clipboard(desk, clipboard):
+    desk.tk.focus()
+    desk.tk.clear()
+    clipboard.set_text(USER_CLIPBOARD)
+    final = desk.final_after(desk.dictate())
+    assert final["source"] == "mic" and final["language"] == "English"
+    assert final["text"], "the tiny model wrote nothing for the speech"
+    assert final["sink"] == "paste"  # auto: an ordinary window gets the clipboard paste
+    assert desk.tk.wait_text(shaped(final["text"])) == shaped(final["text"])
+    # the daemon's final is the offline transcription of the very audio it recorded
+    offline = desk.offline(final["utterance_id"])
+    assert offline["token_ids"] == final["token_ids"]
+    # the user's clipboard comes back once the application had time to read the paste
+    assert wait_until(lambda: clipboard.get_text() == USER_CLIPBOARD, RESTORE_DELAY_S + 10), clipboard.get_text()
+    entries = [json.loads(line) for line in desk.env.journal_file.read_text().splitlines()]
+    assert entries[-1]["utterance_id"] == final["utterance_id"] and entries[-1]["sink"] == "paste"
+    assert f"sink paste): {final['text']}" in desk.env.log()
+
+
+def test_hold_to_talk_types_the_final_into_xterm(desk):
+    term = desk.xterm("typed")
+    try:
+        term.focus()
+        final = desk.final_after(desk.dictate())
+        assert final["sink"] == "type"  # auto: terminals are typed
+        assert final["text"]
+        xdotool("key", "Return")  # the final has no newline: end the line the script reads
+        assert term.line() == shaped(final["text"]) + "\n"
+        assert desk.offline(final["utterance_id"])["token_ids"] == final["token_ids"]
+    finally:
+        term.close()
+
+
+def test_accents_cjk_and_emoji_are_typed_and_pasted_exactly(desk, clipboard):
+    desk.replacements.write_text(NO_CONTROLS_RULE + EXACT_RULE, encoding="utf-8")
+    expected = EXACT_TEXT + " "  # trailing_space: the text ends in an emoji, not CJK, so a space follows
+    try:
+        # XTEST typing: the Tk window's class is routed to `type` by an auto rule from config.toml
+        desk.reload(config_text(desk.replacements, 'auto_rules = { qasrdictation = "type" }\n'))
+        desk.tk.focus()
+        desk.tk.clear()
+        final = desk.final_after(desk.dictate())
+        assert final["text"] == EXACT_TEXT
+        assert final["sink"] == "type"
+        assert desk.tk.wait_text(expected) == expected
+
+        # the same text through the paste sink, restoring what the user had on the clipboard
+        desk.reload(config_text(desk.replacements))
+        desk.tk.clear()
+        clipboard.set_text(USER_CLIPBOARD)
+        final = desk.final_after(desk.dictate())
+        assert final["sink"] == "paste"
+        assert desk.tk.wait_text(expected) == expected
+        assert wait_until(lambda: clipboard.get_text() == USER_CLIPBOARD, RESTORE_DELAY_S + 10)
+    finally:
+        desk.replacements.write_text(NO_CONTROLS_RULE, encoding="utf-8")
+        desk.reload(config_text(desk.replacements))
+
+
+def test_focus_moved_mid_utterance_types_nothing_and_leaves_the_text_on_the_clipboard(desk, clipboard):
+    term = desk.xterm("elsewhere")
+    try:
+        desk.tk.focus()
+        desk.tk.clear()
+        clipboard.set_text(USER_CLIPBOARD)
+        final = desk.final_after(desk.dictate(during=term.focus))  # the user clicked into the xterm
+        assert final["sink"] == "clipboard"
+        warning = desk.subscriber.wait(0, "warning", 10, utterance_id=final["utterance_id"])
+        assert warning is not None, f"no warning for the utterance: {desk.subscriber.since(0, 'warning')}"
+        assert warning["code"] == "focus_moved" and "clipboard" in warning["message"]
+        assert warning["sink"] == "clipboard"
+        assert clipboard.get_text() == shaped(final["text"])
+        time.sleep(1.0)  # anything that was going to be typed has been by now
+        assert desk.tk.text() == ""
+        xdotool("key", "Return")  # xterm still has the focus: its line holds nothing but this Return
+        assert term.line() == "\n"
+    finally:
+        term.close()
+
+
+def test_escape_cancels_the_utterance(desk):
+    desk.tk.focus()
+    desk.tk.clear()
+    done_before = desk.env.status()["utterances"]
+    saved_before = set(desk.saved.glob("*.wav"))
+    mark = desk.dictate(during=lambda: xdotool("key", "Escape"))
+    assert desk.env.wait_status(lambda s: s["state"] == "listening", timeout=30)["state"] == "listening"
+    time.sleep(3.0)  # a final, had there been one, would be out by now (they take well under a second)
+    assert desk.subscriber.since(mark, "final") == []
+    assert desk.tk.text() == ""
+    assert desk.env.status()["utterances"] == done_before
+    assert set(desk.saved.glob("*.wav")) == saved_before  # a cancelled utterance's audio is dropped
+
+
+def test_utterance_started_over_the_websocket_is_stopped_by_the_hotkey(desk):
+    """start from a client, then one press of the hotkey stops it: the hotkey follows the daemon's state."""
+    desk.tk.focus()
+    desk.tk.clear()
+    mark = desk.subscriber.mark()
+    desk.subscriber.send({"type": "start", "id": "ws-start"})
+    assert desk.subscriber.wait(mark, "ack", 20) is not None
+    desk.pulse.play(desk.speech)
+    xdotool("key", HOTKEY)
+    final = desk.final_after(mark)
+    assert final["sink"] == "paste"
+    assert desk.tk.wait_text(shaped(final["text"])) == shaped(final["text"])
+    # and after a CLI start-utterance likewise
+    desk.tk.clear()
+    mark = desk.subscriber.mark()
+    assert desk.env.cli("start-utterance", timeout=30).returncode == 0
+    desk.pulse.play(desk.speech)
+    xdotool("key", HOTKEY)
+    final = desk.final_after(mark)
+    assert desk.tk.wait_text(shaped(final["text"])) == shaped(final["text"])
+
+
+def test_live_typing_types_committed_text_and_the_rest_of_the_final(desk, clipboard):
+    """output.live: committed text is typed while speaking; the final adds only what is missing."""
+    from tests.fixtures.desktop import espeak_wav
+
+    desk.replacements.write_text("", encoding="utf-8")  # live text is typed as committed: no rewriting rules
+    try:
+        desk.reload(config_text(desk.replacements, "live = true\n"))
+        desk.tk.focus()
+        desk.tk.clear()
+        clipboard.set_text(USER_CLIPBOARD)
+        mark = desk.dictate(speech=espeak_wav("hello world, this is a longer dictation test of live typing"))
+        final = desk.final_after(mark)
+        partials = desk.subscriber.since(mark, "partial", utterance_id=final["utterance_id"])
+        typed_live = partials[-1]["committed"] if partials else ""
+        assert typed_live, f"nothing was committed while speaking: {partials}"
+        whole = final["text"] + " "  # live mode: no replacements, only the trailing space
+        if final["text"].startswith(typed_live):
+            # the final continues what was typed: the rest follows (auto pastes it into Tk)
+            assert final["sink"] == "paste"
+            assert desk.tk.wait_text(whole) == whole
+        else:
+            # random weights may change their mind after committing: typed text is never erased, so the
+            # Entry keeps the live text and the whole final goes on the clipboard, with a warning
+            assert final["sink"] == "clipboard"
+            assert desk.tk.text() == typed_live
+            assert clipboard.get_text() == whole
+            warning = desk.subscriber.wait(mark, "warning", 10, utterance_id=final["utterance_id"])
+            assert warning is not None and "typed live" in warning["message"]
+    finally:
+        desk.replacements.write_text(NO_CONTROLS_RULE, encoding="utf-8")
+        desk.reload(config_text(desk.replacements))
+
+
+def test_each_utterance_keeps_the_window_it_started_in(desk, clipboard):
+    """Utterance 2 starting in another window before utterance 1's final is out does not redirect 1."""
+    from qasr.daemon.output import TextOutput
+
+    term = desk.xterm("second")
+    output = TextOutput(OutputOptions(sink="type"))
+    try:
+        desk.tk.focus()
+        desk.tk.clear()
+        first = output.begin_utterance()
+        term.focus()
+        second = output.begin_utterance()
+        assert (first.window_id, second.window_id) == (desk.tk.window_id, term.window_id)
+        late = output.deliver("first utterance", first)  # the user is in the xterm now: not typed there
+        assert late.focus_moved and late.sink == "clipboard" and late.target.window_id == desk.tk.window_id
+        assert clipboard.get_text() == "first utterance"
+        result = output.deliver("second utterance\n", second)
+        assert result.delivered and result.sink == "type"
+        assert term.line() == "second utterance\n"
+        assert desk.tk.text() == ""
+    finally:
+        output.close()
+        term.close()
