@@ -54,7 +54,7 @@ class HotkeyOptions:
     combo: str = "<ctrl>+<alt>+space"   # pynput syntax; bare names allowed: "ctrl+alt+space", "<f9>", "f9"
     mode: str = "auto"                  # auto | hold | toggle
     tap_threshold_s: float = 0.3        # auto mode: a shorter press is a tap (toggle)
-    release_tail_s: float = 0.3         # hold: keep recording this long after release
+    release_tail_s: float = 0.2         # hold: keep recording this long after release
     cancel_key: str = "<esc>"           # "" disables cancelling from the keyboard
     release_debounce_s: float = 0.04    # a release followed by a press within this is X autorepeat
 

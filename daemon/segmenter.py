@@ -66,7 +66,7 @@ class SegmenterOptions:
     hangover_ms: int = 600  # consecutive silence that ends speech
     preroll_ms: int = 500  # audio kept before the first voiced frame
     tail_ms: int = 300  # trailing silence kept after the last voiced frame
-    release_tail_ms: int = 250  # ptt/toggle: audio still taken after a stop request
+    release_tail_ms: int = 100  # ptt/toggle: audio still in flight after a stop request (capture latency ~40 ms + a block)
     max_utterance_s: float = 30.0
     min_utterance_ms: int = 250  # voiced span below this → Cancelled("too_short") (vad mode)
 

@@ -196,8 +196,9 @@ def protocol_event(event: dict[str, Any], sink: str | None = None) -> dict[str, 
     kind = event["type"]
     if kind == "final":
         timings = {"compute_ms": event["elapsed_s"] * 1000.0}
-        if event.get("latency_ms") is not None:
-            timings["latency_ms"] = event["latency_ms"]
+        for key in ("latency_ms", "final_ms"):  # end of utterance -> final emitted; the engine's finish()
+            if event.get(key) is not None:
+                timings[key] = event[key]
         return protocol.final(
             str(event["utterance_id"]), event["seq"], event["text"], event["language"] or None,
             event["token_ids"], event["audio_start"], event["audio_end"], timings=timings, sink=sink,
@@ -206,7 +207,7 @@ def protocol_event(event: dict[str, Any], sink: str | None = None) -> dict[str, 
     if kind == "partial":
         return protocol.partial(
             str(event["utterance_id"]), event["seq"], event["committed"], event["tentative"],
-            event["audio_start"], event["audio_end"], source=event["source"],
+            event["audio_start"], event["audio_end"], timings=event.get("timings") or None, source=event["source"],
         )
     if kind == "error":
         return protocol.error(ErrorCode.INTERNAL, event["message"])

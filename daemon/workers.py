@@ -36,6 +36,7 @@ SAMPLE_RATE = 16000
 class Partial:
     committed: str  # text that will not change any more (append-only across partials)
     tentative: str  # text that may still change
+    timings: dict[str, float] = field(default_factory=dict)  # the engine step that produced it
 
 
 @dataclass
@@ -169,7 +170,11 @@ class StreamingUtteranceStream:
             # feed() with no new audio runs a decoding step only when the cadence says one is due.
             for event in session.feed(np.zeros(0, np.float32)):
                 if event.type == "partial":
-                    return Partial(committed=event.committed, tentative=event.tentative)
+                    t = event.timings
+                    return Partial(committed=event.committed, tentative=event.tentative, timings={
+                        "encoder_ms": round(t.encoder_ms, 1), "prefill_ms": round(t.prefill_ms, 1),
+                        "decode_ms": round(t.decode_ms, 1), "step_ms": round(t.total_ms, 1),
+                        "draft_tokens": t.draft_tokens, "accepted_tokens": t.accepted_tokens})
             return None
 
     def decode_final(self) -> Final:
@@ -397,7 +402,7 @@ class Pipeline:
             return
         utt.last_partial = partial
         self._emit({"type": "partial", "utterance_id": utt.id, "source": utt.source, "seq": utt.seq,
-                    "committed": partial.committed, "tentative": partial.tentative,
+                    "committed": partial.committed, "tentative": partial.tentative, "timings": partial.timings,
                     "audio_start": utt.audio_start, "audio_end": utt.audio_start + utt.audio_s})
         utt.seq += 1
 
