@@ -161,7 +161,8 @@ def paste_keys_for(window: x11.WindowInfo | None, options: OutputOptions) -> str
 
 
 class TextOutput:
-    """Delivers utterances to the focused window. Call from one thread; restores run on timers."""
+    """Delivers utterances to the focused window. Callers serialize their calls (the daemon holds its
+    output lock); clipboard and keymap restores run on timers."""
 
     def __init__(self, options: OutputOptions | None = None, disp: Any = None,
                  clipboard: Clipboard | None = None) -> None:
