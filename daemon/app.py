@@ -51,6 +51,8 @@ log = logging.getLogger("qasr.app")
 DEVICE_RETRY_S = 10.0
 DRAIN_TIMEOUT_S = 120.0
 CONTEXT_RESERVE_BYTES = 4096
+# Characters of the previous final given as context to an utterance that continues speech cut at max length.
+CONTINUATION_CONTEXT_CHARS = 400
 
 
 def _optional_module(name: str):
@@ -101,6 +103,8 @@ class Daemon:
         self._wake = threading.Event()
         self._mic_lock = threading.RLock()  # segmenter, mic utterance bookkeeping, output target
         self._mic_utterances: dict[int, int] = {}  # segmenter utterance id -> pipeline utterance id
+        self._last_mic_utterance: int | None = None  # pipeline id of the newest mic utterance
+        self._final_texts: dict[int, str] = {}  # pipeline id -> final text, for speech cut at max length
         self._segmenter_stale = False
         self._paused = False
         self._audio_stop = threading.Event()
@@ -223,7 +227,7 @@ class Daemon:
         from qasr.engine.streaming import StreamingOptions, StreamingSession
 
         e = self.settings.engine
-        context = self._context(options.get("context"))
+        context = self._utterance_context(options)
         if len(context.encode("utf-8")) > CONTEXT_RESERVE_BYTES:
             raise QasrError(f"the context is longer than {CONTEXT_RESERVE_BYTES} bytes; shorten it")
         return StreamingSession(self.transcriber, StreamingOptions(
@@ -236,7 +240,7 @@ class Daemon:
         """Offline engine call (engine.streaming = false; decoder worker): the whole utterance."""
         e = self.settings.engine
         t = self.transcriber
-        t.set_prompt(options.get("language") or e.language or None, self._context(options.get("context")),
+        t.set_prompt(options.get("language") or e.language or None, self._utterance_context(options),
                      e.max_new_tokens)
         return t.transcribe(audio)
 
@@ -407,7 +411,11 @@ class Daemon:
                 self._publish_protocol("vad", event.speaking, event.t_s)
                 continue
             if kind == "SpeechStart":
-                utterance = self.pipeline.begin("mic", audio_start=event.t_s)
+                # Speech cut at max_utterance_s goes on in a new utterance that gets the previous one's text
+                # as context (its final is decoded first: the decoder serves utterances in order).
+                options = {"continues": self._last_mic_utterance} if getattr(event, "continued", False) else None
+                utterance = self.pipeline.begin("mic", options=options, audio_start=event.t_s)
+                self._last_mic_utterance = utterance
                 self._mic_utterances[event.utterance_id] = utterance
                 self._output_begin(utterance)
                 if self.hotkey is not None and self.segmenter is not None and self.segmenter.mode != "vad":
@@ -417,7 +425,7 @@ class Daemon:
             if utterance is None:
                 continue
             if kind == "SpeechAudio":
-                self.pipeline.audio(utterance, event.pcm)
+                self.pipeline.audio(utterance, event.pcm, event.t_s)
             elif kind in ("SpeechEnd", "Cancelled"):
                 (self.pipeline.end if kind == "SpeechEnd" else self.pipeline.cancel)(utterance)
                 del self._mic_utterances[event.utterance_id]
@@ -448,6 +456,10 @@ class Daemon:
         raw = event.get("text", "")
         if kind == "final" and self.shaper is not None and raw:
             event = dict(event, text=self.shaper.apply_replacements(raw))
+        if kind == "final":  # context for an utterance that continues this one's cut speech
+            self._final_texts[event["utterance_id"]] = raw
+            while len(self._final_texts) > 8:
+                self._final_texts.pop(next(iter(self._final_texts)))
         if source != "mic":
             if self.server_handler is not None:
                 self.server_handler.route(event, protocol_event(event))
@@ -532,6 +544,12 @@ class Daemon:
             trailing_space=sh.trailing_space, strip_final_period_max_words=sh.strip_final_period_max_words,
             max_context_chars=sh.max_context_chars,
         ), on_warning=lambda message: self._publish_protocol("warning", "shaping", message))
+
+    def _utterance_context(self, options: dict[str, Any]) -> str:
+        """The context of one utterance; one that continues cut speech also gets the previous final's text."""
+        context = self._context(options.get("context"))
+        previous = self._final_texts.get(options.get("continues"), "")  # type: ignore[arg-type]
+        return f"{context} {previous[-CONTINUATION_CONTEXT_CHARS:]}".strip() if previous else context
 
     def _context(self, requested: str | None) -> str:
         """Model context: the stream's own, else engine.context plus the hot words file (decoder thread)."""

@@ -137,13 +137,16 @@ class IngestStream:
         self._open: set[int] = set()
         self._finals = 0
         self.utterance: int | None = None
+        self.utterance_before: int | None = None  # the previous utterance: context when speech was cut
         self.segmenter = self.daemon.make_segmenter(mode="vad") if request.segment == "vad" else None
         if self.segmenter is None:
             self._begin(0.0)
 
-    def _begin(self, audio_start: float) -> None:
+    def _begin(self, audio_start: float, continued: bool = False) -> None:
         pipeline = self.daemon.pipeline
-        utterance_id = pipeline.begin(self.source, self.options, audio_start=audio_start)
+        options = dict(self.options, continues=self.utterance_before) if continued else self.options
+        utterance_id = pipeline.begin(self.source, options, audio_start=audio_start)
+        self.utterance_before = utterance_id
         with self._cond:
             self._open.add(utterance_id)
         self.handler.register(utterance_id, self)
@@ -161,9 +164,9 @@ class IngestStream:
         for event in events:
             kind = type(event).__name__
             if kind == "SpeechStart":
-                self._begin(event.t_s)
+                self._begin(event.t_s, event.continued)
             elif kind == "SpeechAudio" and self.utterance is not None:
-                pipeline.audio(self.utterance, event.pcm)
+                pipeline.audio(self.utterance, event.pcm, event.t_s)
             elif kind in ("SpeechEnd", "Cancelled") and self.utterance is not None:
                 (pipeline.end if kind == "SpeechEnd" else pipeline.cancel)(self.utterance)
                 self.utterance = None

@@ -261,8 +261,11 @@ class Pipeline:
         self._inbox.put(("begin", utterance_id, (source, dict(options or {}), float(audio_start))))
         return utterance_id
 
-    def audio(self, utterance_id: int, pcm: np.ndarray) -> None:
-        self._inbox.put(("audio", utterance_id, np.asarray(pcm, dtype=np.float32).reshape(-1)))
+    def audio(self, utterance_id: int, pcm: np.ndarray, t_s: float | None = None) -> None:
+        """Append audio; `t_s` (its start on the source clock) of the first piece fixes the utterance's
+        audio_start (a VAD's pre-roll starts before the speech onset given to `begin`)."""
+        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        self._inbox.put(("audio", utterance_id, (pcm, t_s)))
 
     def end(self, utterance_id: int) -> None:
         self._inbox.put(("end", utterance_id, time.monotonic()))
@@ -322,10 +325,13 @@ class Pipeline:
                 if utt is None:
                     continue
                 if kind == "audio":
+                    pcm, t_s = arg
+                    if t_s is not None and utt.audio_s == 0.0:
+                        utt.audio_start = float(t_s)
                     if self._on_audio is not None:
-                        self._on_audio(utterance_id, arg)
-                    utt.stream.encode(arg)
-                    utt.audio_s += arg.size / SAMPLE_RATE
+                        self._on_audio(utterance_id, pcm)
+                    utt.stream.encode(pcm)
+                    utt.audio_s += pcm.size / SAMPLE_RATE
                     with self._cond:
                         utt.partial_wanted = True
                         self._cond.notify_all()

@@ -266,3 +266,35 @@ def test_streaming_backend_gives_partials_and_offline_equal_finals(transcriber):
     for uid in ids:
         final_at = order.index(("final", uid))
         assert all(i < final_at for i, item in enumerate(order) if item == ("partial", uid))
+
+
+def test_speech_cut_at_max_length_continues_with_the_previous_text_as_context(tmp_path, tiny_bundle):
+    """Continuous sound longer than engine.max_utterance_s: the segmenter cuts it; each continuation is
+    transcribed with the previous final's text as context (checked against offline set_prompt)."""
+    from qasr.engine.transcribe import TranscribeOptions, Transcriber
+
+    env = DaemonEnv(tmp_path)
+    saved = tmp_path / "saved"
+    try:
+        env.start(tiny_bundle, "--set", f"debug.save_audio_dir={saved}", "--set", "engine.max_utterance_s=3")
+        stream = np.concatenate([np.zeros(SR // 2, np.float32), _tone_audio(7.5, 3), np.zeros(SR, np.float32)])
+
+        async def long_stream(ws):
+            await ws.send(json.dumps({"type": "audio.start", "format": "f32le", "sample_rate": SR, "segment": "vad"}))
+            for chunk in np.array_split(stream, 30):
+                await ws.send(chunk.astype("<f4").tobytes())
+            await ws.send(json.dumps({"type": "audio.end"}))
+            return await _until(ws, lambda m: m["type"] == "ack" and m["command"] == "audio.end")
+
+        messages = asyncio.run(_ws_session(env, long_stream))
+        finals = [m for m in messages if m["type"] == "final"]
+        segments = _saved_audio(saved)
+        assert len(finals) == len(segments) >= 3
+        for a, b in zip(finals, finals[1:]):
+            assert b["audio_start"] == pytest.approx(a["audio_end"], abs=1e-3)  # cut, not a pause
+        with Transcriber(tiny_bundle, TranscribeOptions(context_reserve_bytes=4096)) as reference:
+            for previous, final, audio in zip([None, *finals], finals, segments):
+                reference.set_prompt(None, previous["text"][-400:] if previous else "")
+                assert final["token_ids"] == reference.transcribe(audio).token_ids
+    finally:
+        env.cleanup()
