@@ -174,6 +174,61 @@ def test_reduced_precision_encoder_stays_close_to_official(bundle_factory, offic
         bundle_factory("fp32", "f32") / "encoder_backend.fp32.onnx").stat().st_size
 
 
+def _tiny_frontend(tiny_checkpoint):
+    from qasr.engine.convert.checkpoint import AUDIO_PREFIX, load_tensors, read_checkpoint
+    from qasr.engine.convert.encoder_modules import build_audio_modules
+
+    ckpt = read_checkpoint(tiny_checkpoint)
+    return build_audio_modules(ckpt.audio, load_tensors(ckpt, AUDIO_PREFIX))[0]
+
+
+@pytest.mark.parametrize("n_chunks,frames", [(3, 100), (1, 57), (2, 1), (1, 2), (1, 3), (2, 9)])
+def test_im2col_frontend_equals_the_conv_frontend(tiny_checkpoint, n_chunks, frames):
+    import torch
+
+    from qasr.engine.convert.encoder_modules import AudioFrontEndIm2col
+
+    front = _tiny_frontend(tiny_checkpoint)
+    mel = torch.randn(n_chunks, 128, frames, generator=torch.Generator().manual_seed(frames)) * 0.5
+    with torch.no_grad():
+        want = front(mel).numpy()
+        got = AudioFrontEndIm2col(front).eval()(mel).numpy()
+    assert got.shape == want.shape
+    assert _rel(got, want) <= 1e-5
+
+
+def _conv_weights(path: Path) -> list[str]:
+    import onnx
+
+    return [node.input[1] for node in onnx.load(str(path)).graph.node if node.op_type in ("Conv", "ConvInteger")]
+
+
+def test_int8_frontend_runs_the_wide_convs_as_int8_matmuls(bundle_factory, tiny_checkpoint):
+    import onnx
+    import torch
+
+    bundle = bundle_factory("int8", "f32")
+    path = bundle / "encoder_frontend.int8.onnx"
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    # Only the one-channel first conv stays a (fp32) Conv; conv2d2, conv2d3 and the projection are int8 MatMuls.
+    assert _conv_weights(path) == ["conv2d1.weight"]
+    assert "ConvInteger" not in ops
+    assert ops.count("MatMulInteger") + ops.count("DynamicQuantizeMatMul") == 3
+    assert ops.count("MatMul") == 0
+    # fp32 and fp16 keep real convolutions.
+    assert len(_conv_weights(bundle_factory("fp32", "f32") / "encoder_frontend.fp32.onnx")) == 3
+    assert len(_conv_weights(bundle_factory("fp16", "f32") / "encoder_frontend.fp16.onnx")) == 3
+    # Dynamic chunk count and time axis, close to the plain conv module.
+    front = _tiny_frontend(tiny_checkpoint)
+    for n_chunks, frames in ((1, 1), (2, 37), (5, 100)):
+        mel = torch.randn(n_chunks, 128, frames, generator=torch.Generator().manual_seed(frames)) * 0.5
+        with torch.no_grad():
+            want = front(mel).numpy()
+        got = _ort(path).run(None, {"mel": mel.numpy()})[0]
+        assert got.shape == want.shape
+        assert _rel(got, want) < 0.15
+
+
 # ---------------------------------------------------------------- decoder parity with the official text model
 
 def _llama(path: Path, **kwargs):

@@ -68,6 +68,67 @@ class AudioFrontEnd(nn.Module):
         return self.conv_out(x) + self.positions[:t]
 
 
+class Im2colConv(nn.Module):
+    """A 3x3, stride-2, padding-1 convolution on channels-last input as one MatMul over gathered patches.
+
+    x [n, H, W, C] -> [n, (H-1)//2+1, (W-1)//2+1, C_out]. The 3x3 patches of the padded input are gathered
+    into [n, H', W', 9*C] (kernel row, kernel column, channel order) and multiplied by the conv weight
+    reordered to [9*C, C_out]. The same numbers as the Conv, but as a MatMul, which onnxruntime's dynamic
+    quantization turns into an int8 GEMM (it leaves Conv in fp32).
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        if conv.kernel_size != (3, 3) or conv.stride != (2, 2) or conv.padding != (1, 1) or conv.groups != 1:
+            raise ValueError("Im2colConv needs a 3x3, stride-2, padding-1, ungrouped convolution")
+        out_ch, in_ch = conv.weight.shape[:2]
+        weight = conv.weight.detach().permute(2, 3, 1, 0).reshape(9 * in_ch, out_ch)
+        self.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
+        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(out_ch)
+        self.bias = nn.Parameter(bias.clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, h, w, c = x.shape
+        h_out = (h - 1) // 2 + 1
+        w_out = (w - 1) // 2 + 1
+        padded = F.pad(x, (0, 0, 1, 1, 1, 1)).reshape(n, (h + 2) * (w + 2), c)
+        # One gather of all patches (kernel row, kernel column, channel order): flat index of padded
+        # pixel (2*oh + i, 2*ow + j). Cheaper in onnxruntime than nine strided slices and a concat.
+        kernel = torch.arange(3, device=x.device)
+        rows = 2 * torch.arange(h_out, device=x.device)[:, None, None, None] + kernel[None, None, :, None]
+        cols = 2 * torch.arange(w_out, device=x.device)[None, :, None, None] + kernel[None, None, None, :]
+        index = (rows * (w + 2) + cols).reshape(-1)
+        patches = torch.index_select(padded, 1, index).reshape(n, h_out, w_out, 9 * c)
+        return torch.matmul(patches, self.weight) + self.bias
+
+
+class AudioFrontEndIm2col(nn.Module):
+    """AudioFrontEnd with conv2d2/conv2d3 as im2col MatMuls (channels-last between them); same outputs.
+
+    Exported for the int8 encoder only: dynamic quantization makes those MatMuls int8 GEMMs, where it
+    would leave the convolutions (most of the front-end's work) in fp32. conv2d1 has one input channel
+    and little work, so it stays a Conv.
+    """
+
+    def __init__(self, front: AudioFrontEnd):
+        super().__init__()
+        self.conv2d1 = front.conv2d1
+        self.conv2d2 = Im2colConv(front.conv2d2)
+        self.conv2d3 = Im2colConv(front.conv2d3)
+        self.conv_out = front.conv_out
+        self.register_buffer("positions", front.positions.clone(), persistent=False)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.conv2d1(mel.unsqueeze(1)))  # [n, c, f, t]
+        x = x.permute(0, 2, 3, 1)  # [n, f, t, c]
+        x = F.gelu(self.conv2d2(x))
+        x = F.gelu(self.conv2d3(x))
+        n, f, t, c = x.shape
+        # The official flatten order is [t, c * f].
+        x = x.permute(0, 2, 3, 1).reshape(n, t, c * f)
+        return self.conv_out(x) + self.positions[:t]
+
+
 class AudioAttention(nn.Module):
     def __init__(self, d_model: int, heads: int):
         super().__init__()

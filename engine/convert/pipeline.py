@@ -102,7 +102,7 @@ def _export_encoder(ckpt: Checkpoint, work: Path, precision: str, track: _Tracke
     import torch
 
     from qasr.engine.convert.encoder_export import BACKEND, FRONTEND, export_graph
-    from qasr.engine.convert.encoder_modules import build_audio_modules
+    from qasr.engine.convert.encoder_modules import AudioFrontEndIm2col, build_audio_modules
 
     a = ckpt.audio
     front, back = build_audio_modules(a, load_tensors(ckpt, AUDIO_PREFIX))
@@ -111,8 +111,11 @@ def _export_encoder(ckpt: Checkpoint, work: Path, precision: str, track: _Tracke
     mel = torch.randn(4, a.num_mel_bins, a.chunk_frames, generator=gen) * 0.5
     errors = {}
     track("exporting encoder front-end", 0.0)
+    # int8: the two 480-channel convs as im2col MatMuls, which dynamic quantization makes int8 GEMMs
+    # (it leaves Conv in fp32); checked against the plain conv module all the same.
+    exported = AudioFrontEndIm2col(front).eval() if precision == "int8" else front
     errors["encoder_frontend"] = export_graph(
-        front, mel[:2], mel, FRONTEND, work / f"encoder_frontend.{precision}.onnx", precision, work
+        exported, mel[:2], mel, FRONTEND, work / f"encoder_frontend.{precision}.onnx", precision, work, reference=front
     )
     track("exporting encoder back-end", 0.0)
     with torch.no_grad():
