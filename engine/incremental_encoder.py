@@ -42,6 +42,10 @@ class IncrementalEncoder:
         self._chunk_feats: list[np.ndarray] = []  # normalized features each finished chunk was encoded with
         self._chunk_hidden: list[np.ndarray] = []  # front-end output per finished chunk [13, d_model]
         self._window_embeds: list[np.ndarray] = []  # back-end output per finished window [104, output_dim]
+        self._encoded_max = -np.inf  # the maximum the finished chunks' features are clamped with
+        # Lowest finished window recomputed since the decoder last synced (it must drop that audio from its
+        # cache); a large number when nothing changed.
+        self.changed_from_window = 1 << 30
 
     # --- audio in -------------------------------------------------------------------------------
 
@@ -89,11 +93,39 @@ class IncrementalEncoder:
         self.max_log = max(self.max_log, float(new.max()))
         self._log_mel = np.concatenate([self._log_mel, new], axis=1)
 
+    def _refresh_for_new_maximum(self) -> None:
+        """A louder moment raised the clip maximum: re-encode the finished chunks whose clamped features
+        change, now (during speech, within the step budget) rather than at the final; their windows are
+        recomputed and `changed_from_window` tells the decoder which cached audio to drop."""
+        a = self.audio_params
+        if not self._chunk_feats or self.max_log <= self._encoded_max:
+            return
+        self._encoded_max = self.max_log
+        stale = []
+        for k, old in enumerate(self._chunk_feats):
+            raw = self._log_mel[:, k * a.chunk_frames : (k + 1) * a.chunk_frames]
+            new = normalize_log_mel(raw, self.max_log)
+            if not np.array_equal(new, old):
+                stale.append((k, new))
+        if not stale:
+            return
+        hidden = self.encoder.frontend_chunks(np.stack([new for _, new in stale]))
+        for (k, new), out in zip(stale, hidden):
+            self._chunk_feats[k] = new
+            self._chunk_hidden[k] = out
+        per_window = a.window_tokens // a.tokens_per_chunk
+        first_window = stale[0][0] // per_window
+        if first_window < len(self._window_embeds):
+            del self._window_embeds[first_window:]
+            self.changed_from_window = min(self.changed_from_window, first_window)
+
     def _encode_finished_chunks(self) -> None:
+        self._refresh_for_new_maximum()
         a = self.audio_params
         done = len(self._chunk_hidden)
         finished = self._log_mel.shape[1] // a.chunk_frames
         if finished > done:
+            self._encoded_max = self.max_log
             feats = normalize_log_mel(self._log_mel[:, done * a.chunk_frames : finished * a.chunk_frames], self.max_log)
             chunks = feats.reshape(a.num_mel_bins, finished - done, a.chunk_frames).transpose(1, 0, 2)
             hidden = self.encoder.frontend_chunks(np.ascontiguousarray(chunks))

@@ -44,7 +44,8 @@ class StreamingOptions:
     first_step_s: float = 0.5  # audio before the first partial
     step_s: float = 0.5  # least audio between partials
     rtf_budget: float = 0.5  # sustained compute / audio time the cadence aims under
-    max_new_tokens_per_step: int = 10  # beyond the accepted draft, per partial step (~25 ms each at 0.6B)
+    max_new_tokens_per_step: int = 6  # beyond the accepted draft, per partial step (~22 ms each at 0.6B;
+    # speech adds ~3 tokens a second, so a 1 s cadence needs fewer)
     max_new_tokens: int | None = None  # final: as offline --max-new-tokens
     max_utterance_s: float = 30.0  # longer speech is cut at a quiet point into a new utterance
     cut_search_s: float = 5.0  # how far back from the limit to look for the quiet point
@@ -178,8 +179,10 @@ class StreamingSession:
         t0 = time.perf_counter()
         timings = StepTimings()
         open_embeds = self.encoder.open_window()
-        timings.encoder_ms = (time.perf_counter() - t0) * 1000.0
+        t1 = time.perf_counter()
+        timings.encoder_ms = (t1 - t0) * 1000.0
         self._sync_audio_into_kv(open_embeds)
+        timings.prefill_ms = (time.perf_counter() - t1) * 1000.0
         cap = out.new_token_cap(self.audio_s, self.options.max_new_tokens)
         hyp = self._decode(self._hyp.ids, cap, self.options.max_new_tokens_per_step, timings)
         self._hyp = hyp
@@ -220,14 +223,16 @@ class StreamingSession:
             timings.total_ms = (time.perf_counter() - t0) * 1000.0
             return self._final([], "empty" if audio.size == 0 else "silence", None, committed, timings)
         embeds, kept = self.encoder.exact_embeddings()
-        timings.encoder_ms = (time.perf_counter() - t0) * 1000.0
+        t1 = time.perf_counter()
+        timings.encoder_ms = (t1 - t0) * 1000.0
         n_audio = max(self.encoder.n_samples, self.encoder.min_samples) / rate
         cap = out.new_token_cap(n_audio, self.options.max_new_tokens)
         window = self.engine.bundle.manifest.audio.window_tokens
-        kept = min(kept, self._kv_audio_windows)
+        kept = min(kept, self._kv_audio_windows, self.encoder.changed_from_window)
         self.decoder.truncate(self._head_len + kept * window)
         self._kv_audio_windows = kept
         self.decoder.feed_embeddings(embeds[kept * window :])
+        timings.prefill_ms = (time.perf_counter() - t1) * 1000.0
         hyp = self._decode(self._hyp.ids, cap, None, timings)
         self.seq += 1
         timings.total_ms = (time.perf_counter() - t0) * 1000.0
@@ -259,6 +264,9 @@ class StreamingSession:
     def _sync_audio_into_kv(self, open_embeds: np.ndarray) -> None:
         """Trim the cache after the finished windows it holds, append newly finished ones, then the open window."""
         window = self.engine.bundle.manifest.audio.window_tokens
+        # windows the encoder recomputed (a new log-mel maximum) leave the cache too
+        self._kv_audio_windows = min(self._kv_audio_windows, self.encoder.changed_from_window)
+        self.encoder.changed_from_window = 1 << 30
         self.decoder.truncate(self._head_len + self._kv_audio_windows * window)
         for embeds in self.encoder.finished_windows[self._kv_audio_windows :]:
             self.decoder.feed_embeddings(embeds)

@@ -231,3 +231,17 @@ def test_long_speech_is_cut_into_utterances_with_context(engines):
         assert 4.0 <= a.audio_end_s - a.audio_start_s <= 6.0
     assert abs(finals[-1].audio_end_s - 13.0) < 1e-3
     assert len({f.utterance_id for f in finals}) == len(finals)
+
+
+def test_a_late_loud_moment_is_absorbed_during_speech_not_at_the_final(engines):
+    engine = engines()
+    audio = make_test_audio(12.0, seed=31) * 0.3
+    audio[int(10.5 * RATE) : int(10.5 * RATE) + 400] += 0.8 * np.sin(np.arange(400) / 3.0).astype(np.float32)
+    session = StreamingSession(engine, StreamingOptions(rtf_budget=100.0), "u1")
+    for i in range(0, audio.shape[0], RATE // 4):
+        session.feed(audio[i : i + RATE // 4])
+    # the new maximum at 10.5 s re-encoded the finished chunks then: the final keeps every finished window
+    _, kept = session.encoder.exact_embeddings()
+    assert kept == len(session.encoder.finished_windows) == 1
+    final = session.finish()
+    assert final.token_ids == engine.transcribe(audio).token_ids
