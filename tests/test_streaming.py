@@ -245,3 +245,33 @@ def test_a_late_loud_moment_is_absorbed_during_speech_not_at_the_final(engines):
     assert kept == len(session.encoder.finished_windows) == 1
     final = session.finish()
     assert final.token_ids == engine.transcribe(audio).token_ids
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_open_window_audio_reuse_feeds_only_new_positions_and_keeps_finals_exact(engines, reuse):
+    engine = engines("English")
+    audio = make_test_audio(11.0, seed=77)
+    fed: list[int] = []
+    real = engine.decoder.feed_embeddings
+
+    def counting(embeds, *args, **kwargs):
+        fed.append(int(np.asarray(embeds).shape[0]))
+        return real(embeds, *args, **kwargs)
+
+    engine.decoder.feed_embeddings = counting
+    try:
+        session = StreamingSession(engine, StreamingOptions(language="English", rtf_budget=100.0,
+                                                            reuse_open_audio=reuse), "u1")
+        steps = 0
+        for i in range(0, audio.shape[0], RATE // 2):
+            steps += sum(isinstance(e, PartialEvent) for e in session.feed(audio[i : i + RATE // 2]))
+        streamed_positions = sum(fed)
+        final = session.finish()
+    finally:
+        del engine.decoder.feed_embeddings
+    assert final.token_ids == engine.transcribe(audio).token_ids
+    n_tokens = engine.encode(audio).shape[0]
+    if reuse:  # every position once, plus the first window again when it finished exact
+        assert streamed_positions <= n_tokens + 104
+    else:  # the open window again at every step
+        assert streamed_positions > n_tokens + 104 and steps >= 10
