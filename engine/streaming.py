@@ -296,16 +296,12 @@ class StreamingSession:
         """Prompt tail + draft verification + greedy continuation, with offline's stop/cap/loop rules."""
         t0 = time.perf_counter()
         dec = self.decoder
-        logits = dec.feed_tokens(self._after_ids)
-        first = int(np.argmax(logits))
         draft = list(draft[: max(0, cap)])
         ids: list[int] = []
         hyp = _Hypothesis(stop_reason="max_tokens")
-        # Greedy predictions after the prompt tail and after each draft token, in one batch.
-        predictions = [first]
-        if draft:
-            base = dec.n_past
-            predictions += dec.feed_tokens_argmax(draft)
+        # Greedy predictions after the prompt tail and after each draft token: one batch, one decode call.
+        base = dec.n_past + len(self._after_ids)
+        predictions = dec.feed_tokens_argmax([*self._after_ids, *draft])[len(self._after_ids) - 1 :]
         accepted = 0
         done = False
         for i, token in enumerate(predictions):
