@@ -61,7 +61,7 @@ class ModelSettings:
 @dataclass(frozen=True)
 class AudioSettings:
     device: str = _opt("", restart=True)  # "" = system default input; else a name substring or an index
-    block_ms: int = _opt(30, min=10, max=200, restart=True)
+    block_ms: int = _opt(60, min=10, max=200, restart=True)
     preroll_s: float = _opt(1.0, min=0.0, max=10.0, restart=True)
     queue_s: float = _opt(30.0, min=1.0, max=600.0, restart=True)
 

@@ -50,9 +50,9 @@ log = logging.getLogger("qasr.app")
 
 DEVICE_RETRY_S = 10.0
 DRAIN_TIMEOUT_S = 120.0
-CONTEXT_RESERVE_BYTES = 4096
+CONTEXT_RESERVE_BYTES = 1536  # KV cache for the worst case (1 byte a token): ~170 MB at 0.6B
 # Characters of the previous final given as context to an utterance that continues speech cut at max length.
-CONTINUATION_CONTEXT_CHARS = 400
+CONTINUATION_CONTEXT_CHARS = 300
 
 
 def _optional_module(name: str):
@@ -228,8 +228,6 @@ class Daemon:
 
         e = self.settings.engine
         context = self._utterance_context(options)
-        if len(context.encode("utf-8")) > CONTEXT_RESERVE_BYTES:
-            raise QasrError(f"the context is longer than {CONTEXT_RESERVE_BYTES} bytes; shorten it")
         return StreamingSession(self.transcriber, StreamingOptions(
             language=options.get("language") or e.language or None, context=context, rtf_budget=e.rtf_budget,
             max_new_tokens=e.max_new_tokens,
@@ -549,7 +547,14 @@ class Daemon:
         """The context of one utterance; one that continues cut speech also gets the previous final's text."""
         context = self._context(options.get("context"))
         previous = self._final_texts.get(options.get("continues"), "")  # type: ignore[arg-type]
-        return f"{context} {previous[-CONTINUATION_CONTEXT_CHARS:]}".strip() if previous else context
+        if previous:
+            context = f"{context} {previous[-CONTINUATION_CONTEXT_CHARS:]}".strip()
+        data = context.encode("utf-8")
+        if len(data) > CONTEXT_RESERVE_BYTES:  # the decoder is sized for this much; keep the newest part
+            log.warning("context is %d bytes, more than the %d the decoder holds: its start is dropped",
+                        len(data), CONTEXT_RESERVE_BYTES)
+            context = data[-CONTEXT_RESERVE_BYTES:].decode("utf-8", errors="ignore")
+        return context
 
     def _context(self, requested: str | None) -> str:
         """Model context: the stream's own, else engine.context plus the hot words file (decoder thread)."""
