@@ -50,6 +50,8 @@ log = logging.getLogger("qasr.app")
 
 DEVICE_RETRY_S = 10.0
 DRAIN_TIMEOUT_S = 120.0
+# Silence (s) after which partial steps pause until the voice resumes: a running step would delay the final.
+PARTIAL_PAUSE_S = 0.25
 CONTEXT_RESERVE_BYTES = 1536  # KV cache for the worst case (1 byte a token): ~170 MB at 0.6B
 # Characters of the previous final given as context to an utterance that continues speech cut at max length.
 CONTINUATION_CONTEXT_CHARS = 300
@@ -423,7 +425,9 @@ class Daemon:
             if utterance is None:
                 continue
             if kind == "SpeechAudio":
-                self.pipeline.audio(utterance, event.pcm, event.t_s)
+                # A pause that may be the end of speech: no partial step, so the decoder is free for the final.
+                self.pipeline.audio(utterance, event.pcm, event.t_s,
+                                    partial=self.segmenter.silence_s < PARTIAL_PAUSE_S)
             elif kind in ("SpeechEnd", "Cancelled"):
                 (self.pipeline.end if kind == "SpeechEnd" else self.pipeline.cancel)(utterance)
                 del self._mic_utterances[event.utterance_id]

@@ -202,6 +202,14 @@ class Segmenter:
         return self._utt is not None
 
     @property
+    def silence_s(self) -> float:
+        """Seconds since the open utterance's last voiced frame (0 outside an utterance or before its voice)."""
+        utt = self._utt
+        if utt is None or utt.last_voice_end is None:
+            return 0.0
+        return max(0, self._framed - utt.last_voice_end) / SAMPLE_RATE
+
+    @property
     def utterance_id(self) -> int | None:
         return None if self._utt is None else self._utt.id
 

@@ -261,11 +261,13 @@ class Pipeline:
         self._inbox.put(("begin", utterance_id, (source, dict(options or {}), float(audio_start))))
         return utterance_id
 
-    def audio(self, utterance_id: int, pcm: np.ndarray, t_s: float | None = None) -> None:
+    def audio(self, utterance_id: int, pcm: np.ndarray, t_s: float | None = None, partial: bool = True) -> None:
         """Append audio; `t_s` (its start on the source clock) of the first piece fixes the utterance's
-        audio_start (a VAD's pre-roll starts before the speech onset given to `begin`)."""
+        audio_start (a VAD's pre-roll starts before the speech onset given to `begin`). `partial=False`
+        (e.g. the VAD hears silence: the utterance is probably ending) asks for no partial step, so the
+        decoder is free when the final is due."""
         pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
-        self._inbox.put(("audio", utterance_id, (pcm, t_s)))
+        self._inbox.put(("audio", utterance_id, (pcm, t_s, partial)))
 
     def end(self, utterance_id: int) -> None:
         self._inbox.put(("end", utterance_id, time.monotonic()))
@@ -325,16 +327,17 @@ class Pipeline:
                 if utt is None:
                     continue
                 if kind == "audio":
-                    pcm, t_s = arg
+                    pcm, t_s, partial = arg
                     if t_s is not None and utt.audio_s == 0.0:
                         utt.audio_start = float(t_s)
                     if self._on_audio is not None:
                         self._on_audio(utterance_id, pcm)
                     utt.stream.encode(pcm)
                     utt.audio_s += pcm.size / SAMPLE_RATE
-                    with self._cond:
-                        utt.partial_wanted = True
-                        self._cond.notify_all()
+                    if partial:
+                        with self._cond:
+                            utt.partial_wanted = True
+                            self._cond.notify_all()
                 elif kind == "end":
                     utt.stream.finish_encoding()
                     del streams[utterance_id]
