@@ -174,6 +174,11 @@ class StreamingSession:
             event = self.step()
             if event is not None:
                 events.append(event)
+        elif self._windows_pending():
+            # A window just finished: its exact audio goes into the cache now, not at the final.
+            t0 = time.perf_counter()
+            self._sync_finished_windows()
+            self.compute_s += time.perf_counter() - t0
         return events
 
     def step(self) -> PartialEvent | None:
@@ -267,9 +272,12 @@ class StreamingSession:
 
     # --- decoding -------------------------------------------------------------------------------
 
-    def _sync_audio_into_kv(self, open_embeds: np.ndarray) -> None:
-        """Trim the cache after the audio it keeps, append newly finished windows, then the open window
-        (all of it, or with `reuse_open_audio` only the positions the cache does not hold yet)."""
+    def _windows_pending(self) -> bool:
+        return (self.encoder.changed_from_window < self._kv_audio_windows
+                or len(self.encoder.finished_windows) > self._kv_audio_windows)
+
+    def _sync_finished_windows(self) -> None:
+        """Put every finished window into the cache (exact; their positions never change again)."""
         window = self.engine.bundle.manifest.audio.window_tokens
         # windows the encoder recomputed (a new log-mel maximum) leave the cache too
         if self.encoder.changed_from_window < self._kv_audio_windows:
@@ -277,12 +285,21 @@ class StreamingSession:
             self._kv_open_audio = 0
         self.encoder.changed_from_window = 1 << 30
         new_windows = self.encoder.finished_windows[self._kv_audio_windows :]
-        if new_windows or not self.options.reuse_open_audio or open_embeds.shape[0] < self._kv_open_audio:
+        if new_windows:
             self._kv_open_audio = 0  # stale open-window audio gives way to the exact finished window
         self.decoder.truncate(self._head_len + self._kv_audio_windows * window + self._kv_open_audio)
         for embeds in new_windows:
             self.decoder.feed_embeddings(embeds)
             self._kv_audio_windows += 1
+
+    def _sync_audio_into_kv(self, open_embeds: np.ndarray) -> None:
+        """Trim the cache after the audio it keeps, append newly finished windows, then the open window
+        (all of it, or with `reuse_open_audio` only the positions the cache does not hold yet)."""
+        self._sync_finished_windows()
+        if not self.options.reuse_open_audio or open_embeds.shape[0] < self._kv_open_audio:
+            self._kv_open_audio = 0
+            window = self.engine.bundle.manifest.audio.window_tokens
+            self.decoder.truncate(self._head_len + self._kv_audio_windows * window)
         self.decoder.feed_embeddings(open_embeds[self._kv_open_audio :])
         self._kv_open_audio = open_embeds.shape[0] if self.options.reuse_open_audio else 0
 
