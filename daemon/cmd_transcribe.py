@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from qasr.config.settings import DEFAULT_MODEL_NAME, ModelSettings
 from qasr.errors import QasrError, UsageError
 
-DEFAULT_MODEL_NAME = "qwen3-asr-0.6b"
 FORMATS = ("text", "json", "srt")
 
 
@@ -31,16 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_transcribe)
 
 
-def default_model_dir() -> Path:
-    from qasr.config import paths
-
-    return paths.models_dir() / DEFAULT_MODEL_NAME
-
-
 def _model_dir(arg: str | None) -> Path:
     if arg:
         return Path(arg).expanduser()
-    path = default_model_dir()
+    path = ModelSettings().resolved_path()  # the daemon's default bundle
     if not path.exists():
         raise QasrError(
             f"no model at {path}; run `qasr-daemon models pull 0.6b` or pass --model DIR"
