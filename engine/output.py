@@ -142,6 +142,25 @@ def find_loop(ids: Sequence[int], options: LoopGuardOptions = LoopGuardOptions()
     return None
 
 
+def accept_greedy_token(
+    ids: list[int], token: int, cap: int, stop_ids: frozenset[int], loop_guard: bool = True
+) -> tuple[str | None, int | None]:
+    """One step of greedy generation, the rule offline and streaming decoding share (their token ids
+    must agree): append `token` to `ids` unless it ends generation. Returns (stop reason or None while
+    generation goes on, loop cut: ids[:cut] is the text to show when a loop stopped it)."""
+    if len(ids) >= cap:
+        return "max_tokens", None
+    if token in stop_ids:
+        return "stop", None
+    ids.append(token)
+    cut = find_loop(ids) if loop_guard else None
+    if cut is not None:
+        return "loop", cut
+    if len(ids) >= cap:
+        return "max_tokens", None
+    return None, None
+
+
 def _run_start(ids: Sequence[int], period: int) -> int:
     """Start of the longest suffix of ids that is periodic with `period`."""
     i = len(ids) - period

@@ -347,21 +347,10 @@ class StreamingSession:
 
     def _accept(self, ids: list[int], token: int, cap: int, hyp: _Hypothesis) -> bool:
         """Apply one greedy token exactly as offline generation does; True when generation ends."""
-        if len(ids) >= cap:
-            hyp.stop_reason = "max_tokens"
-            return True
-        if token in self.stop_ids:
-            hyp.stop_reason = "stop"
-            return True
-        ids.append(token)
-        cut = out.find_loop(ids) if self.engine.options.loop_guard else None
-        if cut is not None:
-            hyp.stop_reason, hyp.cut = "loop", cut
-            return True
-        if len(ids) >= cap:
-            hyp.stop_reason = "max_tokens"
-            return True
-        return False
+        reason, cut = out.accept_greedy_token(ids, token, cap, self.stop_ids, self.engine.options.loop_guard)
+        if reason is not None:
+            hyp.stop_reason, hyp.cut = reason, cut
+        return reason is not None
 
     # --- ends -----------------------------------------------------------------------------------
 

@@ -217,22 +217,13 @@ class Transcriber:
         logits = self.prefill(embeds)
         t1 = time.perf_counter()
         ids: list[int] = []
-        reason = "max_tokens"
-        cut = None
-        while len(ids) < max_new_tokens:
-            token = int(np.argmax(logits))
-            if token in self.stop_ids:
-                reason = "stop"
+        while True:
+            reason, cut = out.accept_greedy_token(
+                ids, int(np.argmax(logits)), max_new_tokens, self.stop_ids, self.options.loop_guard
+            )
+            if reason is not None:
                 break
-            ids.append(token)
-            if self.options.loop_guard:
-                cut = out.find_loop(ids)
-                if cut is not None:
-                    reason = "loop"
-                    break
-            if len(ids) >= max_new_tokens:
-                break
-            logits = self.decoder.feed_tokens([token])
+            logits = self.decoder.feed_tokens([ids[-1]])
         t2 = time.perf_counter()
         return ids, reason, (len(ids) if cut is None else cut), (t1 - t0) * 1000.0, (t2 - t1) * 1000.0
 
