@@ -33,7 +33,7 @@ from qasr.engine import output as out
 from qasr.engine.commit import CommitOptions, CommitTracker, TextOfTokens
 from qasr.engine.incremental_encoder import IncrementalEncoder
 from qasr.engine.prompt import build_prompt, resolve_language
-from qasr.engine.segmentation import is_silent
+from qasr.engine.segmentation import SegmentationOptions, cut_points, is_silent
 from qasr.engine.transcribe import Transcriber
 
 
@@ -377,12 +377,10 @@ class StreamingSession:
         (carrying the rest of the audio, with this utterance's text as context)."""
         audio = self.encoder.audio.copy()
         rate = self.engine.feature_params.sample_rate
-        limit = audio.shape[0]
-        search = int(self.options.cut_search_s * rate)
-        win = int(0.1 * rate)
-        left = max(1, limit - search)
-        energy = np.convolve(np.abs(audio[left:limit]), np.ones(win, dtype=np.float32), mode="valid")
-        boundary = left + int(np.argmin(energy)) + win // 2 if energy.size else limit
+        # the offline splitter's rule: the quietest 100 ms in the last cut_search_s seconds
+        quiet = SegmentationOptions(max_piece_s=(audio.shape[0] - 1) / rate, search_s=self.options.cut_search_s,
+                                    window_ms=100.0, sample_rate=rate)
+        boundary = cut_points(audio, quiet)[0].end
         head, rest = audio[:boundary], audio[boundary:]
         # Re-run this utterance on the head only, then hand the rest to a continuation session.
         self.encoder = IncrementalEncoder(self.engine.encoder, self.engine.feature_params, self.options.min_audio_s)
