@@ -96,6 +96,7 @@ class FinalEvent:
     committed: str  # what partials had committed (a prefix of `text` unless the model changed its mind)
     timings: StepTimings
     cut: bool = False  # ended by max_utterance_s; the speech continues in the next utterance
+    prepared: bool = False  # computed ahead by prepare_final(); `timings` are that computation's
     type: str = "final"
 
     def to_dict(self) -> dict:
@@ -142,6 +143,7 @@ class StreamingSession:
         self._head_len = 0
         self._finished = False
         self._carry: np.ndarray | None = None
+        self._prepared: tuple[int, FinalEvent] | None = None  # (n_samples it covers, the final)
         self.next_session: StreamingSession | None = None
         self.decoder.reset()
         head = build_prompt(self.decoder.tokenize, 0, options.context, self.language)
@@ -219,18 +221,42 @@ class StreamingSession:
             timings=timings,
         )
 
+    def prepare_final(self) -> FinalEvent:
+        """Compute the final for the audio so far now, without ending the utterance.
+
+        For a pause that may be the end of speech (the daemon calls it once the VAD has the trailing
+        silence it keeps): `finish()` then returns this final at no cost if no audio arrived in
+        between. More audio simply continues the utterance from the exact state this left.
+        """
+        if self._finished:
+            raise RuntimeError("prepare_final() after finish() or cancel()")
+        final = self._exact_final()
+        self._prepared = (self.encoder.n_samples, final)
+        return final
+
     def finish(self) -> FinalEvent:
         """End of speech: the exact final (token ids equal offline `transcribe` of the same audio)."""
         if self._finished:
             raise RuntimeError("finish() called twice")
         self._finished = True
+        prepared = self._prepared
+        if prepared is not None and prepared[0] == self.encoder.n_samples:
+            final = prepared[1]
+            final.prepared = True
+        else:
+            final = self._exact_final()
+        self.seq += 1
+        final.seq = self.seq
+        self.decoder.reset()
+        return final
+
+    def _exact_final(self) -> FinalEvent:
         t0 = time.perf_counter()
         timings = StepTimings()
         audio = self.encoder.audio
         rate = self.engine.feature_params.sample_rate
         committed = self.committed_text
         if audio.size == 0 or is_silent(audio, rate):
-            self.seq += 1
             timings.total_ms = (time.perf_counter() - t0) * 1000.0
             return self._final([], "empty" if audio.size == 0 else "silence", None, committed, timings)
         embeds, kept = self.encoder.exact_embeddings()
@@ -241,11 +267,15 @@ class StreamingSession:
         window = self.engine.bundle.manifest.audio.window_tokens
         kept = min(kept, self._kv_audio_windows, self.encoder.changed_from_window)
         self.decoder.truncate(self._head_len + kept * window)
-        self._kv_audio_windows, self._kv_open_audio = kept, 0
         self.decoder.feed_embeddings(embeds[kept * window :])
+        self._kv_audio_windows, self._kv_open_audio = kept, 0
+        if (self.options.reuse_open_audio and kept == len(self.encoder.finished_windows)
+                and self.encoder.n_samples >= self.encoder.min_samples):
+            # the cache now holds the exact open window: later partial steps append after it
+            self._kv_open_audio = embeds.shape[0] - kept * window
         timings.prefill_ms = (time.perf_counter() - t1) * 1000.0
         hyp = self._decode(self._hyp.ids, cap, None, timings)
-        self.seq += 1
+        self._hyp = hyp
         timings.total_ms = (time.perf_counter() - t0) * 1000.0
         self.compute_s += timings.total_ms / 1000.0
         return self._final(hyp.ids, hyp.stop_reason, hyp.cut, committed, timings)
@@ -357,7 +387,6 @@ class StreamingSession:
     def _final(self, ids, reason, cut, committed, timings, was_cut: bool = False) -> FinalEvent:
         visible = ids if cut is None else ids[:cut]
         parsed = out.parse_output(self.decoder.detokenize(visible), self.language)
-        self.decoder.reset()
         return FinalEvent(
             utterance_id=self.utterance_id,
             seq=self.seq,
@@ -385,6 +414,7 @@ class StreamingSession:
         # Re-run this utterance on the head only, then hand the rest to a continuation session.
         self.encoder = IncrementalEncoder(self.engine.encoder, self.engine.feature_params, self.options.min_audio_s)
         self._kv_audio_windows, self._kv_open_audio = 0, 0
+        self._prepared = None
         self.encoder.push(head)
         final = self.finish()
         final.cut = True

@@ -275,3 +275,62 @@ def test_open_window_audio_reuse_feeds_only_new_positions_and_keeps_finals_exact
         assert streamed_positions <= n_tokens + 104
     else:  # the open window again at every step
         assert streamed_positions > n_tokens + 104 and steps >= 10
+
+
+# --- prepared finals (speculative, at a pause) --------------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds", [2.7, 9.4])
+def test_prepared_final_is_returned_by_finish_when_no_audio_follows(engines, seconds):
+    engine = engines()
+    audio = make_test_audio(seconds, seed=int(seconds * 13))
+    session = StreamingSession(engine, StreamingOptions(rtf_budget=100.0), "u1")
+    for i in range(0, audio.shape[0], RATE // 4):
+        session.feed(audio[i : i + RATE // 4])
+    prepared = session.prepare_final()
+    compute_before = session.compute_s
+    final = session.finish()
+    assert final is prepared and final.prepared
+    assert session.compute_s == compute_before  # finish() did no work
+    offline = engine.transcribe(audio)
+    assert final.token_ids == offline.token_ids and final.text == offline.text
+    assert final.seq == session.seq and final.audio_end_s == pytest.approx(seconds, abs=1e-3)
+
+
+@pytest.mark.parametrize("pause_at_s", [3.0, 8.5])
+def test_speech_resuming_after_a_prepared_final_continues_exactly(engines, pause_at_s):
+    engine = engines("English")
+    audio = make_test_audio(11.3, seed=57)
+    session = StreamingSession(engine, StreamingOptions(language="English", rtf_budget=100.0), "u1")
+    pause = int(pause_at_s * RATE)
+    partials = []
+    for i in range(0, pause, RATE // 4):
+        partials += [e for e in session.feed(audio[i : min(i + RATE // 4, pause)]) if isinstance(e, PartialEvent)]
+    early = session.prepare_final()
+    assert early.token_ids == engine.transcribe(audio[:pause]).token_ids
+    for i in range(pause, audio.shape[0], RATE // 4):
+        partials += [e for e in session.feed(audio[i : i + RATE // 4]) if isinstance(e, PartialEvent)]
+    assert any(p.audio_end_s > pause_at_s for p in partials)  # partials go on after the pause
+    previous = ""
+    for p in partials:
+        assert p.committed.startswith(previous)
+        previous = p.committed
+    final = session.finish()
+    assert not final.prepared
+    assert final.token_ids == engine.transcribe(audio).token_ids
+    assert [p.seq for p in partials] + [final.seq] == list(range(1, len(partials) + 2))
+
+
+def test_prepared_final_of_silence_is_empty_and_a_second_prepare_replaces_it(engines):
+    engine = engines()
+    session = StreamingSession(engine, StreamingOptions(rtf_budget=100.0), "u1")
+    session.feed(np.zeros(RATE, dtype=np.float32))
+    assert session.prepare_final().stop_reason == "silence"
+    speech = make_test_audio(2.0, seed=3)
+    session.feed(speech)
+    second = session.prepare_final()
+    final = session.finish()
+    assert final is second
+    assert final.token_ids == engine.transcribe(np.concatenate([np.zeros(RATE, np.float32), speech])).token_ids
+    with pytest.raises(RuntimeError):
+        session.prepare_final()
