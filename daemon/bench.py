@@ -10,7 +10,10 @@ Streaming workload (issue 3, `--streaming`): audio fed in real time (100 ms piec
 clock) into a `StreamingSession`; reports first-partial latency, partial interval, end-of-speech →
 final latency (measured, and the bounds with the draft fully accepted / nothing accepted),
 sustained compute as a fraction of real time, and the official streaming recipe (re-feed all audio
-every 2 s, previous text minus 5 tokens as prefix) on the same engine for comparison.
+every 2 s, previous text minus 5 tokens as prefix) on the same engine for comparison. A second run
+plays the daemon's end of speech: the speech, then the 0.3 s of trailing silence the VAD keeps, at
+which point the final is prepared (`prepare_final`), and the VAD's confirmation 0.6 s after the last
+voice; it reports how long after that confirmation the final was ready.
 
 Every configuration runs in its own subprocess (`python -m qasr.daemon.bench worker ...`) so that
 peak RSS is that configuration's alone.
@@ -129,35 +132,71 @@ def official_worker(checkpoint: Path, audio_s: float, new_tokens: int, threads: 
     }
 
 
-def streaming_worker(bundle: Path, audio_s: float, threads: int, rtf_budget: float, realtime: bool) -> dict:
-    from qasr.engine.streaming import PartialEvent, StreamingOptions, StreamingSession
+def _stream_in_real_time(session, audio: np.ndarray, start: float, realtime: bool, offset: int = 0) -> list[float]:
+    """Feed `audio` in 100 ms pieces; the piece ending at sample offset+i+piece exists only once that
+    much wall time has passed since `start`. Returns when each partial was ready (s since start)."""
+    from qasr.engine.streaming import PartialEvent
+
+    piece = SAMPLE_RATE // 10
+    times: list[float] = []
+    for i in range(0, audio.shape[0], piece):
+        if realtime:
+            wait = start + (offset + i + piece) / SAMPLE_RATE - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+        for event in session.feed(audio[i : i + piece]):
+            if isinstance(event, PartialEvent):
+                times.append(time.perf_counter() - start)
+    return times
+
+
+def _sleep_until(t: float) -> None:
+    if time.perf_counter() < t:
+        time.sleep(t - time.perf_counter())
+
+
+def streaming_worker(bundle: Path, audio_s: float, threads: int, rtf_budget: float, realtime: bool,
+                     pause_tail_s: float = 0.3, hangover_s: float = 0.6) -> dict:
+    from qasr.engine.streaming import StreamingOptions, StreamingSession
     from qasr.engine.transcribe import TranscribeOptions, Transcriber
 
     engine = Transcriber(bundle, TranscribeOptions(threads=threads))
     audio = bench_audio(audio_s, seed=int(audio_s * 7))
     engine.transcribe(bench_audio(2.0))  # warm-up
-    piece = SAMPLE_RATE // 10
-    session = StreamingSession(engine, StreamingOptions(rtf_budget=rtf_budget), "bench")
-    partial_times: list[float] = []  # wall seconds since speech start when each partial was ready
+    options = StreamingOptions(rtf_budget=rtf_budget)
+
+    # 1. Speech, then finish() as soon as the last audio exists (no pause detection: the cold final).
+    session = StreamingSession(engine, options, "bench")
     start = time.perf_counter()
-    for i in range(0, audio.shape[0], piece):
-        if realtime:  # the audio of [0, i + piece) exists only once that much wall time has passed
-            wait = start + (i + piece) / SAMPLE_RATE - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
-        for event in session.feed(audio[i : i + piece]):
-            if isinstance(event, PartialEvent):
-                partial_times.append(time.perf_counter() - start)
+    partial_times = _stream_in_real_time(session, audio, start, realtime)
     end_of_speech = start + audio.shape[0] / SAMPLE_RATE
-    if realtime and time.perf_counter() < end_of_speech:
-        time.sleep(end_of_speech - time.perf_counter())
+    if realtime:
+        _sleep_until(end_of_speech)
     t_final = time.perf_counter()
-    last_hypothesis = list(session._hyp.ids)
+    compute_fraction = session.compute_s / audio_s  # while the speech lasted, the final excluded
     final = session.finish()
-    # real time: from the moment the last audio existed; otherwise the finish call alone
     final_latency_ms = (time.perf_counter() - (end_of_speech if realtime else t_final)) * 1000.0
-    compute_fraction = session.compute_s / audio_s
-    bounds = _final_latency_bounds(engine, audio, final.token_ids, rtf_budget)
+    skipped = session.skipped
+    bounds = _final_latency_bounds(engine, audio, final.token_ids)
+
+    # 2. As the daemon runs it: the VAD keeps `pause_tail_s` of the trailing silence and confirms the end
+    # after `hangover_s`; the final is prepared when the kept tail is complete and published at the end.
+    tail = (0.003 * np.random.default_rng(5).standard_normal(int(pause_tail_s * SAMPLE_RATE))).astype(np.float32)
+    session = StreamingSession(engine, options, "bench-pause")
+    start = time.perf_counter()
+    _stream_in_real_time(session, audio, start, realtime)
+    _stream_in_real_time(session, tail, start, realtime, offset=audio.shape[0])
+    voice_end = start + audio.shape[0] / SAMPLE_RATE
+    if realtime:
+        _sleep_until(voice_end + pause_tail_s)
+    t0 = time.perf_counter()
+    session.prepare_final()
+    prepare_ms = (time.perf_counter() - t0) * 1000.0
+    vad_end = voice_end + hangover_s if realtime else time.perf_counter()
+    _sleep_until(vad_end)
+    paused = session.finish()
+    after_vad_end_ms = max(0.0, (time.perf_counter() - vad_end) * 1000.0)
+
     intervals = np.diff(partial_times) if len(partial_times) > 1 else np.array([])
     return {
         "audio_s": audio_s,
@@ -166,34 +205,41 @@ def streaming_worker(bundle: Path, audio_s: float, threads: int, rtf_budget: flo
         "partial_interval_mean_s": round(float(intervals.mean()), 3) if intervals.size else None,
         "partial_interval_max_s": round(float(intervals.max()), 3) if intervals.size else None,
         "final_latency_ms": round(final_latency_ms, 1),
-        "final_draft_tokens": len(last_hypothesis),
+        "final_ms": round(final.timings.total_ms, 1),
+        "final_draft_tokens": final.timings.draft_tokens,
         "final_accepted_tokens": final.timings.accepted_tokens,
-        "final_latency_all_accepted_ms": bounds[0],
-        "final_latency_none_accepted_ms": bounds[1],
+        "final_latency_all_accepted_ms": bounds["all_accepted_ms"],
+        "all_accepted_tokens": bounds["all_accepted_tokens"],
+        "final_latency_none_accepted_ms": bounds["none_accepted_ms"],
         "final_tokens": len(final.token_ids),
         "compute_fraction": round(compute_fraction, 3),
-        "skipped_steps": session.skipped,
+        "skipped_steps": skipped,
+        "paused_prepare_ms": round(prepare_ms, 1),
+        "paused_final_after_vad_end_ms": round(after_vad_end_ms, 1),
+        "paused_final_prepared": paused.prepared,
         "official_recipe": official_recipe(engine, audio),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "threads": threads,
     }
 
 
-def _final_latency_bounds(engine, audio: np.ndarray, final_ids: list[int], rtf_budget: float) -> tuple[float, float]:
-    """End-of-speech → final compute with the draft equal to the final (best) and with no draft (worst)."""
+def _final_latency_bounds(engine, audio: np.ndarray, final_ids: list[int]) -> dict:
+    """End-of-speech → final compute with the draft equal to the final (best) and with no draft (worst),
+    from the state a last partial step leaves."""
     from qasr.engine.streaming import StreamingOptions, StreamingSession
 
-    out = []
-    for draft in (final_ids, []):
+    out = {}
+    for name, draft in (("all_accepted", final_ids), ("none_accepted", [])):
         session = StreamingSession(engine, StreamingOptions(rtf_budget=1e9, step_s=1e9, first_step_s=1e9), "bound")
         for i in range(0, audio.shape[0], SAMPLE_RATE // 10):
             session.feed(audio[i : i + SAMPLE_RATE // 10])
-        session._sync_audio_into_kv(session.encoder.open_window())  # the state a last partial leaves
+        session._sync_audio_into_kv(session.encoder.open_window())
         session._hyp.ids = list(draft)
         t0 = time.perf_counter()
-        session.finish()
-        out.append(round((time.perf_counter() - t0) * 1000.0, 1))
-    return out[0], out[1]
+        final = session.finish()
+        out[f"{name}_ms"] = round((time.perf_counter() - t0) * 1000.0, 1)
+        out[f"{name}_tokens"] = final.timings.accepted_tokens
+    return out
 
 
 def official_recipe(engine, audio: np.ndarray, chunk_s: float = 2.0, rollback: int = 5, unfixed_chunks: int = 2,

@@ -44,8 +44,8 @@ class StreamingOptions:
     first_step_s: float = 0.5  # audio before the first partial
     step_s: float = 0.5  # least audio between partials
     rtf_budget: float = 0.5  # sustained compute / audio time the cadence aims under
-    max_new_tokens_per_step: int = 6  # beyond the accepted draft, per partial step (~22 ms each at 0.6B;
-    # speech adds ~3 tokens a second, so a 1 s cadence needs fewer)
+    max_new_tokens_per_step: int = 4  # beyond the accepted draft, per partial step (~22 ms each at 0.6B;
+    # speech adds ~3 tokens a second, so a 1 s cadence needs about 3)
     max_new_tokens: int | None = None  # final: as offline --max-new-tokens
     max_utterance_s: float = 30.0  # longer speech is cut at a quiet point into a new utterance
     cut_search_s: float = 5.0  # how far back from the limit to look for the quiet point
@@ -62,6 +62,7 @@ class StreamingOptions:
 class StepTimings:
     encoder_ms: float = 0.0
     prefill_ms: float = 0.0  # audio + prompt tail + draft verification
+    sync_ms: float = 0.0  # finished 8 s windows entering the decoder cache before the step (in total_ms)
     decode_ms: float = 0.0  # greedy tokens beyond the draft
     total_ms: float = 0.0
     draft_tokens: int = 0
@@ -137,7 +138,9 @@ class StreamingSession:
         self.skipped = 0
         self._hyp = _Hypothesis()
         self._last_step_audio_s = 0.0
-        self._last_step_cost_s = 0.0
+        self._step_cost_s = 0.0  # running average of a partial step's compute
+        self._steps_compute_s = 0.0  # compute_s spent in partial steps (the rest is not optional)
+        self._sync_s_per_position = 0.006  # measured cost of putting finished-window audio into the cache
         self._kv_audio_windows = 0  # finished windows whose embeddings sit in the KV cache
         self._kv_open_audio = 0  # open-window audio positions after them (reuse_open_audio)
         self._head_len = 0
@@ -176,17 +179,15 @@ class StreamingSession:
             event = self.step()
             if event is not None:
                 events.append(event)
-        elif self._windows_pending():
-            # A window just finished: its exact audio goes into the cache now, not at the final.
-            t0 = time.perf_counter()
-            self._sync_finished_windows()
-            self.compute_s += time.perf_counter() - t0
         return events
 
     def step(self) -> PartialEvent | None:
         """Decode a hypothesis for the audio so far and return a partial (None while silent)."""
         audio = self.encoder.audio
         self._last_step_audio_s = self.audio_s
+        # Finished windows (exact, never recomputed) enter the cache first; that work is not the step's
+        # own and is accounted apart so it does not stretch the cadence (see _step_due).
+        sync_s = self._sync_pending_windows()
         if audio.size == 0 or is_silent(audio, self.engine.feature_params.sample_rate):
             return None
         t0 = time.perf_counter()
@@ -200,9 +201,11 @@ class StreamingSession:
         hyp = self._decode(self._hyp.ids, cap, self.options.max_new_tokens_per_step, timings)
         self._hyp = hyp
         elapsed = time.perf_counter() - t0
-        timings.total_ms = elapsed * 1000.0
+        timings.total_ms = (elapsed + sync_s) * 1000.0
+        timings.sync_ms = sync_s * 1000.0
         self.compute_s += elapsed
-        self._last_step_cost_s = elapsed
+        self._steps_compute_s += elapsed
+        self._step_cost_s = elapsed if self.steps == 0 else 0.5 * (self._step_cost_s + elapsed)
         self.steps += 1
         visible = hyp.ids if hyp.cut is None else hyp.ids[: hyp.cut]
         self.commits.update(visible)
@@ -292,8 +295,15 @@ class StreamingSession:
         if self.steps == 0 and self._last_step_audio_s == 0.0:
             return self.audio_s >= o.first_step_s
         since = self.audio_s - self._last_step_audio_s
-        # Keep (compute of a step) / (audio between steps) under the budget, and the running total too.
-        interval = max(o.step_s, self._last_step_cost_s / max(o.rtf_budget, 1e-6))
+        # Partial steps get the share of the budget that the other work leaves (encoder pushes, finished
+        # windows entering the cache, prepared finals), as measured so far in this utterance, less 10 %
+        # headroom so that the running total stays under the budget and seldom blocks a step.
+        other_rate = (self.compute_s - self._steps_compute_s) / max(self.audio_s, 1e-6)
+        share = max(0.9 * o.rtf_budget - other_rate, 0.25 * o.rtf_budget, 1e-6)
+        interval = max(o.step_s, self._step_cost_s / share)
+        # A step that first puts finished windows into the cache starts earlier by what that costs, so
+        # the partial after it still comes on time.
+        interval = max(0.1, interval - self._pending_positions() * self._sync_s_per_position)
         overspent = self.compute_s > o.rtf_budget * self.audio_s
         due = since >= interval and not overspent
         if since >= o.step_s and not due:
@@ -302,9 +312,22 @@ class StreamingSession:
 
     # --- decoding -------------------------------------------------------------------------------
 
-    def _windows_pending(self) -> bool:
-        return (self.encoder.changed_from_window < self._kv_audio_windows
-                or len(self.encoder.finished_windows) > self._kv_audio_windows)
+    def _pending_positions(self) -> int:
+        """Audio positions of finished windows that are not (or no longer) in the decoder cache."""
+        synced = min(self._kv_audio_windows, self.encoder.changed_from_window)
+        return (len(self.encoder.finished_windows) - synced) * self.engine.bundle.manifest.audio.window_tokens
+
+    def _sync_pending_windows(self) -> float:
+        """Sync finished windows into the cache now; returns the seconds it took (also added to compute_s)."""
+        positions = self._pending_positions()
+        if positions <= 0:
+            return 0.0
+        t0 = time.perf_counter()
+        self._sync_finished_windows()
+        elapsed = time.perf_counter() - t0
+        self.compute_s += elapsed
+        self._sync_s_per_position = 0.5 * (self._sync_s_per_position + elapsed / positions)
+        return elapsed
 
     def _sync_finished_windows(self) -> None:
         """Put every finished window into the cache (exact; their positions never change again)."""
