@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,24 @@ log = logging.getLogger(__name__)
 
 class DecoderError(QasrError):
     """The decoder model cannot be loaded or run; the message says what to do."""
+
+
+class DecodeInterrupted(DecoderError):
+    """`Decoder.interrupt()` stopped an interruptible decode; the cache holds what it held before the call."""
+
+
+def _flag_reader():
+    """A C function usable as llama.cpp's abort callback that reads a flag byte without Python.
+
+    The callback runs on llama.cpp's compute thread between graph nodes (~1000 times per decode); a
+    Python callback would take the GIL each time and stall behind any other Python thread. libc's
+    strlen(flag) is 1 when the first byte of the 2-byte flag buffer is set and 0 otherwise, which is
+    exactly the bool the callback returns.
+    """
+    import llama_cpp
+
+    libc = ctypes.CDLL(None)
+    return llama_cpp.ggml_abort_callback(ctypes.cast(libc.strlen, ctypes.c_void_p).value)
 
 
 # --- llama.cpp logging ---------------------------------------------------------------------------
@@ -159,6 +178,11 @@ class Decoder:
         self._embd_batch = _Batch(self.n_batch, self.n_embd)
         self.n_past = 0
         self._piece_cache: dict[tuple[int, bool], bytes] = {}
+        # interrupt(): another thread sets the flag byte; llama_decode then returns 2 at the next node
+        self.interruptible = False  # only decodes run while this is True may be interrupted
+        self._abort_flag = ctypes.create_string_buffer(2)
+        self._abort_callback = _flag_reader()  # kept referenced for the context's lifetime
+        llama_cpp.llama_set_abort_callback(self._ctx, self._abort_callback, ctypes.cast(self._abort_flag, ctypes.c_void_p))
 
     # --- lifetime -------------------------------------------------------------------------------
 
@@ -256,8 +280,32 @@ class Decoder:
                 "shorten the audio piece or the context text"
             )
 
+    def interrupt(self) -> None:
+        """Stop the decode in flight if it is interruptible (callable from any thread)."""
+        if self.interruptible:
+            self._abort_flag[0] = 1
+
+    @contextmanager
+    def interruptible_decodes(self):
+        """Decodes inside may raise DecodeInterrupted when `interrupt()` is called."""
+        self._abort_flag[0] = 0
+        self.interruptible = True
+        try:
+            yield
+        finally:
+            self.interruptible = False
+
     def _decode(self, batch: _Batch) -> None:
-        rc = self._ll.llama_decode(self._ctx, batch.batch)
+        """Decode a batch starting at n_past. An interrupted decode leaves the cache as it was; one that
+        was not meant to be interruptible (an interrupt raced with its start) is run again."""
+        while True:
+            rc = self._ll.llama_decode(self._ctx, batch.batch)
+            if rc != 2:
+                break
+            self._ll.llama_memory_seq_rm(self._memory, 0, self.n_past, -1)  # ubatches done before the stop
+            self._abort_flag[0] = 0
+            if self.interruptible:
+                raise DecodeInterrupted("decode interrupted")
         if rc != 0:
             raise DecoderError(f"llama_decode failed (code {rc}); the decoder model may be corrupt")
 

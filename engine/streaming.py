@@ -31,6 +31,7 @@ import numpy as np
 
 from qasr.engine import output as out
 from qasr.engine.commit import CommitOptions, CommitTracker, TextOfTokens
+from qasr.engine.decoder import DecodeInterrupted
 from qasr.engine.incremental_encoder import IncrementalEncoder
 from qasr.engine.prompt import build_prompt, resolve_language
 from qasr.engine.segmentation import SegmentationOptions, cut_points, is_silent
@@ -136,6 +137,7 @@ class StreamingSession:
         self.compute_s = 0.0  # every step's compute, for the budget
         self.steps = 0
         self.skipped = 0
+        self.interrupted = 0  # partial steps stopped by interrupt()
         self._hyp = _Hypothesis()
         self._last_step_audio_s = 0.0
         self._step_cost_s = 0.0  # running average of a partial step's compute
@@ -195,10 +197,22 @@ class StreamingSession:
         open_embeds = self.encoder.open_window()
         t1 = time.perf_counter()
         timings.encoder_ms = (t1 - t0) * 1000.0
-        self._sync_audio_into_kv(open_embeds)
-        timings.prefill_ms = (time.perf_counter() - t1) * 1000.0
-        cap = out.new_token_cap(self.audio_s, self.options.max_new_tokens)
-        hyp = self._decode(self._hyp.ids, cap, self.options.max_new_tokens_per_step, timings)
+        try:
+            with self.decoder.interruptible_decodes():
+                self._sync_audio_into_kv(open_embeds)
+                timings.prefill_ms = (time.perf_counter() - t1) * 1000.0
+                cap = out.new_token_cap(self.audio_s, self.options.max_new_tokens)
+                hyp = self._decode(self._hyp.ids, cap, self.options.max_new_tokens_per_step, timings)
+        except DecodeInterrupted:
+            # Back to the audio the cache holds for sure; the previous hypothesis stays the draft.
+            window = self.engine.bundle.manifest.audio.window_tokens
+            self._kv_open_audio = 0
+            self.decoder.truncate(self._head_len + self._kv_audio_windows * window)
+            elapsed = time.perf_counter() - t0
+            self.compute_s += elapsed
+            self._steps_compute_s += elapsed
+            self.interrupted += 1
+            return None
         self._hyp = hyp
         elapsed = time.perf_counter() - t0
         timings.total_ms = (elapsed + sync_s) * 1000.0
@@ -282,6 +296,11 @@ class StreamingSession:
         timings.total_ms = (time.perf_counter() - t0) * 1000.0
         self.compute_s += timings.total_ms / 1000.0
         return self._final(hyp.ids, hyp.stop_reason, hyp.cut, committed, timings)
+
+    def interrupt(self) -> None:
+        """Stop the partial step in flight, if any, so that a final can start now (callable from another
+        thread; finals and prepared finals are never interrupted). The step returns no partial."""
+        self.decoder.interrupt()
 
     def cancel(self) -> None:
         """Discard the utterance; the decoder cache is cleared so nothing leaks into the next one."""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from qasr.engine.bundle import load_bundle
-from qasr.engine.decoder import Decoder, DecoderError, DecoderOptions
+from qasr.engine.decoder import DecodeInterrupted, Decoder, DecoderError, DecoderOptions
 from qasr.engine.prompt import LanguageError, build_prompt, resolve_language
 from qasr.engine.transcribe import TranscribeOptions, Transcriber
 from tests.audio_samples import make_test_audio
@@ -96,6 +96,33 @@ def test_kv_truncate_reuses_a_prompt_prefix(decoder):
     again_want = decoder.logits()
     decoder.truncate(decoder.n_past - 3)
     assert np.abs(decoder.feed_tokens([5, 6, 7]) - again_want).max() < 1e-4
+
+
+def test_interrupt_stops_an_interruptible_decode_and_leaves_the_cache_as_it_was(decoder):
+    rng = np.random.default_rng(4)
+    head = rng.standard_normal((10, decoder.n_embd)).astype(np.float32)
+    more = rng.standard_normal((150, decoder.n_embd)).astype(np.float32)  # three ubatches of 64
+    decoder.reset()
+    decoder.feed_embeddings(head)
+    want = decoder.feed_embeddings(more, want_logits=True)
+    decoder.truncate(10)
+    with decoder.interruptible_decodes():
+        decoder.interrupt()  # the flag is set before the decode starts: it stops at its first node
+        with pytest.raises(DecodeInterrupted):
+            decoder.feed_embeddings(more, want_logits=True)
+    assert decoder.n_past == 10
+    # nothing of the interrupted call stayed in the cache: the same feed gives the same logits
+    got = decoder.feed_embeddings(more, want_logits=True)
+    assert np.abs(got - want).max() < 1e-5
+
+
+def test_an_interrupt_outside_interruptible_decodes_is_ignored(decoder):
+    decoder.reset()
+    decoder.interrupt()  # not interruptible: no effect
+    decoder.feed_tokens([5, 6, 7])
+    decoder._abort_flag[0] = 1  # an interrupt that raced with the end of an interruptible section
+    decoder.feed_tokens([8])  # runs again instead of failing
+    assert decoder.n_past == 4 and decoder._abort_flag.raw[0] == 0
 
 
 def test_context_overflow_is_a_clear_error(decoder):

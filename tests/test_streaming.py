@@ -334,3 +334,28 @@ def test_prepared_final_of_silence_is_empty_and_a_second_prepare_replaces_it(eng
     assert final.token_ids == engine.transcribe(np.concatenate([np.zeros(RATE, np.float32), speech])).token_ids
     with pytest.raises(RuntimeError):
         session.prepare_final()
+
+
+def test_interrupt_stops_the_partial_step_in_flight_and_the_final_stays_exact(engines):
+    engine = engines()
+    audio = make_test_audio(9.5, seed=21)
+    session = StreamingSession(engine, StreamingOptions(rtf_budget=100.0), "u1")
+    real = engine.decoder.feed_tokens_argmax
+
+    def interrupted_verification(ids):
+        session.interrupt()  # as the daemon does when the speaker pauses mid-step
+        return real(ids)
+
+    partials = []
+    for i in range(0, audio.shape[0], RATE // 2):
+        if i == 6 * RATE:
+            engine.decoder.feed_tokens_argmax = interrupted_verification
+        try:
+            partials += [e for e in session.feed(audio[i : i + RATE // 2]) if isinstance(e, PartialEvent)]
+        finally:
+            engine.decoder.__dict__.pop("feed_tokens_argmax", None)
+    assert session.interrupted == 1
+    assert all(p.audio_end_s != pytest.approx(6.5) for p in partials)  # that step gave no partial
+    assert any(p.audio_end_s > 6.5 for p in partials)  # later steps work
+    final = session.finish()
+    assert final.token_ids == engine.transcribe(audio).token_ids
