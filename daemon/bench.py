@@ -224,12 +224,16 @@ def streaming_worker(bundle: Path, audio_s: float, threads: int, rtf_budget: flo
 
 
 def _final_latency_bounds(engine, audio: np.ndarray, final_ids: list[int]) -> dict:
-    """End-of-speech → final compute with the draft equal to the final (best) and with no draft (worst),
-    from the state a last partial step leaves."""
+    """End-of-speech → final compute from the state a last partial step leaves, with the draft equal to
+    the final (best case) and with no draft (worst case).
+
+    With a quantized decoder, verifying a draft in one batch rounds differently from generating one
+    token at a time, so random weights (full of near-ties) may reject a token of a draft that equals
+    the final; the best case then retries with the final it produced, up to 4 times.
+    """
     from qasr.engine.streaming import StreamingOptions, StreamingSession
 
-    out = {}
-    for name, draft in (("all_accepted", final_ids), ("none_accepted", [])):
+    def run(draft: list[int]):
         session = StreamingSession(engine, StreamingOptions(rtf_budget=1e9, step_s=1e9, first_step_s=1e9), "bound")
         for i in range(0, audio.shape[0], SAMPLE_RATE // 10):
             session.feed(audio[i : i + SAMPLE_RATE // 10])
@@ -237,9 +241,17 @@ def _final_latency_bounds(engine, audio: np.ndarray, final_ids: list[int]) -> di
         session._hyp.ids = list(draft)
         t0 = time.perf_counter()
         final = session.finish()
-        out[f"{name}_ms"] = round((time.perf_counter() - t0) * 1000.0, 1)
-        out[f"{name}_tokens"] = final.timings.accepted_tokens
-    return out
+        return (time.perf_counter() - t0) * 1000.0, final
+
+    draft = list(final_ids)
+    for _ in range(4):
+        best_ms, final = run(draft)
+        if final.timings.accepted_tokens == len(draft) == len(final.token_ids):
+            break
+        draft = list(final.token_ids)
+    worst_ms, _ = run([])
+    return {"all_accepted_ms": round(best_ms, 1), "all_accepted_tokens": f"{final.timings.accepted_tokens}/{len(draft)}",
+            "none_accepted_ms": round(worst_ms, 1)}
 
 
 def official_recipe(engine, audio: np.ndarray, chunk_s: float = 2.0, rollback: int = 5, unfixed_chunks: int = 2,
