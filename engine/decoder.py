@@ -343,11 +343,11 @@ class Decoder:
             self.n_past += part.shape[0]
         return self.logits() if want_logits else None
 
-    def feed_tokens_argmax(self, ids) -> list[int]:
-        """Append token ids in one pass and return the greedy next token after EACH of them.
+    def feed_tokens_argmax(self, ids, first: int = 0) -> list[int]:
+        """Append token ids in one pass and return the greedy next token after each of ids[first:].
 
-        Used to verify a draft (the previous streaming hypothesis) in one batched decode: position i's
-        argmax is what greedy decoding would generate after ids[:i + 1].
+        Used to verify a draft (the previous streaming hypothesis) in one batched decode: the i-th
+        result is what greedy decoding would generate after ids[:first + i + 1].
         """
         ids = list(ids)
         if not ids:
@@ -357,11 +357,12 @@ class Decoder:
         for start in range(0, len(ids), self.n_batch):
             part = ids[start : start + self.n_batch]
             self._token_batch.fill(self.n_past, len(part), False, token_ids=part)
-            for i in range(len(part)):
+            wanted = range(max(0, first - start), len(part))
+            for i in wanted:
                 self._token_batch.batch.logits[i] = 1
             self._decode(self._token_batch)
             self.n_past += len(part)
-            for i in range(len(part)):
+            for i in wanted:
                 ptr = self._ll.llama_get_logits_ith(self._ctx, i)
                 best.append(int(np.argmax(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))))
         return best

@@ -202,7 +202,11 @@ class StreamingSession:
                 self._sync_audio_into_kv(open_embeds)
                 timings.prefill_ms = (time.perf_counter() - t1) * 1000.0
                 cap = out.new_token_cap(self.audio_s, self.options.max_new_tokens)
-                hyp = self._decode(self._hyp.ids, cap, self.options.max_new_tokens_per_step, timings)
+                # Committed tokens are not verified again in partials (their text never changes anyway;
+                # the final verifies everything): logits only where the hypothesis may still change.
+                committed = self.commits.committed
+                trusted = len(committed) if self._hyp.ids[: len(committed)] == committed else 0
+                hyp = self._decode(self._hyp.ids, cap, self.options.max_new_tokens_per_step, timings, trusted)
         except DecodeInterrupted:
             # Back to the audio the cache holds for sure; the previous hypothesis stays the draft.
             window = self.engine.bundle.manifest.audio.window_tokens
@@ -381,6 +385,7 @@ class StreamingSession:
         cap: int,
         max_beyond_draft: int | None,
         timings: StepTimings,
+        trusted: int = 0,
     ) -> _Hypothesis:
         """Prompt tail + draft verification + greedy continuation, with offline's stop/cap/loop rules."""
         t0 = time.perf_counter()
@@ -389,8 +394,11 @@ class StreamingSession:
         ids: list[int] = []
         hyp = _Hypothesis(stop_reason="max_tokens")
         # Greedy predictions after the prompt tail and after each draft token: one batch, one decode call.
+        # The first `trusted` draft tokens are taken as they are (no logits computed for them).
+        trusted = min(trusted, len(draft))
         base = dec.n_past + len(self._after_ids)
-        predictions = dec.feed_tokens_argmax([*self._after_ids, *draft])[len(self._after_ids) - 1 :]
+        predictions = draft[:trusted] + dec.feed_tokens_argmax([*self._after_ids, *draft],
+                                                               first=len(self._after_ids) - 1 + trusted)
         accepted = 0
         done = False
         for i, token in enumerate(predictions):

@@ -342,9 +342,9 @@ def test_interrupt_stops_the_partial_step_in_flight_and_the_final_stays_exact(en
     session = StreamingSession(engine, StreamingOptions(rtf_budget=100.0), "u1")
     real = engine.decoder.feed_tokens_argmax
 
-    def interrupted_verification(ids):
+    def interrupted_verification(ids, **kwargs):
         session.interrupt()  # as the daemon does when the speaker pauses mid-step
-        return real(ids)
+        return real(ids, **kwargs)
 
     partials = []
     for i in range(0, audio.shape[0], RATE // 2):
@@ -358,4 +358,25 @@ def test_interrupt_stops_the_partial_step_in_flight_and_the_final_stays_exact(en
     assert all(p.audio_end_s != pytest.approx(6.5) for p in partials)  # that step gave no partial
     assert any(p.audio_end_s > 6.5 for p in partials)  # later steps work
     final = session.finish()
+    assert final.token_ids == engine.transcribe(audio).token_ids
+
+
+def test_partials_verify_only_what_is_not_committed(engines):
+    engine = engines("English")
+    audio = make_test_audio(12.0, seed=42)
+    firsts: list[tuple[int, int]] = []
+    real = engine.decoder.feed_tokens_argmax
+
+    def recording(ids, first=0):
+        firsts.append((len(ids), first))
+        return real(ids, first=first)
+
+    engine.decoder.feed_tokens_argmax = recording
+    try:
+        session, events, final = stream(engine, audio, 0.25, StreamingOptions(language="English", rtf_budget=100.0))
+    finally:
+        del engine.decoder.feed_tokens_argmax
+    tail = len(session._after_ids)
+    assert any(first > tail - 1 for _, first in firsts[:-1])  # some step trusted committed tokens
+    assert firsts[-1][1] == tail - 1  # the final verifies every draft token
     assert final.token_ids == engine.transcribe(audio).token_ids
