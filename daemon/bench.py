@@ -185,11 +185,11 @@ def streaming_worker(bundle: Path, audio_s: float, threads: int, rtf_budget: flo
     session = StreamingSession(engine, options, "bench-pause")
     start = time.perf_counter()
     _stream_in_real_time(session, audio, start, realtime)
-    _stream_in_real_time(session, tail, start, realtime, offset=audio.shape[0])
     voice_end = start + audio.shape[0] / SAMPLE_RATE
     if realtime:
         _sleep_until(voice_end + pause_tail_s)
     t0 = time.perf_counter()
+    session.encoder.push(tail)  # the daemon runs no partial step once the speaker pauses
     session.prepare_final()
     prepare_ms = (time.perf_counter() - t0) * 1000.0
     vad_end = voice_end + hangover_s if realtime else time.perf_counter()
