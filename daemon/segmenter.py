@@ -13,7 +13,15 @@ Events, in stream order (times are stream seconds: samples given to ``process()`
   frame (vad mode) or the moment of ``start_utterance()`` (ptt/toggle). ``continued`` is True when it
   follows a ``max_length`` cut without a gap.
 - ``SpeechAudio(utterance_id, pcm, t_s)`` — the utterance's audio in order, contiguous, starting with
-  the pre-roll; ``t_s`` is the stream time of ``pcm[0]``. At most one per ``process()`` call per utterance.
+  the pre-roll; ``t_s`` is the stream time of ``pcm[0]``. At most one per ``process()`` call per utterance,
+  plus one per ``SpeechPause`` in that call (the audio before a pause comes out before it).
+- ``SpeechPause(utterance_id, t_s)`` — the speaker paused: the silence after the last voiced frame reached
+  the tail the utterance keeps (``tail_ms``), and that tail has just been emitted. ``t_s`` is the end of the
+  emitted audio: the utterance's end if nothing more comes. From here either the end is confirmed
+  (``SpeechEnd`` at exactly ``t_s``, no further audio: a final computed now is the utterance's final) or
+  speech resumes (the held silence beyond the tail and the new speech follow as ``SpeechAudio``; a later
+  pause sends ``SpeechPause`` again). vad mode: not sent while the voiced span is under
+  ``min_utterance_ms`` (that utterance would be cancelled as too short).
 - ``SpeechEnd(utterance_id, t_s, reason, last_voice_s)`` — ``reason`` is ``"silence"`` (vad hangover),
   ``"stop"`` (stop_utterance/toggle/finish) or ``"max_length"``; ``t_s`` is the end of the last
   SpeechAudio sample, ``last_voice_s`` the end of the last voiced frame.
@@ -25,20 +33,26 @@ carries ``preroll_ms`` of audio before the first voiced frame; it ends after ``h
 keeping ``tail_ms`` of that silence. ``ptt``/``toggle``: the utterance spans start → stop (plus
 ``release_tail_ms`` of audio after the stop request, for audio still in flight); the VAD only trims
 leading silence beyond ``preroll_ms`` before the first voiced frame and trailing silence beyond
-``tail_ms`` after the last one. ``start_utterance()`` in vad mode does nothing; ``stop_utterance()``
+``tail_ms`` after the last one (so a release during a pause adds no audio after the ``SpeechPause``
+unless the voice comes back within the release tail). ``start_utterance()`` in vad mode does nothing; ``stop_utterance()``
 ends the current utterance at once. After ``cancel()`` in vad mode, the segmenter waits for silence
 before it listens again.
 
 Max length: at ``max_utterance_s`` of utterance audio the utterance is cut (``SpeechEnd`` reason
 ``max_length``) wherever it is, mid-word included; if speech goes on (or the key is still held) a new
 utterance with ``continued=True`` starts at the very next sample. In vad mode a cap that falls in a
-pause (held trailing silence) ends the utterance like a silence end, and resumed speech starts a new
+pause (silence after the last voiced frame) ends the utterance like a silence end, and resumed speech starts a new
 one through the normal onset. The streaming engine may choose
 better cut points (low energy) itself; this cap is the hard limit.
 
+Pauses change when the trailing tail is emitted, never which audio an utterance has: the tail
+``_close`` keeps is emitted at the pause instead of at the end, so the utterance's audio is the same
+samples in every outcome (end, resumed speech, max-length cut, stop, cancel).
+
 No audio is lost: every sample given to ``process()`` is either emitted in a ``SpeechAudio``
 (``samples_emitted``), dropped as silence/cancelled (``samples_discarded``), or still held
-(``samples_buffered``: the partial frame, pre-roll, and held trailing silence), so
+(``samples_buffered``: the partial frame, pre-roll, and held trailing silence — beyond the tail once
+a ``SpeechPause`` was sent), so
 ``samples_in == samples_emitted + samples_discarded + samples_buffered`` after every call.
 Audio in a cancelled utterance that was already emitted stays counted as emitted.
 """
@@ -110,6 +124,12 @@ class SpeechAudio:
 
 
 @dataclass(frozen=True)
+class SpeechPause:
+    utterance_id: int
+    t_s: float  # end of the audio emitted so far: where the utterance ends if the pause is its end
+
+
+@dataclass(frozen=True)
 class SpeechEnd:
     utterance_id: int
     t_s: float
@@ -123,7 +143,7 @@ class Cancelled:
     reason: str = "cancel"  # "cancel" | "too_short" | "no_speech"
 
 
-SegmentEvent = Union[VadState, SpeechStart, SpeechAudio, SpeechEnd, Cancelled]
+SegmentEvent = Union[VadState, SpeechStart, SpeechAudio, SpeechPause, SpeechEnd, Cancelled]
 
 
 @dataclass
@@ -143,6 +163,7 @@ class _Utterance:
     has_speech: bool
     lead: deque = field(default_factory=deque)  # ptt/toggle: frames before the first voiced one
     pending: list = field(default_factory=list)  # silence after the last voiced frame, held back
+    paused: bool = False  # the tail of the silence after the last voiced frame is emitted (SpeechPause)
     emitted: int = 0
     first_voice: int | None = None
     last_voice_end: int | None = None
@@ -392,10 +413,28 @@ class Segmenter:
             for f in utt.pending:
                 self._emit(f)
             utt.pending.clear()
+            utt.paused = False
             self._emit(frame)
             utt.last_voice_end = frame.end
         else:
             utt.pending.append(frame)
+            if not utt.paused and len(utt.pending) >= self._tail:
+                self._pause(utt)
+
+    def _pause(self, utt: _Utterance) -> None:
+        """The silence after the last voiced frame reached the tail: emit the tail now (it belongs to the
+        utterance however the pause ends) and say so; the rest of the silence stays held."""
+        for f in utt.pending[:self._tail]:
+            self._emit(f)
+        del utt.pending[:self._tail]
+        utt.paused = True
+        if utt.emitted == 0:
+            return  # nothing to transcribe (a continued utterance that has only silence so far)
+        voiced_span = (utt.last_voice_end or 0) - (utt.first_voice or 0)
+        if self.options.mode == "vad" and voiced_span < self._min_voice:
+            return  # this end would be cancelled as too short
+        self._flush_chunk()  # the tail before the pause
+        self._events.append(SpeechPause(utt.id, self._last_emitted_end / SAMPLE_RATE))
 
     # ------------------------------------------------------------------ utterances
 
@@ -409,7 +448,10 @@ class Segmenter:
     def _close(self, reason: str, trim_tail: bool = True) -> None:
         utt = self._utt
         assert utt is not None
-        keep = self._tail if trim_tail else len(utt.pending)
+        if not trim_tail:
+            keep = len(utt.pending)
+        else:
+            keep = 0 if utt.paused else self._tail  # a pause emitted the tail already
         for f in utt.pending[:keep]:
             self._emit(f)
         self._discard_frames(utt.pending[keep:])
@@ -435,7 +477,7 @@ class Segmenter:
         utt = self._utt
         assert utt is not None
         stop_at = utt.stop_at
-        if self.options.mode == "vad" and utt.pending:
+        if self.options.mode == "vad" and (utt.pending or utt.paused):
             # the cap falls in a pause: end here like a silence end; a resumed voice starts anew
             self._close("max_length")
             return

@@ -1,5 +1,6 @@
 """VAD segmenter: utterance boundaries on espeak-ng and synthetic speech, ptt/toggle, max length, cancel,
-and exact sample accounting (every input sample is emitted, discarded or still buffered)."""
+pauses (SpeechPause: the kept tail emitted early, the utterance's audio unchanged), and exact sample
+accounting (every input sample is emitted, discarded or still buffered)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from qasr.daemon.segmenter import (FRAME_SAMPLES, SAMPLE_RATE, Cancelled, Segmenter, SegmenterOptions,
-                                   SpeechAudio, SpeechEnd, SpeechStart, VadState)
+                                   SpeechAudio, SpeechEnd, SpeechPause, SpeechStart, VadState)
 from tests.fixtures.desktop import espeak_wav, load_wav, with_silence
 
 SR = SAMPLE_RATE
@@ -56,6 +57,7 @@ class Utterance:
     def __init__(self, start: SpeechStart) -> None:
         self.start = start
         self.audio: list[SpeechAudio] = []
+        self.pauses: list[tuple[SpeechPause, int]] = []  # each pause and the samples of audio before it
         self.end: SpeechEnd | Cancelled | None = None
 
     @property
@@ -86,6 +88,11 @@ def utterances(events: list) -> list[Utterance]:
             if u.audio:  # contiguous: each chunk starts where the previous one ended
                 assert e.t_s * SR == pytest.approx(u.audio_end * SR, abs=1e-6)
             u.audio.append(e)
+        elif isinstance(e, SpeechPause):
+            assert e.utterance_id == open_id
+            u = out[e.utterance_id]
+            assert u.audio and e.t_s == pytest.approx(u.audio_end, abs=1e-9)  # the end of the audio so far
+            u.pauses.append((e, len(u.pcm)))
         elif isinstance(e, (SpeechEnd, Cancelled)):
             assert e.utterance_id == open_id
             out[e.utterance_id].end = e
@@ -176,6 +183,7 @@ def test_short_voice_is_cancelled_as_too_short():
     utts = utterances(feed(seg, signal))
     assert len(utts) == 1
     assert utts[0].end == Cancelled(utts[0].start.utterance_id, "too_short")
+    assert utts[0].pauses == []  # no final is prepared for what will be cancelled
 
 
 # ---------------------------------------------------------------------- exact accounting
@@ -289,6 +297,137 @@ def test_toggle_starts_and_stops():
     assert [type(u.end) for u in utts] == [SpeechEnd, SpeechEnd]
     assert [u.end.reason for u in utts] == ["stop", "stop"]
     assert utts[0].audio_end <= utts[1].audio_start
+
+
+# ---------------------------------------------------------------------- pauses (SpeechPause)
+
+def expected_audio(u: Utterance, signal: np.ndarray, tail_ms: int) -> np.ndarray:
+    """What the segmenter gave before pauses existed: the input from the utterance's first sample to the
+    end of its last voiced frame plus the kept tail (``tail_ms`` rounded up to whole frames)."""
+    begin = int(round(u.audio_start * SR))
+    tail = -(-tail_ms // 30) * FRAME_SAMPLES
+    return signal[begin:int(round(u.end.last_voice_s * SR)) + tail]
+
+
+def kinds(events: list) -> list[str]:
+    """Event types in order, consecutive SpeechAudio merged, VadState left out."""
+    out: list[str] = []
+    for e in events:
+        name = type(e).__name__
+        if name != "VadState" and not (name == "SpeechAudio" and out and out[-1] == name):
+            out.append(name)
+    return out
+
+
+def test_pause_emits_the_tail_at_once_and_the_end_adds_no_audio():
+    opts = SegmenterOptions(tail_ms=300, hangover_ms=600)
+    signal = np.concatenate([silence(0.6), voiced_burst(1.2), silence(1.5)])
+    seg = Segmenter(opts)
+    events, arrived = [], []  # arrived: the stream time at which each event came out
+    for i in range(0, len(signal), FRAME_SAMPLES):  # frame by frame, as a microphone delivers it
+        for e in seg.process(signal[i:i + FRAME_SAMPLES]):
+            events.append(e)
+            arrived.append(seg.t_s)
+        assert seg.samples_in == seg.samples_emitted + seg.samples_discarded + seg.samples_buffered
+    events += seg.finish()
+    assert kinds(events) == ["SpeechStart", "SpeechAudio", "SpeechPause", "SpeechEnd"]
+    (u,) = utterances(events)
+    (pause, before), = u.pauses
+    end_at = arrived[events.index(u.end)]
+    # the pause comes the moment the silence reaches the tail, the end after the whole hangover
+    assert pause.t_s == pytest.approx(u.end.last_voice_s + 0.3, abs=1e-9)
+    assert arrived[events.index(pause)] == pytest.approx(pause.t_s, abs=1e-9)
+    assert end_at == pytest.approx(u.end.last_voice_s + 0.6, abs=1e-9)
+    assert 1.8 <= u.end.last_voice_s <= 2.0  # the burst's end (webrtcvad hears a little past it)
+    # nothing after the pause: the end is exactly where the pause said, the audio is what it was before
+    assert before == len(u.pcm) and u.end.reason == "silence" and u.end.t_s == pause.t_s
+    assert not [e for e in events[events.index(pause):] if isinstance(e, SpeechAudio)]
+    np.testing.assert_array_equal(u.pcm, expected_audio(u, signal, 300))
+    assert_audio_is_input(u, signal)
+
+
+def test_speech_resuming_after_a_pause_emits_the_held_silence_and_pauses_again():
+    opts = SegmenterOptions(tail_ms=300, hangover_ms=600)
+    signal = np.concatenate([silence(0.6), voiced_burst(1.2), silence(0.5), voiced_burst(0.9, seed=4),
+                             silence(1.5)])
+    seg = Segmenter(opts)
+    events = feed(seg, signal, seed=5) + seg.finish()
+    assert kinds(events) == ["SpeechStart", "SpeechAudio", "SpeechPause", "SpeechAudio", "SpeechPause", "SpeechEnd"]
+    (u,) = utterances(events)
+    (first, before_first), (second, before_second) = u.pauses
+    assert 1.8 + 0.3 <= first.t_s <= 1.8 + 0.5  # the first burst's last voiced frame + the tail
+    assert before_first < before_second == len(u.pcm)  # the whole pause and the new speech came in between
+    assert second.t_s == u.end.t_s and u.end.reason == "silence"
+    assert 0.6 + 1.2 + 0.5 + 0.9 <= u.end.last_voice_s <= 0.6 + 1.2 + 0.5 + 0.9 + 0.2
+    np.testing.assert_array_equal(u.pcm, expected_audio(u, signal, 300))  # one utterance, no gap
+    assert_audio_is_input(u, signal)
+
+
+@pytest.mark.parametrize("tail_ms", [0, 30, 100, 450])
+def test_tail_lengths_pause_after_the_tail_and_keep_the_same_audio(tail_ms):
+    opts = SegmenterOptions(tail_ms=tail_ms, hangover_ms=600)
+    signal = np.concatenate([silence(0.5), voiced_burst(1.0, seed=2), silence(1.2)])
+    seg = Segmenter(opts)
+    events = feed(seg, signal, seed=tail_ms) + seg.finish()
+    (u,) = utterances(events)
+    assert len(u.pauses) == 1 and u.pauses[0][1] == len(u.pcm)
+    assert u.pauses[0][0].t_s == u.end.t_s
+    assert u.end.t_s - u.end.last_voice_s == pytest.approx(-(-tail_ms // 30) * 0.03, abs=1e-6)
+    np.testing.assert_array_equal(u.pcm, expected_audio(u, signal, tail_ms))
+
+
+def test_max_length_in_a_pause_ends_where_the_pause_did():
+    # the cap falls after the tail was emitted and before the hangover: the utterance ends at the pause
+    opts = SegmenterOptions(preroll_ms=0, max_utterance_s=2.0, tail_ms=300, hangover_ms=600)
+    signal = np.concatenate([silence(0.51), voiced_burst(1.5), silence(0.6), voiced_burst(1.0, seed=3),
+                             silence(1.5)])
+    seg = Segmenter(opts)
+    utts = utterances(feed(seg, signal, seed=6) + seg.finish())
+    assert [u.end.reason for u in utts] == ["max_length", "silence"]
+    first = utts[0]
+    assert len(first.pauses) == 1 and first.pauses[0][1] == len(first.pcm)
+    assert first.end.t_s == first.pauses[0][0].t_s
+    np.testing.assert_array_equal(first.pcm, expected_audio(first, signal, 300))
+    assert not utts[1].start.continued  # the resumed voice starts anew through the onset
+
+
+def test_ptt_release_after_a_pause_adds_no_audio_after_it():
+    opts = SegmenterOptions(mode="ptt", tail_ms=300, release_tail_ms=100)
+    seg = Segmenter(opts)
+    events = feed(seg, silence(0.3)) + seg.start_utterance()
+    after_press = np.concatenate([voiced_burst(1.2), silence(0.8)])
+    events += feed(seg, after_press, seed=7)
+    assert kinds(events)[-1] == "SpeechPause"
+    events += seg.stop_utterance()
+    events += feed(seg, silence(0.5), seed=8)  # the release tail (silence) is trimmed
+    assert kinds(events) == ["SpeechStart", "SpeechAudio", "SpeechPause", "SpeechEnd"]
+    (u,) = utterances(events)
+    assert u.end.reason == "stop" and u.end.t_s == u.pauses[0][0].t_s
+    signal = np.concatenate([silence(0.3), after_press, silence(0.5)])
+    np.testing.assert_array_equal(u.pcm, expected_audio(u, signal, 300))
+    assert_audio_is_input(u, signal)
+
+
+def test_ptt_release_before_the_tail_ends_without_a_pause():
+    opts = SegmenterOptions(mode="ptt", tail_ms=300, release_tail_ms=90)
+    seg = Segmenter(opts)
+    events = seg.start_utterance() + feed(seg, np.concatenate([voiced_burst(1.2), silence(0.06)]))
+    events += seg.stop_utterance() + feed(seg, silence(0.5), seed=9)
+    (u,) = utterances(events)
+    assert u.pauses == [] and u.end.reason == "stop"
+    assert u.end.t_s - u.end.last_voice_s < 0.3  # the release came first: less silence than the tail
+
+
+def test_ptt_speech_after_a_pause_continues_the_utterance():
+    opts = SegmenterOptions(mode="ptt", tail_ms=300, release_tail_ms=0)
+    seg = Segmenter(opts)
+    signal = np.concatenate([voiced_burst(0.9), silence(1.0), voiced_burst(0.6, seed=5), silence(0.1)])
+    events = seg.start_utterance() + feed(seg, signal, seed=10) + seg.stop_utterance()
+    (u,) = utterances(events)
+    assert len(u.pauses) == 1 and u.pauses[0][1] < len(u.pcm)
+    assert u.end.reason == "stop"
+    np.testing.assert_array_equal(u.pcm, signal[:len(u.pcm)])  # the whole pause is kept, as before
+    assert len(u.pcm) == len(signal) - len(signal) % FRAME_SAMPLES  # everything up to the stop (tail ≥ 0.1 s)
 
 
 # ---------------------------------------------------------------------- max length, cancel
