@@ -361,7 +361,8 @@ class Segmenter:
             while len(self._idle) > self._preroll + self._voiced_run:
                 self._discard_frames([self._idle.popleft()])
             if self._voiced_run >= self._onset and not self._suppress:
-                first_voiced = self._idle[len(self._idle) - self._voiced_run]
+                # after stop_utterance() mid-speech the voiced run is longer than what is kept
+                first_voiced = self._idle[max(0, len(self._idle) - self._voiced_run)]
                 utt = self._open(t_s=first_voiced.start / SAMPLE_RATE, has_speech=True)
                 frames = list(self._idle)
                 self._idle.clear()

@@ -470,6 +470,19 @@ def test_cancel_drops_the_utterance_and_waits_for_silence():
     assert seg.samples_in == seg.samples_emitted + seg.samples_discarded + seg.samples_buffered
 
 
+def test_vad_stop_while_speaking_ends_now_and_the_ongoing_voice_starts_a_new_utterance():
+    seg = Segmenter()
+    signal = np.concatenate([silence(0.5), voiced_burst(1.5), silence(1.0)])
+    events = feed(seg, signal[:SR])
+    events += seg.stop_utterance()
+    events += feed(seg, signal[SR:], seed=1) + seg.finish()
+    first, second = utterances(events)
+    assert first.end.reason == "stop" and second.end.reason == "silence"
+    assert second.audio_start == pytest.approx(first.audio_end, abs=0.031)  # the voice went on
+    for u in (first, second):
+        assert_audio_is_input(u, signal)
+
+
 def test_invalid_options_are_rejected():
     with pytest.raises(ValueError):
         SegmenterOptions(mode="always")
