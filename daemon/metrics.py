@@ -4,7 +4,8 @@ The WebSocket server feeds it from every transcript event it sends (``observe_ev
 put the standard timing keys into ``partial``/``final`` events:
 
 - ``timings.latency_ms``: wall time from the end of the audio the event covers to the event being emitted;
-- ``timings.compute_ms`` (finals): engine time spent on the utterance; with the audio span it gives the RTF.
+- ``timings.compute_ms`` (finals): engine time spent on the utterance; with the audio span it gives the RTF;
+- ``prepared`` (finals): the final was computed at a pause ahead of the end; counted as ``finals_prepared``.
 
 Anything else can be recorded directly: ``observe(name, value)``, ``count(name, n)``, ``set_gauge(name, v)``.
 ``snapshot()`` returns JSON for ``/metrics``; ``prometheus()`` the text exposition format.
@@ -70,6 +71,8 @@ class Metrics:
         if isinstance(latency, (int, float)):
             self.observe(f"{etype}_latency_ms", float(latency))
         if etype == "final":
+            if event.get("prepared") is True:
+                self.count("finals_prepared")
             compute = timings.get("compute_ms")
             try:
                 audio_s = float(event["audio_end"]) - float(event["audio_start"])

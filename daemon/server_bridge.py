@@ -199,13 +199,15 @@ def protocol_event(event: dict[str, Any], sink: str | None = None) -> dict[str, 
     kind = event["type"]
     if kind == "final":
         timings = {"compute_ms": event["elapsed_s"] * 1000.0}
-        for key in ("latency_ms", "final_ms"):  # end of utterance -> final emitted; the engine's finish()
+        # end of utterance -> final emitted; the engine's final (computed at the pause when prepared)
+        for key in ("latency_ms", "final_ms"):
             if event.get(key) is not None:
                 timings[key] = event[key]
+        info = {"prepared": bool(event["prepared"])} if "prepared" in event else {}  # computed at a pause
         return protocol.final(
             str(event["utterance_id"]), event["seq"], event["text"], event["language"] or None,
             event["token_ids"], event["audio_start"], event["audio_end"], timings=timings, sink=sink,
-            source=event["source"],
+            source=event["source"], **info,
         )
     if kind == "partial":
         return protocol.partial(

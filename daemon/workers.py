@@ -1,13 +1,20 @@
 """The transcription pipeline: an encoder worker and a decoder worker joined by bounded queues.
 
     segmenter thread ──(begin/audio/end/cancel, bounded queue: blocks, never drops)──► encoder worker
-    encoder worker   ──(per-utterance flags: "partial wanted", "final wanted")──────► decoder worker
+    encoder worker   ──(per-utterance flags: "partial", "prepare", "final" wanted)──► decoder worker
     decoder worker   ──(events: partial / final / cancelled / error)───────────────► emit callback
 
 The encoder worker consumes an utterance's audio while the person speaks (``stream.encode``). The
 decoder worker works on the oldest utterance first: a requested final always runs (finals are never
 dropped, and come out in utterance order); partials are a flag, not a queue, so when decoding falls
 behind the intermediate partials are skipped and only the newest state is decoded.
+
+Pauses: ``pause(utterance)`` (the segmenter's ``SpeechPause``: the utterance's audio is complete unless
+speech resumes) asks the decoder to prepare the final now (``stream.prepare_final``), before any partial
+and never before a final already wanted. When the end is confirmed with no audio in between,
+``decode_final`` returns the prepared final at no cost (the event says ``prepared: true``); when speech
+resumes, the utterance simply goes on and its final is computed at the end. A failed prepare is logged
+and changes nothing else.
 
 An engine plugs in through ``EngineBackend.open_stream(options) -> UtteranceStream``:
 ``StreamingBackend`` (engine/streaming.py: partials while speaking, exact finals) is the default;
@@ -56,6 +63,9 @@ class UtteranceStream(Protocol):
     def encode(self, pcm: np.ndarray) -> None: ...
     def finish_encoding(self) -> None: ...
     def decode_partial(self) -> Partial | None: ...
+    def prepare_final(self) -> None:
+        """Compute the final of the audio so far; ``decode_final`` returns it if no audio came since."""
+        ...
     def decode_final(self) -> Final: ...
     def close(self) -> None: ...
 
@@ -76,6 +86,7 @@ class WholeUtteranceStream:
         self._options = options
         self._chunks: list[np.ndarray] = []
         self._lock = threading.Lock()
+        self._prepared: tuple[int, Final] | None = None  # (samples it covers, the final)
 
     def encode(self, pcm: np.ndarray) -> None:
         with self._lock:
@@ -91,20 +102,37 @@ class WholeUtteranceStream:
         with self._lock:
             return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
 
+    def prepare_final(self) -> None:
+        audio = self.audio()
+        self._prepared = (audio.size, self._final_of(audio))
+
     def decode_final(self) -> Final:
         audio = self.audio()
+        prepared = self._prepared
+        if prepared is not None and prepared[0] == audio.size:
+            # Audio is only ever appended, so the same length is the same audio: the offline result of
+            # the prepare is exactly what transcribing it now would give.
+            final = prepared[1]
+            final.extra["prepared"] = True
+            return final
+        return self._final_of(audio)
+
+    def _final_of(self, audio: np.ndarray) -> Final:
         if audio.size == 0:
-            return Final(text="", language="", token_ids=[], audio_s=0.0, elapsed_s=0.0)
+            return Final(text="", language="", token_ids=[], audio_s=0.0, elapsed_s=0.0,
+                         extra={"prepared": False})
         result = self._transcribe(audio, self._options)
         return Final(
             text=result.text, language=result.language, token_ids=list(result.token_ids),
             audio_s=float(result.audio_s), elapsed_s=float(result.elapsed_s),
-            extra={"rtf": float(result.rtf)},
+            extra={"rtf": float(result.rtf), "final_ms": round(float(result.elapsed_s) * 1000.0, 1),
+                   "prepared": False},
         )
 
     def close(self) -> None:
         with self._lock:
             self._chunks.clear()
+            self._prepared = None
 
 
 class WholeUtteranceBackend:
@@ -177,15 +205,23 @@ class StreamingUtteranceStream:
                         "draft_tokens": t.draft_tokens, "accepted_tokens": t.accepted_tokens})
             return None
 
+    def prepare_final(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            # finish() returns it unless audio reaches the session after this (encode() pushes it)
+            self._activate().prepare_final()
+
     def decode_final(self) -> Final:
         with self._lock:
             session = self._activate()
             final = session.finish()
-            t = final.timings
+            t = final.timings  # a prepared final's are those of its computation at the pause
             return Final(
                 text=final.text, language=final.language, token_ids=list(final.token_ids),
                 audio_s=float(final.audio_end_s - final.audio_start_s), elapsed_s=session.compute_s,
                 extra={"stop_reason": final.stop_reason, "final_ms": round(t.total_ms, 1),
+                       "prepared": bool(final.prepared),
                        "partial_steps": session.steps, "skipped_steps": session.skipped},
             )
 
@@ -219,9 +255,11 @@ class _Utterance:
     ended: float | None = None  # monotonic time the audio ended (latency is measured from here)
     audio_s: float = 0.0
     partial_wanted: bool = False
+    prepare_wanted: bool = False  # the speaker paused: compute the final ahead (pause())
     final_wanted: bool = False
     cancelled: bool = False
     last_partial: Partial | None = None
+    prepares: int = 0  # finals prepared at pauses (the last one is used if no audio followed it)
     seq: int = 0  # events sent for this utterance
 
 
@@ -268,6 +306,11 @@ class Pipeline:
         decoder is free when the final is due."""
         pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
         self._inbox.put(("audio", utterance_id, (pcm, t_s, partial)))
+
+    def pause(self, utterance_id: int) -> None:
+        """The speaker paused: the audio given so far may be the whole utterance. The decoder prepares
+        its final now (before partials), so that ``end()`` without more audio finds it done."""
+        self._inbox.put(("pause", utterance_id, None))
 
     def end(self, utterance_id: int) -> None:
         self._inbox.put(("end", utterance_id, time.monotonic()))
@@ -338,6 +381,10 @@ class Pipeline:
                         with self._cond:
                             utt.partial_wanted = True
                             self._cond.notify_all()
+                elif kind == "pause":
+                    with self._cond:  # after the audio before it: the prepare covers all of it
+                        utt.prepare_wanted = True
+                        self._cond.notify_all()
                 elif kind == "end":
                     utt.stream.finish_encoding()
                     del streams[utterance_id]
@@ -363,7 +410,12 @@ class Pipeline:
     def _next_job(self) -> tuple[_Utterance, str] | None:
         for utt in self._active.values():  # oldest first
             if utt.final_wanted:
+                utt.prepare_wanted = False  # the final itself is due: nothing to prepare
                 return utt, "final"
+            if utt.prepare_wanted and utt.ended is None:
+                utt.prepare_wanted = False
+                utt.partial_wanted = False  # the prepared final covers the same audio
+                return utt, "prepare"
             if utt.partial_wanted and utt.ended is None:
                 utt.partial_wanted = False  # any later audio raises it again: skipped partials coalesce
                 return utt, "partial"
@@ -385,10 +437,13 @@ class Pipeline:
             try:
                 if kind == "final":
                     self._run_final(utt)
+                elif kind == "prepare":
+                    self._run_prepare(utt)
                 else:
                     self._run_partial(utt)
             except Exception as exc:
-                log.exception("decoder worker: %s of utterance %d failed", kind, utt.id)
+                log.exception("decoder worker: %s of utterance %d failed%s", kind, utt.id,
+                              "; its final is computed at the end" if kind == "prepare" else "")
                 if kind == "final":
                     self._emit({"type": "error", "utterance_id": utt.id, "source": utt.source,
                                 "message": f"transcription failed: {exc}"})
@@ -415,6 +470,12 @@ class Pipeline:
                     "audio_start": utt.audio_start, "audio_end": utt.audio_start + utt.audio_s})
         utt.seq += 1
 
+    def _run_prepare(self, utt: _Utterance) -> None:
+        prepare = getattr(utt.stream, "prepare_final", None)  # optional for third-party streams
+        if prepare is not None and not utt.cancelled:
+            prepare()
+            utt.prepares += 1
+
     def _run_final(self, utt: _Utterance) -> None:
         final = utt.stream.decode_final()
         if utt.cancelled:
@@ -426,7 +487,8 @@ class Pipeline:
             "language": final.language, "token_ids": final.token_ids, "audio_s": round(utt.audio_s, 3),
             "audio_start": utt.audio_start, "audio_end": utt.audio_start + utt.audio_s,
             "elapsed_s": round(final.elapsed_s, 3),
-            "latency_ms": round(latency_ms, 1) if latency_ms is not None else None, **final.extra,
+            "latency_ms": round(latency_ms, 1) if latency_ms is not None else None, "prepares": utt.prepares,
+            **final.extra,
         }
         self.utterances_done += 1
         self.last_latency_ms = event["latency_ms"]

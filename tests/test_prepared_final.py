@@ -1,0 +1,341 @@
+"""Prepared finals: the segmenter's SpeechPause makes the pipeline compute the final during the VAD's
+hangover; the end then publishes it at no cost. Fake streams check the decoder's scheduling (prepare
+before partials, never instead of a wanted final, failures harmless); the real engine on the tiny bundle
+checks that a prepared final is the offline transcription of the utterance's audio, and that speech
+resuming after a pause invalidates it."""
+
+from __future__ import annotations
+
+import json
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from qasr.daemon.segmenter import Segmenter, SegmenterOptions, SpeechAudio, SpeechEnd, SpeechPause, SpeechStart
+from qasr.daemon.workers import Final, Partial, Pipeline, StreamingBackend, WholeUtteranceStream
+from tests.test_segmenter import silence, voiced_burst
+
+SR = 16000
+WAIT_S = 60.0
+
+
+# ------------------------------------------------------------------------------ fakes
+
+
+class FakeStream:
+    """Records the decoder's calls; a prepared final is used only if no audio came after it."""
+
+    def __init__(self, name: str, log: list, fail_prepare: bool = False, gate: threading.Event | None = None):
+        self.name, self.log, self.fail_prepare, self.gate = name, log, fail_prepare, gate
+        self.samples = 0
+        self.prepared_at: int | None = None
+        self.prepared = threading.Event()
+        self.partials = 0
+
+    def encode(self, pcm):
+        self.samples += len(pcm)
+
+    def finish_encoding(self):
+        pass
+
+    def decode_partial(self):
+        self.log.append((self.name, "partial"))
+        self.partials += 1
+        return Partial(committed="", tentative=f"p{self.partials}")
+
+    def prepare_final(self):
+        self.log.append((self.name, "prepare"))
+        try:
+            if self.fail_prepare:
+                raise RuntimeError("prepare broke")
+            self.prepared_at = self.samples
+        finally:
+            self.prepared.set()
+
+    def decode_final(self):
+        self.log.append((self.name, "final"))
+        if self.gate is not None:
+            assert self.gate.wait(WAIT_S)
+        prepared = self.prepared_at == self.samples
+        return Final(text=f"{self.name}:{self.samples}", language="English", token_ids=[self.samples],
+                     audio_s=self.samples / SR, elapsed_s=0.01, extra={"prepared": prepared, "final_ms": 10.0})
+
+    def close(self):
+        pass
+
+
+class FakeBackend:
+    def __init__(self, **kwargs):
+        self.log: list = []
+        self.streams: list[FakeStream] = []
+        self.kwargs = kwargs  # name -> FakeStream options
+
+    def open_stream(self, options):
+        name = "abcdefgh"[len(self.streams)]
+        stream = FakeStream(name, self.log, **self.kwargs.get(name, {}))
+        self.streams.append(stream)
+        return stream
+
+
+def run_pipeline(backend, script):
+    events: list[dict] = []
+    pipeline = Pipeline(backend, events.append)
+    pipeline.start()
+    try:
+        script(pipeline)
+        assert pipeline.drain(WAIT_S)
+    finally:
+        pipeline.stop()
+    return events
+
+
+def finals(events):
+    return {e["utterance_id"]: e for e in events if e["type"] == "final"}
+
+
+def block(n=1600):
+    return np.zeros(n, np.float32)
+
+
+# ------------------------------------------------------------------------------ pipeline scheduling
+
+
+def test_prepare_runs_at_the_pause_and_the_final_uses_it():
+    backend = FakeBackend()
+
+    def script(p):
+        u = p.begin("mic")
+        p.audio(u, block(), partial=False)
+        p.pause(u)
+        p._inbox.join()
+        assert backend.streams[0].prepared.wait(WAIT_S)
+        p.end(u)
+
+    events = run_pipeline(backend, script)
+    (final,) = finals(events).values()
+    assert backend.log == [("a", "prepare"), ("a", "final")]
+    assert final["prepared"] is True and final["prepares"] == 1 and final["final_ms"] == 10.0
+    assert final["token_ids"] == [1600]
+
+
+def test_audio_after_the_pause_makes_the_final_compute_again():
+    backend = FakeBackend()
+
+    def script(p):
+        u = p.begin("mic")
+        p.audio(u, block(), partial=False)
+        p.pause(u)
+        p._inbox.join()
+        assert backend.streams[0].prepared.wait(WAIT_S)
+        p.audio(u, block(800), partial=False)  # speech resumed; ends without a second pause
+        p.end(u)
+
+    (final,) = finals(run_pipeline(backend, script)).values()
+    assert final["prepared"] is False and final["prepares"] == 1 and final["token_ids"] == [2400]
+
+
+def test_a_wanted_final_is_never_preceded_by_a_prepare_and_prepares_go_before_partials():
+    gate = threading.Event()
+    backend = FakeBackend(a={"gate": gate})
+
+    def script(p):
+        a = p.begin("mic")
+        p.audio(a, block(), partial=False)
+        p.end(a)  # the decoder holds in a's final until the gate opens
+        b = p.begin("mic")
+        p.audio(b, block(), partial=True)
+        p.pause(b)
+        p.end(b)  # paused and ended before the decoder is free: the final is due, nothing to prepare
+        c = p.begin("mic")
+        p.audio(c, block(), partial=True)  # a partial is wanted ...
+        p.pause(c)  # ... but the pause comes first and covers the same audio
+        p._inbox.join()
+        gate.set()
+        assert backend.streams[2].prepared.wait(WAIT_S)
+        p.audio(c, block(), partial=True)  # speech again: partials work as before
+        p.audio(c, block(), partial=False)
+        p.end(c)
+
+    events = run_pipeline(backend, script)
+    fin = finals(events)
+    assert [(n, kind) for n, kind in backend.log if n != "c"] == [("a", "final"), ("b", "final")]
+    c_calls = [kind for n, kind in backend.log if n == "c"]
+    assert c_calls[0] == "prepare" and c_calls[-1] == "final"
+    assert set(c_calls[1:-1]) <= {"partial"}  # a partial may run for the resumed speech, none before
+    assert [f["prepared"] for f in fin.values()] == [False, False, False]
+    assert [f["prepares"] for f in fin.values()] == [0, 0, 1]
+    order = [e["type"] for e in events if e["type"] in ("partial", "final")]
+    assert order[:2] == ["final", "final"]
+
+
+def test_a_failed_prepare_loses_nothing():
+    backend = FakeBackend(a={"fail_prepare": True})
+
+    def script(p):
+        u = p.begin("mic")
+        p.audio(u, block(), partial=False)
+        p.pause(u)
+        p._inbox.join()
+        assert backend.streams[0].prepared.wait(WAIT_S)
+        p.end(u)
+        v = p.begin("mic")
+        p.audio(v, block(), partial=False)
+        p.pause(v)
+        p._inbox.join()
+        assert backend.streams[1].prepared.wait(WAIT_S)
+        p.end(v)
+
+    events = run_pipeline(backend, script)
+    assert not [e for e in events if e["type"] == "error"]
+    a, b = finals(events).values()
+    assert a["prepared"] is False and a["prepares"] == 0 and a["token_ids"] == [1600]  # computed at the end
+    assert b["prepared"] is True
+
+
+def test_whole_utterance_stream_reuses_the_prepared_transcription():
+    calls = []
+
+    def transcribe(audio, options):
+        calls.append(audio.size)
+        return SimpleNamespace(text=f"n{audio.size}", language="English", token_ids=[audio.size],
+                               audio_s=audio.size / SR, elapsed_s=0.02, rtf=0.1)
+
+    stream = WholeUtteranceStream(transcribe, {})
+    stream.encode(block())
+    stream.prepare_final()
+    final = stream.decode_final()
+    assert calls == [1600] and final.token_ids == [1600] and final.extra["prepared"] is True
+    assert final.extra["final_ms"] == 20.0
+
+    stream = WholeUtteranceStream(transcribe, {})
+    stream.encode(block())
+    stream.prepare_final()
+    stream.encode(block(400))  # speech resumed: the prepared result is stale
+    final = stream.decode_final()
+    assert calls == [1600, 1600, 2000] and final.token_ids == [2000] and final.extra["prepared"] is False
+
+
+def test_the_protocol_final_says_whether_it_was_prepared():
+    from qasr.daemon.metrics import Metrics
+    from qasr.daemon.server_bridge import protocol_event
+
+    base = {"type": "final", "utterance_id": 3, "seq": 4, "text": "hi", "language": "English", "token_ids": [1],
+            "audio_start": 1.0, "audio_end": 2.0, "elapsed_s": 0.5, "latency_ms": 12.0, "final_ms": 300.0,
+            "source": "mic"}
+    prepared = protocol_event(dict(base, prepared=True), "paste")
+    assert prepared["prepared"] is True and prepared["timings"]["final_ms"] == 300.0
+    assert protocol_event(dict(base, prepared=False))["prepared"] is False
+    assert "prepared" not in protocol_event(base)
+    metrics = Metrics()
+    for event in (prepared, protocol_event(dict(base, prepared=False))):
+        metrics.observe_event(event)
+    assert metrics.counter("finals_prepared") == 1
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is a dev dependency")
+    from tests.test_protocol import SCHEMA_FILE
+
+    schema = json.loads(SCHEMA_FILE.read_text())
+    validator = jsonschema.Draft202012Validator({"$ref": "#/$defs/server.final", "$defs": schema["$defs"]})
+    validator.validate(prepared)
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(dict(prepared, prepared="yes"))
+
+
+# ------------------------------------------------------------------------------ the real engine
+
+
+@pytest.fixture(scope="module")
+def transcriber(tiny_bundle):
+    from qasr.engine.transcribe import Transcriber
+
+    with Transcriber(tiny_bundle) as t:
+        yield t
+
+
+class SignallingBackend:
+    """StreamingBackend whose streams say when a prepare is done (the test waits for it, as the real
+    hangover would)."""
+
+    def __init__(self, transcriber):
+        from qasr.engine.streaming import StreamingOptions, StreamingSession
+
+        self.inner = StreamingBackend(lambda options: StreamingSession(transcriber, StreamingOptions(rtf_budget=10.0)))
+        self.prepares = threading.Semaphore(0)
+
+    def open_stream(self, options):
+        stream = self.inner.open_stream(options)
+        real = stream.prepare_final
+
+        def prepare_final():
+            try:
+                real()
+            finally:
+                self.prepares.release()
+
+        stream.prepare_final = prepare_final
+        return stream
+
+
+def dictate(transcriber, signal, stop_at_s=None):
+    """Segmenter events → pipeline, as the daemon does; waits at each pause until its prepare is done.
+    ``stop_at_s``: end the utterance there (a stop command) instead of feeding the rest."""
+    backend = SignallingBackend(transcriber)
+    events: list[dict] = []
+    audio: dict[int, list[np.ndarray]] = {}
+    pauses = 0
+    pipeline = Pipeline(backend, events.append)
+    pipeline.start()
+    seg = Segmenter(SegmenterOptions(mode="vad", tail_ms=300, hangover_ms=600))
+    ids: dict[int, int] = {}
+    try:
+        end = len(signal) if stop_at_s is None else int(stop_at_s * SR)
+        for i in range(0, end, 480):  # 30 ms blocks, as from the microphone
+            seg_events = seg.process(signal[i:min(i + 480, end)])
+            if stop_at_s is not None and i + 480 >= end:
+                seg_events += seg.finish()
+            for e in seg_events:
+                if isinstance(e, SpeechStart):
+                    ids[e.utterance_id] = pipeline.begin("mic", audio_start=e.t_s)
+                elif isinstance(e, SpeechAudio):
+                    audio.setdefault(e.utterance_id, []).append(e.pcm)
+                    pipeline.audio(ids[e.utterance_id], e.pcm, e.t_s, partial=seg.silence_s < 0.25)
+                elif isinstance(e, SpeechPause):
+                    pipeline.pause(ids[e.utterance_id])
+                    pauses += 1
+                    assert backend.prepares.acquire(timeout=WAIT_S)  # the hangover is longer than the prepare
+                elif isinstance(e, SpeechEnd):
+                    pipeline.end(ids[e.utterance_id])
+        assert pipeline.drain(WAIT_S * 3)
+    finally:
+        pipeline.stop()
+    assert len(ids) == 1, "one utterance expected"
+    (final,) = [e for e in events if e["type"] == "final"]
+    return final, np.concatenate(audio[1]), pauses
+
+
+def test_paused_utterance_gets_the_prepared_final_equal_to_offline(transcriber):
+    signal = np.concatenate([silence(0.5), voiced_burst(1.6, seed=1), silence(1.5)])
+    final, audio, pauses = dictate(transcriber, signal)
+    assert pauses == 1
+    assert final["prepared"] is True and final["prepares"] == 1 and final["final_ms"] > 0
+    reference = transcriber.transcribe(audio)
+    assert final["token_ids"] == reference.token_ids and final["text"] == reference.text
+    assert final["audio_s"] == pytest.approx(audio.size / SR, abs=1e-3)
+
+
+def test_speech_resuming_after_a_pause_still_ends_equal_to_offline(transcriber):
+    signal = np.concatenate([silence(0.5), voiced_burst(1.2, seed=2), silence(0.5), voiced_burst(1.0, seed=3),
+                             silence(1.5)])
+    # ends after a second pause: that prepare is the final
+    final, audio, pauses = dictate(transcriber, signal)
+    assert pauses == 2
+    assert final["prepared"] is True and final["prepares"] == 2
+    assert final["token_ids"] == transcriber.transcribe(audio).token_ids
+    assert audio.size > (1.2 + 0.5 + 1.0) * SR  # the whole pause is inside the one utterance
+
+    # stopped mid-speech after the pause: the first prepare is stale, the final is computed at the end
+    final, audio, pauses = dictate(transcriber, signal, stop_at_s=0.5 + 1.2 + 0.5 + 0.8)
+    assert pauses == 1
+    assert final["prepared"] is False and final["prepares"] == 1
+    assert final["token_ids"] == transcriber.transcribe(audio).token_ids
