@@ -428,6 +428,10 @@ class Daemon:
                 # A pause that may be the end of speech: no partial step, so the decoder is free for the final.
                 self.pipeline.audio(utterance, event.pcm, event.t_s,
                                     partial=self.segmenter.silence_s < PARTIAL_PAUSE_S)
+            elif kind == "SpeechPause":
+                # The audio so far is the whole utterance unless speech resumes: the final is computed now,
+                # during the VAD's hangover, and comes out the moment the end is confirmed.
+                self.pipeline.pause(utterance)
             elif kind in ("SpeechEnd", "Cancelled"):
                 (self.pipeline.end if kind == "SpeechEnd" else self.pipeline.cancel)(utterance)
                 del self._mic_utterances[event.utterance_id]
