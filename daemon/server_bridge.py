@@ -167,6 +167,8 @@ class IngestStream:
                 self._begin(event.t_s, event.continued)
             elif kind == "SpeechAudio" and self.utterance is not None:
                 pipeline.audio(self.utterance, event.pcm, event.t_s)
+            elif kind == "SpeechPause" and self.utterance is not None:
+                pipeline.pause(self.utterance)
             elif kind in ("SpeechEnd", "Cancelled") and self.utterance is not None:
                 (pipeline.end if kind == "SpeechEnd" else pipeline.cancel)(self.utterance)
                 self.utterance = None

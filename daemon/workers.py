@@ -67,6 +67,9 @@ class UtteranceStream(Protocol):
         """Compute the final of the audio so far; ``decode_final`` returns it if no audio came since."""
         ...
     def decode_final(self) -> Final: ...
+    def interrupt(self) -> None:
+        """Stop the partial decode in flight, if any (any thread, no lock): a pause or end needs the decoder."""
+        ...
     def close(self) -> None: ...
 
 
@@ -105,6 +108,9 @@ class WholeUtteranceStream:
     def prepare_final(self) -> None:
         audio = self.audio()
         self._prepared = (audio.size, self._final_of(audio))
+
+    def interrupt(self) -> None:
+        pass  # no partial decodes
 
     def decode_final(self) -> Final:
         audio = self.audio()
@@ -204,6 +210,11 @@ class StreamingUtteranceStream:
                         "decode_ms": round(t.decode_ms, 1), "step_ms": round(t.total_ms, 1),
                         "draft_tokens": t.draft_tokens, "accepted_tokens": t.accepted_tokens})
             return None
+
+    def interrupt(self) -> None:
+        session = self._session  # deliberately without the lock: the decoder worker holds it mid-step
+        if session is not None:
+            session.interrupt()
 
     def prepare_final(self) -> None:
         with self._lock:
@@ -310,10 +321,23 @@ class Pipeline:
     def pause(self, utterance_id: int) -> None:
         """The speaker paused: the audio given so far may be the whole utterance. The decoder prepares
         its final now (before partials), so that ``end()`` without more audio finds it done."""
+        self._interrupt_partial(utterance_id)
         self._inbox.put(("pause", utterance_id, None))
 
     def end(self, utterance_id: int) -> None:
+        self._interrupt_partial(utterance_id)
         self._inbox.put(("end", utterance_id, time.monotonic()))
+
+    def _interrupt_partial(self, utterance_id: int) -> None:
+        """A partial step of this utterance in flight is now wasted work that delays its final: stop it."""
+        with self._cond:
+            utt = self._active.get(utterance_id)
+            decoding = self._decoding == utterance_id
+        if utt is not None and decoding:
+            try:
+                utt.stream.interrupt()
+            except Exception:  # an engine without interrupt support just finishes the step
+                log.debug("interrupt failed", exc_info=True)
 
     def cancel(self, utterance_id: int) -> None:
         self._inbox.put(("cancel", utterance_id, None))

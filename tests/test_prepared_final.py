@@ -339,3 +339,41 @@ def test_speech_resuming_after_a_pause_still_ends_equal_to_offline(transcriber):
     assert pauses == 1
     assert final["prepared"] is False and final["prepares"] == 1
     assert final["token_ids"] == transcriber.transcribe(audio).token_ids
+
+
+class BlockingPartialStream(FakeStream):
+    """A partial step that runs until interrupted (as a long engine step would)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.in_partial = threading.Event()
+        self.interrupted = threading.Event()
+
+    def decode_partial(self):
+        self.log.append((self.name, "partial"))
+        self.in_partial.set()
+        assert self.interrupted.wait(WAIT_S), "the pause did not interrupt the partial step"
+        return None  # an interrupted step gives no partial
+
+    def interrupt(self):
+        self.log.append((self.name, "interrupt"))
+        self.interrupted.set()
+
+
+def test_a_pause_interrupts_the_partial_step_in_flight():
+    backend = FakeBackend()
+    backend.open_stream = lambda options: backend.streams.append(BlockingPartialStream("a", backend.log)) or backend.streams[-1]
+
+    def script(p):
+        u = p.begin("mic")
+        p.audio(u, block(), partial=True)
+        assert p._inbox.join() is None and backend.streams[0].in_partial.wait(WAIT_S)
+        p.pause(u)  # from the segmenter thread, while the decoder is inside the partial step
+        assert backend.streams[0].prepared.wait(WAIT_S)
+        p.end(u)
+
+    events = run_pipeline(backend, script)
+    assert backend.log[:3] == [("a", "partial"), ("a", "interrupt"), ("a", "prepare")]
+    (final,) = finals(events).values()
+    assert final["prepared"] is True
+    assert not [e for e in events if e["type"] == "partial"]
