@@ -196,6 +196,9 @@ def streaming_worker(bundle: Path, audio_s: float, threads: int, rtf_budget: flo
     _sleep_until(vad_end)
     paused = session.finish()
     after_vad_end_ms = max(0.0, (time.perf_counter() - vad_end) * 1000.0)
+    # The same with the draft all accepted: the prepare starts at the pause, (hangover - tail) before the end.
+    paused_bounds = _final_latency_bounds(engine, np.concatenate([audio, tail]), paused.token_ids)
+    accepted_after_vad_end_ms = max(0.0, paused_bounds["all_accepted_ms"] - (hangover_s - pause_tail_s) * 1000.0)
 
     intervals = np.diff(partial_times) if len(partial_times) > 1 else np.array([])
     return {
@@ -217,6 +220,8 @@ def streaming_worker(bundle: Path, audio_s: float, threads: int, rtf_budget: flo
         "paused_prepare_ms": round(prepare_ms, 1),
         "paused_final_after_vad_end_ms": round(after_vad_end_ms, 1),
         "paused_final_prepared": paused.prepared,
+        "paused_all_accepted_prepare_ms": paused_bounds["all_accepted_ms"],
+        "paused_all_accepted_after_vad_end_ms": round(accepted_after_vad_end_ms, 1),
         "official_recipe": official_recipe(engine, audio),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "threads": threads,
