@@ -23,8 +23,9 @@ Measurements
   ``speech_end_to_final_ms`` = final arrival − end of speech, as the daemon heard it.
   ``hangover_ms`` = vad.hangover_ms (configuration; ``speech_end_to_utt_end_ms`` is it, measured).
   ``engine_final_ms`` = the engine's own finish() compute when the final's timings carry it
-  (``final_ms``/``total_ms``), else None. ``overhead_ms`` = speech_end_to_final − hangover −
-  engine_final (target ≤ 100 ms). ``utt_end_to_final_ms`` = final arrival − end of the utterance;
+  (``final_ms``/``total_ms``), else None; ``prepared`` = the final was computed at the pause, during the
+  hangover (then ``engine_final_ms`` is that computation). ``overhead_ms`` = speech_end_to_final −
+  hangover − engine_final (target ≤ 100 ms; only for finals not prepared). ``utt_end_to_final_ms`` = final arrival − end of the utterance;
   ``daemon_latency_ms`` = the final's ``timings.latency_ms`` (pipeline: utterance end → final emitted:
   decoder queueing behind a partial step + final compute, the engine's final latency as the daemon runs
   it); ``ws_overhead_ms`` = utt_end_to_final − daemon_latency (text shaping, journal, publish, WebSocket).
@@ -645,8 +646,10 @@ def phase_latency(daemon: Daemon, subs: Subscribers, pulse: Pulse, report: Repor
             report("final_latency", **base, utterances=len(got["finals"]),
                    audio_s=round(final["audio_end"] - final["audio_start"], 2), partials=got["partials"],
                    speech_end_to_final_ms=r1(to_final), hangover_ms=hangover_ms,
-                   engine_final_ms=r1(engine_ms),
-                   overhead_ms=r1(to_final - hangover_ms - engine_ms) if engine_ms is not None else None,
+                   engine_final_ms=r1(engine_ms), prepared=final.get("prepared"),
+                   # a prepared final's compute ran during the hangover: no overhead to derive
+                   overhead_ms=(r1(to_final - hangover_ms - engine_ms)
+                                if engine_ms is not None and not final.get("prepared") else None),
                    utt_end_to_final_ms=r1(after_utt), daemon_latency_ms=r1(daemon_ms),
                    ws_overhead_ms=r1(after_utt - daemon_ms) if daemon_ms is not None else None,
                    speech_end_to_utt_end_ms=r1((clock["utt_end"] - speech_end) * 1000.0),
