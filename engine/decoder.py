@@ -156,7 +156,9 @@ class Decoder:
         cparams.n_ctx = options.n_ctx
         cparams.n_batch = options.n_batch
         cparams.n_ubatch = options.n_batch
-        cparams.n_seq_max = 1
+        # sequence 0 is the live one; sequence 1 only holds positions set aside by park()
+        cparams.n_seq_max = 2
+        cparams.kv_unified = True
         cparams.n_threads = threads
         cparams.n_threads_batch = options.threads_batch or threads
         cparams.no_perf = True
@@ -177,6 +179,7 @@ class Decoder:
         self._token_batch = _Batch(self.n_batch, 0)
         self._embd_batch = _Batch(self.n_batch, self.n_embd)
         self.n_past = 0
+        self._parked: tuple[int, int] | None = None  # positions held by park()
         self._piece_cache: dict[tuple[int, bool], bytes] = {}
         # interrupt(): another thread sets the flag byte; llama_decode then returns 2 at the next node
         self.interruptible = False  # only decodes run while this is True may be interrupted
@@ -261,6 +264,42 @@ class Decoder:
         """Forget every cached position."""
         self._ll.llama_memory_clear(self._memory, True)
         self.n_past = 0
+        self._parked = None
+
+    def park(self, start: int, end: int) -> None:
+        """Set the cached positions [start, end) aside and drop everything from `start` on.
+
+        llama.cpp only appends at the end of a sequence, so cache entries that should stay but must move
+        further back (a streaming hypothesis's committed text, when new audio goes in before it) are
+        held in a second sequence meanwhile; `unpark()` puts them back after whatever was fed since.
+        """
+        self.drop_parked()
+        end = min(end, self.n_past)
+        if end <= start:
+            return
+        self._ll.llama_memory_seq_cp(self._memory, 0, 1, start, end)
+        self.truncate(start)
+        self._parked = (start, end)
+
+    def unpark(self) -> int:
+        """Put the parked positions back right after n_past (their positions shifted to follow, which
+        llama.cpp re-rotates); returns how many came back."""
+        if self._parked is None:
+            return 0
+        start, end = self._parked
+        shift = self.n_past - start
+        if shift:
+            self._ll.llama_memory_seq_add(self._memory, 1, start, end, shift)
+        self._ll.llama_memory_seq_cp(self._memory, 1, 0, start + shift, end + shift)
+        self._ll.llama_memory_seq_rm(self._memory, 1, -1, -1)
+        self._parked = None
+        self.n_past += end - start
+        return end - start
+
+    def drop_parked(self) -> None:
+        if self._parked is not None:
+            self._ll.llama_memory_seq_rm(self._memory, 1, -1, -1)
+            self._parked = None
 
     def truncate(self, n_keep: int) -> None:
         """Keep positions [0, n_keep) in the KV cache, drop the rest."""

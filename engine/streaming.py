@@ -149,6 +149,7 @@ class StreamingSession:
         self._finished = False
         self._carry: np.ndarray | None = None
         self._prepared: tuple[int, FinalEvent] | None = None  # (n_samples it covers, the final)
+        self._kv_text: tuple[int, list[int]] | None = None  # (position, hypothesis tokens cached there)
         self.next_session: StreamingSession | None = None
         self.decoder.reset()
         head = build_prompt(self.decoder.tokenize, 0, options.context, self.language)
@@ -199,17 +200,24 @@ class StreamingSession:
         timings.encoder_ms = (t1 - t0) * 1000.0
         try:
             with self.decoder.interruptible_decodes():
+                parked = self._park_committed()
                 self._sync_audio_into_kv(open_embeds)
+                if parked:
+                    self.decoder.feed_tokens(self._after_ids, want_logits=False)
+                    parked = self.decoder.unpark()
                 timings.prefill_ms = (time.perf_counter() - t1) * 1000.0
                 cap = out.new_token_cap(self.audio_s, self.options.max_new_tokens)
                 # Committed tokens are not verified again in partials (their text never changes anyway;
                 # the final verifies everything): logits only where the hypothesis may still change.
                 committed = self.commits.committed
                 trusted = len(committed) if self._hyp.ids[: len(committed)] == committed else 0
-                hyp = self._decode(self._hyp.ids, cap, self.options.max_new_tokens_per_step, timings, trusted)
+                hyp = self._decode(self._hyp.ids, cap, self.options.max_new_tokens_per_step, timings, trusted,
+                                   parked)
         except DecodeInterrupted:
             # Back to the audio the cache holds for sure; the previous hypothesis stays the draft.
             window = self.engine.bundle.manifest.audio.window_tokens
+            self.decoder.drop_parked()
+            self._kv_text = None
             self._kv_open_audio = 0
             self.decoder.truncate(self._head_len + self._kv_audio_windows * window)
             elapsed = time.perf_counter() - t0
@@ -345,6 +353,7 @@ class StreamingSession:
         positions = self._pending_positions()
         if positions <= 0:
             return 0.0
+        self._kv_text = None  # everything after the synced windows leaves the cache
         t0 = time.perf_counter()
         self._sync_finished_windows()
         elapsed = time.perf_counter() - t0
@@ -386,8 +395,12 @@ class StreamingSession:
         max_beyond_draft: int | None,
         timings: StepTimings,
         trusted: int = 0,
+        parked: int = 0,
     ) -> _Hypothesis:
-        """Prompt tail + draft verification + greedy continuation, with offline's stop/cap/loop rules."""
+        """Prompt tail + draft verification + greedy continuation, with offline's stop/cap/loop rules.
+
+        `parked`: the prompt tail and the first `parked` draft tokens are in the cache already (see
+        `_park_committed`); they are committed tokens and taken as they are."""
         t0 = time.perf_counter()
         dec = self.decoder
         draft = list(draft[: max(0, cap)])
@@ -395,10 +408,14 @@ class StreamingSession:
         hyp = _Hypothesis(stop_reason="max_tokens")
         # Greedy predictions after the prompt tail and after each draft token: one batch, one decode call.
         # The first `trusted` draft tokens are taken as they are (no logits computed for them).
-        trusted = min(trusted, len(draft))
-        base = dec.n_past + len(self._after_ids)
-        predictions = draft[:trusted] + dec.feed_tokens_argmax([*self._after_ids, *draft],
-                                                               first=len(self._after_ids) - 1 + trusted)
+        if parked:
+            base = dec.n_past - parked
+            predictions = draft[: parked + 1] + dec.feed_tokens_argmax(draft[parked:])
+        else:
+            trusted = min(trusted, len(draft))
+            base = dec.n_past + len(self._after_ids)
+            predictions = draft[:trusted] + dec.feed_tokens_argmax([*self._after_ids, *draft],
+                                                                   first=len(self._after_ids) - 1 + trusted)
         accepted = 0
         done = False
         for i, token in enumerate(predictions):
@@ -423,7 +440,24 @@ class StreamingSession:
                 break
         timings.decode_ms += (time.perf_counter() - t1) * 1000.0
         hyp.ids = ids
+        self._kv_text = (base, ids[: dec.n_past - base])  # the hypothesis tokens now in the cache
         return hyp
+
+    def _park_committed(self) -> int:
+        """Keep the committed text's cache entries across the step: set them aside while new audio and the
+        prompt tail go in, then put them back after (Decoder.park/unpark). They were computed before the
+        newest audio, which partials accept; without this every step would re-feed the whole committed
+        text, so a step's cost would grow with the utterance. Returns how many tokens were set aside (the
+        last committed token is fed again: its logits predict what follows)."""
+        if self._kv_text is None or self._pending_positions() > 0:
+            return 0
+        base, cached = self._kv_text
+        committed = self.commits.committed
+        n = len(committed) - 1
+        if n < 1 or cached[:n] != committed[:n] or self._hyp.ids[: n + 1] != committed:
+            return 0
+        self.decoder.park(base, base + n)
+        return n
 
     def _accept(self, ids: list[int], token: int, cap: int, hyp: _Hypothesis) -> bool:
         """Apply one greedy token exactly as offline generation does; True when generation ends."""
@@ -465,6 +499,7 @@ class StreamingSession:
         self.encoder = IncrementalEncoder(self.engine.encoder, self.engine.feature_params, self.options.min_audio_s)
         self._kv_audio_windows, self._kv_open_audio = 0, 0
         self._prepared = None
+        self._kv_text = None
         self.encoder.push(head)
         final = self.finish()
         final.cut = True

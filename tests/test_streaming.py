@@ -380,3 +380,41 @@ def test_partials_verify_only_what_is_not_committed(engines):
     assert any(first > tail - 1 for _, first in firsts[:-1])  # some step trusted committed tokens
     assert firsts[-1][1] == tail - 1  # the final verifies every draft token
     assert final.token_ids == engine.transcribe(audio).token_ids
+
+
+def test_partials_keep_the_committed_text_cached_instead_of_re_feeding_it(engines):
+    engine = engines("English")
+    audio = make_test_audio(12.0, seed=42)
+    parks: list[int] = []
+    fed_tokens: list[int] = []
+    real_park, real_argmax = engine.decoder.park, engine.decoder.feed_tokens_argmax
+
+    def park(start, end):
+        parks.append(end - start)
+        return real_park(start, end)
+
+    def argmax(ids, first=0):
+        fed_tokens.append(len(ids))
+        return real_argmax(ids, first=first)
+
+    engine.decoder.park, engine.decoder.feed_tokens_argmax = park, argmax
+    try:
+        session = StreamingSession(engine, StreamingOptions(language="English", rtf_budget=100.0), "u1")
+        partials = []
+        for i in range(0, audio.shape[0], RATE // 4):
+            partials += [e for e in session.feed(audio[i : i + RATE // 4]) if isinstance(e, PartialEvent)]
+        committed_tokens = len(session.commits.committed)
+        final = session.finish()
+    finally:
+        for name in ("park", "feed_tokens_argmax"):
+            engine.decoder.__dict__.pop(name, None)
+    print(f"committed {committed_tokens}, parked {parks}, verified {fed_tokens}")
+    assert committed_tokens >= 4, "the test needs committed text to prove anything"
+    assert parks and max(parks) >= committed_tokens - 1 - 3  # the committed text was set aside, not re-fed
+    # steps that parked verified only the uncommitted rest: fewer tokens than the hypothesis
+    assert min(fed_tokens[:-1]) < committed_tokens
+    previous = ""
+    for p in partials:
+        assert p.committed.startswith(previous)
+        previous = p.committed
+    assert final.token_ids == engine.transcribe(audio).token_ids
