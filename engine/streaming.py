@@ -115,6 +115,8 @@ class _Hypothesis:
 class StreamingSession:
     """One utterance. Not thread-safe: one caller at a time (the daemon's workers hold a lock)."""
 
+    PARK_MIN_TOKENS = 6  # committed tokens kept in the cache across a partial step (see _park_committed)
+
     def __init__(
         self,
         engine: Transcriber,
@@ -454,7 +456,8 @@ class StreamingSession:
         base, cached = self._kv_text
         committed = self.commits.committed
         n = len(committed) - 1
-        if n < 1 or cached[:n] != committed[:n] or self._hyp.ids[: n + 1] != committed:
+        # worth it beyond a few tokens: the prompt tail then needs a decode call of its own (~20 ms)
+        if n < self.PARK_MIN_TOKENS or cached[:n] != committed[:n] or self._hyp.ids[: n + 1] != committed:
             return 0
         self.decoder.park(base, base + n)
         return n
