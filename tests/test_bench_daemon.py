@@ -57,7 +57,10 @@ def test_bench_daemon_smoke(tiny_bundle):
     assert latency.get("measured", True), latency
     assert latency["utterances"] >= 1 and latency["audio_s"] > 1.0
     assert latency["prepared"] in (True, False)
-    assert latency["utt_end_to_final_ms"] > 0 and latency["daemon_latency_ms"] > 0
+    # a final prepared during the hangover is out the moment the utterance ends: 0 ms is a real value
+    assert latency["utt_end_to_final_ms"] >= 0 and latency["daemon_latency_ms"] >= 0
+    if not latency["prepared"]:
+        assert latency["daemon_latency_ms"] > 0
     assert latency["speech_end_to_final_ms"] > latency["utt_end_to_final_ms"]  # the hangover lies between
     assert latency["hangover_ms"] == 600
 
