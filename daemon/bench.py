@@ -132,9 +132,11 @@ def official_worker(checkpoint: Path, audio_s: float, new_tokens: int, threads: 
     }
 
 
-def _stream_in_real_time(session, audio: np.ndarray, start: float, realtime: bool, offset: int = 0) -> list[float]:
+def _stream_in_real_time(session, audio: np.ndarray, start: float, realtime: bool, offset: int = 0,
+                         trace: list | None = None) -> list[float]:
     """Feed `audio` in 100 ms pieces; the piece ending at sample offset+i+piece exists only once that
-    much wall time has passed since `start`. Returns when each partial was ready (s since start)."""
+    much wall time has passed since `start`. Returns when each partial was ready (s since start);
+    `trace` gets (audio seconds, hypothesis tokens, committed tokens) at each partial."""
     from qasr.engine.streaming import PartialEvent
 
     piece = SAMPLE_RATE // 10
@@ -147,7 +149,25 @@ def _stream_in_real_time(session, audio: np.ndarray, start: float, realtime: boo
         for event in session.feed(audio[i : i + piece]):
             if isinstance(event, PartialEvent):
                 times.append(time.perf_counter() - start)
+                if trace is not None:
+                    trace.append((session.audio_s, len(session._hyp.ids), len(session.commits.committed)))
     return times
+
+
+def commit_stats(trace: list[tuple[float, int, int]], committed: list[int], final_ids: list[int]) -> dict:
+    """How the commit policy did: tokens committed before the end, the audio time between a token position
+    first appearing in a hypothesis and its commit (median), and whether the final kept the commits."""
+    lags = []
+    for k in range(len(committed)):
+        seen = next((t for t, n_hyp, _ in trace if n_hyp > k), None)
+        done = next((t for t, _, n_committed in trace if n_committed > k), None)
+        if seen is not None and done is not None:
+            lags.append(done - seen)
+    return {
+        "committed_tokens": len(committed),
+        "commit_lag_s": round(float(np.median(lags)), 2) if lags else None,
+        "final_kept_commits": final_ids[: len(committed)] == list(committed),
+    }
 
 
 def _sleep_until(t: float) -> None:
@@ -168,7 +188,8 @@ def streaming_worker(bundle: Path, audio_s: float, threads: int, rtf_budget: flo
     # 1. Speech, then finish() as soon as the last audio exists (no pause detection: the cold final).
     session = StreamingSession(engine, options, "bench")
     start = time.perf_counter()
-    partial_times = _stream_in_real_time(session, audio, start, realtime)
+    trace: list[tuple[float, int, int]] = []
+    partial_times = _stream_in_real_time(session, audio, start, realtime, trace=trace)
     end_of_speech = start + audio.shape[0] / SAMPLE_RATE
     if realtime:
         _sleep_until(end_of_speech)
@@ -177,6 +198,7 @@ def streaming_worker(bundle: Path, audio_s: float, threads: int, rtf_budget: flo
     final = session.finish()
     final_latency_ms = (time.perf_counter() - (end_of_speech if realtime else t_final)) * 1000.0
     skipped = session.skipped
+    commits = commit_stats(trace, session.commits.committed, final.token_ids)
     bounds = _final_latency_bounds(engine, audio, final.token_ids)
 
     # 2. As the daemon runs it: the VAD keeps `pause_tail_s` of the trailing silence and confirms the end
@@ -216,6 +238,7 @@ def streaming_worker(bundle: Path, audio_s: float, threads: int, rtf_budget: flo
         "final_latency_none_accepted_ms": bounds["none_accepted_ms"],
         "final_tokens": len(final.token_ids),
         "compute_fraction": round(compute_fraction, 3),
+        **commits,
         "skipped_steps": skipped,
         "paused_prepare_ms": round(prepare_ms, 1),
         "paused_final_after_vad_end_ms": round(after_vad_end_ms, 1),

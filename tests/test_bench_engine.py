@@ -14,4 +14,16 @@ def test_streaming_bench_reports_partials_finals_and_the_prepared_final(tiny_bun
     assert result["final_latency_all_accepted_ms"] > 0 and result["final_latency_none_accepted_ms"] > 0
     assert result["paused_final_prepared"] is True and result["paused_prepare_ms"] > 0
     assert 0 < result["compute_fraction"]
+    assert result["committed_tokens"] >= 0 and result["final_kept_commits"] in (True, False)
     assert result["official_recipe"]["steps"] >= 1
+
+
+def test_commit_stats_measure_lag_and_agreement():
+    from qasr.daemon.bench import commit_stats
+
+    trace = [(1.0, 3, 0), (2.0, 5, 1), (3.0, 6, 3)]  # (audio s, hypothesis tokens, committed tokens)
+    stats = commit_stats(trace, [7, 8, 9], [7, 8, 9, 10])
+    # token 0 seen at 1.0, committed at 2.0; tokens 1, 2 seen at 1.0, committed at 3.0
+    assert stats == {"committed_tokens": 3, "commit_lag_s": 2.0, "final_kept_commits": True}
+    assert commit_stats(trace, [7, 8, 9], [7, 5])["final_kept_commits"] is False
+    assert commit_stats([], [], [1])["commit_lag_s"] is None
