@@ -418,3 +418,33 @@ def test_partials_keep_the_committed_text_cached_instead_of_re_feeding_it(engine
         assert p.committed.startswith(previous)
         previous = p.committed
     assert final.token_ids == engine.transcribe(audio).token_ids
+
+
+def test_interrupts_from_another_thread_never_corrupt_the_cache_or_the_final(engines):
+    import threading
+    import time
+
+    engine = engines()
+    audio = make_test_audio(9.0, seed=88)
+    session = StreamingSession(engine, StreamingOptions(rtf_budget=100.0), "u1")
+    stop = threading.Event()
+
+    def hammer():  # interrupts at random moments: inside steps, between them, during the prepare
+        rng = np.random.default_rng(1)
+        while not stop.is_set():
+            session.interrupt()
+            time.sleep(float(rng.uniform(0.0005, 0.004)))
+
+    thread = threading.Thread(target=hammer, daemon=True)
+    thread.start()
+    try:
+        for i in range(0, audio.shape[0], RATE // 4):
+            session.feed(audio[i : i + RATE // 4])
+        prepared = session.prepare_final()
+        final = session.finish()
+    finally:
+        stop.set()
+        thread.join()
+    assert session.interrupted > 0  # the hammering did stop partial steps
+    assert final is prepared  # ... but never a final: it is the offline result
+    assert final.token_ids == engine.transcribe(audio).token_ids
