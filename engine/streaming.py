@@ -11,13 +11,15 @@ How a step works (see docs/architecture.md, "Streaming"):
 1. `IncrementalEncoder` keeps the front-end output of finished 1 s chunks and the back-end output of
    finished 8 s windows; only the open window is encoded again.
 2. The decoder's KV cache keeps the prompt head and the audio of finished windows across steps; each
-   step trims the cache after them and feeds the open window, the prompt tail and the previous
-   hypothesis as a draft in ONE batch, keeps the draft up to the first token greedy decoding disagrees
-   with, and continues greedily from there (a few tokens per step).
+   step trims the cache after them and feeds the open window's new positions, the prompt tail and the
+   previous hypothesis as a draft in ONE batch (the committed part kept in the cache, see
+   `_park_committed`), keeps the draft up to the first token greedy decoding disagrees with, and
+   continues greedily from there (a few tokens per step).
 3. `CommitTracker` commits the tokens the last two hypotheses agree on, minus the newest few.
 4. The final re-encodes exactly (global log-mel maximum), verifies the last hypothesis as a draft and
    continues greedily, applying the same stop, cap and loop rules as offline `transcribe`, so its token
-   ids are the offline ones.
+   ids are the offline ones. `prepare_final()` computes it ahead at a pause; `interrupt()` (any thread)
+   stops a partial step in flight so that the final need not wait for it.
 The cadence of steps adapts so that measured compute stays under `rtf_budget` of the audio time;
 a step that is not due is skipped, never queued. Nothing carries over between utterances.
 """
