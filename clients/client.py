@@ -24,7 +24,6 @@ import contextlib
 import itertools
 import json
 import logging
-import os
 import queue
 import random
 import threading
@@ -38,6 +37,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from qasr.config import paths
+from qasr.daemon.lifecycle import process_alive
 from qasr.errors import QasrError
 
 PROTOCOL = "qasr.v1"
@@ -196,16 +196,6 @@ class ServerInfo:
     token: str
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def discover(info_path: Path | None = None, token_path: Path | None = None) -> ServerInfo:
     """Read the running daemon's address (``server_info_file``) and token; DaemonNotRunning if none."""
     info_path = Path(info_path) if info_path else paths.server_info_file()
@@ -217,7 +207,7 @@ def discover(info_path: Path | None = None, token_path: Path | None = None) -> S
     except (OSError, ValueError) as exc:
         raise DaemonNotRunning(f"cannot read {info_path} ({exc}); restart the daemon") from None
     pid = int(info.get("pid", 0))
-    if pid and not _pid_alive(pid):
+    if pid and not process_alive(pid):
         raise DaemonNotRunning(f"the qasr daemon is not running (stale {info_path}, pid {pid} is gone); {hint}")
     token_file = Path(token_path or info.get("token_file") or paths.token_file())
     try:

@@ -197,20 +197,26 @@ def install_signal_handlers(on_terminate: Callable[[], None], on_reload: Callabl
     signal.signal(signal.SIGHUP, lambda *_: on_reload())
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one we may not signal counts; a zombie child of ours is reaped
+    and does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] != pid
+    except ChildProcessError:
+        return True
+
+
 def wait_for_exit(pid: int, timeout_s: float) -> bool:
     """True when process ``pid`` is gone within the timeout."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not process_alive(pid):
             return True
-        except PermissionError:
-            pass
-        try:  # reap it if it is our child
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return True
-        except ChildProcessError:
-            pass
         time.sleep(0.05)
-    return False
+    return not process_alive(pid)

@@ -70,6 +70,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qasr.daemon.lifecycle import process_alive, wait_for_exit
+
 SR = 16000
 TYPED_TEXT = "The quick brown fox jumps over a lazy dog"[:40]  # 40 characters, many distinct keys
 HOTKEY = "F9"
@@ -210,7 +212,7 @@ class Pulse:
         with contextlib.suppress(Exception):
             subprocess.run(["pulseaudio", "--kill"], env=self.server_env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, timeout=15)
-        if self.pid and wait_gone(self.pid, 5) is False:
+        if self.pid and wait_for_exit(self.pid, 5) is False:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
 
@@ -248,28 +250,6 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 10) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours is not alive
-        return os.waitpid(pid, os.WNOHANG)[0] != pid
-    except ChildProcessError:
-        return True
-
-
-def wait_gone(pid: int, timeout: float) -> bool:
-    deadline = mono() + timeout
-    while mono() < deadline:
-        if not alive(pid):
-            return True
-        time.sleep(0.05)
-    return not alive(pid)
 
 
 # ------------------------------------------------------------------------------------------ /proc
@@ -394,14 +374,14 @@ class Daemon:
         if self.pid is None:
             return
         pid, self.pid = self.pid, None
-        if alive(pid):
+        if process_alive(pid):
             with contextlib.suppress(Exception):
                 self.cli("stop", timeout=200)
-            if not wait_gone(pid, 30):
+            if not wait_for_exit(pid, 30):
                 log(f"daemon {pid} did not stop; killing it")
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                wait_gone(pid, 10)
+                wait_for_exit(pid, 10)
 
 
 def counters_delta(before: dict, after: dict) -> dict:

@@ -9,23 +9,13 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from qasr.daemon.lifecycle import wait_for_exit
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_daemon.py"
-
-
-def _gone(pid: int, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.mark.system
@@ -82,6 +72,6 @@ def test_bench_daemon_smoke(tiny_bundle):
 
     # cleanup: the daemons and the work folder are gone
     pids = [int(p) for p in re.findall(r"daemon (\d+) ready", proc.stderr)]
-    assert pids and all(_gone(pid) for pid in pids)
+    assert pids and all(wait_for_exit(pid, 10) for pid in pids)
     work = re.search(r"work dir (\S+)", proc.stderr).group(1)
     assert not Path(work).exists()

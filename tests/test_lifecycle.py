@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from qasr.daemon.lifecycle import process_alive, wait_for_exit
+
 STATUS_KEYS = {"pid", "state", "model", "input_device", "ws_url", "token_file", "last_latency_ms", "language",
                "mode", "config_file", "log_file", "journal_file", "warnings"}
 
@@ -96,31 +98,11 @@ class DaemonEnv:
 
     def cleanup(self) -> None:
         pid = self.pid()
-        if pid and _alive(pid):
+        if pid and process_alive(pid):
             self.cli("stop", timeout=200)
-            if _alive(pid):
+            if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.runtime, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie child of ours is not alive
-        return os.waitpid(pid, os.WNOHANG)[0] != pid
-    except ChildProcessError:
-        return True
-
-
-def wait_gone(pid: int, timeout: float = 60) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture
@@ -181,7 +163,7 @@ def test_start_status_double_start_stop(daemon_env, tiny_bundle):
 
     stopped = daemon_env.cli("stop")
     assert stopped.returncode == 0 and f"pid {pid}" in stopped.stdout
-    assert wait_gone(pid)
+    assert wait_for_exit(pid, 60)
     assert not daemon_env.pid_file.exists() and not sock.exists()
     assert daemon_env.cli("status").returncode == 3
     assert daemon_env.cli("stop").stdout.strip() == "qasr daemon is not running"
@@ -246,7 +228,7 @@ def test_sigterm_mid_utterance_finishes_it(tmp_path, tiny_bundle, pulse_server):
         assert env.status()["state"] == "recording"
         pulse_server.play(espeak_wav("the quick brown fox jumps over the lazy dog"))
         os.kill(pid, signal.SIGTERM)
-        assert wait_gone(pid, timeout=120), env.log()
+        assert wait_for_exit(pid, 120), env.log()
         entries = [json.loads(line) for line in env.journal_file.read_text().splitlines()]
         assert len(entries) == 1, env.log()
         assert entries[0]["source"] == "mic"
