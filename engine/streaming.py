@@ -151,7 +151,6 @@ class StreamingSession:
         self._kv_open_audio = 0  # open-window audio positions after them (reuse_open_audio)
         self._head_len = 0
         self._finished = False
-        self._carry: np.ndarray | None = None
         self._prepared: tuple[int, FinalEvent] | None = None  # (n_samples it covers, the final)
         self._kv_text: tuple[int, list[int]] | None = None  # (position, hypothesis tokens cached there)
         self.next_session: StreamingSession | None = None
@@ -204,26 +203,24 @@ class StreamingSession:
         timings.encoder_ms = (t1 - t0) * 1000.0
         try:
             with self.decoder.interruptible_decodes():
-                parked = self._park_committed()
+                # Committed tokens are not verified again in partials (their text never changes anyway;
+                # the final verifies everything): logits only where the hypothesis may still change.
+                committed = self.commits.committed
+                trusted = len(committed) if self._hyp.ids[: len(committed)] == committed else 0
+                parked = self._park_committed(trusted)
                 self._sync_audio_into_kv(open_embeds)
                 if parked:
                     self.decoder.feed_tokens(self._after_ids, want_logits=False)
                     parked = self.decoder.unpark()
                 timings.prefill_ms = (time.perf_counter() - t1) * 1000.0
                 cap = out.new_token_cap(self.audio_s, self.options.max_new_tokens)
-                # Committed tokens are not verified again in partials (their text never changes anyway;
-                # the final verifies everything): logits only where the hypothesis may still change.
-                committed = self.commits.committed
-                trusted = len(committed) if self._hyp.ids[: len(committed)] == committed else 0
                 hyp = self._decode(self._hyp.ids, cap, self.options.max_new_tokens_per_step, timings, trusted,
                                    parked)
         except DecodeInterrupted:
             # Back to the audio the cache holds for sure; the previous hypothesis stays the draft.
-            window = self.engine.bundle.manifest.audio.window_tokens
             self.decoder.drop_parked()
             self._kv_text = None
-            self._kv_open_audio = 0
-            self.decoder.truncate(self._head_len + self._kv_audio_windows * window)
+            self._drop_open_audio()
             elapsed = time.perf_counter() - t0
             self.compute_s += elapsed
             self._steps_compute_s += elapsed
@@ -381,14 +378,17 @@ class StreamingSession:
             self.decoder.feed_embeddings(embeds)
             self._kv_audio_windows += 1
 
+    def _drop_open_audio(self) -> None:
+        """Keep only the prompt head and the finished windows in the cache."""
+        self._kv_open_audio = 0
+        self.decoder.truncate(self._head_len + self._kv_audio_windows * self.engine.bundle.manifest.audio.window_tokens)
+
     def _sync_audio_into_kv(self, open_embeds: np.ndarray) -> None:
         """Trim the cache after the audio it keeps, append newly finished windows, then the open window
         (all of it, or with `reuse_open_audio` only the positions the cache does not hold yet)."""
         self._sync_finished_windows()
         if not self.options.reuse_open_audio or open_embeds.shape[0] < self._kv_open_audio:
-            self._kv_open_audio = 0
-            window = self.engine.bundle.manifest.audio.window_tokens
-            self.decoder.truncate(self._head_len + self._kv_audio_windows * window)
+            self._drop_open_audio()
         self.decoder.feed_embeddings(open_embeds[self._kv_open_audio :])
         self._kv_open_audio = open_embeds.shape[0] if self.options.reuse_open_audio else 0
 
@@ -447,19 +447,19 @@ class StreamingSession:
         self._kv_text = (base, ids[: dec.n_past - base])  # the hypothesis tokens now in the cache
         return hyp
 
-    def _park_committed(self) -> int:
+    def _park_committed(self, trusted: int) -> int:
         """Keep the committed text's cache entries across the step: set them aside while new audio and the
         prompt tail go in, then put them back after (Decoder.park/unpark). They were computed before the
         newest audio, which partials accept; without this every step would re-feed the whole committed
-        text, so a step's cost would grow with the utterance. Returns how many tokens were set aside (the
-        last committed token is fed again: its logits predict what follows)."""
+        text, so a step's cost would grow with the utterance. `trusted`: the draft's leading tokens that
+        are the committed text (0 when the draft contradicts it). Returns how many tokens were set aside
+        (the last committed token is fed again: its logits predict what follows)."""
         if self._kv_text is None or self._pending_positions() > 0:
             return 0
         base, cached = self._kv_text
-        committed = self.commits.committed
-        n = len(committed) - 1
+        n = trusted - 1
         # worth it beyond a few tokens: the prompt tail then needs a decode call of its own (~20 ms)
-        if n < self.PARK_MIN_TOKENS or cached[:n] != committed[:n] or self._hyp.ids[: n + 1] != committed:
+        if n < self.PARK_MIN_TOKENS or cached[:n] != self._hyp.ids[:n]:
             return 0
         self.decoder.park(base, base + n)
         return n
