@@ -263,8 +263,7 @@ def _final_latency_bounds(engine, audio: np.ndarray, final_ids: list[int]) -> di
 
     def run(draft: list[int]):
         session = StreamingSession(engine, StreamingOptions(rtf_budget=1e9, step_s=1e9, first_step_s=1e9), "bound")
-        for i in range(0, audio.shape[0], SAMPLE_RATE // 10):
-            session.feed(audio[i : i + SAMPLE_RATE // 10])
+        _stream_in_real_time(session, audio, 0.0, realtime=False)
         session._sync_audio_into_kv(session.encoder.open_window())
         session._hyp.ids = list(draft)
         t0 = time.perf_counter()
