@@ -99,6 +99,16 @@ def block(n=1600):
     return np.zeros(n, np.float32)
 
 
+def speak_and_pause(p, backend) -> int:
+    """A new utterance with one block of audio and a pause; returns once its final is prepared."""
+    u = p.begin("mic")
+    p.audio(u, block(), partial=False)
+    p.pause(u)
+    p._inbox.join()
+    assert backend.streams[-1].prepared.wait(WAIT_S)
+    return u
+
+
 # ------------------------------------------------------------------------------ pipeline scheduling
 
 
@@ -106,11 +116,7 @@ def test_prepare_runs_at_the_pause_and_the_final_uses_it():
     backend = FakeBackend()
 
     def script(p):
-        u = p.begin("mic")
-        p.audio(u, block(), partial=False)
-        p.pause(u)
-        p._inbox.join()
-        assert backend.streams[0].prepared.wait(WAIT_S)
+        u = speak_and_pause(p, backend)
         p.end(u)
 
     events = run_pipeline(backend, script)
@@ -124,11 +130,7 @@ def test_audio_after_the_pause_makes_the_final_compute_again():
     backend = FakeBackend()
 
     def script(p):
-        u = p.begin("mic")
-        p.audio(u, block(), partial=False)
-        p.pause(u)
-        p._inbox.join()
-        assert backend.streams[0].prepared.wait(WAIT_S)
+        u = speak_and_pause(p, backend)
         p.audio(u, block(800), partial=False)  # speech resumed; ends without a second pause
         p.end(u)
 
@@ -174,17 +176,9 @@ def test_a_failed_prepare_loses_nothing():
     backend = FakeBackend(a={"fail_prepare": True})
 
     def script(p):
-        u = p.begin("mic")
-        p.audio(u, block(), partial=False)
-        p.pause(u)
-        p._inbox.join()
-        assert backend.streams[0].prepared.wait(WAIT_S)
+        u = speak_and_pause(p, backend)
         p.end(u)
-        v = p.begin("mic")
-        p.audio(v, block(), partial=False)
-        p.pause(v)
-        p._inbox.join()
-        assert backend.streams[1].prepared.wait(WAIT_S)
+        v = speak_and_pause(p, backend)
         p.end(v)
 
     events = run_pipeline(backend, script)
