@@ -3,7 +3,7 @@
 Threads: the main thread waits for signals and control requests (it never does audio work); an
 ``audio`` thread reads the capture and runs the segmenter; the ``encoder`` and ``decoder`` workers
 (daemon/workers.py) turn utterances into partials and finals; the control socket and the WebSocket
-server (daemon/server_bridge.py) have their own threads. The decoder worker hands each event to
+server (daemon/server/bridge.py) have their own threads. The decoder worker hands each event to
 ``_on_pipeline_event``: mic finals go to the desktop output, the journal and every WebSocket
 subscriber; results of audio a client streamed go to that client only.
 
@@ -40,8 +40,8 @@ from qasr.config import paths
 from qasr.config.loader import ConfigError, load_settings
 from qasr.config.settings import Settings, changed_options
 from qasr.daemon import lifecycle, logging_setup
-from qasr.daemon.control import ControlServer
-from qasr.daemon.segmenter import Segmenter, SegmenterOptions
+from qasr.daemon.server.control_socket import ControlServer
+from qasr.daemon.audio.segmenter import Segmenter, SegmenterOptions
 from qasr.daemon.workers import Pipeline, StreamingBackend, WholeUtteranceBackend
 from qasr.engine.bundle import load_bundle
 from qasr.errors import QasrError
@@ -258,7 +258,7 @@ class Daemon:
                 old.close()
             if o.sink == "none":
                 return
-            output = _optional_module("qasr.daemon.output")
+            output = _optional_module("qasr.daemon.desktop.output")
             if output is None:
                 return
             try:
@@ -273,7 +273,8 @@ class Daemon:
         s = self.settings.server
         if not s.enabled:
             return
-        from qasr.daemon import server_bridge, ws_server
+        from qasr.daemon.server import bridge as server_bridge
+        from qasr.daemon.server import ws_server
 
         self.server_handler = server_bridge.DaemonServerHandler(self)
         self.server = ws_server.EventServer(ws_server.ServerOptions(
@@ -295,7 +296,7 @@ class Daemon:
 
     def _start_hotkey(self) -> None:
         h = self.settings.hotkey
-        hotkey = _optional_module("qasr.daemon.hotkey")
+        hotkey = _optional_module("qasr.daemon.desktop.hotkey")
         if hotkey is None or not h.enabled:
             return
         listener = hotkey.HotkeyListener(
@@ -324,7 +325,7 @@ class Daemon:
     # ------------------------------------------------------------------ microphone
     def _open_capture(self) -> None:
         self._last_device_try = time.monotonic()
-        capture_mod = _optional_module("qasr.daemon.capture")
+        capture_mod = _optional_module("qasr.daemon.audio.capture")
         if capture_mod is None:
             self._no_device("microphone capture is not available in this build")
             return
@@ -452,7 +453,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ pipeline events (decoder thread)
     def _on_pipeline_event(self, event: dict[str, Any]) -> None:
-        from qasr.daemon.server_bridge import protocol_event
+        from qasr.daemon.server.bridge import protocol_event
 
         kind, source = event["type"], event.get("source", "mic")
         if kind == "final" and self._saver is not None:
@@ -578,7 +579,7 @@ class Daemon:
     def _publish_protocol(self, kind: str, *args: Any, **info: Any) -> None:
         if self.server is None:
             return
-        from qasr.daemon import protocol
+        from qasr import protocol
 
         if kind == "vad":
             self.server.publish(protocol.vad(*args))
@@ -804,7 +805,7 @@ def _delivered_by(result: Any) -> str | None:
 
 
 def _failed_delivery(message: str) -> Any:
-    from qasr.daemon.output import DeliveryResult
+    from qasr.daemon.desktop.output import DeliveryResult
 
     return DeliveryResult("none", False, message=f"text output failed: {message}")
 

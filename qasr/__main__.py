@@ -1,3 +1,3 @@
-from qasr.daemon.cli import main
+from qasr.daemon.cli.main import main
 
 raise SystemExit(main())

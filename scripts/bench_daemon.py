@@ -45,7 +45,7 @@ Measurements
   speech; the Tk helper timestamps every change of the Entry. ``release_to_last_char_ms`` = last
   character visible − key release; the configured tails (hotkey release_tail_s, the segmenter's
   250 ms ptt release tail, the hotkey's 40 ms release debounce) are part of it and reported apart.
-- ``sink_speed``: each sink (type, paste) driven directly in this process (qasr.daemon.output) into
+- ``sink_speed``: each sink (type, paste) driven directly in this process (qasr.daemon.desktop.output) into
   the same Entry: ``cps`` = characters / (deliver call start → last character visible).
 """
 
@@ -75,8 +75,8 @@ from qasr.daemon.lifecycle import process_alive, wait_for_exit
 SR = 16000
 TYPED_TEXT = "The quick brown fox jumps over a lazy dog"[:40]  # 40 characters, many distinct keys
 HOTKEY = "F9"
-HOTKEY_DEBOUNCE_MS = 40  # daemon/hotkey.py HotkeyOptions.release_debounce_s
-SEGMENTER_PTT_TAIL_MS = 250  # daemon/segmenter.py SegmenterOptions.release_tail_ms (not configurable)
+HOTKEY_DEBOUNCE_MS = 40  # daemon/desktop/hotkey.py HotkeyOptions.release_debounce_s
+SEGMENTER_PTT_TAIL_MS = 250  # daemon/audio/segmenter.py SegmenterOptions.release_tail_ms (not configurable)
 SPEECH_WORDS = (
     "please write down the following notes about the quarterly planning meeting we discussed the budget "
     "for the new office the schedule for hiring two engineers and the design review for the mobile "
@@ -143,7 +143,7 @@ def espeak_speech(seconds: float, work: Path) -> np.ndarray:
 
 
 def synthetic_speech(seconds: float) -> np.ndarray:
-    from qasr.engine.synthetic_audio import make_test_audio
+    from qasr.daemon.bench.synthetic_audio import make_test_audio
 
     return make_test_audio(seconds, seed=int(seconds * 10), kind="speechlike")
 
@@ -918,9 +918,9 @@ def phase_sink_speed(env: "BenchEnv", report: Reporter, sinks: list[str], length
     """Each sink driven directly (no daemon): deliver → last character visible in the Entry."""
     os.environ["DISPLAY"] = env.xvfb.display
     try:
-        from qasr.daemon.output import OutputOptions, TextOutput
+        from qasr.daemon.desktop.output import OutputOptions, TextOutput
     except Exception as exc:  # noqa: BLE001 - report, do not fail the whole run
-        report("sink_speed", measured=False, reason=f"qasr.daemon.output unavailable: {exc}")
+        report("sink_speed", measured=False, reason=f"qasr.daemon.desktop.output unavailable: {exc}")
         return
     base = (TYPED_TEXT + " ") * 10
     for sink in sinks:
@@ -1111,7 +1111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hotkey-tail-s", type=float, default=0.3, help="hotkey.release_tail_s of the typing daemon")
     p.add_argument("--sinks", default="type,paste", help="output sinks for the typing measurements")
     p.add_argument("--speech", choices=("espeak", "synthetic"), default="espeak",
-                   help="espeak-ng speech (default) or qasr.engine.synthetic_audio")
+                   help="espeak-ng speech (default) or qasr.daemon.bench.synthetic_audio")
     p.add_argument("--only", help="comma list of phases: idle,latency,clients,typing,sinks")
     p.add_argument("--daemon-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="extra --set for every daemon started")

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from qasr.engine.random_checkpoint import QWEN2_PRETOKENIZE_REGEX, import_official_qwen_asr
+from qasr.daemon.bench.random_checkpoint import QWEN2_PRETOKENIZE_REGEX, import_official_qwen_asr
 
 SAMPLE_RATE = 16000
 

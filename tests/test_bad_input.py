@@ -19,7 +19,7 @@ import soundfile as sf
 
 from tests.audio_samples import make_test_audio
 
-CLI = [sys.executable, "-m", "qasr.daemon.cli"]
+CLI = [sys.executable, "-m", "qasr.daemon.cli.main"]
 
 
 def run_cli(*args, env_extra: dict | None = None) -> subprocess.CompletedProcess:

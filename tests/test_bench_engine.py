@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qasr.daemon.bench import streaming_worker
+from qasr.daemon.bench.engine_bench import streaming_worker
 
 
 def test_streaming_bench_reports_partials_finals_and_the_prepared_final(tiny_bundle):
@@ -19,7 +19,7 @@ def test_streaming_bench_reports_partials_finals_and_the_prepared_final(tiny_bun
 
 
 def test_commit_stats_measure_lag_and_agreement():
-    from qasr.daemon.bench import commit_stats
+    from qasr.daemon.bench.engine_bench import commit_stats
 
     trace = [(1.0, 3, 0), (2.0, 5, 1), (3.0, 6, 3)]  # (audio s, hypothesis tokens, committed tokens)
     stats = commit_stats(trace, [7, 8, 9], [7, 8, 9, 10])

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qasr.daemon import protocol
+from qasr import protocol
 
 SCREEN = (1280, 800)
 BACKGROUND = (0x10, 0x12, 0x14)  # the overlay's default background
@@ -32,8 +32,8 @@ class FakeDaemon:
     """A qasr.v1 EventServer in this process, found by clients through ``runtime``/qasr/server.json."""
 
     def __init__(self, runtime: Path, handler=None, port: int = 0) -> None:
-        from qasr.daemon.server_bridge import ServerRunner
-        from qasr.daemon.ws_server import BaseServerHandler, EventServer, ServerOptions
+        from qasr.daemon.server.bridge import ServerRunner
+        from qasr.daemon.server.ws_server import BaseServerHandler, EventServer, ServerOptions
 
         folder = runtime / "qasr"
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -14,10 +14,10 @@ import time
 import numpy as np
 import pytest
 
-from qasr.daemon.capture import (NO_INPUT_MESSAGE, AudioCapture, AudioDeviceError, CaptureOptions,
+from qasr.daemon.audio.capture import (NO_INPUT_MESSAGE, AudioCapture, AudioDeviceError, CaptureOptions,
                                  NoInputDeviceError, list_input_devices, resolve_input_device)
-from qasr.daemon.resample import StreamResampler, to_mono_float32
-from qasr.daemon.segmenter import Segmenter, SpeechAudio, SpeechEnd, SpeechStart
+from qasr.daemon.audio.resample import StreamResampler, to_mono_float32
+from qasr.daemon.audio.segmenter import Segmenter, SpeechAudio, SpeechEnd, SpeechStart
 from tests.fixtures.desktop import espeak_wav, load_wav, play_into_mic
 
 SR = 16000
@@ -322,7 +322,7 @@ def test_wait_for_device_starts_without_a_device_and_picks_it_up(pulse_server):
 
 NO_SERVER_SCRIPT = textwrap.dedent("""
     import sys
-    from qasr.daemon.capture import AudioCapture, CaptureOptions, NoInputDeviceError, list_input_devices
+    from qasr.daemon.audio.capture import AudioCapture, CaptureOptions, NoInputDeviceError, list_input_devices
     print("devices", len(list_input_devices()))
     try:
         AudioCapture(CaptureOptions()).start()
@@ -371,7 +371,7 @@ def test_xvfb_display_is_usable(xvfb_display):
 
 def test_capture_options_follow_the_settings_file():
     from qasr.config.settings import AudioSettings
-    from qasr.daemon.capture import capture_options_from_settings
+    from qasr.daemon.audio.capture import capture_options_from_settings
 
     opts = capture_options_from_settings(AudioSettings())
     assert opts.device is None and opts.ring_s == AudioSettings().queue_s

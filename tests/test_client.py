@@ -37,9 +37,9 @@ from qasr.clients.client import (
 )
 from qasr.config import paths
 from qasr.errors import QasrError
-from qasr.daemon import protocol
-from qasr.daemon.cmd_listen import CLEAR_LINE, DIM, RESET, TranscriptPrinter
-from qasr.daemon.ws_server import EventServer, ServerOptions
+from qasr import protocol
+from qasr.daemon.cli.cmd_listen import CLEAR_LINE, DIM, RESET, TranscriptPrinter
+from qasr.daemon.server.ws_server import EventServer, ServerOptions
 from tests.test_ws_server import RecordingHandler, running
 
 pytestmark = pytest.mark.timeout(120)
@@ -246,7 +246,7 @@ def test_printer_redraws_partials_on_a_terminal_and_prints_finals_on_their_own_l
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "qasr.daemon.cli", *args]
+    return [sys.executable, "-m", "qasr.daemon.cli.main", *args]
 
 
 def test_listen_without_daemon_prints_one_line_and_fails():

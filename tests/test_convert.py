@@ -402,7 +402,7 @@ def test_existing_output_needs_overwrite(tiny_checkpoint, tmp_path):
 def test_cli_convert_writes_a_bundle_and_exits_0(tiny_checkpoint, tmp_path):
     out = tmp_path / "cli-bundle"
     proc = subprocess.run(
-        [sys.executable, "-m", "qasr.daemon.cli", "models", "convert", str(tiny_checkpoint), str(out),
+        [sys.executable, "-m", "qasr.daemon.cli.main", "models", "convert", str(tiny_checkpoint), str(out),
          "--encoder", "int8", "--decoder", "q4_k"],
         capture_output=True, text=True, timeout=300,
     )
@@ -414,7 +414,7 @@ def test_cli_convert_writes_a_bundle_and_exits_0(tiny_checkpoint, tmp_path):
 
 
 def test_cli_reports_a_bad_checkpoint_in_one_line(tmp_path, capsys):
-    from qasr.daemon.cli import main
+    from qasr.daemon.cli.main import main
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
     assert main(["models", "convert", str(tmp_path), str(tmp_path / "out")]) == 1
@@ -438,7 +438,7 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_line_redraws_one_line_on_a_terminal():
-    from qasr.daemon.cmd_models import ProgressLine
+    from qasr.daemon.cli.cmd_models import ProgressLine
 
     term, pipe = _Terminal(), io.StringIO()
     for stream in (term, pipe):

@@ -32,7 +32,7 @@ import pytest
 
 from qasr.config.settings import OutputSettings, Settings
 from qasr.daemon.app import output_options
-from qasr.daemon.output import OutputOptions
+from qasr.daemon.desktop.output import OutputOptions
 from qasr.daemon.text_shaping import ShapingOptions, TextShaper
 from tests.test_lifecycle import DaemonEnv
 from tests.test_x11_output import READ_LINE, TK_APP, TkEntry, XtermLine, wait_until
@@ -213,7 +213,7 @@ def config_text(replacements: Path, extra_output: str = "") -> str:
 
 @pytest.fixture(scope="module")
 def desk(xvfb_display, pulse_server, tiny_bundle, tmp_path_factory):
-    from qasr.daemon.clipboard import Clipboard  # noqa: F401 - fails early without xclip/xsel
+    from qasr.daemon.desktop.clipboard import Clipboard  # noqa: F401 - fails early without xclip/xsel
 
     from tests.fixtures.desktop import espeak_wav
 
@@ -251,7 +251,7 @@ def desk(xvfb_display, pulse_server, tiny_bundle, tmp_path_factory):
 
 @pytest.fixture
 def clipboard(desk):
-    from qasr.daemon.clipboard import Clipboard
+    from qasr.daemon.desktop.clipboard import Clipboard
 
     return Clipboard()
 
@@ -407,7 +407,7 @@ def test_live_typing_types_committed_text_and_the_rest_of_the_final(desk, clipbo
 
 def test_each_utterance_keeps_the_window_it_started_in(desk, clipboard):
     """Utterance 2 starting in another window before utterance 1's final is out does not redirect 1."""
-    from qasr.daemon.output import TextOutput
+    from qasr.daemon.desktop.output import TextOutput
 
     term = desk.xterm("second")
     output = TextOutput(OutputOptions(sink="type"))

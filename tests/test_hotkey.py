@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from qasr.daemon import hotkey
-from qasr.daemon.hotkey import HotkeyListener, HotkeyLogic, HotkeyOptions, normalize_combo, validate_options
+from qasr.daemon.desktop import hotkey
+from qasr.daemon.desktop.hotkey import HotkeyListener, HotkeyLogic, HotkeyOptions, normalize_combo, validate_options
 from qasr.errors import QasrError
 
 NEEDS_X = pytest.mark.skipif(not (shutil.which("Xvfb") and shutil.which("xdotool")),
@@ -147,9 +147,9 @@ def test_no_display_reports_once_and_runs_without_hotkey(monkeypatch, caplog):
 
 
 def test_module_imports_without_display():
-    """pynput raises at import without DISPLAY: qasr.daemon.hotkey must import it lazily."""
+    """pynput raises at import without DISPLAY: qasr.daemon.desktop.hotkey must import it lazily."""
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    code = ("from qasr.daemon.hotkey import HotkeyListener, HotkeyOptions; import sys; "
+    code = ("from qasr.daemon.desktop.hotkey import HotkeyListener, HotkeyOptions; import sys; "
             "ok = HotkeyListener(HotkeyOptions(), print, print, print).start(); "
             "print(ok, 'pynput' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
@@ -228,8 +228,8 @@ def test_latency_from_key_to_callback(listen):
 @NEEDS_X
 def test_our_own_typing_neither_triggers_nor_breaks_the_listener(listen, display):
     """The output types through remapped keycodes while the listener runs: no callbacks, still alive."""
-    from qasr.daemon import x11
-    from qasr.daemon.typing_xtest import XTestTyper
+    from qasr.daemon.desktop import x11
+    from qasr.daemon.desktop.typing_xtest import XTestTyper
 
     listener, rec = listen()
     disp = x11.open_display()

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from qasr.config import paths
-from qasr.daemon import protocol
+from qasr import protocol
 from qasr.daemon.journal import Journal, JournalOptions, read_entries
 from qasr.errors import QasrError
 

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from qasr.daemon import model_download as md
+from qasr.daemon.models import download as md
 
 COMMIT = "3f2b9c0d1e4a5b6c7d8e9f00112233445566778a"
 

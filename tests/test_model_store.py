@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from qasr.config import paths
-from qasr.daemon import model_download as md
-from qasr.daemon import model_store as ms
-from qasr.daemon.cli import main as cli_main
+from qasr.daemon.models import download as md
+from qasr.daemon.models import store as ms
+from qasr.daemon.cli.main import main as cli_main
 from qasr.engine.bundle import (
     SPECIAL_TOKENS,
     AudioParams,
@@ -72,7 +72,7 @@ def xdg(tmp_path, monkeypatch) -> dict[str, str]:
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MODELSCOPE_"))}
     full_env.update(env)
-    return subprocess.run([sys.executable, "-m", "qasr.daemon.cli", "models", *args],
+    return subprocess.run([sys.executable, "-m", "qasr.daemon.cli.main", "models", *args],
                           capture_output=True, text=True, env=full_env, timeout=600)
 
 

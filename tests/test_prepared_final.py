@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from qasr.daemon.segmenter import Segmenter, SegmenterOptions, SpeechAudio, SpeechEnd, SpeechPause, SpeechStart
+from qasr.daemon.audio.segmenter import Segmenter, SegmenterOptions, SpeechAudio, SpeechEnd, SpeechPause, SpeechStart
 from qasr.daemon.workers import Final, Partial, Pipeline, StreamingBackend, WholeUtteranceStream
 from tests.test_segmenter import silence, voiced_burst
 
@@ -212,8 +212,8 @@ def test_whole_utterance_stream_reuses_the_prepared_transcription():
 
 
 def test_the_protocol_final_says_whether_it_was_prepared():
-    from qasr.daemon.metrics import Metrics
-    from qasr.daemon.server_bridge import protocol_event
+    from qasr.daemon.server.metrics import Metrics
+    from qasr.daemon.server.bridge import protocol_event
 
     base = {"type": "final", "utterance_id": 3, "seq": 4, "text": "hi", "language": "English", "token_ids": [1],
             "audio_start": 1.0, "audio_end": 2.0, "elapsed_s": 0.5, "latency_ms": 12.0, "final_ms": 300.0,

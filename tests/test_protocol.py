@@ -10,9 +10,9 @@ import pytest
 import soxr
 
 import qasr.config
-from qasr.daemon import protocol
-from qasr.daemon.metrics import Metrics, percentile
-from qasr.daemon.protocol import AudioFormat, ErrorCode, PcmDecoder, ProtocolError, parse_client_message
+from qasr import protocol
+from qasr.daemon.server.metrics import Metrics, percentile
+from qasr.protocol import AudioFormat, ErrorCode, PcmDecoder, ProtocolError, parse_client_message
 
 SCHEMA_FILE = Path(qasr.config.__file__).parent / "protocol.schema.json"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qasr.engine import random_checkpoint as rc
+from qasr.daemon.bench import random_checkpoint as rc
 from tests.audio_samples import make_test_audio
 
 EXPECTED_FILES = {

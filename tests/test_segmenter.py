@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from qasr.daemon.segmenter import (FRAME_SAMPLES, SAMPLE_RATE, Cancelled, Segmenter, SegmenterOptions,
+from qasr.daemon.audio.segmenter import (FRAME_SAMPLES, SAMPLE_RATE, Cancelled, Segmenter, SegmenterOptions,
                                    SpeechAudio, SpeechEnd, SpeechPause, SpeechStart, VadState)
 from tests.fixtures.desktop import espeak_wav, load_wav, with_silence
 
@@ -494,7 +494,7 @@ def test_invalid_options_are_rejected():
 
 def test_options_follow_the_settings_file():
     from qasr.config.settings import Settings
-    from qasr.daemon.segmenter import segmenter_options_from_settings
+    from qasr.daemon.audio.segmenter import segmenter_options_from_settings
 
     settings = Settings()
     opts = segmenter_options_from_settings(settings.vad, settings.engine.max_utterance_s)

@@ -244,7 +244,7 @@ def test_join_and_merge():
 # --- CLI output formats ----------------------------------------------------------------------------
 
 def test_cli_text_json_and_srt(tiny_bundle, audio_files, capsys):
-    from qasr.daemon.cli import main
+    from qasr.daemon.cli.main import main
 
     d, _, _ = audio_files
     files = [str(d / "mono16k.flac"), str(d / "stereo48k.ogg")]

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from qasr.daemon import web_pages
-from qasr.daemon.ws_server import BaseServerHandler
+from qasr.daemon.server import web_pages
+from qasr.daemon.server.ws_server import BaseServerHandler
 from tests.test_captions_overlay import FakeDaemon, final_event, partial_event, wait_for
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

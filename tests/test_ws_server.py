@@ -21,9 +21,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from qasr.config import paths
-from qasr.daemon import protocol
-from qasr.daemon.protocol import ErrorCode, ProtocolError
-from qasr.daemon.ws_server import (
+from qasr import protocol
+from qasr.protocol import ErrorCode, ProtocolError
+from qasr.daemon.server.ws_server import (
     BaseServerHandler,
     EventServer,
     HttpReply,

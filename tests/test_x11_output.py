@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from qasr.daemon import x11
-from qasr.daemon.clipboard import CLIPBOARD, PRIMARY, Clipboard
-from qasr.daemon.output import (
+from qasr.daemon.desktop import x11
+from qasr.daemon.desktop.clipboard import CLIPBOARD, PRIMARY, Clipboard
+from qasr.daemon.desktop.output import (
     DEFAULT_TERMINAL_CLASSES,
     OutputOptions,
     TextOutput,
@@ -25,7 +25,7 @@ from qasr.daemon.output import (
     resolve_sink,
     validate_options,
 )
-from qasr.daemon.typing_xtest import XTestTyper, keysym_for_char
+from qasr.daemon.desktop.typing_xtest import XTestTyper, keysym_for_char
 from qasr.errors import QasrError
 
 SAMPLE = "Grüße, café — naïve 你好世界 🎤😀 Привет"
@@ -221,7 +221,7 @@ def test_keysym_for_char_covers_latin1_unicode_and_controls():
 
 
 def test_auto_sink_rules():
-    from qasr.daemon.x11 import WindowInfo
+    from qasr.daemon.desktop.x11 import WindowInfo
 
     options = OutputOptions(auto_rules={"firefox": "type", "keepass*": "none"})
     xterm = WindowInfo(1, "xterm", "XTerm")
@@ -301,7 +301,7 @@ def test_clipboard_round_trip_keeps_non_text_content(clipboard):
     snapshot = clipboard.save()
     assert snapshot.data == SAMPLE.encode()
     if clipboard.tool == "xclip":
-        from qasr.daemon.clipboard import ClipboardSnapshot
+        from qasr.daemon.desktop.clipboard import ClipboardSnapshot
 
         image = ClipboardSnapshot(CLIPBOARD, "image/png", b"\x89PNG\r\n\x1a\nnot really")
         clipboard.restore(image)
@@ -313,7 +313,7 @@ def test_clipboard_round_trip_keeps_non_text_content(clipboard):
 @NEEDS_X
 def test_clipboard_children_do_not_hold_our_pipes(display):
     """xclip keeps serving the selection after set_text returns; it must not inherit our stdout."""
-    code = ("from qasr.daemon.clipboard import Clipboard; Clipboard().set_text('pipe test'); print('done')")
+    code = ("from qasr.daemon.desktop.clipboard import Clipboard; Clipboard().set_text('pipe test'); print('done')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
     assert proc.stdout.strip() == "done"
     assert Clipboard().get_text() == "pipe test"

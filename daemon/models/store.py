@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from qasr.config import paths
-from qasr.daemon.model_download import (
+from qasr.daemon.models.download import (
     HUGGINGFACE,
     SOURCES,
     DiskFullError,

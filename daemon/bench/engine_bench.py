@@ -15,7 +15,7 @@ plays the daemon's end of speech: the speech, then the 0.3 s of trailing silence
 which point the final is prepared (`prepare_final`), and the VAD's confirmation 0.6 s after the last
 voice; it reports how long after that confirmation the final was ready.
 
-Every configuration runs in its own subprocess (`python -m qasr.daemon.bench worker ...`) so that
+Every configuration runs in its own subprocess (`python -m qasr.daemon.bench.engine_bench worker ...`) so that
 peak RSS is that configuration's alone.
 """
 
@@ -42,7 +42,7 @@ def peak_rss_mb() -> float:
 
 
 def bench_audio(seconds: float, seed: int = 1234) -> np.ndarray:
-    from qasr.engine.synthetic_audio import make_test_audio
+    from qasr.daemon.bench.synthetic_audio import make_test_audio
 
     return make_test_audio(seconds, seed=seed)
 
@@ -101,7 +101,7 @@ def offline_worker(bundle: Path, audio_s: float, new_tokens: int, threads: int, 
 def official_worker(checkpoint: Path, audio_s: float, new_tokens: int, threads: int, repeats: int) -> dict:
     import torch
 
-    from qasr.engine.random_checkpoint import import_official_qwen_asr
+    from qasr.daemon.bench.random_checkpoint import import_official_qwen_asr
 
     torch.set_num_threads(threads)
     torch.set_grad_enabled(False)
@@ -328,7 +328,7 @@ def ensure_checkpoint(work_dir: Path, preset: str) -> Path:
     target = work_dir / f"random-{preset}"
     if (target / "model.safetensors").is_file() or (target / "model.safetensors.index.json").is_file():
         return target
-    from qasr.engine.random_checkpoint import make_checkpoint
+    from qasr.daemon.bench.random_checkpoint import make_checkpoint
 
     print(f"making a random checkpoint with the {preset} shapes in {target} ...", file=sys.stderr)
     return make_checkpoint(target, preset=preset, seed=0)
@@ -350,7 +350,7 @@ def ensure_bundle(checkpoint: Path, work_dir: Path, encoder: str, decoder: str) 
 
 
 def run_worker(args: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "qasr.daemon.bench", "worker", *args]
+    cmd = [sys.executable, "-m", "qasr.daemon.bench.engine_bench", "worker", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]

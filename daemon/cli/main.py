@@ -12,12 +12,12 @@ from qasr.errors import QasrError
 # Modules that each provide `register(subparsers)`; handlers are set with `set_defaults(func=...)`
 # and return an exit code. Keep module imports light: heavy imports belong inside the handlers.
 COMMAND_MODULES = (
-    "qasr.daemon.cmd_lifecycle",
-    "qasr.daemon.cmd_models",
-    "qasr.daemon.cmd_transcribe",
-    "qasr.daemon.cmd_bench",
-    "qasr.daemon.cmd_listen",
-    "qasr.daemon.cmd_captions",
+    "qasr.daemon.cli.cmd_lifecycle",
+    "qasr.daemon.cli.cmd_models",
+    "qasr.daemon.cli.cmd_transcribe",
+    "qasr.daemon.cli.cmd_bench",
+    "qasr.daemon.cli.cmd_listen",
+    "qasr.daemon.cli.cmd_captions",
 )
 
 

@@ -61,7 +61,7 @@ def _opacity(text: str) -> float:
 def run(args: argparse.Namespace) -> int:
     if args.print_url:
         from qasr.clients.client import discover
-        from qasr.daemon.web_pages import captions_url
+        from qasr.daemon.server.web_pages import captions_url
 
         info = discover()
         print(captions_url(info.http_url or f"http://127.0.0.1:{info.port}", info.token))

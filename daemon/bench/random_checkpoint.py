@@ -549,7 +549,7 @@ def preset_summary(preset: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m qasr.engine.random_checkpoint",
+        prog="python -m qasr.daemon.bench.random_checkpoint",
         description="Write a random Qwen3-ASR checkpoint in the Hugging Face layout (for tests and development).",
     )
     parser.add_argument("out_dir", type=Path)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from importlib import resources
 from urllib.parse import quote
 
-from qasr.daemon.ws_server import HttpReply
+from qasr.daemon.server.ws_server import HttpReply
 
 CAPTIONS_PATH = "/captions"
 

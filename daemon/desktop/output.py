@@ -1,7 +1,7 @@
 """Deliver dictated text to the window the user was in: type it, paste it, or leave it on the clipboard.
 
 Sinks
-- `type`: XTEST typing with keymap remapping (daemon/typing_xtest.py). Exact for any character; does not
+- `type`: XTEST typing with keymap remapping (daemon/desktop/typing_xtest.py). Exact for any character; does not
   touch the clipboard; ~100 characters/s for text with many distinct characters.
 - `paste`: put the text on the CLIPBOARD, press the paste shortcut, restore the user's clipboard later.
   The shortcut follows the window's WM_CLASS: Ctrl+V by default, Ctrl+Shift+V for terminals, and

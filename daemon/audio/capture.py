@@ -51,7 +51,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from qasr.daemon.resample import TARGET_RATE, StreamResampler
+from qasr.daemon.audio.resample import TARGET_RATE, StreamResampler
 from qasr.errors import QasrError
 
 log = logging.getLogger("qasr.capture")

@@ -66,9 +66,9 @@ from qasr import __version__
 from qasr.config import paths
 from qasr.errors import QasrError
 
-from . import protocol
+from qasr import protocol
 from .metrics import Metrics
-from .protocol import AudioFormat, CloseCode, ErrorCode, PcmDecoder, ProtocolError
+from qasr.protocol import AudioFormat, CloseCode, ErrorCode, PcmDecoder, ProtocolError
 
 log = logging.getLogger("qasr.server")
 

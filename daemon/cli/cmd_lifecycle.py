@@ -120,7 +120,8 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from qasr.daemon import control, lifecycle
+    from qasr.daemon import lifecycle
+    from qasr.daemon.server import control_socket as control
 
     try:
         result = control.request("stop")
@@ -138,7 +139,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from qasr.daemon import control
+    from qasr.daemon.server import control_socket as control
 
     try:
         status = control.request("status")
@@ -178,7 +179,7 @@ def _format_status(status: dict[str, Any]) -> str:
 
 def cmd_devices(args: argparse.Namespace) -> int:
     try:
-        from qasr.daemon import capture
+        from qasr.daemon.audio import capture
     except ModuleNotFoundError as exc:
         raise QasrError("audio capture is not available in this installation") from exc
     devices = capture.list_input_devices()
@@ -204,7 +205,7 @@ def _format_device(device: Any) -> str:
 
 
 def cmd_control(args: argparse.Namespace) -> int:
-    from qasr.daemon import control
+    from qasr.daemon.server import control_socket as control
 
     result = control.request(args.control_cmd)
     print(", ".join(f"{k}: {v}" for k, v in result.items()) or "ok")

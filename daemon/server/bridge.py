@@ -1,4 +1,4 @@
-"""Glue between the daemon and the WebSocket server (daemon/ws_server.py).
+"""Glue between the daemon and the WebSocket server (daemon/server/ws_server.py).
 
 - ``ServerRunner`` runs an ``EventServer`` on its own asyncio loop in a thread, so the rest of the
   daemon stays synchronous (``publish``/``send_to`` are thread-safe).
@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qasr.daemon import protocol
-from qasr.daemon.protocol import ErrorCode, ProtocolError
-from qasr.daemon.ws_server import BaseServerHandler, EventServer, IngestRequest
+from qasr import protocol
+from qasr.protocol import ErrorCode, ProtocolError
+from qasr.daemon.server.ws_server import BaseServerHandler, EventServer, IngestRequest
 from qasr.errors import QasrError
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class DaemonServerHandler(BaseServerHandler):
                 "language": d.settings.engine.language or None, "languages": d.languages()}
 
     def http_response(self, path: str, query: dict[str, list[str]]):
-        from qasr.daemon import web_pages
+        from qasr.daemon.server import web_pages
 
         return web_pages.http_response(path, query)
 

@@ -81,10 +81,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- pull, list, path, verify
-# (download and store logic: daemon/model_download.py, daemon/model_store.py)
+# (download and store logic: daemon/models/download.py, daemon/models/store.py)
 
 def _add_pull(msub: argparse._SubParsersAction) -> None:
-    from qasr.daemon.model_store import CATALOGUE, DEFAULT_DECODER, DEFAULT_ENCODER
+    from qasr.daemon.models.store import CATALOGUE, DEFAULT_DECODER, DEFAULT_ENCODER
 
     c = msub.add_parser(
         "pull",
@@ -118,8 +118,8 @@ def _add_pull(msub: argparse._SubParsersAction) -> None:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from qasr.daemon.model_download import DownloadOptions, TerminalProgress
-    from qasr.daemon.model_store import PullOptions, pull
+    from qasr.daemon.models.download import DownloadOptions, TerminalProgress
+    from qasr.daemon.models.store import PullOptions, pull
 
     options = PullOptions(
         model=args.model, source=args.source, fallback=args.fallback, endpoint=args.endpoint,
@@ -150,8 +150,8 @@ def _add_list(msub: argparse._SubParsersAction) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from qasr.config import paths
-    from qasr.daemon.model_download import format_bytes
-    from qasr.daemon.model_store import default_bundle_path, list_bundles
+    from qasr.daemon.models.download import format_bytes
+    from qasr.daemon.models.store import default_bundle_path, list_bundles
 
     default = default_bundle_path()
     bundles = list_bundles(default=default)
@@ -178,7 +178,7 @@ def _add_path(msub: argparse._SubParsersAction) -> None:
 
 
 def cmd_path(args: argparse.Namespace) -> int:
-    from qasr.daemon.model_store import resolve_bundle
+    from qasr.daemon.models.store import resolve_bundle
 
     print(resolve_bundle(args.name))
     return 0
@@ -194,7 +194,7 @@ def _add_verify(msub: argparse._SubParsersAction) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from qasr.config import paths
-    from qasr.daemon.model_store import list_bundles, resolve_bundle, verify_bundle_dir
+    from qasr.daemon.models.store import list_bundles, resolve_bundle, verify_bundle_dir
     from qasr.engine.bundle import BundleError
 
     if args.target:
