@@ -1,4 +1,4 @@
-"""Checkpoint -> bundle conversion, checked against the official Qwen3-ASR model code."""
+"""Checkpoint -> bundle conversion (torch-free converter), checked against the official Qwen3-ASR model code."""
 
 from __future__ import annotations
 
@@ -175,18 +175,17 @@ def test_reduced_precision_encoder_stays_close_to_official(bundle_factory, offic
 
 
 def _tiny_frontend(tiny_checkpoint):
-    from qasr.engine.convert.checkpoint import AUDIO_PREFIX, load_tensors, read_checkpoint
-    from qasr.engine.convert.encoder_modules import build_audio_modules
+    """The torch front-end module of the test oracle (the former torch export path)."""
+    from tests.torch_oracle import load_audio_modules
 
-    ckpt = read_checkpoint(tiny_checkpoint)
-    return build_audio_modules(ckpt.audio, load_tensors(ckpt, AUDIO_PREFIX))[0]
+    return load_audio_modules(tiny_checkpoint)[0]
 
 
 @pytest.mark.parametrize("n_chunks,frames", [(3, 100), (1, 57), (2, 1), (1, 2), (1, 3), (2, 9)])
 def test_im2col_frontend_equals_the_conv_frontend(tiny_checkpoint, n_chunks, frames):
     import torch
 
-    from qasr.engine.convert.encoder_modules import AudioFrontEndIm2col
+    from tests.torch_oracle import AudioFrontEndIm2col
 
     front = _tiny_frontend(tiny_checkpoint)
     mel = torch.randn(n_chunks, 128, frames, generator=torch.Generator().manual_seed(frames)) * 0.5

@@ -7,9 +7,12 @@ Every hyper-parameter and special-token id comes from the checkpoint itself.
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
 
 from qasr.engine.bundle import SPECIAL_TOKENS
 from qasr.errors import QasrError
@@ -221,7 +224,7 @@ def _weight_files(root: Path) -> dict[str, Path]:
     if not single.is_file():
         raise CheckpointError(f"{root} has no model.safetensors (or index); download the model weights")
     try:
-        with safe_open(single, framework="pt") as fh:
+        with safe_open(single, framework="numpy") as fh:
             return {name: single for name in fh.keys()}
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{single} is not a readable safetensors file ({exc}); re-download it") from exc
@@ -289,9 +292,40 @@ def read_checkpoint(hf_dir: str | Path) -> Checkpoint:
     )
 
 
-def iter_tensors(ckpt: Checkpoint, prefix: str) -> Iterator[tuple[str, Any]]:
-    """Yield (name without prefix, float32 torch tensor) for every tensor under prefix."""
-    import torch
+def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) -> float32: the same 16 bits on top, zeros below (exact)."""
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+def _read_bf16(path: Path, name: str) -> np.ndarray:
+    """numpy has no bfloat16: read the tensor's bytes from the safetensors layout (u64 header size,
+    JSON header with data_offsets relative to the end of the header) and widen them."""
+    with open(path, "rb") as fh:
+        (header_len,) = struct.unpack("<Q", fh.read(8))
+        entry = json.loads(fh.read(header_len))[name]
+        begin, end = entry["data_offsets"]
+        fh.seek(8 + header_len + begin)
+        raw = np.frombuffer(fh.read(end - begin), dtype="<u2")
+    return _bf16_to_f32(raw).reshape(entry["shape"])
+
+
+def read_tensor(path: Path, name: str, fh: Any = None) -> np.ndarray:
+    """One tensor as float32 numpy (bf16/f16/f32 on disk), via safetensors' numpy API."""
+    from safetensors import safe_open
+
+    if fh is None:
+        with safe_open(path, framework="numpy") as opened:
+            return read_tensor(path, name, opened)
+    dtype = fh.get_slice(name).get_dtype()
+    if dtype == "BF16":
+        return _read_bf16(path, name)
+    if dtype not in ("F32", "F16", "F64"):
+        raise CheckpointError(f"tensor {name} in {path.name} is {dtype}, not a float type; not a Qwen3-ASR checkpoint")
+    return np.ascontiguousarray(fh.get_tensor(name), dtype=np.float32)
+
+
+def iter_tensors(ckpt: Checkpoint, prefix: str) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (name without prefix, float32 numpy array) for every tensor under prefix."""
     from safetensors import safe_open
 
     by_file: dict[Path, list[str]] = {}
@@ -299,18 +333,21 @@ def iter_tensors(ckpt: Checkpoint, prefix: str) -> Iterator[tuple[str, Any]]:
         if name.startswith(prefix):
             by_file.setdefault(path, []).append(name)
     for path, names in by_file.items():
-        with safe_open(path, framework="pt") as fh:
+        with safe_open(path, framework="numpy") as fh:
             for name in names:
-                yield name[len(prefix):], fh.get_tensor(name).to(torch.float32)
+                yield name[len(prefix):], read_tensor(path, name, fh)
 
 
-def load_tensors(ckpt: Checkpoint, prefix: str) -> dict[str, Any]:
+def load_tensors(ckpt: Checkpoint, prefix: str) -> dict[str, np.ndarray]:
     return dict(iter_tensors(ckpt, prefix))
 
 
-def load_tensor(ckpt: Checkpoint, name: str) -> Any:
-    import torch
+def load_tensor(ckpt: Checkpoint, name: str) -> np.ndarray:
+    return read_tensor(ckpt.weight_files[name], name)
+
+
+def tensor_shape(ckpt: Checkpoint, name: str) -> tuple[int, ...]:
     from safetensors import safe_open
 
-    with safe_open(ckpt.weight_files[name], framework="pt") as fh:
-        return fh.get_tensor(name).to(torch.float32)
+    with safe_open(ckpt.weight_files[name], framework="numpy") as fh:
+        return tuple(fh.get_slice(name).get_shape())

@@ -12,7 +12,15 @@ from typing import Callable
 
 import numpy as np
 
-from qasr.engine.convert.checkpoint import LM_HEAD, TEXT_PREFIX, Checkpoint, CheckpointError, Tokenizer
+from qasr.engine.convert.checkpoint import (
+    LM_HEAD,
+    TEXT_PREFIX,
+    Checkpoint,
+    CheckpointError,
+    Tokenizer,
+    read_tensor,
+    tensor_shape,
+)
 
 ARCH = "qwen3"
 
@@ -113,8 +121,6 @@ def _write_tokenizer(writer, ckpt: Checkpoint) -> None:
 
 def _plan(ckpt: Checkpoint) -> list[tuple[str, str, tuple[int, ...]]]:
     """(hf full name, gguf name, shape) for every tensor to write, in write order."""
-    from safetensors import safe_open
-
     t = ckpt.text
     if t.attention_bias:
         raise CheckpointError("text_config.attention_bias=true is not supported by llama.cpp's qwen3 architecture")
@@ -135,11 +141,7 @@ def _plan(ckpt: Checkpoint) -> list[tuple[str, str, tuple[int, ...]]]:
             f"text model has {len(wanted)} of {expected} expected tensors"
             + (f" (missing {missing[0]})" if missing else "") + "; the checkpoint is incomplete"
         )
-    plan = []
-    for full, name in wanted.items():
-        with safe_open(ckpt.weight_files[full], framework="pt") as fh:
-            shape = tuple(fh.get_slice(full).get_shape())
-        plan.append((full, name, shape))
+    plan = [(full, name, tensor_shape(ckpt, full)) for full, name in wanted.items()]
     order = {"token_embd.weight": 0, "output_norm.weight": 2, "output.weight": 1}
 
     def sort_key(item):
@@ -159,8 +161,6 @@ def write_decoder_gguf(
 ) -> Path:
     """Write the text decoder at f32 or f16 (norms always f32, as llama.cpp expects)."""
     import gguf
-    import torch
-    from safetensors import safe_open
 
     if precision not in ("f32", "f16"):
         raise ValueError(f"write_decoder_gguf writes f32 or f16, not {precision}")
@@ -183,8 +183,7 @@ def write_decoder_gguf(
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     for i, (full, name, shape) in enumerate(plan):
-        with safe_open(ckpt.weight_files[full], framework="pt") as fh:
-            tensor = fh.get_tensor(full).to(torch.float32).numpy()
+        tensor = read_tensor(ckpt.weight_files[full], full)
         writer.write_tensor_data(np.ascontiguousarray(tensor.astype(out_dtype(shape), copy=False)))
         if progress:
             progress((i + 1) / len(plan))

@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from qasr import __version__
 from qasr.engine.bundle import (
     DECODER_PRECISIONS,
@@ -28,7 +30,7 @@ from qasr.errors import QasrError
 Progress = Callable[[str, float], None]
 
 # Modules of the `convert` extra (pip install 'qasr[convert]') plus the runtime ones it drives.
-REQUIRED_MODULES = ("torch", "onnx", "onnxscript", "onnxruntime", "safetensors", "gguf", "llama_cpp")
+REQUIRED_MODULES = ("onnx", "onnxruntime", "safetensors", "gguf", "llama_cpp")
 
 # Share of the total work per stage, for a progress bar that moves evenly.
 _STAGES = {
@@ -99,29 +101,30 @@ def _prepare_out(out_dir: Path, overwrite: bool) -> None:
 
 
 def _export_encoder(ckpt: Checkpoint, work: Path, precision: str, track: _Tracker) -> dict[str, float]:
-    import torch
-
-    from qasr.engine.convert.encoder_export import BACKEND, FRONTEND, export_graph
-    from qasr.engine.convert.encoder_modules import AudioFrontEndIm2col, build_audio_modules
+    from qasr.engine.convert import encoder_reference as ref
+    from qasr.engine.convert.encoder_export import BACKEND, FRONTEND, write_graph
+    from qasr.engine.convert.encoder_onnx import backend_model, check_config, frontend_model
 
     a = ckpt.audio
-    front, back = build_audio_modules(a, load_tensors(ckpt, AUDIO_PREFIX))
-    gen = torch.Generator().manual_seed(0)
-    # Log-mel after qasr's normalisation lies roughly in [-1, 1.5].
-    mel = torch.randn(4, a.num_mel_bins, a.chunk_frames, generator=gen) * 0.5
+    check_config(a)
+    tensors = load_tensors(ckpt, AUDIO_PREFIX)
+    # Log-mel after qasr's normalisation lies roughly in [-1, 1.5]; two windows of 23 tokens for the back-end.
+    rng = np.random.default_rng(0)
+    mel = (rng.standard_normal((4, a.num_mel_bins, a.chunk_frames)) * 0.5).astype(np.float32)
     errors = {}
     track("exporting encoder front-end", 0.0)
-    # int8: the two 480-channel convs as im2col MatMuls, which dynamic quantization makes int8 GEMMs
-    # (it leaves Conv in fp32); checked against the plain conv module all the same.
-    exported = AudioFrontEndIm2col(front).eval() if precision == "int8" else front
-    errors["encoder_frontend"] = export_graph(
-        exported, mel[:2], mel, FRONTEND, work / f"encoder_frontend.{precision}.onnx", precision, work, reference=front
+    # int8: the two wide convs as im2col MatMuls, which dynamic quantization makes int8 GEMMs
+    # (it leaves Conv in fp32); checked against the same reference as the conv form.
+    front_want = ref.frontend(a, tensors, mel)
+    errors["encoder_frontend"] = write_graph(
+        lambda: frontend_model(a, tensors, im2col=precision == "int8"), work / f"encoder_frontend.{precision}.onnx",
+        precision, work, mel, front_want, FRONTEND,
     )
     track("exporting encoder back-end", 0.0)
-    with torch.no_grad():
-        hidden = front(mel).reshape(2, 2 * a.tokens_per_chunk, a.d_model)
-    errors["encoder_backend"] = export_graph(
-        back, hidden[:, :-3], hidden, BACKEND, work / f"encoder_backend.{precision}.onnx", precision, work
+    hidden = front_want.astype(np.float32).reshape(2, 2 * a.tokens_per_chunk, a.d_model)[:, :-3]
+    errors["encoder_backend"] = write_graph(
+        lambda: backend_model(a, tensors), work / f"encoder_backend.{precision}.onnx",
+        precision, work, hidden, ref.backend(a, tensors, hidden), BACKEND,
     )
     return errors
 

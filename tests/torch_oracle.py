@@ -1,13 +1,21 @@
-"""Torch modules for the Qwen3-ASR audio tower, split at the point the runtime needs.
+"""Test oracle: qasr's former torch export path of the audio tower (dev-only; the product converter
+builds the ONNX graphs from the weights without torch, see engine/convert/encoder_onnx.py).
 
 Front-end: one 1 s mel chunk -> 13 embeddings (convs, projection, positions restarting per chunk).
 Back-end: one attention window of embeddings -> audio embeddings for the text model.
-Written for export: plain tensor ops, batch-first, no masks (one batch item is one window).
+Plain tensor ops, batch-first, no masks (one batch item is one window), exported with torch's dynamo
+ONNX exporter (opset 18). `export_torch_encoder` writes the fp32 (or im2col) graphs a torch-built
+bundle had, for comparison with the torch-free ones.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import math
+import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -206,3 +214,56 @@ def build_audio_modules(cfg: AudioConfig, tensors: dict[str, torch.Tensor]) -> t
     front = _load(AudioFrontEnd(cfg), tensors, "front-end")
     back = _load(AudioBackEnd(cfg), tensors, "back-end")
     return front, back
+
+
+def load_audio_modules(checkpoint_dir: str | Path) -> tuple[AudioFrontEnd, AudioBackEnd]:
+    from qasr.engine.convert.checkpoint import AUDIO_PREFIX, load_tensors, read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint_dir)
+    tensors = {k: torch.from_numpy(v) for k, v in load_tensors(ckpt, AUDIO_PREFIX).items()}
+    return build_audio_modules(ckpt.audio, tensors)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The dynamo exporter prints progress lines and warnings; keep test output clean."""
+    noisy = [logging.getLogger(name) for name in ("torch.onnx", "torch._export", "torch.export", "onnxscript")]
+    levels = [log.level for log in noisy]
+    for log in noisy:
+        log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for log, level in zip(noisy, levels):
+            log.setLevel(level)
+
+
+def export_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str,
+                dynamic: dict[int, tuple[str, int]], path: Path) -> Path:
+    """torch -> ONNX (dynamo exporter, opset 18), weights inside the one .onnx file."""
+    dims = {axis: torch.export.Dim(name, min=1, max=top) for axis, (name, top) in dynamic.items()}
+    with _quiet_exporter(), torch.no_grad():
+        torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=[output_name],
+                          opset_version=18, dynamo=True, external_data=False,
+                          dynamic_shapes={input_name: dims}, verbose=False)
+    return path
+
+
+def export_torch_encoder(checkpoint_dir: str | Path, out_dir: Path, im2col: bool = False) -> tuple[Path, Path]:
+    """The fp32 front-end (conv or im2col form) and back-end graphs as the torch export path wrote them."""
+    from qasr.engine.convert.checkpoint import read_checkpoint
+
+    cfg = read_checkpoint(checkpoint_dir).audio
+    front, back = load_audio_modules(checkpoint_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mel = torch.randn(2, cfg.num_mel_bins, cfg.chunk_frames, generator=torch.Generator().manual_seed(0)) * 0.5
+    exported = AudioFrontEndIm2col(front).eval() if im2col else front
+    f_path = export_onnx(exported, mel, "mel", "embeds", {0: ("n_chunks", 1 << 16), 2: ("frames", cfg.chunk_frames)},
+                         out_dir / f"encoder_frontend.{'im2col' if im2col else 'fp32'}.onnx")
+    with torch.no_grad():
+        hidden = front(mel).reshape(1, -1, front.conv_out.out_features)
+    b_path = export_onnx(back, hidden, "hidden", "audio_embeds", {0: ("n_windows", 1 << 16), 1: ("T", 1 << 16)},
+                         out_dir / "encoder_backend.fp32.onnx")
+    return f_path, b_path
