@@ -228,3 +228,115 @@ def test_percentile_and_metrics_from_events():
     text = metrics.prometheus({"clients": 2, "flag": True})
     assert 'qasr_final_latency_ms{quantile="0.95"} 390.0' in text
     assert "qasr_partials_dropped_total 3" in text and "qasr_clients 2" in text and "flag" not in text
+
+
+# ---- typed events (the clients' view of the same messages) ----------------------------------------
+
+
+def typed_examples() -> list[protocol.Event]:
+    return [
+        protocol.Hello(protocol="qasr.v1", version="1.2.3", model="m", sample_rate=16000, client_id="c1", state="idle"),
+        protocol.Hello(protocol="qasr.v1", version="1.2.3", model=None, sample_rate=16000, client_id="c2"),
+        protocol.State(state="recording"),
+        protocol.Vad(speech=True, time=1.25),
+        protocol.Vad(speech=False, time=2.5, utterance_id="u1"),
+        protocol.Partial(utterance_id="u1", seq=2, committed="a ", tentative="b", language=None, audio_start=0.0,
+                         audio_end=1.5, timings={"latency_ms": 12.5}),
+        protocol.Final(utterance_id="u1", seq=3, text="a b", language="English", token_ids=[1, 2], audio_start=0.0,
+                       audio_end=2.0, timings={"compute_ms": 3.0}, sink="xtest"),
+        protocol.Final(utterance_id="u2", seq=0, text="", language=None, token_ids=[], audio_start=2.0, audio_end=2.5),
+        protocol.Error(code=ErrorCode.BAD_MESSAGE, message="no"),
+        protocol.Error(code=ErrorCode.INVALID_STATE, message="idle", command="stop", id="r1"),
+        protocol.Warning(code="output", message="clipboard fallback"),
+        protocol.Ack(command="start", id=7),
+        protocol.Ack(command="toggle"),
+        protocol.Pong(id="p"),
+        protocol.Pong(),
+    ]
+
+
+def test_every_builder_output_parses_to_its_typed_event_and_back(validator):
+    for message in server_examples():
+        event = protocol.parse_event(message)
+        assert type(event) is protocol.EVENT_TYPES[message["type"]] and event.type == message["type"]
+        again = event.to_dict()
+        assert again == message and list(again) == list(message)
+        assert not list(validator.iter_errors(again))
+        assert protocol.parse_server_message(protocol.encode(message)) == event
+
+
+def test_every_typed_event_round_trips_through_the_wire_and_the_schema(validator):
+    covered = set()
+    for event in typed_examples():
+        message = event.to_dict()
+        covered.add(message["type"])
+        assert message["type"] == event.TYPE
+        assert _valid_as(validator, message, f"server.{event.TYPE}"), message
+        assert _valid_as(validator, message, "server_message") and not _valid_as(validator, message, "client_message")
+        back = protocol.parse_server_message(protocol.encode(message))
+        assert type(back) is type(event) and back == event and back.to_dict() == message
+    assert covered == set(protocol.SERVER_TYPES) == set(protocol.EVENT_TYPES)
+
+
+def test_typed_events_leave_out_absent_optional_fields_like_the_builders():
+    assert protocol.Vad(speech=True, time=1.0).to_dict() == protocol.vad(True, 1.0)
+    assert protocol.Error(code="bad_json", message="x").to_dict() == protocol.error("bad_json", "x")
+    assert protocol.Ack(command="stop", id="r").to_dict() == protocol.ack("stop", "r")
+    assert protocol.Pong().to_dict() == protocol.pong()
+    assert protocol.Hello(protocol=protocol.PROTOCOL, version="v", model=None, client_id="c").to_dict() == {
+        "type": "hello", "protocol": "qasr.v1", "version": "v", "model": None, "sample_rate": 16000, "client_id": "c"
+    }
+
+
+def test_unknown_event_types_and_extra_fields_survive_parsing():
+    event = protocol.parse_server_message('{"type": "from.the.future", "x": [1]}')
+    assert isinstance(event, protocol.Unknown) and event.type == "from.the.future"
+    assert event.to_dict() == {"type": "from.the.future", "x": [1]}
+    final = protocol.parse_event(protocol.final("u", 1, "t", None, [], 0, 1, source="mic"))
+    assert final.raw["source"] == "mic" and final.to_dict()["source"] == "mic"
+
+
+@pytest.mark.parametrize("text", ["{", "[]", "7", b"\xff"])
+def test_server_frames_that_are_not_objects_raise_one_line_protocol_errors(text):
+    with pytest.raises(ProtocolError) as exc:
+        protocol.parse_server_message(text)
+    assert exc.value.code == ErrorCode.BAD_JSON and "\n" not in exc.value.message
+
+
+# ---- absurd nesting --------------------------------------------------------------------------------
+
+DEEP = 100_000
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * DEEP + "]" * DEEP,
+        '{"a":' * DEEP + "1" + "}" * DEEP,
+        '{"type":"start","x":' + "[" * DEEP + "]" * DEEP + "}",
+    ],
+    ids=["array", "object", "field"],
+)
+def test_deeply_nested_messages_are_bad_message_not_recursion_errors(text):
+    with pytest.raises(ProtocolError) as exc:
+        parse_client_message(text)
+    assert exc.value.code == ErrorCode.BAD_MESSAGE and "nested too deeply" in exc.value.message
+    with pytest.raises(ProtocolError) as exc:
+        protocol.parse_server_message(text)
+    assert exc.value.code == ErrorCode.BAD_MESSAGE
+
+
+def test_encode_pcm_is_the_inverse_of_decode_pcm():
+    stereo = np.array([[1000, -1000], [32767, -32768]], dtype=np.int16)
+    data, fmt, channels = protocol.encode_pcm(stereo)
+    assert (fmt, channels) == ("s16le", 2)
+    np.testing.assert_array_equal(protocol.decode_pcm(data, fmt, channels), stereo.astype(np.float32).mean(axis=1) / 32768)
+    floats = np.array([0.25, -0.5], dtype=np.float64)
+    data, fmt, channels = protocol.encode_pcm(floats)
+    assert (fmt, channels) == ("f32le", 1) and len(data) == 8
+    np.testing.assert_array_equal(protocol.decode_pcm(data, fmt), floats.astype(np.float32))
+    assert protocol.encode_pcm(b"\x00\x00", "s16le") == (b"\x00\x00", "s16le", 1)
+    for bad in [(b"\x00", None), (np.zeros((1, 1, 1)), None)]:
+        with pytest.raises(ProtocolError) as exc:
+            protocol.encode_pcm(*bad)
+        assert exc.value.code == ErrorCode.BAD_AUDIO and "\n" not in exc.value.message
