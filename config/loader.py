@@ -50,6 +50,21 @@ def load_settings(config_file: str | Path | None = None, overrides: list[str] | 
     return apply_overrides(settings, overrides), path
 
 
+def load_daemon_settings(config_file: str | Path | None, overrides: tuple[str, ...] = (), *,
+                         model: str | None = None, device: str | None = None) -> tuple[Settings, Path]:
+    """The daemon's settings: ``--model DIR`` and ``--device NAME`` win over the file and ``--set``."""
+    extra = list(overrides)
+    if model:
+        extra.append(f"model.path={_toml_string(str(Path(model).expanduser().resolve()))}")
+    if device:
+        extra.append(f"audio.device={_toml_string(device)}")
+    return load_settings(config_file, extra)
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def apply_toml(settings: Settings, text: str, source: str = "<config>") -> Settings:
     try:
         data = tomllib.loads(text)

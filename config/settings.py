@@ -8,7 +8,7 @@ with the same values (a test keeps the two in step). Each field carries its vali
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +199,13 @@ def changed_options(old: Settings, new: Settings) -> list[tuple[str, bool]]:
             if getattr(a, option.name) != getattr(b, option.name):
                 changes.append((f"{section.name}.{option.name}", bool(option.metadata.get("restart"))))
     return changes
+
+
+def keep_restart_options(old: Settings, new: Settings) -> Settings:
+    """``new`` with every [restart] option put back to its running value."""
+    sections = {}
+    for section in fields(Settings):
+        a, b = getattr(old, section.name), getattr(new, section.name)
+        keep = {f.name: getattr(a, f.name) for f in fields(a) if f.metadata.get("restart")}
+        sections[section.name] = replace(b, **keep)
+    return replace(new, **sections)

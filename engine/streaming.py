@@ -63,13 +63,29 @@ class StreamingOptions:
 
 @dataclass
 class StepTimings:
+    """One partial step, named as on the wire (`partial.timings`)."""
+
     encoder_ms: float = 0.0
     prefill_ms: float = 0.0  # audio + prompt tail + draft verification
-    sync_ms: float = 0.0  # finished 8 s windows entering the decoder cache before the step (in total_ms)
+    sync_ms: float = 0.0  # finished 8 s windows entering the decoder cache before the step (in step_ms)
     decode_ms: float = 0.0  # greedy tokens beyond the draft
-    total_ms: float = 0.0
+    step_ms: float = 0.0
     draft_tokens: int = 0
     accepted_tokens: int = 0
+
+
+@dataclass
+class FinalTimings:
+    """The final's computation, named as on the wire (`final.timings`)."""
+
+    encoder_ms: float = 0.0
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+    final_ms: float = 0.0  # this computation (at the pause when the final was prepared)
+    compute_ms: float = 0.0  # all engine time the utterance took: encoder pushes, partial steps, the final
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    latency_ms: float | None = None  # end of the audio -> final out; the caller that knows the end sets it
 
 
 @dataclass
@@ -98,9 +114,10 @@ class FinalEvent:
     audio_end_s: float
     stop_reason: str  # stop, max_tokens, loop, silence, empty, cancelled
     committed: str  # what partials had committed (a prefix of `text` unless the model changed its mind)
-    timings: StepTimings
+    timings: FinalTimings
     cut: bool = False  # ended by max_utterance_s; the speech continues in the next utterance
     prepared: bool = False  # computed ahead by prepare_final(); `timings` are that computation's
+    prepares: int = 0  # finals prepared ahead for this utterance (counted by the caller that schedules them)
     type: str = "final"
 
     def to_dict(self) -> dict:
@@ -170,13 +187,18 @@ class StreamingSession:
     def committed_text(self) -> str:
         return self.text_of.text(self.commits.committed, complete_only=True)
 
-    def feed(self, pcm: np.ndarray) -> list[PartialEvent | FinalEvent]:
-        """Add audio; returns the events it caused (a partial when one is due, a final on a length cut)."""
+    def push(self, pcm: np.ndarray) -> None:
+        """Add audio to the encoder without a decoding step (its time counts against the budget). For a
+        caller that encodes on one thread and decodes on another: `feed(empty)` later steps when due."""
         if self._finished:
-            raise RuntimeError("feed() after finish() or cancel()")
+            raise RuntimeError("push() after finish() or cancel()")
         t0 = time.perf_counter()
         self.encoder.push(pcm)
         self.compute_s += time.perf_counter() - t0
+
+    def feed(self, pcm: np.ndarray) -> list[PartialEvent | FinalEvent]:
+        """Add audio; returns the events it caused (a partial when one is due, a final on a length cut)."""
+        self.push(pcm)
         events: list[PartialEvent | FinalEvent] = []
         if self.audio_s >= self.options.max_utterance_s:
             events.append(self._cut_at_quiet_point())
@@ -228,7 +250,7 @@ class StreamingSession:
             return None
         self._hyp = hyp
         elapsed = time.perf_counter() - t0
-        timings.total_ms = (elapsed + sync_s) * 1000.0
+        timings.step_ms = (elapsed + sync_s) * 1000.0
         timings.sync_ms = sync_s * 1000.0
         self.compute_s += elapsed
         self._steps_compute_s += elapsed
@@ -282,12 +304,13 @@ class StreamingSession:
 
     def _exact_final(self) -> FinalEvent:
         t0 = time.perf_counter()
-        timings = StepTimings()
+        timings = FinalTimings()
         audio = self.encoder.audio
         rate = self.engine.feature_params.sample_rate
         committed = self.committed_text
         if audio.size == 0 or is_silent(audio, rate):
-            timings.total_ms = (time.perf_counter() - t0) * 1000.0
+            timings.final_ms = (time.perf_counter() - t0) * 1000.0
+            timings.compute_ms = self.compute_s * 1000.0
             return self._final([], "empty" if audio.size == 0 else "silence", None, committed, timings)
         embeds, kept = self.encoder.exact_embeddings()
         t1 = time.perf_counter()
@@ -306,8 +329,9 @@ class StreamingSession:
         timings.prefill_ms = (time.perf_counter() - t1) * 1000.0
         hyp = self._decode(self._hyp.ids, cap, None, timings)
         self._hyp = hyp
-        timings.total_ms = (time.perf_counter() - t0) * 1000.0
-        self.compute_s += timings.total_ms / 1000.0
+        timings.final_ms = (time.perf_counter() - t0) * 1000.0
+        self.compute_s += timings.final_ms / 1000.0
+        timings.compute_ms = self.compute_s * 1000.0
         return self._final(hyp.ids, hyp.stop_reason, hyp.cut, committed, timings)
 
     def interrupt(self) -> None:
@@ -397,7 +421,7 @@ class StreamingSession:
         draft: list[int],
         cap: int,
         max_beyond_draft: int | None,
-        timings: StepTimings,
+        timings: StepTimings | FinalTimings,
         trusted: int = 0,
         parked: int = 0,
     ) -> _Hypothesis:

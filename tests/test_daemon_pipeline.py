@@ -42,14 +42,15 @@ def transcriber(tiny_bundle):
 # ------------------------------------------------------------------------------ pipeline, in-process
 
 def test_pipeline_finals_in_order_equal_offline_transcription(transcriber):
-    from qasr.daemon.workers import Pipeline, WholeUtteranceBackend
+    from qasr.daemon.engine_streams import WholeUtteranceBackend
+    from qasr.daemon.pipeline import Pipeline
 
-    events: list[dict] = []
+    events: list = []
     done = threading.Event()
 
-    def emit(event):
+    def emit(source, event):
         events.append(event)
-        if event["type"] == "final" and event["utterance_id"] == 3:
+        if event.type == "final" and event.utterance_id == "3":
             done.set()
 
     pipeline = Pipeline(WholeUtteranceBackend(lambda audio, options: transcriber.transcribe(audio)), emit,
@@ -71,35 +72,36 @@ def test_pipeline_finals_in_order_equal_offline_transcription(transcriber):
         assert not pipeline.busy() and pipeline.pending() == 0
     finally:
         pipeline.stop()
-    finals = [e for e in events if e["type"] == "final"]
-    assert [f["utterance_id"] for f in finals] == [ids[1], ids[3]]
-    assert [e["utterance_id"] for e in events if e["type"] == "cancelled"] == [ids[2]]
+    finals = [e for e in events if e.type == "final"]
+    assert [f.utterance_id for f in finals] == [ids[1], ids[3]]
+    assert [e.utterance_id for e in events if e.type == "cancelled"] == [ids[2]]
     for final, n in zip(finals, (1, 3)):
         reference = transcriber.transcribe(audios[n])
-        assert final["token_ids"] == reference.token_ids
-        assert final["text"] == reference.text
-        assert final["audio_start"] == float(n)
-        assert final["audio_end"] == pytest.approx(n + audios[n].size / SR)
-        assert final["latency_ms"] >= 0
-    assert pipeline.utterances_done == 2 and pipeline.last_latency_ms == finals[-1]["latency_ms"]
+        assert final.token_ids == reference.token_ids
+        assert final.text == reference.text
+        assert final.audio_start_s == float(n)
+        assert final.audio_end_s == pytest.approx(n + audios[n].size / SR)
+        assert 0 <= final.timings.latency_ms < 120_000  # end() -> final, within the drain above
+    assert pipeline.utterances_done == 2 and pipeline.last_latency_ms == finals[-1].timings.latency_ms
 
 
 def test_failed_transcription_reports_an_error_and_the_next_utterance_still_runs(transcriber):
-    from qasr.daemon.workers import Pipeline, WholeUtteranceBackend
+    from qasr.daemon.engine_streams import WholeUtteranceBackend
+    from qasr.daemon.pipeline import Pipeline
 
-    events: list[dict] = []
+    events: list = []
 
     def transcribe(audio, options):
-        if options.get("language") == "Klingon":
+        if options.language == "Klingon":
             from qasr.engine.prompt import resolve_language
 
             resolve_language("Klingon", transcriber.bundle.manifest.languages)  # raises
         return transcriber.transcribe(audio)
 
-    pipeline = Pipeline(WholeUtteranceBackend(transcribe), events.append)
+    pipeline = Pipeline(WholeUtteranceBackend(transcribe), lambda source, event: events.append(event))
     pipeline.start()
     try:
-        bad = pipeline.begin("mic", {"language": "Klingon"})
+        bad = pipeline.begin("mic", language="Klingon")
         pipeline.audio(bad, _tone_audio(0.6, 4))
         pipeline.end(bad)
         good = pipeline.begin("mic")
@@ -108,9 +110,9 @@ def test_failed_transcription_reports_an_error_and_the_next_utterance_still_runs
         assert pipeline.drain(120)
     finally:
         pipeline.stop()
-    errors = [e for e in events if e["type"] == "error"]
-    assert len(errors) == 1 and errors[0]["utterance_id"] == bad and "Klingon" in errors[0]["message"]
-    assert [e["utterance_id"] for e in events if e["type"] == "final"] == [good]
+    errors = [e for e in events if e.type == "error"]
+    assert len(errors) == 1 and errors[0].utterance_id == bad and "Klingon" in errors[0].message
+    assert [e.utterance_id for e in events if e.type == "final"] == [good]
 
 
 # ------------------------------------------------------------------------------ the daemon process
@@ -233,12 +235,14 @@ def test_microphone_to_websocket_final_equals_offline(tmp_path, tiny_bundle, tra
 
 
 def test_streaming_backend_gives_partials_and_offline_equal_finals(transcriber):
-    from qasr.daemon.workers import Pipeline, StreamingBackend
+    from qasr.daemon.engine_streams import StreamingBackend
+    from qasr.daemon.pipeline import Pipeline
     from qasr.engine.streaming import StreamingOptions, StreamingSession
 
-    events: list[dict] = []
-    backend = StreamingBackend(lambda options: StreamingSession(transcriber, StreamingOptions(rtf_budget=10.0)))
-    pipeline = Pipeline(backend, events.append)
+    events: list = []
+    backend = StreamingBackend(lambda options: StreamingSession(transcriber, StreamingOptions(rtf_budget=10.0),
+                                                                utterance_id=options.utterance_id))
+    pipeline = Pipeline(backend, lambda source, event: events.append(event))
     pipeline.start()
     audios = [_tone_audio(3.0, 9), _tone_audio(1.5, 10)]
     try:
@@ -252,17 +256,17 @@ def test_streaming_backend_gives_partials_and_offline_equal_finals(transcriber):
         assert pipeline.drain(180)
     finally:
         pipeline.stop()
-    finals = [e for e in events if e["type"] == "final"]
-    assert [f["utterance_id"] for f in finals] == ids
+    finals = [e for e in events if e.type == "final"]
+    assert [f.utterance_id for f in finals] == ids
     for final, audio in zip(finals, audios):
-        assert final["token_ids"] == transcriber.transcribe(audio).token_ids
-    partials = [e for e in events if e["type"] == "partial"]
-    assert partials and {p["utterance_id"] for p in partials} <= set(ids)
+        assert final.token_ids == transcriber.transcribe(audio).token_ids
+    partials = [e for e in events if e.type == "partial"]
+    assert partials and {p.utterance_id for p in partials} <= set(ids)
     for uid in ids:  # committed text only grows within an utterance
-        committed = [p["committed"] for p in partials if p["utterance_id"] == uid]
+        committed = [p.committed for p in partials if p.utterance_id == uid]
         assert all(later.startswith(earlier) for earlier, later in zip(committed, committed[1:]))
     # every partial of an utterance comes before its final
-    order = [(e["type"], e["utterance_id"]) for e in events if e["type"] in ("partial", "final")]
+    order = [(e.type, e.utterance_id) for e in events if e.type in ("partial", "final")]
     for uid in ids:
         final_at = order.index(("final", uid))
         assert all(i < final_at for i, item in enumerate(order) if item == ("partial", uid))

@@ -22,6 +22,7 @@ Without a window manager, focus is set with ``xdotool windowfocus --sync`` (XSet
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import shutil
 import subprocess
 import threading
@@ -31,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from qasr.config.settings import OutputSettings, Settings
-from qasr.daemon.app import output_options
+from qasr.daemon.component_options import output_options
 from qasr.daemon.desktop.output import OutputOptions
 from qasr.daemon.text_shaping import ShapingOptions, TextShaper
 from tests.test_lifecycle import DaemonEnv
@@ -54,7 +55,7 @@ RESTORE_DELAY_S = 0.5
 # ------------------------------------------------------------------------------ no X needed
 
 def test_every_output_setting_reaches_the_text_output():
-    defaults = output_options(Settings().output, OutputOptions)
+    defaults = output_options(Settings())
     assert defaults == OutputOptions(char_delay_ms=2.0)
     custom = OutputSettings(
         sink="paste", auto_rules={"firefox": "type"}, auto_terminal_sink="paste", auto_default_sink="type",
@@ -62,7 +63,7 @@ def test_every_output_setting_reaches_the_text_output():
         paste_key_rules={"myterm": "ctrl+v"}, restore_clipboard=False, restore_delay_s=3.0, focus_check=False,
         type_delay_ms=7, keymap_restore_delay_s=2.0, modifier_release_timeout_s=0.5,
     )
-    options = output_options(custom, OutputOptions)
+    options = output_options(replace(Settings(), output=custom))
     assert options == OutputOptions(
         sink="paste", auto_rules={"firefox": "type"}, auto_terminal_sink="paste", auto_default_sink="type",
         terminal_classes=("myterm",), paste_keys="ctrl+shift+v", terminal_paste_keys="shift+Insert",

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from qasr.daemon.audio.segmenter import Segmenter, SegmenterOptions, SpeechAudio, SpeechEnd, SpeechPause, SpeechStart
-from qasr.daemon.workers import Final, Partial, Pipeline, StreamingBackend, WholeUtteranceStream
+from qasr.daemon.engine_streams import StreamingBackend, StreamOptions, WholeUtteranceStream
+from qasr.daemon.pipeline import Pipeline
+from qasr.engine.streaming import FinalEvent, FinalTimings, PartialEvent, StepTimings
 from tests.test_segmenter import silence, voiced_burst
 
 SR = 16000
@@ -29,6 +32,7 @@ class FakeStream:
 
     def __init__(self, name: str, log: list, fail_prepare: bool = False, gate: threading.Event | None = None):
         self.name, self.log, self.fail_prepare, self.gate = name, log, fail_prepare, gate
+        self.utterance_id = "?"
         self.samples = 0
         self.prepared_at: int | None = None
         self.prepared = threading.Event()
@@ -37,13 +41,11 @@ class FakeStream:
     def encode(self, pcm):
         self.samples += len(pcm)
 
-    def finish_encoding(self):
-        pass
-
     def decode_partial(self):
         self.log.append((self.name, "partial"))
         self.partials += 1
-        return Partial(committed="", tentative=f"p{self.partials}")
+        return PartialEvent("?", 0, committed="", tentative=f"p{self.partials}", audio_start_s=0.0,
+                            audio_end_s=self.samples / SR, timings=StepTimings())
 
     def prepare_final(self):
         self.log.append((self.name, "prepare"))
@@ -59,8 +61,10 @@ class FakeStream:
         if self.gate is not None:
             assert self.gate.wait(WAIT_S)
         prepared = self.prepared_at == self.samples
-        return Final(text=f"{self.name}:{self.samples}", language="English", token_ids=[self.samples],
-                     audio_s=self.samples / SR, elapsed_s=0.01, extra={"prepared": prepared, "final_ms": 10.0})
+        return FinalEvent(self.utterance_id, 0, text=f"{self.name}:{self.samples}", language="English",
+                          token_ids=[self.samples], audio_start_s=0.0, audio_end_s=self.samples / SR,
+                          stop_reason="stop", committed="", timings=FinalTimings(final_ms=10.0, compute_ms=10.0),
+                          prepared=prepared)
 
     def close(self):
         pass
@@ -75,13 +79,14 @@ class FakeBackend:
     def open_stream(self, options):
         name = "abcdefgh"[len(self.streams)]
         stream = FakeStream(name, self.log, **self.kwargs.get(name, {}))
+        stream.utterance_id = options.utterance_id
         self.streams.append(stream)
         return stream
 
 
 def run_pipeline(backend, script):
-    events: list[dict] = []
-    pipeline = Pipeline(backend, events.append)
+    events: list = []
+    pipeline = Pipeline(backend, lambda source, event: events.append(event))
     pipeline.start()
     try:
         script(pipeline)
@@ -92,7 +97,7 @@ def run_pipeline(backend, script):
 
 
 def finals(events):
-    return {e["utterance_id"]: e for e in events if e["type"] == "final"}
+    return {e.utterance_id: e for e in events if e.type == "final"}
 
 
 def block(n=1600):
@@ -122,8 +127,8 @@ def test_prepare_runs_at_the_pause_and_the_final_uses_it():
     events = run_pipeline(backend, script)
     (final,) = finals(events).values()
     assert backend.log == [("a", "prepare"), ("a", "final")]
-    assert final["prepared"] is True and final["prepares"] == 1 and final["final_ms"] == 10.0
-    assert final["token_ids"] == [1600]
+    assert final.prepared is True and final.prepares == 1 and final.timings.final_ms == 10.0
+    assert final.token_ids == [1600]
 
 
 def test_audio_after_the_pause_makes_the_final_compute_again():
@@ -135,7 +140,7 @@ def test_audio_after_the_pause_makes_the_final_compute_again():
         p.end(u)
 
     (final,) = finals(run_pipeline(backend, script)).values()
-    assert final["prepared"] is False and final["prepares"] == 1 and final["token_ids"] == [2400]
+    assert final.prepared is False and final.prepares == 1 and final.token_ids == [2400]
 
 
 def test_a_wanted_final_is_never_preceded_by_a_prepare_and_prepares_go_before_partials():
@@ -166,9 +171,9 @@ def test_a_wanted_final_is_never_preceded_by_a_prepare_and_prepares_go_before_pa
     c_calls = [kind for n, kind in backend.log if n == "c"]
     assert c_calls[0] == "prepare" and c_calls[-1] == "final"
     assert set(c_calls[1:-1]) <= {"partial"}  # a partial may run for the resumed speech, none before
-    assert [f["prepared"] for f in fin.values()] == [False, False, False]
-    assert [f["prepares"] for f in fin.values()] == [0, 0, 1]
-    order = [e["type"] for e in events if e["type"] in ("partial", "final")]
+    assert [f.prepared for f in fin.values()] == [False, False, False]
+    assert [f.prepares for f in fin.values()] == [0, 0, 1]
+    order = [e.type for e in events if e.type in ("partial", "final")]
     assert order[:2] == ["final", "final"]
 
 
@@ -182,10 +187,10 @@ def test_a_failed_prepare_loses_nothing():
         p.end(v)
 
     events = run_pipeline(backend, script)
-    assert not [e for e in events if e["type"] == "error"]
+    assert not [e for e in events if e.type == "error"]
     a, b = finals(events).values()
-    assert a["prepared"] is False and a["prepares"] == 0 and a["token_ids"] == [1600]  # computed at the end
-    assert b["prepared"] is True
+    assert a.prepared is False and a.prepares == 0 and a.token_ids == [1600]  # computed at the end
+    assert b.prepared is True
 
 
 def test_whole_utterance_stream_reuses_the_prepared_transcription():
@@ -194,36 +199,38 @@ def test_whole_utterance_stream_reuses_the_prepared_transcription():
     def transcribe(audio, options):
         calls.append(audio.size)
         return SimpleNamespace(text=f"n{audio.size}", language="English", token_ids=[audio.size],
-                               audio_s=audio.size / SR, elapsed_s=0.02, rtf=0.1)
+                               audio_s=audio.size / SR, elapsed_s=0.02, rtf=0.1, encoder_ms=5.0, prefill_ms=5.0,
+                               decode_ms=10.0, segments=[])
 
-    stream = WholeUtteranceStream(transcribe, {})
+    stream = WholeUtteranceStream(transcribe, StreamOptions("1"))
     stream.encode(block())
     stream.prepare_final()
     final = stream.decode_final()
-    assert calls == [1600] and final.token_ids == [1600] and final.extra["prepared"] is True
-    assert final.extra["final_ms"] == 20.0
+    assert calls == [1600] and final.token_ids == [1600] and final.prepared is True
+    assert final.timings.final_ms == 20.0
 
-    stream = WholeUtteranceStream(transcribe, {})
+    stream = WholeUtteranceStream(transcribe, StreamOptions("2"))
     stream.encode(block())
     stream.prepare_final()
     stream.encode(block(400))  # speech resumed: the prepared result is stale
     final = stream.decode_final()
-    assert calls == [1600, 1600, 2000] and final.token_ids == [2000] and final.extra["prepared"] is False
+    assert calls == [1600, 1600, 2000] and final.token_ids == [2000] and final.prepared is False
 
 
 def test_the_protocol_final_says_whether_it_was_prepared():
+    from qasr.daemon.result_router import final_message
     from qasr.daemon.server.metrics import Metrics
-    from qasr.daemon.server.bridge import protocol_event
 
-    base = {"type": "final", "utterance_id": 3, "seq": 4, "text": "hi", "language": "English", "token_ids": [1],
-            "audio_start": 1.0, "audio_end": 2.0, "elapsed_s": 0.5, "latency_ms": 12.0, "final_ms": 300.0,
-            "source": "mic"}
-    prepared = protocol_event(dict(base, prepared=True), "paste")
+    base = FinalEvent("3", 4, text="hi", language="English", token_ids=[1], audio_start_s=1.0, audio_end_s=2.0,
+                      stop_reason="stop", committed="hi",
+                      timings=FinalTimings(final_ms=300.0, compute_ms=500.0, latency_ms=12.0))
+    prepared = final_message(replace(base, prepared=True), "mic", "paste")
     assert prepared["prepared"] is True and prepared["timings"]["final_ms"] == 300.0
-    assert protocol_event(dict(base, prepared=False))["prepared"] is False
-    assert "prepared" not in protocol_event(base)
+    assert prepared["timings"] == {"latency_ms": 12.0, "compute_ms": 500.0, "final_ms": 300.0}
+    assert final_message(replace(base, prepared=False), "mic")["prepared"] is False
+    assert final_message(base, "mic")["prepared"] is False  # an engine final says it either way
     metrics = Metrics()
-    for event in (prepared, protocol_event(dict(base, prepared=False))):
+    for event in (prepared, final_message(replace(base, prepared=False), "mic")):
         metrics.observe_event(event)
     assert metrics.counter("finals_prepared") == 1
     jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is a dev dependency")
@@ -254,7 +261,9 @@ class SignallingBackend:
     def __init__(self, transcriber):
         from qasr.engine.streaming import StreamingOptions, StreamingSession
 
-        self.inner = StreamingBackend(lambda options: StreamingSession(transcriber, StreamingOptions(rtf_budget=10.0)))
+        self.inner = StreamingBackend(lambda options: StreamingSession(
+            transcriber, StreamingOptions(rtf_budget=10.0), utterance_id=options.utterance_id,
+            start_s=options.audio_start))
         self.prepares = threading.Semaphore(0)
 
     def open_stream(self, options):
@@ -275,10 +284,10 @@ def dictate(transcriber, signal, stop_at_s=None):
     """Segmenter events → pipeline, as the daemon does; waits at each pause until its prepare is done.
     ``stop_at_s``: end the utterance there (a stop command) instead of feeding the rest."""
     backend = SignallingBackend(transcriber)
-    events: list[dict] = []
+    events: list = []
     audio: dict[int, list[np.ndarray]] = {}
     pauses = 0
-    pipeline = Pipeline(backend, events.append)
+    pipeline = Pipeline(backend, lambda source, event: events.append(event))
     pipeline.start()
     seg = Segmenter(SegmenterOptions(mode="vad", tail_ms=300, hangover_ms=600))
     ids: dict[int, int] = {}
@@ -304,7 +313,7 @@ def dictate(transcriber, signal, stop_at_s=None):
     finally:
         pipeline.stop()
     assert len(ids) == 1, "one utterance expected"
-    (final,) = [e for e in events if e["type"] == "final"]
+    (final,) = [e for e in events if e.type == "final"]
     return final, np.concatenate(audio[1]), pauses
 
 
@@ -312,10 +321,10 @@ def test_paused_utterance_gets_the_prepared_final_equal_to_offline(transcriber):
     signal = np.concatenate([silence(0.5), voiced_burst(1.6, seed=1), silence(1.5)])
     final, audio, pauses = dictate(transcriber, signal)
     assert pauses == 1
-    assert final["prepared"] is True and final["prepares"] == 1 and final["final_ms"] > 0
+    assert final.prepared is True and final.prepares == 1 and final.timings.final_ms > 0
     reference = transcriber.transcribe(audio)
-    assert final["token_ids"] == reference.token_ids and final["text"] == reference.text
-    assert final["audio_s"] == pytest.approx(audio.size / SR, abs=1e-3)
+    assert final.token_ids == reference.token_ids and final.text == reference.text
+    assert final.audio_end_s - final.audio_start_s == pytest.approx(audio.size / SR, abs=1e-3)
 
 
 def test_speech_resuming_after_a_pause_still_ends_equal_to_offline(transcriber):
@@ -324,15 +333,15 @@ def test_speech_resuming_after_a_pause_still_ends_equal_to_offline(transcriber):
     # ends after a second pause: that prepare is the final
     final, audio, pauses = dictate(transcriber, signal)
     assert pauses == 2
-    assert final["prepared"] is True and final["prepares"] == 2
-    assert final["token_ids"] == transcriber.transcribe(audio).token_ids
+    assert final.prepared is True and final.prepares == 2
+    assert final.token_ids == transcriber.transcribe(audio).token_ids
     assert audio.size > (1.2 + 0.5 + 1.0) * SR  # the whole pause is inside the one utterance
 
     # stopped mid-speech after the pause: the first prepare is stale, the final is computed at the end
     final, audio, pauses = dictate(transcriber, signal, stop_at_s=0.5 + 1.2 + 0.5 + 0.8)
     assert pauses == 1
-    assert final["prepared"] is False and final["prepares"] == 1
-    assert final["token_ids"] == transcriber.transcribe(audio).token_ids
+    assert final.prepared is False and final.prepares == 1
+    assert final.token_ids == transcriber.transcribe(audio).token_ids
 
 
 class BlockingPartialStream(FakeStream):
@@ -369,5 +378,5 @@ def test_a_pause_interrupts_the_partial_step_in_flight():
     events = run_pipeline(backend, script)
     assert backend.log[:3] == [("a", "partial"), ("a", "interrupt"), ("a", "prepare")]
     (final,) = finals(events).values()
-    assert final["prepared"] is True
-    assert not [e for e in events if e["type"] == "partial"]
+    assert final.prepared is True
+    assert not [e for e in events if e.type == "partial"]

@@ -494,10 +494,10 @@ def test_invalid_options_are_rejected():
 
 def test_options_follow_the_settings_file():
     from qasr.config.settings import Settings
-    from qasr.daemon.audio.segmenter import segmenter_options_from_settings
+    from qasr.daemon.component_options import segmenter_options
 
     settings = Settings()
-    opts = segmenter_options_from_settings(settings.vad, settings.engine.max_utterance_s)
+    opts = segmenter_options(settings)
     assert (opts.mode, opts.aggressiveness, opts.onset_ms, opts.hangover_ms, opts.preroll_ms) == (
         settings.vad.mode, settings.vad.aggressiveness, settings.vad.onset_ms, settings.vad.hangover_ms,
         settings.vad.preroll_ms)

@@ -61,7 +61,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Union
 
 import numpy as np
 import webrtcvad
@@ -94,13 +94,6 @@ class SegmenterOptions:
                 raise ValueError(f"{name} must not be negative")
         if self.max_utterance_s * 1000 < 2 * FRAME_MS:
             raise ValueError("max_utterance_s must be at least 0.06")
-
-
-def segmenter_options_from_settings(vad: Any, max_utterance_s: float, **overrides: Any) -> SegmenterOptions:
-    """From ``config.settings.VadSettings`` plus ``EngineSettings.max_utterance_s``."""
-    return SegmenterOptions(**{"mode": vad.mode, "aggressiveness": vad.aggressiveness, "onset_ms": vad.onset_ms,
-                               "hangover_ms": vad.hangover_ms, "preroll_ms": vad.preroll_ms,
-                               "max_utterance_s": max_utterance_s, **overrides})
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,127 @@
+"""The microphone as an utterance source: capture → segmenter → ``UtteranceFeed``, on its own ``audio`` thread.
+
+The PortAudio stream opens at start-up and stays open (no warm-up later); ``AudioCapture`` reopens a
+lost device itself. ``start``/``stop``/``toggle``/``cancel`` are push-to-talk and toggle controls;
+in vad mode ``toggle`` pauses and resumes listening.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from qasr.daemon.audio.capture import AudioCapture, CaptureOptions
+from qasr.daemon.audio.segmenter import Segmenter, SegmenterOptions, VadState
+from qasr.daemon.pipeline import Pipeline
+from qasr.daemon.utterance_feed import UtteranceFeed
+
+log = logging.getLogger("qasr.microphone")
+
+
+class Microphone:
+    def __init__(self, capture_options: CaptureOptions, segmenter_options: SegmenterOptions, pipeline: Pipeline,
+                 on_capture_state: Callable[[str, str], None], on_failure: Callable[[str], None],
+                 on_vad: Callable[[VadState], None], on_begin: Callable[[str], None],
+                 on_end: Callable[[str, bool, bool], None], on_audio: Callable[[], None]) -> None:
+        self.capture = AudioCapture(capture_options, on_state=on_capture_state)
+        self._segmenter_options = segmenter_options
+        self._on_failure = on_failure
+        self._on_audio = on_audio  # after each block: the daemon's state may have changed
+        self.lock = threading.RLock()  # segmenter and feed
+        self.feed = UtteranceFeed(pipeline, "mic", Segmenter(segmenter_options), on_vad=on_vad,
+                                  on_begin=on_begin, on_end=on_end)
+        self.paused = False
+        self._pending_options: SegmenterOptions | None = None  # new settings, applied once no utterance is open
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def segmenter(self) -> Segmenter:
+        return self.feed.segmenter
+
+    @property
+    def device_name(self) -> str | None:
+        device = getattr(self.capture, "device", None)
+        return device.get("name") if isinstance(device, dict) else None
+
+    @property
+    def recording(self) -> bool:
+        return self.segmenter.in_utterance
+
+    def start(self) -> None:
+        """Open the device (raises QasrError when there is none) and start the audio thread."""
+        self.capture.start()
+        self._thread = threading.Thread(target=self._loop, name="audio", daemon=True)
+        self._thread.start()
+
+    def set_segmenter_options(self, options: SegmenterOptions) -> None:
+        with self.lock:
+            self._pending_options = options
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                pcm = self.capture.read(timeout=0.1)
+            except Exception as exc:
+                log.exception("capture failed")
+                with self.lock:
+                    self.feed.finish()  # what was captured still gets transcribed
+                self._on_failure(f"capture failed: {exc}")
+                return
+            if pcm is None:
+                continue
+            with self.lock:
+                if self.paused:
+                    continue
+                self.feed.process(pcm)
+                if self._pending_options is not None and not self.segmenter.in_utterance:
+                    self.feed.segmenter = Segmenter(self._pending_options)
+                    self._pending_options = None
+            self._on_audio()
+
+    # -- controls ------------------------------------------------------------------------------
+    def start_utterance(self) -> dict:
+        with self.lock:
+            self.paused = False
+            self.feed.handle(self.segmenter.start_utterance())
+            return {"recording": self.recording}
+
+    def stop_utterance(self) -> dict:
+        with self.lock:
+            self.feed.handle(self.segmenter.stop_utterance())
+            return {"recording": self.recording}
+
+    def toggle(self) -> dict:
+        with self.lock:
+            if self.segmenter.mode != "vad":
+                self.feed.handle(self.segmenter.toggle())
+                return {"recording": self.recording}
+            self.paused = not self.paused  # vad mode: toggle pauses / resumes listening
+            if self.paused:
+                self.feed.handle(self.segmenter.stop_utterance())
+            return {"paused": self.paused}
+
+    def cancel(self) -> dict:
+        with self.lock:
+            cancelled = self.recording
+            self.feed.cancel()
+            return {"cancelled": cancelled}
+
+    # -- shutdown ------------------------------------------------------------------------------
+    def stop(self, finish_utterance: bool) -> None:
+        """Stop the thread; with ``finish_utterance`` audio already captured goes into the utterance in
+        flight, which then ends where it is."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if finish_utterance:
+            with self.lock:
+                while (pcm := self.capture.read(timeout=0)) is not None and self.segmenter.in_utterance:
+                    self.feed.process(pcm)
+                self.feed.finish()
+        try:
+            self.capture.stop()
+        except Exception:
+            log.exception("closing the capture failed")

@@ -1,0 +1,94 @@
+"""``Settings`` → each component's options, in one place: no option is copied by hand anywhere else."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from qasr.config.settings import Settings
+from qasr.daemon.audio.capture import CaptureOptions
+from qasr.daemon.audio.segmenter import SegmenterOptions
+from qasr.daemon.desktop.hotkey import HotkeyOptions
+from qasr.daemon.desktop.output import OutputOptions
+from qasr.daemon.journal import JournalOptions
+from qasr.daemon.server.ws_server import ServerOptions
+from qasr.daemon.text_shaping import ShapingOptions
+from qasr.engine.streaming import StreamingOptions
+from qasr.engine.transcribe import TranscribeOptions
+
+# Room in the decoder for contexts set later (reload, WebSocket `set` / audio.start): the KV cache is
+# sized for the worst case (1 byte a token), ~170 MB at 0.6B.
+CONTEXT_RESERVE_BYTES = 1536
+# The segmenter cuts long speech at engine.max_utterance_s; the engine's own cut must never come first.
+SESSION_CUT_MARGIN_S = 3600.0
+
+
+def transcribe_options(s: Settings) -> TranscribeOptions:
+    e = s.engine
+    return TranscribeOptions(language=e.language or None, context=e.context, threads=e.threads,
+                             max_new_tokens=e.max_new_tokens, verify="none",
+                             context_reserve_bytes=CONTEXT_RESERVE_BYTES)
+
+
+def streaming_options(s: Settings, language: str | None, context: str) -> StreamingOptions:
+    """One utterance's session: ``language`` None = the daemon's; ``context`` already resolved."""
+    e = s.engine
+    return StreamingOptions(language=language or e.language or None, context=context, rtf_budget=e.rtf_budget,
+                            max_new_tokens=e.max_new_tokens,
+                            max_utterance_s=e.max_utterance_s + SESSION_CUT_MARGIN_S)
+
+
+def segmenter_options(s: Settings, mode: str | None = None) -> SegmenterOptions:
+    v = s.vad
+    return SegmenterOptions(mode=mode or v.mode, aggressiveness=v.aggressiveness, onset_ms=v.onset_ms,
+                            hangover_ms=v.hangover_ms, preroll_ms=v.preroll_ms,
+                            max_utterance_s=s.engine.max_utterance_s)
+
+
+def capture_options(s: Settings) -> CaptureOptions:
+    a = s.audio
+    return CaptureOptions(device=a.device or None, block_ms=a.block_ms, preroll_s=a.preroll_s, ring_s=a.queue_s)
+
+
+def pipeline_queue_blocks(s: Settings) -> int:
+    """Capture blocks the segmenter → encoder queue holds (it blocks, never drops, when full)."""
+    return max(16, int(s.audio.queue_s * 1000 / s.audio.block_ms))
+
+
+def output_options(s: Settings) -> OutputOptions:
+    """Every option of [output] is passed on (``live`` is the router's, not the output's)."""
+    o = s.output
+    renamed = {"type_delay_ms": "char_delay_ms"}
+    values = {renamed.get(f.name, f.name): getattr(o, f.name) for f in fields(o) if f.name != "live"}
+    values["char_delay_ms"] = float(values["char_delay_ms"])
+    values["auto_rules"], values["paste_key_rules"] = dict(o.auto_rules), dict(o.paste_key_rules)
+    return OutputOptions(**values)
+
+
+def hotkey_options(s: Settings) -> HotkeyOptions:
+    h = s.hotkey
+    return HotkeyOptions(enabled=h.enabled, combo=h.combo, mode=h.mode, tap_threshold_s=h.tap_threshold_s,
+                         release_tail_s=h.release_tail_s, cancel_key=h.cancel_key)
+
+
+def shaping_options(s: Settings) -> ShapingOptions:
+    sh = s.shaping
+    return ShapingOptions(replacements_file=sh.replacements_file, hotwords_file=sh.hotwords_file,
+                          trailing_space=sh.trailing_space,
+                          strip_final_period_max_words=sh.strip_final_period_max_words,
+                          max_context_chars=sh.max_context_chars)
+
+
+def journal_options(s: Settings) -> JournalOptions:
+    return JournalOptions(enabled=s.journal.enabled, path=s.journal.resolved_path())
+
+
+def server_options(s: Settings) -> ServerOptions:
+    sv = s.server
+    return ServerOptions(
+        host=sv.host, port=sv.port, allowed_origins=tuple(sv.allowed_origins), max_clients=sv.max_clients,
+        max_message_bytes=sv.max_message_bytes, commands_per_second=sv.rate_limit_per_s,
+        command_burst=max(1, int(2 * sv.rate_limit_per_s)),
+        # The pages (/captions) are static and hold no secret; they carry the token in the URL
+        # fragment and prove it on the WebSocket, so a token in the page's query is never needed.
+        http_requires_token=False,
+    )

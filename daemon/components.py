@@ -1,0 +1,243 @@
+"""The daemon's parts: built from its settings, kept, replaced on reload, closed at the end.
+
+Start order: model → pipeline → result router (journal, text shaping, desktop output) → control socket →
+WebSocket server → microphone → hotkey. Every option comes from ``component_options``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from qasr import protocol
+from qasr.config.settings import Settings
+from qasr.daemon import component_options as opts
+from qasr.daemon.audio.microphone import Microphone
+from qasr.daemon.audio.segmenter import SegmenterOptions, VadState
+from qasr.daemon.desktop.hotkey import HotkeyListener
+from qasr.daemon.desktop.output import TextOutput
+from qasr.daemon.engine_host import EngineHost
+from qasr.daemon.journal import Journal
+from qasr.daemon.pipeline import Pipeline
+from qasr.daemon.result_router import ResultRouter
+from qasr.daemon.server.bridge import DaemonServerHandler, ServerRunner
+from qasr.daemon.server.control_socket import ControlServer
+from qasr.daemon.server.ws_server import EventServer
+from qasr.daemon.text_shaping import TextShaper
+from qasr.daemon.utterance_audio import UtteranceAudioSaver
+from qasr.errors import QasrError
+
+log = logging.getLogger("qasr.components")
+
+NO_DEVICE = "no input device"
+DEVICE_RETRY_S = 10.0  # the daemon tries to open a missing microphone again this often
+
+
+class Components:
+    def __init__(self, daemon: Any) -> None:
+        self.daemon = daemon  # settings, state, commands, wake(), capture_failed()
+        self.engine: EngineHost | None = None
+        self.pipeline: Pipeline | None = None
+        self.router = ResultRouter(self.publish, live_typing=lambda: self.settings.output.live)
+        self.microphone: Microphone | None = None
+        self.server: EventServer | None = None
+        self.server_handler: DaemonServerHandler | None = None
+        self.control: ControlServer | None = None
+        self.hotkey: HotkeyListener | None = None
+        self._runner: ServerRunner | None = None
+        self.input_device: str | None = None
+        self.device_error: str | None = None
+        self.ws_url: str | None = None
+        self.warnings: list[str] = []
+
+    @property
+    def settings(self) -> Settings:
+        return self.daemon.settings
+
+    # ------------------------------------------------------------------ start-up
+    def start(self) -> None:
+        s = self.settings
+        self.engine = EngineHost(lambda: self.daemon.settings, self._hotwords, self.router.final_text)
+        if s.debug.save_audio_dir:
+            self.router.saver = UtteranceAudioSaver(Path(s.debug.save_audio_dir).expanduser())
+        self.router.on_done = self.daemon.wake
+        saver = self.router.saver
+        self.pipeline = Pipeline(self.engine.backend(), self.router, max_queued_blocks=opts.pipeline_queue_blocks(s),
+                                 on_audio=saver.add if saver else None)
+        self.pipeline.start()
+        self.router.journal = Journal(opts.journal_options(s))
+        self._make_shaper()
+        self._make_output()
+        self.control = ControlServer(self.daemon.commands.control)
+        self.control.start()
+        self._start_server()
+        self.open_microphone()
+        self._start_hotkey()
+
+    @property
+    def model_name(self) -> str | None:
+        return self.engine.model_name if self.engine else None
+
+    def languages(self) -> list[str]:
+        return self.engine.languages() if self.engine else []
+
+    def check_language(self, language: str | None) -> None:
+        if self.engine is not None:
+            self.engine.check_language(language)
+
+    def segmenter_options(self, mode: str | None = None) -> SegmenterOptions:
+        return opts.segmenter_options(self.settings, mode)
+
+    def _hotwords(self) -> str:
+        shaper = self.router.shaper
+        return shaper.context() if shaper is not None else ""
+
+    def _make_shaper(self) -> None:
+        self.router.shaper = TextShaper(opts.shaping_options(self.settings),
+                                        on_warning=lambda message: self.publish_warning("shaping", message))
+
+    def _make_output(self) -> None:
+        self.router.set_output(None)
+        if self.settings.output.sink == "none":
+            return
+        try:
+            self.router.set_output(TextOutput(opts.output_options(self.settings)))
+        except QasrError as exc:
+            self._warn(f"desktop text output is off: {exc}")
+
+    def _start_server(self) -> None:
+        if not self.settings.server.enabled:
+            return
+        self.server_handler = DaemonServerHandler(self.daemon, self)
+        self.router.ingest = self.server_handler
+        self.server = EventServer(opts.server_options(self.settings), self.server_handler)
+        self._runner = ServerRunner(self.server)
+        try:
+            self._runner.start()
+        except BaseException:
+            self.server, self._runner = None, None
+            raise
+        self.ws_url = self.server.ws_url
+
+    def _start_hotkey(self) -> None:
+        h = self.settings.hotkey
+        if not h.enabled:
+            return
+        hotkey = self.daemon.commands.hotkey
+        listener = HotkeyListener(opts.hotkey_options(self.settings), on_start=lambda: hotkey("start"),
+                                  on_stop=lambda: hotkey("stop"), on_cancel=lambda: hotkey("cancel"))
+        if listener.start():
+            self.hotkey = listener
+            log.info("hotkey %s (%s)", h.combo, h.mode)
+        elif listener.unavailable_reason:
+            self.warnings.append(listener.unavailable_reason)
+
+    def _warn(self, note: str) -> None:
+        log.warning("%s", note)
+        if note not in self.warnings:
+            self.warnings.append(note)
+
+    # ------------------------------------------------------------------ microphone
+    def open_microphone(self) -> None:
+        try:
+            mic = Microphone(opts.capture_options(self.settings), self.segmenter_options(), self.pipeline,
+                             on_capture_state=self._on_capture_state, on_failure=self._capture_failed,
+                             on_vad=self._publish_vad, on_begin=self._mic_utterance_began,
+                             on_end=self._mic_utterance_ended, on_audio=self.daemon.wake)
+            mic.start()
+        except QasrError as exc:  # NoInputDeviceError and friends
+            self._no_device(str(exc))
+            return
+        self.microphone = mic
+        self.input_device = mic.device_name or self.settings.audio.device or "default"
+        self.device_error = None
+        self.warnings = [w for w in self.warnings if not w.startswith(NO_DEVICE)]
+        log.info("capturing from %s", self.input_device)
+
+    def stop_microphone(self, finish_utterance: bool) -> None:
+        mic, self.microphone = self.microphone, None
+        if mic is not None:
+            mic.stop(finish_utterance)
+
+    def _no_device(self, message: str) -> None:
+        if self.device_error != message:
+            log.warning("no microphone (%s); serving WebSocket audio only, retrying every %.0f s",
+                        message, DEVICE_RETRY_S)
+        self.warnings = [w for w in self.warnings if not w.startswith(NO_DEVICE)]
+        self.warnings.append(f"{NO_DEVICE} ({message}); the daemon serves WebSocket audio streams and retries the "
+                             f"microphone every {DEVICE_RETRY_S:.0f} s")
+        self.device_error = message
+        self.input_device = None
+
+    def _on_capture_state(self, state: str, message: str) -> None:
+        """Capture supervisor: a lost device is reopened by the capture itself; reflect it in the state."""
+        if state in ("retrying", "no-device"):
+            self.device_error = message
+            log.warning("microphone %s: %s", state, message)
+        elif state == "running":
+            self.device_error = None
+        self.daemon.wake()
+
+    def _capture_failed(self, message: str) -> None:
+        self.device_error = message
+        self.daemon.capture_failed(message)
+
+    def _mic_utterance_began(self, utterance_id: str) -> None:
+        self.router.begin_output(utterance_id)
+        if self.hotkey is not None and self.settings.vad.mode != "vad":
+            self.hotkey.notify_started()
+
+    def _mic_utterance_ended(self, utterance_id: str, ended: bool, more_follows: bool) -> None:
+        mic = self.microphone
+        idle = mic is None or not mic.feed.in_utterance
+        if self.hotkey is not None and idle and not more_follows and self.settings.vad.mode != "vad":
+            self.hotkey.notify_stopped()  # ended by other means (CLI, cancel): the hotkey state follows
+
+    # ------------------------------------------------------------------ publishing
+    def publish(self, message: dict | None) -> None:
+        if message is not None and self.server is not None:
+            self.server.publish(message)
+
+    def publish_state(self, state: str) -> None:
+        self.publish(protocol.state(state))
+
+    def publish_warning(self, code: str, message: str, **info: Any) -> None:
+        self.publish(protocol.warning(code, message, **info))
+
+    def _publish_vad(self, event: VadState) -> None:
+        self.publish(protocol.vad(event.speaking, event.t_s))
+
+    # ------------------------------------------------------------------ reload / shutdown
+    def apply_settings(self, old: Settings, new: Settings) -> None:
+        """What a reload can change while running (the rest is [restart])."""
+        if new.vad != old.vad or new.engine.max_utterance_s != old.engine.max_utterance_s:
+            if self.microphone is not None:  # replaced once no utterance is open
+                self.microphone.set_segmenter_options(self.segmenter_options())
+        if new.journal != old.journal:
+            self.router.journal = Journal(opts.journal_options(new))
+        if new.output != old.output:
+            self._make_output()
+        if new.shaping != old.shaping:
+            self._make_shaper()
+
+    def shutdown(self) -> None:
+        if self.hotkey is not None:
+            self.hotkey.stop()
+            self.hotkey = None
+        self.router.shaper = None
+        self.stop_microphone(finish_utterance=False)
+        if self._runner is not None:
+            try:
+                self._runner.stop()
+            except Exception:
+                log.exception("stopping the WebSocket server failed")
+            self._runner, self.server = None, None
+        if self.control is not None:
+            self.control.stop()
+            self.control = None
+        if self.pipeline is not None:
+            self.pipeline.stop()
+        self.router.set_output(None)
+        if self.engine is not None:
+            self.engine.close()

@@ -1,0 +1,198 @@
+"""Pipeline events → where they go: text shaping → desktop output → journal → publish (decoder thread).
+
+Microphone results are typed or pasted into the window their utterance started in (``begin_output``
+records it), journaled and broadcast to every WebSocket subscriber. Results of audio a client streamed
+go to that client only (``IngestRoutes``) and are not journaled. The engine's events are turned into
+``qasr.v1`` messages here, once: ``partial_message`` / ``final_message``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict, replace
+from typing import Any, Callable, Protocol
+
+from qasr import protocol
+from qasr.daemon.desktop.output import DeliveryResult, TextOutput
+from qasr.daemon.journal import Journal
+from qasr.daemon.pipeline import PipelineEvent, UtteranceCancelled, UtteranceFailed
+from qasr.daemon.text_shaping import TextShaper
+from qasr.daemon.utterance_audio import UtteranceAudioSaver
+from qasr.engine.streaming import FinalEvent, PartialEvent
+from qasr.errors import QasrError
+
+log = logging.getLogger("qasr.results")
+
+PARTIAL_TIMINGS = ("encoder_ms", "prefill_ms", "decode_ms", "step_ms", "draft_tokens", "accepted_tokens")
+FINAL_TIMINGS = ("latency_ms", "compute_ms", "final_ms")
+KEPT_FINAL_TEXTS = 8  # finals remembered as context for an utterance that continues cut speech
+
+
+def partial_message(event: PartialEvent, source: str) -> dict:
+    timings = asdict(event.timings)
+    return protocol.partial(event.utterance_id, event.seq, event.committed, event.tentative, event.audio_start_s,
+                            event.audio_end_s, timings={k: timings[k] for k in PARTIAL_TIMINGS}, source=source)
+
+
+def final_message(event: FinalEvent, source: str, sink: str | None = None) -> dict:
+    timings = {k: v for k, v in asdict(event.timings).items() if k in FINAL_TIMINGS and v is not None}
+    return protocol.final(event.utterance_id, event.seq, event.text, event.language or None, event.token_ids,
+                          event.audio_start_s, event.audio_end_s, timings=timings, sink=sink, source=source,
+                          prepared=bool(event.prepared))
+
+
+class IngestRoutes(Protocol):
+    def deliver(self, utterance_id: str, message: dict | None, outcome: str | None) -> None:
+        """``message`` for the streaming client; ``outcome`` final/cancelled/error ends the utterance."""
+
+
+class ResultRouter:
+    def __init__(self, publish: Callable[[dict], None], live_typing: Callable[[], bool]) -> None:
+        self._publish = publish  # to every WebSocket subscriber
+        self._live_typing = live_typing
+        self.shaper: TextShaper | None = None
+        self.journal: Journal | None = None
+        self.ingest: IngestRoutes | None = None
+        self.saver: UtteranceAudioSaver | None = None
+        self.on_done: Callable[[], None] = lambda: None  # after each event: the daemon's state may change
+        self._output: TextOutput | None = None
+        self._output_lock = threading.Lock()
+        self._targets: dict[str, Any] = {}  # mic utterance id -> its output.UtteranceTarget
+        self._final_texts: dict[str, str] = {}
+
+    # -- components ----------------------------------------------------------------------------
+    @property
+    def output(self) -> TextOutput | None:
+        return self._output
+
+    def set_output(self, output: TextOutput | None) -> None:
+        with self._output_lock:
+            old, self._output = self._output, output
+        if old is not None:
+            old.close()
+
+    def final_text(self, utterance_id: str | None) -> str:
+        """The model's text of a recent final (context for the utterance that continues it)."""
+        return self._final_texts.get(utterance_id or "", "")
+
+    def begin_output(self, utterance_id: str) -> None:
+        """Record the focused window for this utterance: its text goes there or to the clipboard."""
+        with self._output_lock:
+            if self._output is None:
+                return
+            try:
+                self._targets[utterance_id] = self._output.begin_utterance()
+            except QasrError as exc:
+                log.warning("text output: %s", exc)
+
+    # -- events (decoder thread) -----------------------------------------------------------------
+    def __call__(self, source: str, event: PipelineEvent) -> None:
+        if isinstance(event, FinalEvent):
+            self._final(source, event)
+        elif isinstance(event, PartialEvent):
+            if source == "mic":
+                self._live_type(event)
+                self._publish(partial_message(event, source))
+            else:
+                self._route(event.utterance_id, partial_message(event, source), None)
+        elif isinstance(event, UtteranceCancelled):
+            if self.saver is not None:
+                self.saver.drop(event.utterance_id)
+            if source == "mic":
+                self._end_output(event.utterance_id)
+            else:
+                self._route(event.utterance_id, None, "cancelled")
+        elif isinstance(event, UtteranceFailed):
+            log.error("utterance %s: %s", event.utterance_id, event.message)
+            message = protocol.error(protocol.ErrorCode.INTERNAL, event.message)
+            if source == "mic":
+                self._end_output(event.utterance_id)
+                self._publish(message)
+            else:
+                self._route(event.utterance_id, message, "error")
+        self.on_done()
+
+    def _final(self, source: str, event: FinalEvent) -> None:
+        if self.saver is not None:
+            self.saver.save(event.utterance_id)
+        raw = event.text
+        self._final_texts[event.utterance_id] = raw
+        while len(self._final_texts) > KEPT_FINAL_TEXTS:
+            self._final_texts.pop(next(iter(self._final_texts)))
+        if self.shaper is not None and raw:
+            event = replace(event, text=self.shaper.apply_replacements(raw))
+        if source != "mic":
+            self._route(event.utterance_id, final_message(event, source), "final")
+            return
+        result = self._deliver(event.utterance_id, raw)
+        sink = _delivered_by(result)
+        message = final_message(event, source, sink)
+        if self.journal is not None and event.text:
+            try:
+                self.journal.append(message)
+            except QasrError as exc:
+                log.error("%s", exc)
+        log.info("final #%s (%.2f s audio, %s ms, sink %s): %s", event.utterance_id,
+                 event.audio_end_s - event.audio_start_s, event.timings.latency_ms, sink or "none", event.text)
+        self._publish(message)
+        self._publish_output_warning(result, event.utterance_id)
+
+    def _route(self, utterance_id: str, message: dict | None, outcome: str | None) -> None:
+        if self.ingest is not None:
+            self.ingest.deliver(utterance_id, message, outcome)
+
+    # -- desktop output ------------------------------------------------------------------------
+    def _deliver(self, utterance_id: str, text: str) -> DeliveryResult | None:
+        """Type/paste a mic final into the window its utterance started in."""
+        with self._output_lock:
+            target = self._targets.pop(utterance_id, None)
+            if self._output is None or not text:
+                return None
+            shaped = text
+            if self.shaper is not None:
+                # Live typing already typed committed text that cannot be rewritten: no replacements then.
+                shaped = self.shaper.shape_live_final(text) if self._live_typing() else self.shaper.shape(text)
+            try:
+                return self._output.deliver(shaped, target)
+            except QasrError as exc:
+                log.warning("text output failed: %s", exc)
+                return DeliveryResult("none", False, message=f"text output failed: {exc}")
+
+    def _live_type(self, event: PartialEvent) -> None:
+        if not self._live_typing():
+            return
+        # Committed text only grows within an utterance: type what was committed since the last partial.
+        with self._output_lock:
+            target = self._targets.get(event.utterance_id)
+            if self._output is None or target is None:
+                return
+            typed = target.typed_text
+            delta = event.committed[len(typed):] if event.committed.startswith(typed) else ""
+            try:
+                result = self._output.deliver_committed(delta, target)
+            except QasrError as exc:
+                log.warning("live typing failed: %s", exc)
+                return
+        self._publish_output_warning(result, event.utterance_id)
+
+    def _end_output(self, utterance_id: str) -> None:
+        """A cancelled or failed utterance: nothing will be delivered for it."""
+        with self._output_lock:
+            target = self._targets.pop(utterance_id, None)
+            if self._output is not None and target is not None:
+                self._output.cancel_utterance(target)
+
+    def _publish_output_warning(self, result: DeliveryResult | None, utterance_id: str) -> None:
+        if result is None or not result.message:
+            return
+        code = "focus_moved" if result.focus_moved else "output"
+        self._publish(protocol.warning(code, result.message, utterance_id=utterance_id,
+                                       sink=_delivered_by(result)))
+
+
+def _delivered_by(result: DeliveryResult | None) -> str | None:
+    """The sink that delivered a final (`clipboard` when it was left there), None when nothing was."""
+    if result is None:
+        return None
+    return result.sink if result.delivered or result.sink == "clipboard" else None

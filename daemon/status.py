@@ -1,0 +1,55 @@
+"""``qasr-daemon status`` (control socket) and the WebSocket server's hello/health/metrics facts."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from qasr import __version__
+from qasr.config import paths
+
+
+def daemon_status(daemon: Any) -> dict[str, Any]:
+    s, p = daemon.settings, daemon.parts
+    pipeline, journal = p.pipeline, p.router.journal
+    return {
+        "pid": os.getpid(),
+        "version": __version__,
+        "state": daemon.computed_state(),
+        "model": p.model_name,
+        "model_path": str(p.engine.bundle.root) if p.engine else str(s.model.resolved_path()),
+        "input_device": p.input_device,
+        "device_error": p.device_error,
+        "mode": s.vad.mode,
+        "language": s.engine.language or None,
+        "ws_url": p.ws_url,
+        "token_file": str(paths.token_file()) if p.server is not None else None,
+        "last_latency_ms": pipeline.last_latency_ms if pipeline else None,
+        "utterances": pipeline.utterances_done if pipeline else 0,
+        "pending_utterances": pipeline.pending() if pipeline else 0,
+        "uptime_s": round(time.time() - daemon.started_at, 1),
+        "config_file": str(daemon.config_path),
+        "log_file": str(daemon.log_file) if daemon.log_file else None,
+        "journal_file": str(journal.path) if journal is not None and journal.enabled else None,
+        "output": s.output.sink if p.router.output is not None else "none",
+        "save_audio_dir": s.debug.save_audio_dir or None,
+        "warnings": list(p.warnings),
+    }
+
+
+def hello_info(daemon: Any) -> dict[str, Any]:
+    s = daemon.settings
+    return {"model": daemon.parts.model_name, "state": daemon.state, "mode": s.vad.mode,
+            "language": s.engine.language or None, "languages": daemon.parts.languages()}
+
+
+def health_info(daemon: Any) -> dict[str, Any]:
+    return {"ok": daemon.state not in ("error", "stopping"), "state": daemon.state,
+            "model": daemon.parts.model_name, "input_device": daemon.parts.input_device}
+
+
+def metrics_info(daemon: Any) -> dict[str, Any]:
+    status = daemon_status(daemon)
+    return {"utterances": status["utterances"], "pending_utterances": status["pending_utterances"],
+            "uptime_s": status["uptime_s"]}
