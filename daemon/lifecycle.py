@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from qasr.config import paths
+from qasr.config.runtime import process_alive  # re-exported: the daemon and clients share it
 from qasr.errors import QasrError
 
 READY_FD_ENV = "QASR_READY_FD"
@@ -195,21 +196,6 @@ def install_signal_handlers(on_terminate: Callable[[], None], on_reload: Callabl
     signal.signal(signal.SIGTERM, lambda *_: on_terminate())
     signal.signal(signal.SIGINT, lambda *_: on_terminate())
     signal.signal(signal.SIGHUP, lambda *_: on_reload())
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (one we may not signal counts; a zombie child of ours is reaped
-    and does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return os.waitpid(pid, os.WNOHANG)[0] != pid
-    except ChildProcessError:
-        return True
 
 
 def wait_for_exit(pid: int, timeout_s: float) -> bool:

@@ -60,7 +60,7 @@ def _opacity(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     if args.print_url:
-        from qasr.clients.client import discover
+        from qasr.config.runtime import discover
         from qasr.daemon.server.web_pages import captions_url
 
         info = discover()
