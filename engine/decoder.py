@@ -95,10 +95,15 @@ class DecoderOptions:
     # llama.cpp repacks quantized weights into CPU-friendly layouts at load; with mmap the original
     # pages stay resident beside the repacked copy (~200 MB more RSS for 0.6B q4_k), for no speed gain.
     use_mmap: bool = False
+    n_gpu_layers: int = 0  # layers offloaded to a GPU backend (engine.device.plan_device); 0 = CPU only
 
 
 class _Batch:
-    """A reusable llama_batch for either token ids or embeddings (one sequence, id 0)."""
+    """A reusable llama_batch for either token ids or embeddings (one sequence, id 0).
+
+    The batch's C arrays are filled through numpy views made once (a Python loop over ctypes
+    pointers costs ~1 µs a position); every position belongs to sequence 0, set once here.
+    """
 
     def __init__(self, capacity: int, n_embd: int):
         import llama_cpp
@@ -107,23 +112,30 @@ class _Batch:
         self.n_embd = n_embd
         self.batch = llama_cpp.llama_batch_init(capacity, n_embd, 1)
         self._free = llama_cpp.llama_batch_free
+        b = self.batch
+        self._pos = np.ctypeslib.as_array(b.pos, shape=(capacity,))
+        self._logits = np.ctypeslib.as_array(b.logits, shape=(capacity,))
+        np.ctypeslib.as_array(b.n_seq_id, shape=(capacity,))[:] = 1
+        for i in range(capacity):
+            b.seq_id[i][0] = 0
+        if n_embd:
+            self._embd = np.ctypeslib.as_array(b.embd, shape=(capacity, n_embd))
+        else:
+            self._token = np.ctypeslib.as_array(b.token, shape=(capacity,))
 
     def fill(self, start_pos: int, n: int, want_last_logits: bool, token_ids=None, embeds=None) -> None:
-        b = self.batch
-        b.n_tokens = n
+        self.batch.n_tokens = n
         if token_ids is not None:
-            for i, tok in enumerate(token_ids):
-                b.token[i] = int(tok)
+            self._token[:n] = token_ids
         else:
-            flat = np.ascontiguousarray(embeds, dtype=np.float32).reshape(-1)
-            ctypes.memmove(b.embd, flat.ctypes.data, flat.nbytes)
-        for i in range(n):
-            b.pos[i] = start_pos + i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
-            b.logits[i] = 0
+            self._embd[:n] = embeds
+        self._pos[:n] = np.arange(start_pos, start_pos + n, dtype=np.int32)
+        self._logits[:n] = 0
         if want_last_logits:
-            b.logits[n - 1] = 1
+            self._logits[n - 1] = 1
+
+    def want_logits(self, rows) -> None:
+        self._logits[rows] = 1
 
     def close(self) -> None:
         if self.batch is not None:
@@ -142,9 +154,13 @@ class Decoder:
         if not path.is_file():
             raise DecoderError(f"decoder model {path} does not exist; re-pull or re-convert the model")
         mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = 0
+        mparams.n_gpu_layers = options.n_gpu_layers
         mparams.use_mmap = options.use_mmap
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode("utf-8"), mparams)
+        if not self._model and options.n_gpu_layers:
+            log.warning("decoder on the CPU: loading it onto the GPU failed (%s)", _last_error_line() or "no reason given")
+            mparams.n_gpu_layers = 0
+            self._model = llama_cpp.llama_model_load_from_file(str(path).encode("utf-8"), mparams)
         if not self._model:
             why = _last_error_line()
             raise DecoderError(
@@ -178,8 +194,15 @@ class Decoder:
         self.n_batch = options.n_batch
         self._token_batch = _Batch(self.n_batch, 0)
         self._embd_batch = _Batch(self.n_batch, self.n_embd)
+        self._logits_row_type = ctypes.POINTER(ctypes.c_float * self.n_vocab)
         self.n_past = 0
         self._parked: tuple[int, int] | None = None  # positions held by park()
+        # Token ids of positions [0, len) when all of them were fed as tokens. After reset() they stay
+        # in the cache (`_stale`) until the next feed: one that starts with the same ids keeps them
+        # instead of decoding them again (the prompt head before the audio, ~9 positions: one weight
+        # pass of the whole model, ~30 ms on 2 cores for 0.6B q4_k).
+        self._token_prefix: list[int] = []
+        self._stale = False
         self._piece_cache: dict[tuple[int, bool], bytes] = {}
         # interrupt(): another thread sets the flag byte; llama_decode then returns 2 at the next node
         self.interruptible = False  # only decodes run while this is True may be interrupted
@@ -261,10 +284,35 @@ class Decoder:
     # --- KV cache -------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget every cached position."""
-        self._ll.llama_memory_clear(self._memory, True)
+        """Forget every cached position (n_past 0). Positions fed as tokens from 0 on are kept until the
+        next feed, which reuses them if it starts with the same ids; anything else drops them."""
+        self.drop_parked()
         self.n_past = 0
-        self._parked = None
+        if self._token_prefix:
+            self._stale = True
+        else:
+            self._ll.llama_memory_clear(self._memory, True)
+            self._stale = False
+
+    def _settle(self, ids=(), want_logits: bool = False) -> None:
+        """After reset(): keep the cached positions that match the start of `ids` and drop the rest.
+        With `want_logits` the last id is decoded again even if cached (its logits are not kept)."""
+        if not self._stale:
+            return
+        reuse, prefix = 0, self._token_prefix
+        limit = min(len(ids) - (1 if want_logits else 0), len(prefix))
+        while reuse < limit and int(ids[reuse]) == prefix[reuse]:
+            reuse += 1
+        self._ll.llama_memory_seq_rm(self._memory, 0, reuse, -1)
+        del prefix[reuse:]
+        self.n_past = reuse
+        self._stale = False
+
+    def _note_tokens(self, ids) -> None:
+        """`ids` went into the cache at n_past: advance, extending the known token prefix."""
+        if len(self._token_prefix) == self.n_past:
+            self._token_prefix.extend(int(t) for t in ids)
+        self.n_past += len(ids)
 
     def park(self, start: int, end: int) -> None:
         """Set the cached positions [start, end) aside and drop everything from `start` on.
@@ -274,6 +322,7 @@ class Decoder:
         held in a second sequence meanwhile; `unpark()` puts them back after whatever was fed since.
         """
         self.drop_parked()
+        self._settle()
         end = min(end, self.n_past)
         if end <= start:
             return
@@ -303,12 +352,14 @@ class Decoder:
 
     def truncate(self, n_keep: int) -> None:
         """Keep positions [0, n_keep) in the KV cache, drop the rest."""
+        self._settle()
         n_keep = max(0, min(int(n_keep), self.n_past))
         if n_keep == self.n_past:
             return
         if not self._ll.llama_memory_seq_rm(self._memory, 0, n_keep, -1):
             raise DecoderError("llama.cpp refused to trim the KV cache")
         self.n_past = n_keep
+        del self._token_prefix[n_keep:]
 
     # --- feeding --------------------------------------------------------------------------------
 
@@ -351,6 +402,9 @@ class Decoder:
     def feed_tokens(self, ids, want_logits: bool = True) -> np.ndarray | None:
         """Append token ids at n_past; returns the logits of the last one if `want_logits`."""
         ids = list(ids)
+        if self._stale:
+            self._settle(ids, want_logits)
+            ids = ids[self.n_past :] if self.n_past else ids
         if not ids:
             return self.logits() if want_logits else None
         self._ensure_room(len(ids))
@@ -359,7 +413,7 @@ class Decoder:
             last = start + len(part) == len(ids)
             self._token_batch.fill(self.n_past, len(part), want_logits and last, token_ids=part)
             self._decode(self._token_batch)
-            self.n_past += len(part)
+            self._note_tokens(part)
         return self.logits() if want_logits else None
 
     def feed_embeddings(self, embeds: np.ndarray, want_logits: bool = False) -> np.ndarray | None:
@@ -373,6 +427,7 @@ class Decoder:
         n = embeds.shape[0]
         if n == 0:
             return self.logits() if want_logits else None
+        self._settle()
         self._ensure_room(n)
         for start in range(0, n, self.n_batch):
             part = embeds[start : start + self.n_batch]
@@ -391,27 +446,34 @@ class Decoder:
         ids = list(ids)
         if not ids:
             return []
+        self._settle()
         self._ensure_room(len(ids))
         best: list[int] = []
         for start in range(0, len(ids), self.n_batch):
             part = ids[start : start + self.n_batch]
             self._token_batch.fill(self.n_past, len(part), False, token_ids=part)
             wanted = range(max(0, first - start), len(part))
-            for i in wanted:
-                self._token_batch.batch.logits[i] = 1
+            self._token_batch.want_logits(slice(wanted.start, wanted.stop))
             self._decode(self._token_batch)
-            self.n_past += len(part)
-            for i in wanted:
-                ptr = self._ll.llama_get_logits_ith(self._ctx, i)
-                best.append(int(np.argmax(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))))
+            self._note_tokens(part)
+            best.extend(self.argmax(i) for i in wanted)
         return best
+
+    def logits_view(self, i: int = -1) -> np.ndarray:
+        """Logits of output row `i` of the last decode (-1: the last one), float32 [n_vocab], a view of
+        llama.cpp's buffer: valid until the next decode."""
+        ptr = self._ll.llama_get_logits_ith(self._ctx, i)
+        if not ptr:
+            raise DecoderError("no logits available: feed at least one position with logits first")
+        return np.ctypeslib.as_array(ctypes.cast(ptr, self._logits_row_type).contents)
 
     def logits(self) -> np.ndarray:
         """Logits of the last position decoded with logits requested, float32 [n_vocab] (a copy)."""
-        ptr = self._ll.llama_get_logits_ith(self._ctx, -1)
-        if not ptr:
-            raise DecoderError("no logits available: feed at least one position with logits first")
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+        return self.logits_view().copy()
+
+    def argmax(self, i: int = -1) -> int:
+        """The greedy next token after output row `i` of the last decode (no copy of the logits)."""
+        return int(self.logits_view(i).argmax())
 
 
 class TokenTextStream:

@@ -51,6 +51,8 @@ class EncoderOptions:
     # Front-end chunks per run. The first conv's output is ~6 MB per chunk at 0.6B shapes and the
     # allocator keeps its peak: 4 chunks cost no speed, 64 chunks (a 30 s piece at once) cost ~600 MB RSS.
     max_batch_chunks: int = 4
+    # onnxruntime execution providers in order of preference (engine.device.plan_device picks them)
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
 
 def chunk_tokens(n_frames: int, chunk_frames: int = 100, tokens_per_chunk: int = 13) -> int:
@@ -60,7 +62,7 @@ def chunk_tokens(n_frames: int, chunk_frames: int = 100, tokens_per_chunk: int =
     return full * tokens_per_chunk + ((tail + 7) // 8 if tail > 0 else 0)
 
 
-def _session(path, threads: int):
+def _session(path, threads: int, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -74,12 +76,17 @@ def _session(path, threads: int):
     # Pre-packed copies of the int8 weights double their memory (~90 MB at 0.6B) for no measurable speed.
     opts.add_session_config_entry("session.disable_prepacking", "1")
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidProtobuf, ...)
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EncoderError(
             f"cannot load encoder model {path} ({first_line[:200]}); re-pull or re-convert the model"
         ) from None
+    if providers[0] not in session.get_providers():
+        import logging
+
+        logging.getLogger(__name__).warning("encoder on the CPU: onnxruntime could not start %s", providers[0])
+    return session
 
 
 class EncoderRunner:
@@ -87,8 +94,8 @@ class EncoderRunner:
         self.audio = audio
         self.options = options
         threads = options.threads or default_threads()
-        self._front = _session(frontend_path, threads)
-        self._back = _session(backend_path, threads)
+        self._front = _session(frontend_path, threads, options.providers)
+        self._back = _session(backend_path, threads, options.providers)
         self._front_in = self._front.get_inputs()[0].name
         self._back_in = self._back.get_inputs()[0].name
         time_dim = self._front.get_inputs()[0].shape[-1]

@@ -28,8 +28,9 @@ from qasr.engine import output as out
 from qasr.engine.audio import load_audio
 from qasr.engine.bundle import Bundle, load_bundle
 from qasr.engine.decoder import Decoder, DecoderOptions
+from qasr.engine.device import resolve_device
 from qasr.engine.encoder import EncoderOptions, EncoderRunner, chunk_tokens
-from qasr.engine.features import log_mel_features, params_from_manifest
+from qasr.engine.features import log_mel_features
 from qasr.engine.prompt import Prompt, build_prompt, resolve_language
 from qasr.engine.segmentation import SegmentationOptions, cut_points, is_silent
 from qasr.errors import QasrError
@@ -45,6 +46,7 @@ class TranscribeOptions:
     context: str = ""  # hotwords, names, topic: goes into the system turn
     max_new_tokens: int | None = None  # per piece; the audio-length cap applies too
     threads: int = 0  # CPU threads for encoder and decoder; 0 = physical cores (encoder.default_threads)
+    device: str = "cpu"  # "auto", "cpu", "cuda" or "vulkan" (engine.device); a missing GPU falls back to the CPU
     max_piece_s: float = 30.0  # long audio is cut at quiet points into pieces at most this long
     min_audio_s: float = 0.5  # shorter pieces are zero-padded to this length
     silence_gate: bool = True  # skip pieces quieter than -60 dBFS
@@ -140,15 +142,19 @@ class Transcriber:
         manifest = self.bundle.manifest
         self.options = options
         self.language = resolve_language(options.language, manifest.languages)
-        self.feature_params = params_from_manifest(manifest.audio)
+        self.feature_params = manifest.audio
         self.stop_ids = frozenset(manifest.stop_token_ids)
-        self.encoder = EncoderRunner.from_bundle(self.bundle, EncoderOptions(threads=options.threads))
+        self.device = resolve_device(options.device)
+        self.encoder = EncoderRunner.from_bundle(
+            self.bundle, EncoderOptions(threads=options.threads, providers=self.device.encoder_providers)
+        )
         self.decoder = Decoder(
             self.bundle.path("decoder"),
             DecoderOptions(
                 n_ctx=self._context_size(),
                 threads=options.threads,
                 kv_f32=manifest.files["decoder"].precision == "f32",
+                n_gpu_layers=self.device.decoder_gpu_layers,
             ),
         )
         if self.decoder.n_embd != manifest.audio.output_dim:

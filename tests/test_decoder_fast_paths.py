@@ -1,0 +1,118 @@
+"""The decoder's fast paths give what the plain paths give: the prompt head reused across reset(), logits
+read without a copy, draft verification through numpy views of the batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qasr.engine.bundle import load_bundle
+from qasr.engine.decoder import Decoder, DecoderOptions
+from qasr.engine.prompt import build_prompt
+
+
+@pytest.fixture(scope="module")
+def decoder(tiny_bundle):
+    d = Decoder(load_bundle(tiny_bundle).path("decoder"), DecoderOptions(n_ctx=512, n_batch=64, threads=1, kv_f32=True))
+    yield d
+    d.close()
+
+
+def _prefill(dec, prompt, embeds):
+    dec.reset()
+    dec.feed_tokens(prompt.before_ids, want_logits=False)
+    dec.feed_embeddings(embeds)
+    return dec.feed_tokens(prompt.after_ids)
+
+
+def _count_decodes(dec, monkeypatch):
+    calls = []
+    real = dec._decode
+
+    def counting(batch):
+        calls.append(batch.batch.n_tokens)
+        return real(batch)
+
+    monkeypatch.setattr(dec, "_decode", counting)
+    return calls
+
+
+def test_prompt_head_is_reused_after_reset_and_gives_the_same_logits(decoder, monkeypatch):
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((30, decoder.n_embd)).astype(np.float32)
+    b = rng.standard_normal((41, decoder.n_embd)).astype(np.float32)
+    prompt = build_prompt(decoder.tokenize, 30)
+    decoder._stale = False
+    decoder._token_prefix = []
+    decoder._ll.llama_memory_clear(decoder._memory, True)
+    want_b = _prefill(decoder, prompt, b)  # cold: the head is decoded
+    _prefill(decoder, prompt, a)
+    calls = _count_decodes(decoder, monkeypatch)
+    got_b = _prefill(decoder, prompt, b)  # warm: the head stays in the cache
+    assert calls == [41, len(prompt.after_ids)]
+    assert np.array_equal(got_b, want_b)
+
+
+def test_a_different_head_reuses_only_the_common_start(decoder, monkeypatch):
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((12, decoder.n_embd)).astype(np.float32)
+    plain = build_prompt(decoder.tokenize, 12)
+    with_context = build_prompt(decoder.tokenize, 12, context="Zoë and Jürgen")
+    _prefill(decoder, plain, a)
+    calls = _count_decodes(decoder, monkeypatch)
+    got = _prefill(decoder, with_context, a)
+    common = next(i for i, (x, y) in enumerate(zip(plain.before_ids, with_context.before_ids)) if x != y)
+    assert calls[0] == len(with_context.before_ids) - common
+    monkeypatch.undo()
+    decoder.reset()
+    decoder.feed_embeddings(a[:1])  # anything but tokens first drops the kept head
+    assert decoder.n_past == 1 and decoder._token_prefix == []
+    want = _prefill(decoder, with_context, a)
+    assert np.abs(got - want).max() < 1e-4
+
+
+def test_a_fully_cached_feed_still_returns_logits(decoder):
+    ids = decoder.tokenize("<|im_start|>user\nhello there")
+    decoder.reset()
+    want = decoder.feed_tokens(ids)
+    decoder.reset()
+    got = decoder.feed_tokens(ids)  # the last id is decoded again for its logits
+    assert decoder.n_past == len(ids)
+    assert np.abs(got - want).max() < 1e-4
+    decoder.reset()
+    assert decoder.feed_tokens(ids, want_logits=False) is None and decoder.n_past == len(ids)
+
+
+def test_truncate_and_park_after_reset_see_an_empty_cache(decoder):
+    ids = decoder.tokenize("<|im_start|>system\nabc")
+    decoder.reset()
+    decoder.feed_tokens(ids, want_logits=False)
+    decoder.reset()
+    decoder.truncate(3)
+    decoder.park(0, 2)
+    assert decoder.n_past == 0
+    logits = decoder.feed_tokens(ids)
+    decoder.reset()
+    decoder._settle()
+    assert np.abs(decoder.feed_tokens(ids) - logits).max() < 1e-4
+
+
+def test_argmax_and_logits_view_agree_with_the_copy(decoder):
+    decoder.reset()
+    logits = decoder.feed_tokens(decoder.tokenize("<|im_start|>assistant\n"))
+    assert decoder.argmax() == int(np.argmax(logits))
+    assert np.array_equal(decoder.logits_view(), logits)
+
+
+def test_verification_equals_token_by_token_greedy(decoder):
+    ids = decoder.tokenize("<|im_start|>user\nthe quick brown fox jumps over")
+    decoder.reset()
+    batched = decoder.feed_tokens_argmax(ids, first=2)
+    decoder.reset()
+    decoder._settle()
+    single = []
+    for i, t in enumerate(ids):
+        logits = decoder.feed_tokens([t])
+        if i >= 2:
+            single.append(int(np.argmax(logits)))
+    assert batched == single
