@@ -46,7 +46,7 @@ def segmenter_options(s: Settings, mode: str | None = None) -> SegmenterOptions:
 
 def capture_options(s: Settings) -> CaptureOptions:
     a = s.audio
-    return CaptureOptions(device=a.device or None, block_ms=a.block_ms, preroll_s=a.preroll_s, ring_s=a.queue_s)
+    return CaptureOptions(device=str(a.device).strip() or None, block_ms=a.block_ms, preroll_s=a.preroll_s, ring_s=a.queue_s)
 
 
 def pipeline_queue_blocks(s: Settings) -> int:

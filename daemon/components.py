@@ -14,7 +14,8 @@ from qasr import protocol
 from qasr.config.settings import Settings
 from qasr.daemon import component_options as opts
 from qasr.daemon.audio.microphone import Microphone
-from qasr.daemon.audio.segmenter import SegmenterOptions, VadState
+from qasr.daemon.audio.segment_events import VadState
+from qasr.daemon.audio.segmenter import SegmenterOptions
 from qasr.daemon.desktop.hotkey import HotkeyListener
 from qasr.daemon.desktop.output import TextOutput
 from qasr.daemon.engine_host import EngineHost

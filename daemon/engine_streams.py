@@ -13,7 +13,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from qasr.engine.streaming import FinalEvent, FinalTimings, PartialEvent, StreamingSession
+from qasr.engine.events import FinalEvent, FinalTimings, PartialEvent
+from qasr.engine.streaming import StreamingSession
 
 
 @dataclass(frozen=True)

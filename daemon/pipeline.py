@@ -33,7 +33,7 @@ import numpy as np
 
 from qasr.engine.audio_constants import SAMPLE_RATE
 from qasr.daemon.engine_streams import EngineBackend, StreamOptions, UtteranceStream
-from qasr.engine.streaming import FinalEvent, PartialEvent
+from qasr.engine.events import FinalEvent, PartialEvent
 
 log = logging.getLogger("qasr.pipeline")
 

@@ -19,7 +19,7 @@ from qasr.daemon.journal import Journal
 from qasr.daemon.pipeline import PipelineEvent, UtteranceCancelled, UtteranceFailed
 from qasr.daemon.text_shaping import TextShaper
 from qasr.daemon.utterance_audio import UtteranceAudioSaver
-from qasr.engine.streaming import FinalEvent, PartialEvent
+from qasr.engine.events import FinalEvent, PartialEvent
 from qasr.errors import QasrError
 
 log = logging.getLogger("qasr.results")

@@ -17,9 +17,10 @@ from typing import Callable
 
 import numpy as np
 
-from qasr.daemon.audio.segmenter import (
-    Cancelled, SegmentEvent, Segmenter, SpeechAudio, SpeechEnd, SpeechPause, SpeechStart, VadState,
+from qasr.daemon.audio.segment_events import (
+    Cancelled, SegmentEvent, SpeechAudio, SpeechEnd, SpeechPause, SpeechStart, VadState,
 )
+from qasr.daemon.audio.segmenter import Segmenter
 from qasr.daemon.pipeline import Pipeline
 
 # Silence (s) after which partial steps pause until the voice resumes: a running step would delay the final.

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from qasr.engine.audio_constants import SAMPLE_RATE
 from qasr.errors import QasrError
 
-TARGET_RATE = 16000
 
 
 class AudioFileError(QasrError):
@@ -39,7 +39,7 @@ def _frame_to_float(frame) -> np.ndarray:
     return samples.astype(np.float32)
 
 
-def resample(audio: np.ndarray, rate: int, target_rate: int = TARGET_RATE) -> np.ndarray:
+def resample(audio: np.ndarray, rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Resample mono float32 audio with soxr (high quality, the quality librosa uses by default)."""
     audio = np.asarray(audio, dtype=np.float32)
     if rate == target_rate or audio.size == 0:
@@ -93,14 +93,14 @@ def decode_file(path: str | Path) -> tuple[np.ndarray, int]:
     except (UnicodeDecodeError, ValueError) as exc:  # odd metadata or layouts
         raise AudioFileError(f"{path}: cannot decode ({exc}); convert it to wav or flac first") from None
     if not chunks:
-        return np.zeros((0, 1), dtype=np.float32), rate or TARGET_RATE
+        return np.zeros((0, 1), dtype=np.float32), rate or SAMPLE_RATE
     n_channels = chunks[0].shape[1]
     if any(c.shape[1] != n_channels for c in chunks):
         chunks = [c.mean(axis=1, keepdims=True) for c in chunks]
     return np.concatenate(chunks, axis=0), rate
 
 
-def load_audio(path: str | Path, target_rate: int = TARGET_RATE) -> np.ndarray:
+def load_audio(path: str | Path, target_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode a file to mono float32 at `target_rate`, clipped to [-1, 1]."""
     samples, rate = decode_file(path)
     mono = to_mono(samples)

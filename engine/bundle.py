@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qasr.engine.audio_constants import CHUNK_FRAMES, HOP_LENGTH, N_FFT, NUM_MEL_BINS, SAMPLE_RATE, WINDOW_TOKENS
 from qasr.errors import QasrError
 
 MANIFEST_NAME = "manifest.json"
@@ -51,13 +52,13 @@ class BundleFile:
 
 @dataclass(frozen=True)
 class AudioParams:
-    sample_rate: int = 16000
-    n_fft: int = 400
-    hop_length: int = 160
-    num_mel_bins: int = 128
-    chunk_frames: int = 100  # mel frames per encoder front-end chunk (1 s)
+    sample_rate: int = SAMPLE_RATE
+    n_fft: int = N_FFT
+    hop_length: int = HOP_LENGTH
+    num_mel_bins: int = NUM_MEL_BINS
+    chunk_frames: int = CHUNK_FRAMES  # mel frames per encoder front-end chunk (1 s)
     tokens_per_chunk: int = 13  # front-end output frames per full chunk
-    window_tokens: int = 104  # back-end attention window (8 s)
+    window_tokens: int = WINDOW_TOKENS  # back-end attention window (8 s)
     d_model: int = 896
     output_dim: int = 1024
     encoder_layers: int = 18

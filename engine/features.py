@@ -11,23 +11,14 @@ caller can keep a running maximum and call the second part itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
+from qasr.engine.bundle import AudioParams
+
 LOG_FLOOR = 1e-10
 DYNAMIC_RANGE = 8.0  # log10 units kept below the maximum
-
-
-@dataclass(frozen=True)
-class FeatureParams:
-    sample_rate: int = 16000
-    n_fft: int = 400
-    hop_length: int = 160
-    num_mel_bins: int = 128
-    f_min: float = 0.0
-    f_max: float = 8000.0
 
 
 def _hz_to_mel_slaney(freq: np.ndarray) -> np.ndarray:
@@ -54,12 +45,12 @@ def _mel_to_hz_slaney(mels: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def mel_filters(params: FeatureParams = FeatureParams()) -> np.ndarray:
+def mel_filters(params: AudioParams = AudioParams()) -> np.ndarray:
     """Slaney mel filterbank, shape [n_fft // 2 + 1, num_mel_bins], float64 (read-only)."""
     n_freqs = params.n_fft // 2 + 1
     fft_freqs = np.linspace(0.0, params.sample_rate / 2.0, n_freqs)
     mel_points = np.linspace(
-        _hz_to_mel_slaney(params.f_min), _hz_to_mel_slaney(params.f_max), params.num_mel_bins + 2
+        _hz_to_mel_slaney(0.0), _hz_to_mel_slaney(params.sample_rate / 2.0), params.num_mel_bins + 2
     )
     filter_freqs = _mel_to_hz_slaney(mel_points)
     diffs = np.diff(filter_freqs)
@@ -80,11 +71,11 @@ def _periodic_hann(n: int) -> np.ndarray:
     return window
 
 
-def num_frames(n_samples: int, params: FeatureParams = FeatureParams()) -> int:
+def num_frames(n_samples: int, params: AudioParams = AudioParams()) -> int:
     return n_samples // params.hop_length
 
 
-def power_frames(padded: np.ndarray, n_frames: int, params: FeatureParams = FeatureParams()) -> np.ndarray:
+def power_frames(padded: np.ndarray, n_frames: int, params: AudioParams = AudioParams()) -> np.ndarray:
     """Power spectrum of `n_frames` frames of an already padded signal (frame t starts at t * hop).
 
     Returns [n_frames, n_fft // 2 + 1] float64.
@@ -97,7 +88,7 @@ def power_frames(padded: np.ndarray, n_frames: int, params: FeatureParams = Feat
     return spectrum.real**2 + spectrum.imag**2
 
 
-def log10_mel(audio: np.ndarray, params: FeatureParams = FeatureParams()) -> np.ndarray:
+def log10_mel(audio: np.ndarray, params: AudioParams = AudioParams()) -> np.ndarray:
     """Unclamped log10 mel energies of a whole clip, [num_mel_bins, n_samples // hop] float64."""
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)
     n_frames = num_frames(audio.shape[0], params)
@@ -112,7 +103,7 @@ def log10_mel(audio: np.ndarray, params: FeatureParams = FeatureParams()) -> np.
 
 
 def log10_mel_range(
-    audio: np.ndarray, start: int, stop: int, params: FeatureParams = FeatureParams()
+    audio: np.ndarray, start: int, stop: int, params: AudioParams = AudioParams()
 ) -> np.ndarray:
     """Frames [start, stop) of `log10_mel(audio)` without computing the others (for streaming).
 
@@ -135,7 +126,7 @@ def log10_mel_range(
     return np.log10(np.maximum(power @ mel_filters(params), LOG_FLOOR)).T
 
 
-def final_frames(n_samples: int, params: FeatureParams = FeatureParams()) -> int:
+def final_frames(n_samples: int, params: AudioParams = AudioParams()) -> int:
     """How many leading frames of a growing buffer no longer depend on samples still to come."""
     half = params.n_fft // 2
     if n_samples < half:
@@ -153,18 +144,7 @@ def normalize_log_mel(log_mel: np.ndarray, max_log: float | None = None) -> np.n
 
 
 def log_mel_features(
-    audio: np.ndarray, params: FeatureParams = FeatureParams(), max_log: float | None = None
+    audio: np.ndarray, params: AudioParams = AudioParams(), max_log: float | None = None
 ) -> np.ndarray:
     """Model input features of a 16 kHz mono clip: float32 [num_mel_bins, n_samples // hop]."""
     return normalize_log_mel(log10_mel(audio, params), max_log)
-
-
-def params_from_manifest(audio_params) -> FeatureParams:
-    """FeatureParams from a bundle's AudioParams (sample rate, n_fft, hop, mel bins)."""
-    return FeatureParams(
-        sample_rate=audio_params.sample_rate,
-        n_fft=audio_params.n_fft,
-        hop_length=audio_params.hop_length,
-        num_mel_bins=audio_params.num_mel_bins,
-        f_max=audio_params.sample_rate / 2.0,
-    )

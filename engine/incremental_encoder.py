@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from qasr.engine.encoder import EncoderRunner, chunk_tokens
+from qasr.engine.bundle import AudioParams
 from qasr.engine.features import (
-    FeatureParams,
     log10_mel,
     mel_filters,
     normalize_log_mel,
@@ -30,7 +30,7 @@ from qasr.engine.transcribe import normalize_waveform
 
 
 class IncrementalEncoder:
-    def __init__(self, encoder: EncoderRunner, params: FeatureParams, min_audio_s: float = 0.5):
+    def __init__(self, encoder: EncoderRunner, params: AudioParams, min_audio_s: float = 0.5):
         self.encoder = encoder
         self.params = params
         self.audio_params = encoder.audio

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from qasr.engine.audio_constants import SAMPLE_RATE
+
 
 
 @dataclass(frozen=True)

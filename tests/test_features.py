@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from qasr.engine.bundle import AudioParams
 from qasr.engine.features import (
-    FeatureParams,
     log10_mel,
     log_mel_features,
     mel_filters,
@@ -119,7 +119,7 @@ def test_mel_filters_match_transformers():
         num_frequency_bins=201, num_mel_filters=128, min_frequency=0.0, max_frequency=8000.0,
         sampling_rate=16000, norm="slaney", mel_scale="slaney",
     )
-    assert np.abs(mel_filters(FeatureParams()) - want).max() < 1e-12
+    assert np.abs(mel_filters(AudioParams()) - want).max() < 1e-12
 
 
 def test_frame_count_and_empty_input():

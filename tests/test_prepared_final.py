@@ -17,7 +17,7 @@ import pytest
 from qasr.daemon.audio.segmenter import Segmenter, SegmenterOptions, SpeechAudio, SpeechEnd, SpeechPause, SpeechStart
 from qasr.daemon.engine_streams import StreamingBackend, StreamOptions, WholeUtteranceStream
 from qasr.daemon.pipeline import Pipeline
-from qasr.engine.streaming import FinalEvent, FinalTimings, PartialEvent, StepTimings
+from qasr.engine.events import FinalEvent, FinalTimings, PartialEvent, StepTimings
 from tests.test_segmenter import silence, voiced_burst
 
 SR = 16000
@@ -246,12 +246,9 @@ def test_the_protocol_final_says_whether_it_was_prepared():
 # ------------------------------------------------------------------------------ the real engine
 
 
-@pytest.fixture(scope="module")
-def transcriber(tiny_bundle):
-    from qasr.engine.transcribe import Transcriber
-
-    with Transcriber(tiny_bundle) as t:
-        yield t
+@pytest.fixture
+def transcriber(tiny_transcriber):
+    return tiny_transcriber  # tests/fixtures/engine.py: one per session
 
 
 class SignallingBackend:

@@ -51,29 +51,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from qasr.daemon.audio.resample import TARGET_RATE, StreamResampler
-from qasr.errors import QasrError
+from qasr.daemon.audio.devices import (
+    PORTAUDIO, AudioDeviceError, DeviceOpenError, NoInputDeviceError, refresh_devices, resolve_input_device,
+    sounddevice_module,
+)
+from qasr.daemon.audio.resample import StreamResampler
+from qasr.engine.audio_constants import SAMPLE_RATE
 
 log = logging.getLogger("qasr.capture")
 
 STATES = ("starting", "running", "retrying", "no-device", "stopped")
-
-NO_INPUT_MESSAGE = ("no audio input device found; is PulseAudio/PipeWire running? "
-                    "list devices with `qasr-daemon devices`")
-
-
-class NoInputDeviceError(QasrError):
-    def __init__(self, message: str = NO_INPUT_MESSAGE) -> None:
-        super().__init__(message)
-
-
-class AudioDeviceError(QasrError):
-    """The configured device is missing, ambiguous or cannot be opened."""
-
-
-class DeviceOpenError(AudioDeviceError):
-    """The device exists but PortAudio could not open or start a stream on it."""
-
 
 @dataclass(frozen=True)
 class CaptureOptions:
@@ -95,105 +82,6 @@ class CaptureOptions:
             raise ValueError(f"block_ms must be 5..500, got {self.block_ms}")
         if self.preroll_s < 0 or self.ring_s <= 0:
             raise ValueError("preroll_s must be >= 0 and ring_s > 0")
-
-
-def capture_options_from_settings(audio: Any, **overrides: Any) -> CaptureOptions:
-    """From ``config.settings.AudioSettings`` (device, block_ms, preroll_s, queue_s → ring_s)."""
-    device = str(audio.device).strip() or None
-    return CaptureOptions(**{"device": device, "block_ms": audio.block_ms, "preroll_s": audio.preroll_s,
-                             "ring_s": audio.queue_s, **overrides})
-
-
-# ---------------------------------------------------------------------- PortAudio access
-
-_PA_LOCK = threading.RLock()
-_open_streams = 0
-
-
-def _sounddevice():
-    try:
-        import sounddevice
-    except OSError as exc:  # libportaudio missing
-        raise NoInputDeviceError(
-            f"PortAudio is not available ({exc}); install libportaudio2 (Debian/Ubuntu) or portaudio") from exc
-    return sounddevice
-
-
-def refresh_devices() -> bool:
-    """Re-initialise PortAudio so its device list is current. Skipped (False) while a stream is open."""
-    with _PA_LOCK:
-        sd = _sounddevice()
-        if _open_streams:
-            return False
-        sd._terminate()
-        sd._initialize()
-        return True
-
-
-def _default_input_index(sd) -> int | None:
-    try:
-        info = sd.query_devices(kind="input")
-    except Exception:  # PortAudioError / ValueError when there is no default input
-        return None
-    index = info.get("index") if isinstance(info, dict) else None
-    return int(index) if index is not None and index >= 0 else None
-
-
-def list_input_devices(refresh: bool = False) -> list[dict[str, Any]]:
-    """Input devices: index, name, hostapi, channels, default_samplerate, is_default."""
-    with _PA_LOCK:
-        sd = _sounddevice()
-        if refresh:
-            refresh_devices()
-        default = _default_input_index(sd)
-        hostapis = sd.query_hostapis()
-        devices = []
-        for info in sd.query_devices():
-            if info["max_input_channels"] <= 0:
-                continue
-            devices.append({
-                "index": int(info["index"]),
-                "name": info["name"],
-                "hostapi": hostapis[info["hostapi"]]["name"],
-                "channels": int(info["max_input_channels"]),
-                "default_samplerate": float(info["default_samplerate"]),
-                "is_default": int(info["index"]) == default,
-            })
-        return devices
-
-
-def resolve_input_device(spec: str | int | None, devices: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The input device for a configured value; NoInputDeviceError / AudioDeviceError otherwise."""
-    devices = list_input_devices() if devices is None else devices
-    if not devices:
-        raise NoInputDeviceError()
-    if spec is None or (isinstance(spec, str) and not spec.strip()):
-        for dev in devices:
-            if dev["is_default"]:
-                return dev
-        return devices[0]
-    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
-        index = int(spec)
-        for dev in devices:
-            if dev["index"] == index:
-                return dev
-        raise AudioDeviceError(
-            f"audio input device index {index} does not exist or has no input channels; "
-            "list devices with `qasr-daemon devices`")
-    wanted = spec.strip().lower()
-    exact = [d for d in devices if d["name"].lower() == wanted]
-    if exact:
-        return exact[0]
-    matches = [d for d in devices if wanted in d["name"].lower()]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise AudioDeviceError(
-            f"no audio input device matches {spec!r}; list devices with `qasr-daemon devices` "
-            "and set audio.device to a name or index")
-    names = ", ".join(f"{d['index']}: {d['name']}" for d in matches)
-    raise AudioDeviceError(f"audio device {spec!r} matches several inputs ({names}); "
-                           "use a longer name or the index")
 
 
 # ---------------------------------------------------------------------- ring buffer
@@ -242,7 +130,7 @@ class AudioCapture:
         self.options = options or CaptureOptions()
         self._on_state = on_state
         ring_s = max(self.options.ring_s, self.options.preroll_s + 1.0)
-        self._ring = _Ring(int(ring_s * TARGET_RATE))
+        self._ring = _Ring(int(ring_s * SAMPLE_RATE))
         self._data_ready = threading.Event()
         self._stop = threading.Event()
         self._wake = threading.Event()  # supervisor: something happened (finished callback, stop)
@@ -330,7 +218,7 @@ class AudioCapture:
 
     def preroll(self, seconds: float | None = None) -> np.ndarray:
         """The most recent ``seconds`` (default ``preroll_s``) of audio, whether read or not."""
-        want = int(round((self.options.preroll_s if seconds is None else seconds) * TARGET_RATE))
+        want = int(round((self.options.preroll_s if seconds is None else seconds) * SAMPLE_RATE))
         end = self._ring.write_pos
         begin = max(0, end - min(want, self._ring.capacity))
         out = self._ring.copy_range(begin, end)
@@ -377,7 +265,7 @@ class AudioCapture:
         self._ring.read_pos += n
         self._dropped += n
         self.overruns += 1
-        log.warning("audio consumer fell behind: dropped %.2f s of audio", n / TARGET_RATE)
+        log.warning("audio consumer fell behind: dropped %.2f s of audio", n / SAMPLE_RATE)
 
     # ------------------------------------------------------------------ audio callback (PortAudio thread)
 
@@ -405,13 +293,12 @@ class AudioCapture:
     # ------------------------------------------------------------------ stream management
 
     def _open_stream(self, refresh: bool) -> None:
-        global _open_streams
-        with _PA_LOCK:
-            sd = _sounddevice()
+        with PORTAUDIO.lock:
+            sd = sounddevice_module()
             if refresh:
                 refresh_devices()
             device = resolve_input_device(self.options.device)
-            rate = float(self.options.samplerate or device["default_samplerate"] or TARGET_RATE)
+            rate = float(self.options.samplerate or device["default_samplerate"] or SAMPLE_RATE)
             channels = self._pick_channels(sd, device, rate)
             resampler = StreamResampler(rate, channels)
             self._generation += 1
@@ -431,7 +318,7 @@ class AudioCapture:
                                       "check audio.device (`qasr-daemon devices`)") from exc
             self._stream = stream
             self._resampler = resampler
-            _open_streams += 1
+            PORTAUDIO.open_streams += 1
             self.device = dict(device, samplerate=rate, channels_open=channels)
         log.info("audio input open: %s (%d Hz, %d ch)", device["name"], rate, channels)
 
@@ -448,8 +335,7 @@ class AudioCapture:
         return 1
 
     def _close_stream(self) -> None:
-        global _open_streams
-        with _PA_LOCK:
+        with PORTAUDIO.lock:
             stream, self._stream = self._stream, None
             if stream is None:
                 return
@@ -459,7 +345,7 @@ class AudioCapture:
                 stream.close(ignore_errors=True)
             except Exception as exc:
                 log.debug("closing audio stream: %s", exc)
-            _open_streams -= 1
+            PORTAUDIO.open_streams -= 1
 
     def _stream_problem(self) -> str | None:
         stream = self._stream

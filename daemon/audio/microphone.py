@@ -12,7 +12,8 @@ import threading
 from typing import Callable
 
 from qasr.daemon.audio.capture import AudioCapture, CaptureOptions
-from qasr.daemon.audio.segmenter import Segmenter, SegmenterOptions, VadState
+from qasr.daemon.audio.segment_events import VadState
+from qasr.daemon.audio.segmenter import Segmenter, SegmenterOptions
 from qasr.daemon.pipeline import Pipeline
 from qasr.daemon.utterance_feed import UtteranceFeed
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-TARGET_RATE = 16000
+from qasr.engine.audio_constants import SAMPLE_RATE
+
 
 
 def to_mono_float32(block: np.ndarray) -> np.ndarray:
@@ -32,7 +33,7 @@ def to_mono_float32(block: np.ndarray) -> np.ndarray:
 class StreamResampler:
     """Stateful resampler for one continuous stream; ``reset()`` before an unrelated stream."""
 
-    def __init__(self, in_rate: float, in_channels: int = 1, out_rate: int = TARGET_RATE,
+    def __init__(self, in_rate: float, in_channels: int = 1, out_rate: int = SAMPLE_RATE,
                  quality: str = "HQ") -> None:
         if in_rate <= 0 or out_rate <= 0:
             raise ValueError(f"sample rates must be positive, got {in_rate} → {out_rate}")

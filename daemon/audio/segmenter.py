@@ -61,12 +61,15 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 import webrtcvad
 
-SAMPLE_RATE = 16000
+from qasr.engine.audio_constants import SAMPLE_RATE
+from qasr.daemon.audio.segment_events import (
+    Cancelled, SegmentEvent, SpeechAudio, SpeechEnd, SpeechPause, SpeechStart, VadState,
+)
+
 FRAME_MS = 30
 FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
 MODES = ("vad", "ptt", "toggle")
@@ -96,47 +99,6 @@ class SegmenterOptions:
             raise ValueError("max_utterance_s must be at least 0.06")
 
 
-@dataclass(frozen=True)
-class VadState:
-    speaking: bool
-    t_s: float
-
-
-@dataclass(frozen=True)
-class SpeechStart:
-    utterance_id: int
-    t_s: float
-    continued: bool = False
-
-
-@dataclass(frozen=True, eq=False)
-class SpeechAudio:
-    utterance_id: int
-    pcm: np.ndarray
-    t_s: float
-
-
-@dataclass(frozen=True)
-class SpeechPause:
-    utterance_id: int
-    t_s: float  # end of the audio emitted so far: where the utterance ends if the pause is its end
-
-
-@dataclass(frozen=True)
-class SpeechEnd:
-    utterance_id: int
-    t_s: float
-    reason: str  # "silence" | "stop" | "max_length"
-    last_voice_s: float | None = None
-
-
-@dataclass(frozen=True)
-class Cancelled:
-    utterance_id: int
-    reason: str = "cancel"  # "cancel" | "too_short" | "no_speech"
-
-
-SegmentEvent = Union[VadState, SpeechStart, SpeechAudio, SpeechPause, SpeechEnd, Cancelled]
 
 
 @dataclass

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from qasr.engine.audio_constants import SAMPLE_RATE
+
 KINDS = ("speechlike", "tones", "noise", "silence")
 
 

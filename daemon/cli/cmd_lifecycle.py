@@ -178,11 +178,9 @@ def _format_status(status: dict[str, Any]) -> str:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    try:
-        from qasr.daemon.audio import capture
-    except ModuleNotFoundError as exc:
-        raise QasrError("audio capture is not available in this installation") from exc
-    devices = capture.list_input_devices()
+    from qasr.daemon.audio.devices import list_input_devices
+
+    devices = list_input_devices()
     if not devices:
         print("no audio input devices (is PulseAudio/PipeWire running and a microphone connected?)")
         return 1

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from qasr.engine.bundle import SPECIAL_TOKENS
+from qasr.engine.audio_constants import SAMPLE_RATE
 from qasr.errors import QasrError
 
 ARCHITECTURE = "Qwen3ASRForConditionalGeneration"
@@ -285,7 +286,7 @@ def read_checkpoint(hf_dir: str | Path) -> Checkpoint:
         tokenizer=tokenizer,
         tokens=tokens,
         languages=languages,
-        sample_rate=int(pre_cfg.get("sampling_rate", 16000)),
+        sample_rate=int(pre_cfg.get("sampling_rate", SAMPLE_RATE)),
         n_fft=int(pre_cfg.get("n_fft", 400)),
         hop_length=int(pre_cfg.get("hop_length", 160)),
         weight_files=weight_files,
