@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import socket
 import stat
@@ -291,6 +292,26 @@ def test_hello_commands_acks_and_errors():
                 assert (await recv_json(ws))["code"] == "no_ingest"
 
     asyncio.run(main())
+
+
+def test_deeply_nested_message_is_bad_message_without_a_traceback(caplog):
+    deep = 100_000
+
+    async def main():
+        async with running() as (server, _):
+            async with connect(server.ws_url, additional_headers=auth(server)) as ws:
+                await recv_json(ws)  # hello
+                for frame in ("[" * deep + "]" * deep, '{"type":"start","x":' + "[" * deep + "]" * deep + "}"):
+                    await ws.send(frame)
+                    err = await recv_json(ws)
+                    assert err == {"type": "error", "code": "bad_message", "message": "message is nested too deeply"}
+                await ws.send(json.dumps({"type": "ping", "id": 1}))  # the connection is still fine
+                assert await recv_json(ws) == {"type": "pong", "id": 1}
+
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(main())
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], caplog.text
+    assert "RecursionError" not in caplog.text and "Traceback" not in caplog.text
 
 
 def test_oversize_frame_closes_with_1009():
