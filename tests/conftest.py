@@ -6,5 +6,6 @@ _PLUGINS = [
     "tests.fixtures.checkpoints",
     "tests.fixtures.bundles",
     "tests.fixtures.desktop",
+    "tests.fixtures.engine",
 ]
 pytest_plugins = [p for p in _PLUGINS if importlib.util.find_spec(p) is not None]

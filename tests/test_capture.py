@@ -14,11 +14,14 @@ import time
 import numpy as np
 import pytest
 
-from qasr.daemon.audio.capture import (NO_INPUT_MESSAGE, AudioCapture, AudioDeviceError, CaptureOptions,
-                                 NoInputDeviceError, list_input_devices, resolve_input_device)
+from qasr.daemon.audio.capture import AudioCapture, CaptureOptions
+from qasr.daemon.audio.devices import (NO_INPUT_MESSAGE, AudioDeviceError, NoInputDeviceError, list_input_devices,
+                                       resolve_input_device)
 from qasr.daemon.audio.resample import StreamResampler, to_mono_float32
 from qasr.daemon.audio.segmenter import Segmenter, SpeechAudio, SpeechEnd, SpeechStart
-from tests.fixtures.desktop import espeak_wav, load_wav, play_into_mic
+from tests.fixtures.desktop import play_into_mic
+from tests.harness.pulse import no_pulse_env
+from tests.harness.speech import espeak_wav, load_wav
 
 SR = 16000
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
@@ -322,7 +325,8 @@ def test_wait_for_device_starts_without_a_device_and_picks_it_up(pulse_server):
 
 NO_SERVER_SCRIPT = textwrap.dedent("""
     import sys
-    from qasr.daemon.audio.capture import AudioCapture, CaptureOptions, NoInputDeviceError, list_input_devices
+    from qasr.daemon.audio.capture import AudioCapture, CaptureOptions
+    from qasr.daemon.audio.devices import NoInputDeviceError, list_input_devices
     print("devices", len(list_input_devices()))
     try:
         AudioCapture(CaptureOptions()).start()
@@ -335,11 +339,8 @@ NO_SERVER_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.skipif(bool(glob.glob("/dev/snd/pcmC*c")), reason="this machine has ALSA capture hardware")
 def test_no_sound_server_gives_no_input_device_error(tmp_path):
-    client_conf = tmp_path / "client.conf"
-    client_conf.write_text("autospawn = no\n")
-    env = dict(os.environ, PULSE_SERVER=f"unix:{tmp_path}/nowhere/native", PULSE_CLIENTCONFIG=str(client_conf),
-               PULSE_COOKIE=str(tmp_path / "cookie"), PULSE_RUNTIME_PATH=str(tmp_path / "pulse"),
-               HOME=str(tmp_path), XDG_RUNTIME_DIR=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path / "config"))
+    env = dict(os.environ, **no_pulse_env(tmp_path), HOME=str(tmp_path), XDG_RUNTIME_DIR=str(tmp_path),
+               XDG_CONFIG_HOME=str(tmp_path / "config"))
     proc = subprocess.run([sys.executable, "-c", NO_SERVER_SCRIPT], env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 3, proc.stdout + proc.stderr
@@ -370,10 +371,13 @@ def test_xvfb_display_is_usable(xvfb_display):
 
 
 def test_capture_options_follow_the_settings_file():
-    from qasr.config.settings import AudioSettings
-    from qasr.daemon.audio.capture import capture_options_from_settings
+    from qasr.config.settings import AudioSettings, Settings
+    from qasr.daemon.component_options import capture_options
 
-    opts = capture_options_from_settings(AudioSettings())
+    def options(**audio):
+        return capture_options(Settings(audio=AudioSettings(**audio)))
+
+    opts = options()
     assert opts.device is None and opts.ring_s == AudioSettings().queue_s
-    assert capture_options_from_settings(AudioSettings(device=" usb "), preroll_s=2.0).device == "usb"
-    assert capture_options_from_settings(AudioSettings(), preroll_s=2.0).preroll_s == 2.0
+    assert options(device=" usb ", preroll_s=2.0).device == "usb"
+    assert options(preroll_s=2.0).preroll_s == 2.0

@@ -1,115 +1,32 @@
 """The daemon as a real process: detached start, status, single instance, stop, signals, failures.
 
-Every test isolates the XDG folders; without a pulse server the daemon has no microphone, which is
-its documented `no-device` state (it keeps serving status, commands and WebSocket audio).
+Every test isolates the XDG folders (tests/harness/daemon.py); without a pulse server the daemon has no
+microphone, which is its documented `no-device` state (it keeps serving status, commands and WebSocket audio).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from qasr.daemon.lifecycle import process_alive, wait_for_exit
+from qasr.daemon.lifecycle import wait_for_exit
+from tests.harness.daemon import DaemonProcess as DaemonEnv  # the name other test modules import
 
 STATUS_KEYS = {"pid", "state", "model", "input_device", "ws_url", "token_file", "last_latency_ms", "language",
                "mode", "config_file", "log_file", "journal_file", "warnings"}
-
-
-class DaemonEnv:
-    """Private XDG folders and a CLI runner for one daemon under test."""
-
-    def __init__(self, root: Path, extra_env: dict[str, str] | None = None) -> None:
-        self.root = root
-        # unix socket paths must stay short: the runtime dir lives directly under /tmp
-        self.runtime = Path(tempfile.mkdtemp(prefix="qasr-rt-"))
-        client_conf = root / "pulse-client.conf"
-        client_conf.write_text("autospawn = no\n")
-        self.env = dict(os.environ)
-        self.env.pop("DISPLAY", None)
-        self.env.update({
-            "XDG_CONFIG_HOME": str(root / "config"), "XDG_STATE_HOME": str(root / "state"),
-            "XDG_DATA_HOME": str(root / "data"), "XDG_CACHE_HOME": str(root / "cache"),
-            "XDG_RUNTIME_DIR": str(self.runtime),
-            "PULSE_SERVER": f"unix:{root}/no-pulse-here", "PULSE_CLIENTCONFIG": str(client_conf),
-            "PULSE_RUNTIME_PATH": str(root / "no-pulse-runtime"),
-        })
-        self.env.update(extra_env or {})
-
-    @property
-    def config_file(self) -> Path:
-        return self.root / "config" / "qasr" / "config.toml"
-
-    @property
-    def journal_file(self) -> Path:
-        return self.root / "state" / "qasr" / "journal.jsonl"
-
-    @property
-    def log_file(self) -> Path:
-        return self.root / "state" / "qasr" / "qasr.log"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.runtime / "qasr" / "qasr.pid"
-
-    def write_config(self, text: str) -> Path:
-        self.config_file.parent.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(text)
-        return self.config_file
-
-    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "qasr", *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
-
-    def start(self, bundle: Path, *extra: str) -> subprocess.CompletedProcess:
-        result = self.cli("start", "--model", str(bundle), "--set", "server.port=0", *extra)
-        assert result.returncode == 0, result.stderr + self.log()
-        return result
-
-    def status(self) -> dict:
-        result = self.cli("status", "--json", timeout=30)
-        assert result.returncode in (0, 3), result.stderr
-        return json.loads(result.stdout)
-
-    def wait_status(self, predicate, timeout: float = 30) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            status = self.status()
-            if predicate(status) or time.monotonic() > deadline:
-                return status
-            time.sleep(0.2)
-
-    def pid(self) -> int | None:
-        try:
-            return int(self.pid_file.read_text())
-        except (OSError, ValueError):
-            return None
-
-    def log(self) -> str:
-        return self.log_file.read_text() if self.log_file.exists() else ""
-
-    def cleanup(self) -> None:
-        pid = self.pid()
-        if pid and process_alive(pid):
-            self.cli("stop", timeout=200)
-            if process_alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(self.runtime, ignore_errors=True)
 
 
 @pytest.fixture
 def daemon_env(tmp_path):
     env = DaemonEnv(tmp_path)
     yield env
-    env.cleanup()
+    env.stop()
 
 
 # ---------------------------------------------------------------------------------------- tests
@@ -236,7 +153,7 @@ def test_sigterm_mid_utterance_finishes_it(tmp_path, tiny_bundle, pulse_server):
         assert len(list(saved.glob("*.wav"))) == 1
         assert "stopped" in env.log()
     finally:
-        env.cleanup()
+        env.stop()
 
 
 def test_install_service_points_at_this_python(daemon_env):

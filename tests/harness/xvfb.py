@@ -1,0 +1,47 @@
+"""An Xvfb display on a free display number (``-displayfd``), and stopping a child process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from tests.harness import HarnessError
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 10) -> None:
+    """terminate, then kill after ``timeout`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Xvfb:
+    """``start()`` returns the display (``":N"``) once the server is ready."""
+
+    def __init__(self, screen: str = "1280x800x24") -> None:
+        self.screen = screen
+        self.proc: subprocess.Popen | None = None
+        self.display = ""
+
+    def start(self) -> str:
+        read_fd, write_fd = os.pipe()
+        self.proc = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", self.screen,
+                                      "-nolisten", "tcp"], pass_fds=(write_fd,),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:  # Xvfb writes the display number once it is ready
+            number = pipe.readline().strip()
+        if not number:
+            self.stop()
+            raise HarnessError("Xvfb did not report a display number")
+        self.display = f":{number.decode()}"
+        return self.display
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
