@@ -1,8 +1,7 @@
-"""`models pull|list|path|verify`: real pulls from a local hub (download + convert + verify) and the store."""
+"""`models pull|list|path|verify|remove`: real pulls from a local hub (download + convert + verify)."""
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -11,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from qasr.config import paths
+from qasr.daemon.cli.main import main as cli_main
 from qasr.daemon.models import download as md
 from qasr.daemon.models import store as ms
-from qasr.daemon.cli.main import main as cli_main
 from qasr.engine.bundle import (
     SPECIAL_TOKENS,
     AudioParams,
@@ -24,10 +23,11 @@ from qasr.engine.bundle import (
     load_bundle,
     write_manifest,
 )
-from tests.test_model_download import COMMIT, FakeHub
+from tests.fake_hub import COMMIT, FakeHub
 
 REPO = "Qwen/Qwen3-ASR-0.6B"
-QUIET = md.DownloadOptions(timeout_s=10, retries=0, backoff_s=0.01)
+HF_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+           "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME")
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +48,6 @@ def hub(checkpoint_files):
 
 
 @pytest.fixture
-def dead_url() -> str:
-    dead = FakeHub().start()
-    url = dead.url
-    dead.stop()
-    return url
-
-
-@pytest.fixture
 def xdg(tmp_path, monkeypatch) -> dict[str, str]:
     env = {
         "XDG_DATA_HOME": str(tmp_path / "data"),
@@ -64,13 +56,16 @@ def xdg(tmp_path, monkeypatch) -> dict[str, str]:
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    for key in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "MODELSCOPE_ENDPOINT", "MODELSCOPE_DOMAIN"):
+    for key in HF_VARS:
         monkeypatch.delenv(key, raising=False)
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 16_384)  # see test_model_download
     return env
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MODELSCOPE_"))}
+    full_env = {k: v for k, v in os.environ.items() if k not in HF_VARS}
     full_env.update(env)
     return subprocess.run([sys.executable, "-m", "qasr.daemon.cli.main", "models", *args],
                           capture_output=True, text=True, env=full_env, timeout=600)
@@ -81,33 +76,40 @@ def _set_default_model(name: str) -> None:
     paths.config_file().write_text(f'[model]\npath = "{name}"\n', encoding="utf-8")
 
 
+def _snapshot_dir() -> Path:
+    return md.hub_cache_dir() / "models--Qwen--Qwen3-ASR-0.6B" / "snapshots" / COMMIT
+
+
 # ---------------------------------------------------------------- pull (download + convert + verify)
 
 def test_pull_cli_end_to_end(hub, xdg):
     env = {**xdg, "HF_ENDPOINT": hub.url}
-    done = run_cli("pull", "0.6b", "--no-fallback", "--retries", "0", env=env)
+    done = run_cli("pull", "0.6b", env=env)
     assert done.returncode == 0, done.stderr
     bundle = paths.models_dir() / "qwen3-asr-0.6b"
     assert f"bundle written to {bundle} from huggingface {REPO}@{COMMIT[:12]}" in done.stdout
-    assert "downloading model.safetensors" in done.stderr  # plain progress lines (not a TTY)
+    assert f"huggingface: {REPO} @ {COMMIT[:12]}: 8 files" in done.stderr and "to fetch" in done.stderr
+    assert "Traceback" not in done.stderr and "\r" not in done.stderr  # no progress bars off a terminal
 
     manifest = load_bundle(bundle, verify="sha256").manifest
     assert manifest.model["source"] == f"huggingface:{REPO}@{COMMIT}"
     assert manifest.model["name"] == "Qwen3-ASR-0.6B"
     assert (manifest.files["encoder_backend"].precision, manifest.files["decoder"].precision) == ("int8", "q4_k")
     assert manifest.extra["pull"]["revision"] == COMMIT
-    assert not ms.checkpoint_dir("huggingface", REPO).exists()  # removed without --keep-checkpoint
-    fetched = {e.path.rsplit("/", 1)[-1] for e in hub.log if "/resolve/" in e.path or "/cdn/" in e.path}
+    assert not _snapshot_dir().exists()  # fetched by this pull: removed without --keep-checkpoint
+    fetched = hub.files_fetched()
     assert "README.md" not in fetched and "figure.png" not in fetched and "model.safetensors" in fetched
 
-    again = run_cli("pull", "0.6b", "--no-fallback", env=env)
+    again = run_cli("pull", "0.6b", env=env)
     assert again.returncode == 0 and "already installed" in again.stdout
 
     _set_default_model("qwen3-asr-0.6b")
     listed = run_cli("list", env=env)
     assert listed.returncode == 0
-    row = next(line for line in listed.stdout.splitlines() if "qwen3-asr-0.6b" in line)
-    assert row.startswith("*") and "int8" in row and "q4_k" in row and f"huggingface:{REPO}" in row
+    header, row = listed.stdout.splitlines()[0], next(line for line in listed.stdout.splitlines() if "qwen3-asr-0.6b" in line)
+    assert header.split() == ["NAME", "MODEL", "ENCODER", "DECODER", "SIZE", "REVISION", "SOURCE"]
+    assert row.startswith("*") and "Qwen3-ASR-0.6B" in row and "int8" in row and "q4_k" in row
+    assert COMMIT[:12] in row and row.rstrip().endswith(f"huggingface:{REPO}")
 
     shown = run_cli("path", "0.6b", env=env)
     assert shown.returncode == 0 and shown.stdout.strip() == str(bundle)
@@ -121,79 +123,73 @@ def test_pull_cli_end_to_end(hub, xdg):
     assert bad.returncode == 1
     assert "decoder.q4_k.gguf does not match its sha256" in bad.stderr
 
+    removed = run_cli("remove", "0.6b", env=env)
+    assert removed.returncode == 0 and f"removed {bundle}" in removed.stdout
+    assert "it was the daemon's model" in removed.stderr and not bundle.exists()
 
-def test_pull_resumes_and_falls_back_to_modelscope(hub, xdg, dead_url, monkeypatch):
-    monkeypatch.setenv("MODELSCOPE_ENDPOINT", hub.url)
+
+def test_interrupted_pull_resumes_and_keeps_the_checkpoint_when_asked(hub, xdg):
     hub.drop_after["model.safetensors"] = [40_000]
-    options = ms.PullOptions(model="0.6b", endpoint=dead_url, encoder="fp32", decoder="f32",
-                             keep_checkpoint=True, download=QUIET)
-    notes = io.StringIO()
-    with pytest.raises(md.DownloadError) as err:
-        ms.pull(options, md.TerminalProgress(notes))
-    message = str(err.value)
-    assert message.startswith("could not download 0.6b from any source")
-    assert "huggingface: " in message and "refused the connection" in message
-    assert "modelscope: download of model.safetensors failed" in message and "closed after 40.0 KB" in message
-    assert "huggingface failed" in notes.getvalue()
-    ckpt = ms.checkpoint_dir("modelscope", REPO)
-    assert md.part_path(ckpt / "model.safetensors").stat().st_size == 40_000
+    options = ms.PullOptions(model="0.6b", endpoint=hub.url, encoder="fp32", decoder="f32", keep_checkpoint=True)
+    with pytest.raises(md.DownloadError, match="broke off while downloading .*run the command again to resume"):
+        ms.pull(options)
+    assert not paths.models_dir().exists() or not any(paths.models_dir().iterdir())
 
-    result = ms.pull(options, md.TerminalProgress(notes))
-    assert result.source == "modelscope" and not result.already_present
-    ranges = [e.range for e in hub.log if "FilePath=model.safetensors" in e.path]
-    assert ranges == [None, "bytes=40000-"]
+    notes = []
+    result = ms.pull(options, notes.append)
+    assert result.source == "huggingface" and result.revision == COMMIT and not result.already_present
+    ranges = [e.range for e in hub.log if e.method == "GET" and "/cdn/" in e.path]
+    assert ranges[0] is None and ranges[1] is not None and ranges[1].startswith("bytes=")
     assert result.bundle_dir == paths.models_dir() / "qwen3-asr-0.6b-fp32-f32"
     manifest = load_bundle(result.bundle_dir, verify="sha256").manifest
-    assert manifest.model["source"] == f"modelscope:{REPO}@master"
     assert manifest.files["decoder"].path == "decoder.f32.gguf"
-    kept = sorted(p.name for p in ckpt.iterdir())  # --keep-checkpoint
+    kept = sorted(p.name for p in _snapshot_dir().iterdir())  # --keep-checkpoint
     assert kept == sorted(n for n in hub.repos[REPO] if "/" not in n and n != "README.md")
-    assert (ckpt / "model.safetensors").read_bytes() == hub.repos[REPO]["model.safetensors"]
+    assert (_snapshot_dir() / "model.safetensors").read_bytes() == hub.repos[REPO]["model.safetensors"]
+
+
+def test_a_checkpoint_already_in_the_hf_cache_is_used_and_kept(hub, xdg, monkeypatch):
+    md.download_checkpoint(REPO, endpoint=hub.url)  # another tool downloaded it before
+    hub.log.clear()
+    result = ms.pull(ms.PullOptions(endpoint=hub.url, encoder="fp32", decoder="f32"))
+    assert hub.files_fetched() == [] and not result.already_present
+    assert _snapshot_dir().is_dir()  # not ours to delete
+    # Offline: no request at all, the cached snapshot converts again.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.log.clear()
+    again = ms.pull(ms.PullOptions(endpoint=hub.url, encoder="fp32", decoder="f32", force=True))
+    assert hub.log == [] and again.revision == COMMIT
+    assert load_bundle(again.bundle_dir).manifest.model["source"] == f"huggingface:{REPO}@{COMMIT}"
 
 
 def test_missing_repo_fails_with_one_line(hub, xdg):
-    env = {**xdg, "HF_ENDPOINT": hub.url, "MODELSCOPE_ENDPOINT": hub.url}
-    alone = run_cli("pull", "0.6b", "--repo", "Qwen/nope", "--no-fallback", "--retries", "0", env=env)
-    assert alone.returncode == 1
-    assert alone.stderr.startswith("qasr-daemon: error: HTTP 404 (not found)") and alone.stderr.count("\n") == 1
-    both = run_cli("pull", "0.6b", "--repo", "Qwen/nope", "--retries", "0", env=env)
-    assert both.returncode == 1
-    last = both.stderr.strip().splitlines()[-1]
-    assert last.startswith("qasr-daemon: error: could not download 0.6b from any source")
-    assert "huggingface: HTTP 404" in last and "modelscope: HTTP 404" in last
-    assert not (paths.models_dir()).exists() or not any(paths.models_dir().iterdir())
+    env = {**xdg, "HF_ENDPOINT": hub.url}
+    done = run_cli("pull", "0.6b", "--repo", "Qwen/nope", env=env)
+    assert done.returncode == 1
+    assert done.stderr.startswith("qasr-daemon: error: HTTP 404: no repository Qwen/nope") and done.stderr.count("\n") == 1
+    hub.gated[REPO] = "token-of-someone-else"
+    gated = run_cli("pull", "0.6b", env={**env, "HF_TOKEN": "mine"})
+    last = gated.stderr.strip().splitlines()[-1]  # after the "N files, X to fetch" note
+    assert gated.returncode == 1 and "Traceback" not in gated.stderr
+    assert last.startswith("qasr-daemon: error: ") and "is gated (HTTP 403)" in last
+    assert not paths.models_dir().exists() or not any(paths.models_dir().iterdir())
 
 
-def test_checkpoint_download_repairs_corruption_and_keeps_only_checkpoint_files(hub, xdg):
-    hub.corrupt["model.safetensors"] = 1
-    hub.corrupt["config.json"] = 1
-    target, listing = ms.download_checkpoint("huggingface", REPO, endpoint=hub.url, options=QUIET)
-    assert listing.revision == COMMIT
-    for name in ("model.safetensors", "config.json", "vocab.json"):
-        assert (target / name).read_bytes() == hub.repos[REPO][name]
-    assert not (target / "README.md").exists() and not (target / "assets").exists()
-    assert not list(target.glob("*.part"))
-    # A file altered on disk afterwards is detected and fetched again on the next run.
-    (target / "config.json").write_bytes(b"{}")
-    ms.download_checkpoint("huggingface", REPO, endpoint=hub.url, options=QUIET)
-    assert (target / "config.json").read_bytes() == hub.repos[REPO]["config.json"]
+def test_no_network_fails_with_one_line(xdg, tmp_path):
+    dead = FakeHub().start()
+    url = dead.url
+    dead.stop()
+    done = run_cli("pull", "1.7b", env={**xdg, "HF_ENDPOINT": url})
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert done.stderr.startswith("qasr-daemon: error: cannot reach 127.0.0.1:")
+    assert "Qwen3-ASR-1.7B" not in done.stdout
 
 
-def test_not_enough_disk_space_stops_before_downloading(hub, xdg, monkeypatch):
+def test_not_enough_disk_space_stops_before_downloading(hub, xdg):
     hub.advertised_size["model.safetensors"] = 10**18
-    hub.advertised_size["config.json"] = 10**18
-    options = ms.PullOptions(endpoint=hub.url, download=QUIET)
-    monkeypatch.setenv("MODELSCOPE_ENDPOINT", hub.url)
-    with pytest.raises(md.DiskFullError, match="not enough disk space .*XDG_CACHE_HOME"):
-        ms.pull(options)
-    assert not [e for e in hub.log if "/resolve/" in e.path or "/cdn/" in e.path or "FilePath" in e.path]
-    assert not [e for e in hub.log if "/api/v1/" in e.path]  # a full disk is no reason to try another hub
-
-
-def test_repository_without_weights_is_rejected(hub, xdg):
-    hub.repos["someone/not-asr"] = {"config.json": b"{}", "README.md": b"hi"}
-    with pytest.raises(md.DownloadError, match="not a Hugging Face-layout Qwen3-ASR checkpoint"):
-        ms.download_checkpoint("huggingface", "someone/not-asr", endpoint=hub.url, options=QUIET)
+    with pytest.raises(md.DiskFullError, match="not enough disk space"):
+        ms.pull(ms.PullOptions(endpoint=hub.url))
+    assert hub.files_fetched() == []
 
 
 # ---------------------------------------------------------------- naming, list, path, verify
@@ -205,9 +201,7 @@ def test_bundle_naming_rule():
     assert ms.bundle_name(ms.catalogue_entry("1.7B"), "int8", "q8_0") == "qwen3-asr-1.7b-int8-q8_0"
     with pytest.raises(ms.QasrError, match="unknown model '4b'; choose one of 0.6b, 1.7b"):
         ms.catalogue_entry("4b")
-    with pytest.raises(ms.QasrError, match="unknown source"):
-        ms.source_order("github", True)
-    assert ms.source_order("modelscope", True) == ["modelscope", "huggingface"]
+    assert ms.catalogue_entry("1.7b").repo == "Qwen/Qwen3-ASR-1.7B"
 
 
 def _write_bundle(root: Path, encoder: str, decoder: str, source: str) -> Path:
@@ -231,7 +225,7 @@ def _write_bundle(root: Path, encoder: str, decoder: str, source: str) -> Path:
 def test_list_path_verify_in_process(xdg, capsys, monkeypatch):
     models = paths.models_dir()
     good = _write_bundle(models / "qwen3-asr-0.6b", "int8", "q4_k", "huggingface:Qwen/Qwen3-ASR-0.6B@abc")
-    other = _write_bundle(models / "qwen3-asr-0.6b-fp16-f16", "fp16", "f16", "modelscope:Qwen/Qwen3-ASR-0.6B@master")
+    other = _write_bundle(models / "qwen3-asr-0.6b-fp16-f16", "fp16", "f16", "/data/checkpoints/Qwen3-ASR-0.6B")
     broken = models / "half-copied"
     broken.mkdir()
     (broken / "manifest.json").write_text("{not json")
@@ -249,8 +243,12 @@ def test_list_path_verify_in_process(xdg, capsys, monkeypatch):
 
     assert cli_main(["models", "list"]) == 0
     out = capsys.readouterr().out
-    assert "BROKEN:" in out and "modelscope:Qwen/Qwen3-ASR-0.6B@master" in out
-    assert next(line for line in out.splitlines() if "fp16" in line).startswith("*")
+    assert "BROKEN:" in out
+    fp16_row = next(line for line in out.splitlines() if "fp16" in line)
+    assert fp16_row.startswith("*") and fp16_row.split()[-2:] == ["-", "/data/checkpoints/Qwen3-ASR-0.6B"]
+    int8_row = next(line for line in out.splitlines() if "int8" in line)
+    assert int8_row.split()[-2:] == ["abc", "huggingface:Qwen/Qwen3-ASR-0.6B"]
+    assert (by_name["qwen3-asr-0.6b"].source, by_name["qwen3-asr-0.6b"].revision) == ("huggingface:Qwen/Qwen3-ASR-0.6B", "abc")
 
     assert ms.resolve_bundle("0.6b") == good
     assert ms.resolve_bundle(None) == other  # the daemon's model
@@ -280,3 +278,19 @@ def test_list_with_no_models(xdg, capsys):
     assert "no model bundles" in capsys.readouterr().out
     assert cli_main(["models", "verify"]) == 1
     assert "models pull 0.6b" in capsys.readouterr().err
+
+
+def test_remove(xdg, capsys):
+    models = paths.models_dir()
+    _write_bundle(models / "qwen3-asr-0.6b", "int8", "q4_k", "huggingface:Qwen/Qwen3-ASR-0.6B@abc")
+    keep = _write_bundle(models / "qwen3-asr-0.6b-fp32-f32", "fp32", "f32", "/somewhere")
+    (models / "notes").mkdir()
+    for name, needle in (("nope", "no installed bundle nope"), ("notes", "is not a qasr bundle"),
+                         ("../data", "no installed bundle ../data"), (str(keep), "no installed bundle /")):
+        assert cli_main(["models", "remove", name]) == 1
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1
+    assert cli_main(["models", "remove", "0.6b"]) == 0  # the catalogue key names the default pair
+    assert "removed" in capsys.readouterr().out and not (models / "qwen3-asr-0.6b").exists()
+    info = ms.remove_bundle("qwen3-asr-0.6b-fp32-f32")
+    assert info.encoder == "fp32" and info.size > 0 and not keep.exists() and (models / "notes").is_dir()

@@ -17,7 +17,7 @@ from qasr.errors import QasrError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="model bundles: convert (and pull, list, path, verify)")
+    p = sub.add_parser("models", help="model bundles: pull, convert, list, path, verify, remove")
     msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     for add in SUBCOMMANDS:
         add(msub)
@@ -80,7 +80,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- pull, list, path, verify
+# ---------------------------------------------------------------- pull, list, path, verify, remove
 # (download and store logic: daemon/models/download.py, daemon/models/store.py)
 
 def _add_pull(msub: argparse._SubParsersAction) -> None:
@@ -89,50 +89,44 @@ def _add_pull(msub: argparse._SubParsersAction) -> None:
     c = msub.add_parser(
         "pull",
         help="download an official Qwen3-ASR checkpoint and convert it into a bundle",
-        description="Download Qwen/Qwen3-ASR-<size> from Hugging Face (ModelScope as the fallback), "
-        "check every file's checksum, convert it into $XDG_DATA_HOME/qasr/models/qwen3-asr-<size> "
-        "(other precisions: qwen3-asr-<size>-<encoder>-<decoder>) and verify the bundle. "
-        "An interrupted download resumes when the command is run again.",
+        description="Download Qwen/Qwen3-ASR-<size> from Hugging Face into the shared Hugging Face cache "
+        "(a checkpoint already there is not downloaded again), check every file's checksum, convert it into "
+        "$XDG_DATA_HOME/qasr/models/qwen3-asr-<size> (other precisions: qwen3-asr-<size>-<encoder>-<decoder>) "
+        "and verify the bundle. An interrupted download resumes when the command is run again. "
+        "HF_ENDPOINT (a mirror), HF_TOKEN, HF_HUB_OFFLINE and HF_HUB_CACHE are honoured.",
     )
     c.add_argument("model", metavar="MODEL", choices=list(CATALOGUE), help=f"one of {', '.join(CATALOGUE)}")
-    c.add_argument("--source", choices=("huggingface", "modelscope"), default="huggingface",
-                   help="hub tried first (default: huggingface); the other one is the fallback")
-    c.add_argument("--no-fallback", dest="fallback", action="store_false",
-                   help="do not try the other hub when the first one fails")
-    c.add_argument("--endpoint", metavar="URL",
-                   help="base URL of the first hub (default: $HF_ENDPOINT / $MODELSCOPE_ENDPOINT or the public hub)")
+    c.add_argument("--endpoint", metavar="URL", help="hub base URL (default: $HF_ENDPOINT or https://huggingface.co)")
     c.add_argument("--repo", metavar="OWNER/NAME", help="another repository with the same layout")
-    c.add_argument("--revision", metavar="REV", help="branch, tag or commit (default: main / master)")
+    c.add_argument("--revision", metavar="REV", help="branch, tag or commit (default: main)")
     c.add_argument("--encoder", choices=ENCODER_PRECISIONS, default=DEFAULT_ENCODER,
                    help=f"audio encoder precision (default: {DEFAULT_ENCODER})")
     c.add_argument("--decoder", choices=DECODER_PRECISIONS, default=DEFAULT_DECODER,
                    help=f"text decoder precision (default: {DEFAULT_DECODER})")
     c.add_argument("--keep-checkpoint", action="store_true",
-                   help="keep the downloaded checkpoint in $XDG_CACHE_HOME/qasr/downloads after converting")
-    c.add_argument("--force", action="store_true", help="pull and convert again even if the bundle is installed")
-    c.add_argument("--retries", type=int, default=4, metavar="N",
-                   help="retries after a network error, with back-off (default: 4)")
-    c.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                   help="seconds to wait for the server on each request (default: 30)")
+                   help="keep a checkpoint this pull downloaded in the Hugging Face cache after converting "
+                   "(one that was already cached is always kept)")
+    c.add_argument("--force", action="store_true", help="convert again even if the bundle is installed")
     c.set_defaults(func=cmd_pull)
 
 
+def _note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
-    from qasr.daemon.models.download import DownloadOptions, TerminalProgress
     from qasr.daemon.models.store import PullOptions, pull
 
     options = PullOptions(
-        model=args.model, source=args.source, fallback=args.fallback, endpoint=args.endpoint,
-        repo=args.repo, revision=args.revision, encoder=args.encoder, decoder=args.decoder,
-        keep_checkpoint=args.keep_checkpoint, force=args.force,
-        download=DownloadOptions(timeout_s=args.timeout, retries=max(0, args.retries)),
+        model=args.model, endpoint=args.endpoint, repo=args.repo, revision=args.revision,
+        encoder=args.encoder, decoder=args.decoder, keep_checkpoint=args.keep_checkpoint, force=args.force,
+        progress_bars=sys.stderr.isatty(),
     )
     started = time.monotonic()
     try:
-        result = pull(options, TerminalProgress(sys.stderr), ProgressLine(sys.stderr))
+        result = pull(options, _note, ProgressLine(sys.stderr))
     except KeyboardInterrupt:
-        print("\nstopped; run the same command again to resume the download", file=sys.stderr)
-        raise
+        raise QasrError("interrupted; run the same command again to resume the download") from None
     if result.already_present:
         print(f"{result.bundle_dir} is already installed (use --force to pull it again)")
     else:
@@ -144,7 +138,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def _add_list(msub: argparse._SubParsersAction) -> None:
     c = msub.add_parser("list", help="list installed model bundles",
-                        description="List the bundles in $XDG_DATA_HOME/qasr/models; * marks the one the daemon loads.")
+                        description="List the bundles in $XDG_DATA_HOME/qasr/models with their model, precisions, "
+                        "size and source revision; * marks the one the daemon loads.")
     c.set_defaults(func=cmd_list)
 
 
@@ -158,15 +153,35 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not bundles:
         print(f"no model bundles in {paths.models_dir()}; install one with `qasr-daemon models pull 0.6b`")
         return 0
-    rows = [("", "NAME", "MODEL", "ENCODER", "DECODER", "SIZE", "SOURCE")]
+    rows = [("", "NAME", "MODEL", "ENCODER", "DECODER", "SIZE", "REVISION", "SOURCE")]
     for b in bundles:
         rows.append(("*" if b.is_default else "", b.name, b.model or "?", b.encoder or "?", b.decoder or "?",
-                     format_bytes(b.size), b.source if b.problem is None else f"BROKEN: {b.problem}"))
+                     format_bytes(b.size), b.revision[:12] or "-",
+                     b.source if b.problem is None else f"BROKEN: {b.problem}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1])
     if not any(b.is_default for b in bundles):
         print(f"(the daemon's model {default} is not installed)")
+    return 0
+
+
+def _add_remove(msub: argparse._SubParsersAction) -> None:
+    c = msub.add_parser("remove", help="delete an installed bundle",
+                        description="Delete an installed bundle from $XDG_DATA_HOME/qasr/models "
+                        "(the Hugging Face cache is not touched).")
+    c.add_argument("name", metavar="NAME", help="bundle name (see `models list`) or 0.6b / 1.7b")
+    c.set_defaults(func=cmd_remove)
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from qasr.daemon.models.download import format_bytes
+    from qasr.daemon.models.store import remove_bundle
+
+    info = remove_bundle(args.name)
+    print(f"removed {info.path} ({format_bytes(info.size)})")
+    if info.is_default:
+        print("it was the daemon's model: pull it again or set [model] path in the config file", file=sys.stderr)
     return 0
 
 
@@ -215,5 +230,5 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_convert, _add_pull, _add_list, _add_path, _add_verify,
+    _add_convert, _add_pull, _add_list, _add_path, _add_verify, _add_remove,
 ]

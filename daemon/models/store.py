@@ -1,11 +1,12 @@
 """Installed model bundles: the catalogue of known models, `pull` (download + convert + verify),
-and look-ups for `models list`, `models path` and `models verify`.
+and look-ups for `models list`, `models path`, `models verify` and `models remove`.
 
 Bundle naming rule (directories under ``models_dir()``):
   ``qwen3-asr-<size>``                     the default precisions (int8 encoder + q4_k decoder)
   ``qwen3-asr-<size>-<encoder>-<decoder>`` any other pair, e.g. ``qwen3-asr-0.6b-fp32-f32``
-A checkpoint is downloaded into ``downloads_dir()/<source>/<owner>/<name>/`` and deleted after a
-successful conversion unless kept (``--keep-checkpoint``).
+A checkpoint is downloaded into the shared Hugging Face cache (see download.py). A revision this pull
+fetched is deleted from the cache after a successful conversion unless kept (``--keep-checkpoint``);
+one that was already cached (another tool downloaded it) is left alone.
 """
 
 from __future__ import annotations
@@ -20,20 +21,10 @@ from typing import Callable
 from qasr.config import paths
 from qasr.daemon.models.download import (
     HUGGINGFACE,
-    SOURCES,
-    DiskFullError,
-    DownloadError,
-    DownloadOptions,
-    RemoteFile,
-    RepoListing,
-    SilentProgress,
-    TransferProgress,
-    auth_headers,
-    download_file,
-    endpoint_for,
+    Snapshot,
+    download_checkpoint,
     format_bytes,
-    list_files,
-    part_path,
+    remove_snapshot,
 )
 from qasr.engine.bundle import MANIFEST_NAME, BundleError, load_bundle, write_manifest
 from qasr.errors import QasrError
@@ -41,16 +32,14 @@ from qasr.errors import QasrError
 DEFAULT_ENCODER = "int8"
 DEFAULT_DECODER = "q4_k"
 
-# Files of a Hugging Face-layout checkpoint that the converter reads (top-level only).
-CHECKPOINT_SUFFIXES = (".json", ".txt", ".safetensors")
-
 ConvertProgress = Callable[[str, float], None]
+Notes = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class CatalogueEntry:
     key: str  # what the user types: "0.6b"
-    repos: dict[str, str]  # source -> repository id
+    repo: str  # Hugging Face repository id
     download_gb: float  # approximate checkpoint size, for messages
 
     @property
@@ -59,8 +48,8 @@ class CatalogueEntry:
 
 
 CATALOGUE: dict[str, CatalogueEntry] = {
-    "0.6b": CatalogueEntry("0.6b", {HUGGINGFACE: "Qwen/Qwen3-ASR-0.6B", "modelscope": "Qwen/Qwen3-ASR-0.6B"}, 1.9),
-    "1.7b": CatalogueEntry("1.7b", {HUGGINGFACE: "Qwen/Qwen3-ASR-1.7B", "modelscope": "Qwen/Qwen3-ASR-1.7B"}, 4.7),
+    "0.6b": CatalogueEntry("0.6b", "Qwen/Qwen3-ASR-0.6B", 1.9),
+    "1.7b": CatalogueEntry("1.7b", "Qwen/Qwen3-ASR-1.7B", 4.7),
 }
 
 
@@ -77,82 +66,19 @@ def bundle_name(entry: CatalogueEntry, encoder: str = DEFAULT_ENCODER, decoder: 
     return f"{entry.stem}-{encoder}-{decoder}"
 
 
-def checkpoint_dir(source: str, repo: str) -> Path:
-    return paths.downloads_dir().joinpath(source, *repo.split("/"))
-
-
-# ------------------------------------------------------------------ download
-
-def select_checkpoint_files(listing: RepoListing) -> list[RemoteFile]:
-    files = [f for f in listing.files if "/" not in f.path and f.path.endswith(CHECKPOINT_SUFFIXES)]
-    names = {f.path for f in files}
-    if "config.json" not in names or not any(n.endswith(".safetensors") for n in names):
-        raise DownloadError(
-            f"{listing.repo} on {listing.source} has no config.json and .safetensors weights: it is not a "
-            "Hugging Face-layout Qwen3-ASR checkpoint; check --repo"
-        )
-    return files
-
-
-def _bytes_still_needed(files: list[RemoteFile], target: Path) -> int:
-    needed = 0
-    for f in files:
-        if f.size is None:
-            continue
-        have = 0
-        for candidate in (target / f.path, part_path(target / f.path)):
-            if candidate.is_file():
-                have = max(have, min(candidate.stat().st_size, f.size))
-        needed += f.size - have
-    return needed
-
-
-def check_free_space(directory: Path, needed: int) -> None:
-    probe = directory
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if needed > free:
-        raise DiskFullError(
-            f"not enough disk space in {probe}: the download needs {format_bytes(needed)} more, "
-            f"{format_bytes(free)} is free; free some space or point XDG_CACHE_HOME at a larger disk"
-        )
-
-
-def download_checkpoint(source: str, repo: str, revision: str | None = None, endpoint: str | None = None,
-                        options: DownloadOptions | None = None,
-                        progress: TransferProgress | None = None) -> tuple[Path, RepoListing]:
-    """Download (or finish downloading) a checkpoint into `checkpoint_dir(source, repo)`; every file checked."""
-    progress = progress or SilentProgress()
-    options = options or DownloadOptions()
-    options = dataclasses.replace(options, headers={**auth_headers(source), **options.headers})
-    base = endpoint_for(source, endpoint)
-    listing = list_files(source, repo, revision, base, options)
-    files = select_checkpoint_files(listing)
-    target = checkpoint_dir(source, repo)
-    check_free_space(target, _bytes_still_needed(files, target))
-    total = sum(f.size or 0 for f in files)
-    progress.note(f"{source}: {repo} @ {listing.revision[:12]}: {len(files)} files, {format_bytes(total)}")
-    for remote in files:
-        download_file(remote, target / remote.path, options, progress)
-    return target, listing
-
-
 # ------------------------------------------------------------------ pull
 
 @dataclass(frozen=True)
 class PullOptions:
     model: str = "0.6b"
-    source: str = HUGGINGFACE  # tried first
-    fallback: bool = True  # then the other source, when the first fails
-    endpoint: str | None = None  # for the first source; the fallback uses its variable or default
+    endpoint: str | None = None  # default: $HF_ENDPOINT or the public hub
     repo: str | None = None  # another repository with the same layout (a fine-tune, a mirror)
     revision: str | None = None
     encoder: str = DEFAULT_ENCODER
     decoder: str = DEFAULT_DECODER
     keep_checkpoint: bool = False
-    force: bool = False  # re-download and re-convert even when the bundle is present
-    download: DownloadOptions = DownloadOptions()
+    force: bool = False  # re-convert even when the bundle is present
+    progress_bars: bool = False  # huggingface_hub's transfer bars (on a terminal)
 
 
 @dataclass(frozen=True)
@@ -164,15 +90,9 @@ class PullResult:
     revision: str | None = None
 
 
-def source_order(first: str, fallback: bool) -> list[str]:
-    if first not in SOURCES:
-        raise QasrError(f"unknown source {first!r}; choose one of {', '.join(SOURCES)}")
-    return [first] + ([s for s in SOURCES if s != first] if fallback else [])
-
-
-def pull(options: PullOptions, progress: TransferProgress | None = None,
+def pull(options: PullOptions, notes: Notes | None = None,
          convert_progress: ConvertProgress | None = None) -> PullResult:
-    progress = progress or SilentProgress()
+    notes = notes or (lambda message: None)
     entry = catalogue_entry(options.model)
     target = paths.models_dir() / bundle_name(entry, options.encoder, options.decoder)
     if target.exists() and not options.force:
@@ -180,65 +100,38 @@ def pull(options: PullOptions, progress: TransferProgress | None = None,
             load_bundle(target, verify="size")
             return PullResult(target, already_present=True)
         except BundleError as exc:
-            progress.note(f"the installed bundle is not usable ({exc}); pulling it again")
+            notes(f"the installed bundle is not usable ({exc}); pulling it again")
 
-    failures: list[str] = []
-    sources = source_order(options.source, options.fallback)
-    for i, source in enumerate(sources):
-        repo = options.repo or entry.repos[source]
-        try:
-            ckpt, listing = download_checkpoint(
-                source, repo, options.revision, options.endpoint if i == 0 else None,
-                options.download, progress)
-            break
-        except DownloadError as exc:
-            failures.append(f"{source}: {exc}")
-            if not exc.try_other_source or i == len(sources) - 1:
-                if len(failures) == 1:
-                    raise
-                raise DownloadError(f"could not download {entry.key} from any source — " + " | ".join(failures)) from exc
-            progress.note(f"{source} failed ({exc}); trying {sources[i + 1]}")
-
-    progress.note(f"converting into {target} ({options.encoder} encoder, {options.decoder} decoder)")
-    _convert(ckpt, target, options, convert_progress)
-    _record_origin(target, listing, options)
-    progress.note("verifying the bundle (sha256 of every file)")
+    repo = options.repo or entry.repo
+    snap = download_checkpoint(repo, options.revision, options.endpoint, notes, options.progress_bars)
+    notes(f"converting into {target} ({options.encoder} encoder, {options.decoder} decoder)")
+    _convert(snap, target, options, convert_progress)
+    _record_origin(target, snap, options)
+    notes("verifying the bundle (sha256 of every file)")
     load_bundle(target, verify="sha256")
-    if not options.keep_checkpoint:
-        _remove_checkpoint(ckpt)
-    return PullResult(target, False, listing.source, listing.repo, listing.revision)
+    if snap.fetched and not options.keep_checkpoint:
+        remove_snapshot(snap)
+    return PullResult(target, False, snap.source, snap.repo, snap.revision)
 
 
-def _convert(ckpt: Path, target: Path, options: PullOptions, progress: ConvertProgress | None) -> None:
+def _convert(snap: Snapshot, target: Path, options: PullOptions, progress: ConvertProgress | None) -> None:
     from qasr.engine.convert import check_dependencies, convert_checkpoint
 
     try:
         check_dependencies()
     except QasrError as exc:
-        raise QasrError(f"{exc}; the checkpoint stays in {ckpt}, so re-running pull will not download it again") from exc
-    convert_checkpoint(ckpt, target, encoder=options.encoder, decoder=options.decoder,
+        raise QasrError(f"{exc}; the checkpoint stays in {snap.path}, so re-running pull will not download it again") from exc
+    convert_checkpoint(snap.path, target, encoder=options.encoder, decoder=options.decoder,
                        progress=progress, overwrite=True)
 
 
-def _record_origin(target: Path, listing: RepoListing, options: PullOptions) -> None:
+def _record_origin(target: Path, snap: Snapshot, options: PullOptions) -> None:
     """Say in the manifest where the weights came from (the converter records only a local folder)."""
     manifest = load_bundle(target, verify="none").manifest
-    origin = f"{listing.source}:{listing.repo}@{listing.revision}"
-    extra = {**manifest.extra, "pull": {"source": listing.source, "repo": listing.repo,
-                                        "revision": listing.revision, "model": options.model}}
+    origin = f"{snap.source}:{snap.repo}@{snap.revision}"
+    extra = {**manifest.extra, "pull": {"source": snap.source, "repo": snap.repo,
+                                        "revision": snap.revision, "model": options.model}}
     write_manifest(target, dataclasses.replace(manifest, model={**manifest.model, "source": origin}, extra=extra))
-
-
-def _remove_checkpoint(ckpt: Path) -> None:
-    shutil.rmtree(ckpt, ignore_errors=True)
-    downloads = paths.downloads_dir()
-    parent = ckpt.parent
-    while parent != downloads and downloads in parent.parents:
-        try:
-            parent.rmdir()  # only when empty
-        except OSError:
-            break
-        parent = parent.parent
 
 
 # ------------------------------------------------------------------ installed bundles
@@ -251,7 +144,8 @@ class BundleInfo:
     encoder: str = ""
     decoder: str = ""
     size: int = 0
-    source: str = ""
+    source: str = ""  # "huggingface:Qwen/Qwen3-ASR-0.6B", or the folder a local conversion read
+    revision: str = ""  # the source commit, when the bundle was pulled
     is_default: bool = False
     problem: str | None = None  # why the manifest cannot be read
 
@@ -278,11 +172,23 @@ def describe_bundle(path: Path, default: Path | None = None) -> BundleInfo:
         m = load_bundle(path, verify="none").manifest
     except BundleError as exc:
         return BundleInfo(path.name, path, size=_dir_size(path), is_default=is_default, problem=str(exc))
+    source, revision = split_source(str(m.model.get("source", "")), m.extra.get("pull"))
     return BundleInfo(
         name=path.name, path=path, model=str(m.model.get("name", "")),
         encoder=m.files["encoder_frontend"].precision, decoder=m.files["decoder"].precision,
-        size=_dir_size(path), source=str(m.model.get("source", "")), is_default=is_default,
+        size=_dir_size(path), source=source, revision=revision, is_default=is_default,
     )
+
+
+def split_source(source: str, pull_record: object = None) -> tuple[str, str]:
+    """("hub:owner/name", revision) from a pulled bundle's "hub:owner/name@revision"; (folder, "") else."""
+    if isinstance(pull_record, dict) and pull_record.get("revision"):
+        revision = str(pull_record["revision"])
+        return source.removesuffix(f"@{revision}"), revision
+    head, at, revision = source.rpartition("@")
+    if at and ":" in head and not head.startswith(("/", "~", ".")):
+        return head, revision
+    return source, ""
 
 
 def list_bundles(root: Path | None = None, default: Path | None = None) -> list[BundleInfo]:
@@ -329,3 +235,17 @@ def resolve_bundle(name: str | None) -> Path:
 def verify_bundle_dir(path: Path) -> None:
     """Full sha256 check of every file; raises BundleError naming the first bad file."""
     load_bundle(path, verify="sha256")
+
+
+def remove_bundle(name: str) -> BundleInfo:
+    """Delete an installed bundle (a folder with a manifest under models_dir()); returns what it was."""
+    root = paths.models_dir()
+    key = name.lower()
+    folder = root / (bundle_name(CATALOGUE[key]) if key in CATALOGUE else name)
+    if os.sep in name or name.startswith(".") or not folder.is_dir():
+        raise QasrError(f"no installed bundle {name} in {root}; `qasr-daemon models list` shows the installed ones")
+    if not (folder / MANIFEST_NAME).is_file():
+        raise QasrError(f"{folder} has no {MANIFEST_NAME}, so it is not a qasr bundle; remove it yourself if you meant it")
+    info = describe_bundle(folder, default_bundle_path())
+    shutil.rmtree(folder)
+    return info
