@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from qasr.daemon.bench.random_checkpoint import QWEN2_PRETOKENIZE_REGEX, import_official_qwen_asr
+from qasr.daemon.bench.random_checkpoint import import_official_qwen_asr
+from qasr.daemon.bench.random_tokenizer import QWEN2_PRETOKENIZE_REGEX
 
 SAMPLE_RATE = 16000
 
