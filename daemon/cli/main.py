@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from qasr import __version__
+from qasr.daemon.cli import cmd_bench, cmd_captions, cmd_lifecycle, cmd_listen, cmd_models, cmd_transcribe
 from qasr.errors import QasrError
 
 # Modules that each provide `register(subparsers)`; handlers are set with `set_defaults(func=...)`
-# and return an exit code. Keep module imports light: heavy imports belong inside the handlers.
-COMMAND_MODULES = (
-    "qasr.daemon.cli.cmd_lifecycle",
-    "qasr.daemon.cli.cmd_models",
-    "qasr.daemon.cli.cmd_transcribe",
-    "qasr.daemon.cli.cmd_bench",
-    "qasr.daemon.cli.cmd_listen",
-    "qasr.daemon.cli.cmd_captions",
-)
+# and return an exit code. Keep module imports light (`qasr-daemon toggle` runs from a key binding):
+# heavy imports belong inside the handlers.
+COMMAND_MODULES = (cmd_lifecycle, cmd_models, cmd_transcribe, cmd_bench, cmd_listen, cmd_captions)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,13 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"qasr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # command not built yet
-                continue
-            raise
+    for module in COMMAND_MODULES:
         module.register(sub)
     return parser
 
