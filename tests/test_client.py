@@ -150,6 +150,30 @@ def test_events_and_commands_round_trip():
     asyncio.run(main())
 
 
+def test_client_skips_frames_it_cannot_parse_even_absurdly_nested_ones(caplog):
+    """A server frame that is not a JSON object (or nested 100 000 deep) is skipped; the link stays up."""
+    from websockets.asyncio.server import serve
+
+    async def fake_daemon(ws):
+        await ws.send(protocol.encode(protocol.hello("c1", "m")))
+        await ws.send("[" * 100_000 + "]" * 100_000)
+        await ws.send("{not json")
+        await ws.send(protocol.encode(protocol.final("u", 1, "still here", None, [], 0, 1)))
+        await ws.wait_closed()
+
+    async def main():
+        async with serve(fake_daemon, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with QasrClient(url=f"ws://127.0.0.1:{port}/", token="t", reconnect=False) as client:
+                assert isinstance(await client.next_event(5), Hello)
+                event = await client.next_event(5)
+                assert isinstance(event, Final) and event.text == "still here"
+                assert client.connected
+
+    asyncio.run(main())
+    assert "RecursionError" not in caplog.text and not [r for r in caplog.records if r.exc_info]
+
+
 def test_transcribe_pcm_returns_finals_for_this_client_only():
     ints = (np.sin(np.arange(32_000) / 10.0) * 20000).astype(np.int16)
 

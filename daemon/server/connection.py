@@ -248,10 +248,6 @@ class Connection:
             return entry.data
         return None
 
-    @property
-    def has_outgoing(self) -> bool:
-        return any(not entry.dead for entry in self._queue)
-
     # ---- incoming text ----------------------------------------------------------------------
 
     def receive_text(self, text: str | bytes, now: float) -> Request | None:
