@@ -9,9 +9,9 @@ from qasr.daemon.audio.capture import CaptureOptions
 from qasr.daemon.audio.segmenter import SegmenterOptions
 from qasr.daemon.desktop.hotkey import HotkeyOptions
 from qasr.daemon.desktop.output import OutputOptions
-from qasr.daemon.journal import JournalOptions
+from qasr.daemon.results.journal import JournalOptions
 from qasr.daemon.server.ws_server import ServerOptions
-from qasr.daemon.text_shaping import ShapingOptions
+from qasr.daemon.results.text_shaping import ShapingOptions
 from qasr.engine.streaming import StreamingOptions
 from qasr.engine.transcribe import TranscribeOptions
 

@@ -18,15 +18,15 @@ from qasr.daemon.audio.segment_events import VadState
 from qasr.daemon.audio.segmenter import SegmenterOptions
 from qasr.daemon.desktop.hotkey import HotkeyListener
 from qasr.daemon.desktop.output import TextOutput
-from qasr.daemon.engine_host import EngineHost
-from qasr.daemon.journal import Journal
-from qasr.daemon.pipeline import Pipeline
-from qasr.daemon.result_router import ResultRouter
+from qasr.daemon.transcription.engine_host import EngineHost
+from qasr.daemon.results.journal import Journal
+from qasr.daemon.transcription.pipeline import Pipeline
+from qasr.daemon.results.router import ResultRouter
 from qasr.daemon.server.bridge import DaemonServerHandler, ServerRunner
 from qasr.daemon.server.control_socket import ControlServer
 from qasr.daemon.server.ws_server import EventServer
-from qasr.daemon.text_shaping import TextShaper
-from qasr.daemon.utterance_audio import UtteranceAudioSaver
+from qasr.daemon.results.text_shaping import TextShaper
+from qasr.daemon.results.utterance_audio import UtteranceAudioSaver
 from qasr.errors import QasrError
 
 log = logging.getLogger("qasr.components")

@@ -10,7 +10,7 @@ import pytest
 
 from qasr.config import paths
 from qasr import protocol
-from qasr.daemon.journal import Journal, JournalOptions, read_entries
+from qasr.daemon.results.journal import Journal, JournalOptions, read_entries
 from qasr.errors import QasrError
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from qasr.daemon.audio.segmenter import Segmenter, SegmenterOptions, SpeechAudio, SpeechEnd, SpeechPause, SpeechStart
-from qasr.daemon.engine_streams import StreamingBackend, StreamOptions, WholeUtteranceStream
-from qasr.daemon.pipeline import Pipeline
+from qasr.daemon.transcription.engine_streams import StreamingBackend, StreamOptions, WholeUtteranceStream
+from qasr.daemon.transcription.pipeline import Pipeline
 from qasr.engine.events import FinalEvent, FinalTimings, PartialEvent, StepTimings
 from tests.test_segmenter import silence, voiced_burst
 
@@ -218,7 +218,7 @@ def test_whole_utterance_stream_reuses_the_prepared_transcription():
 
 
 def test_the_protocol_final_says_whether_it_was_prepared():
-    from qasr.daemon.result_router import final_message
+    from qasr.daemon.results.router import final_message
     from qasr.daemon.server.metrics import Metrics
 
     base = FinalEvent("3", 4, text="hi", language="English", token_ids=[1], audio_start_s=1.0, audio_end_s=2.0,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qasr.daemon.text_shaping import ShapingOptions, TextShaper, parse_hotwords, parse_replacements, word_count
+from qasr.daemon.results.text_shaping import ShapingOptions, TextShaper, parse_hotwords, parse_replacements, word_count
 
 
 def write(path: Path, text: str) -> None:

@@ -14,8 +14,8 @@ from typing import Callable
 from qasr.daemon.audio.capture import AudioCapture, CaptureOptions
 from qasr.daemon.audio.segment_events import VadState
 from qasr.daemon.audio.segmenter import Segmenter, SegmenterOptions
-from qasr.daemon.pipeline import Pipeline
-from qasr.daemon.utterance_feed import UtteranceFeed
+from qasr.daemon.transcription.pipeline import Pipeline
+from qasr.daemon.transcription.utterance_feed import UtteranceFeed
 
 log = logging.getLogger("qasr.microphone")
 

@@ -22,7 +22,7 @@ from qasr.daemon import status
 from qasr.daemon.audio.segmenter import Segmenter
 from qasr.daemon.server import web_pages
 from qasr.daemon.server.ws_server import BaseServerHandler, EventServer, IngestRequest
-from qasr.daemon.utterance_feed import UtteranceFeed
+from qasr.daemon.transcription.utterance_feed import UtteranceFeed
 from qasr.errors import QasrError
 from qasr.protocol import ErrorCode, ProtocolError
 

@@ -15,10 +15,10 @@ from typing import Any, Callable, Protocol
 
 from qasr import protocol
 from qasr.daemon.desktop.output import DeliveryResult, TextOutput
-from qasr.daemon.journal import Journal
-from qasr.daemon.pipeline import PipelineEvent, UtteranceCancelled, UtteranceFailed
-from qasr.daemon.text_shaping import TextShaper
-from qasr.daemon.utterance_audio import UtteranceAudioSaver
+from qasr.daemon.results.journal import Journal
+from qasr.daemon.transcription.pipeline import PipelineEvent, UtteranceCancelled, UtteranceFailed
+from qasr.daemon.results.text_shaping import TextShaper
+from qasr.daemon.results.utterance_audio import UtteranceAudioSaver
 from qasr.engine.events import FinalEvent, PartialEvent
 from qasr.errors import QasrError
 

@@ -10,7 +10,7 @@ import numpy as np
 from qasr.config.loader import ConfigError
 from qasr.config.settings import Settings
 from qasr.daemon import component_options
-from qasr.daemon.engine_streams import EngineBackend, StreamingBackend, StreamOptions, WholeUtteranceBackend
+from qasr.daemon.transcription.engine_streams import EngineBackend, StreamingBackend, StreamOptions, WholeUtteranceBackend
 from qasr.engine.bundle import Bundle, load_bundle
 from qasr.engine.prompt import resolve_language
 from qasr.engine.streaming import StreamingSession

@@ -21,7 +21,7 @@ from qasr.daemon.audio.segment_events import (
     Cancelled, SegmentEvent, SpeechAudio, SpeechEnd, SpeechPause, SpeechStart, VadState,
 )
 from qasr.daemon.audio.segmenter import Segmenter
-from qasr.daemon.pipeline import Pipeline
+from qasr.daemon.transcription.pipeline import Pipeline
 
 # Silence (s) after which partial steps pause until the voice resumes: a running step would delay the final.
 PARTIAL_PAUSE_S = 0.25

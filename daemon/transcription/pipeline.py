@@ -32,7 +32,7 @@ from typing import Callable, Union
 import numpy as np
 
 from qasr.engine.audio_constants import SAMPLE_RATE
-from qasr.daemon.engine_streams import EngineBackend, StreamOptions, UtteranceStream
+from qasr.daemon.transcription.engine_streams import EngineBackend, StreamOptions, UtteranceStream
 from qasr.engine.events import FinalEvent, PartialEvent
 
 log = logging.getLogger("qasr.pipeline")
