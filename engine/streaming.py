@@ -41,6 +41,10 @@ from qasr.engine.segmentation import SegmentationOptions, cut_points, is_silent
 from qasr.engine.transcribe import Transcriber
 
 
+# Characters of the previous final given as context to the utterance that continues speech cut at max length.
+CONTINUATION_CONTEXT_CHARS = 300
+
+
 @dataclass(frozen=True)
 class StreamingOptions:
     language: str | None = None
@@ -470,7 +474,7 @@ class StreamingSession:
         self.encoder.push(head)
         final = self.finish()
         final.cut = True
-        context = (self.options.context + " " + final.text).strip()[-400:]
+        context = (self.options.context + " " + final.text).strip()[-CONTINUATION_CONTEXT_CHARS:]
         cont_options = StreamingOptions(**{**self.options.__dict__, "context": context})
         self.next_session = StreamingSession(
             self.engine, cont_options, utterance_id=f"{self.utterance_id}+", start_s=self.start_s + boundary / rate

@@ -13,15 +13,11 @@ from qasr.daemon import component_options
 from qasr.daemon.transcription.engine_streams import EngineBackend, StreamingBackend, StreamOptions, WholeUtteranceBackend
 from qasr.engine.bundle import Bundle, load_bundle
 from qasr.engine.prompt import resolve_language
-from qasr.engine.streaming import StreamingSession
+from qasr.engine.streaming import CONTINUATION_CONTEXT_CHARS, StreamingSession
 from qasr.engine.transcribe import Transcriber, TranscriptionResult
 from qasr.errors import QasrError
 
 log = logging.getLogger("qasr.engine_host")
-
-# Characters of the previous final given as context to an utterance that continues speech cut at max length.
-CONTINUATION_CONTEXT_CHARS = 300
-
 
 class EngineHost:
     """``settings()`` is read per utterance (a reload or a WebSocket ``set`` applies to the next one);
