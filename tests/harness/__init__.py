@@ -4,7 +4,8 @@ No pytest here (the bench imports it too); the pytest fixtures that wrap it live
 
 - ``speech``: espeak-ng speech files, WAV read/write at 16 kHz, silence padding.
 - ``pulse``: a private PulseAudio server whose null sink is the virtual microphone.
-- ``xvfb``: an Xvfb display; ``stop_process`` for any child process.
+- ``xvfb``: an Xvfb display.
+- ``processes``: stopping a child process, killing a pid.
 - ``daemon``: one daemon process with private XDG folders: CLI, control socket, status, logs, stop.
 - ``events``: WebSocket subscribers on a thread that record every event with its arrival time.
 """

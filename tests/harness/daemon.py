@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.harness import HarnessError
+from tests.harness.processes import kill_pid
 from tests.harness.pulse import no_pulse_env
 
 
@@ -173,11 +173,7 @@ class DaemonProcess:
                 pass
             if not wait_for_exit(pid, 30):
                 print(f"# daemon {pid} did not stop; killing it", file=sys.stderr, flush=True)
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                wait_for_exit(pid, 10)
+                kill_pid(pid)
         shutil.rmtree(self.runtime, ignore_errors=True)
 
     cleanup = stop  # the name tests/test_captions_overlay.py uses

@@ -5,13 +5,13 @@ folder, never into $HOME, and never autospawns."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tests.harness import HarnessError
+from tests.harness.processes import kill_pid
 
 SINK = "vsink"
 SOURCE = "vsink.monitor"
@@ -86,16 +86,10 @@ class PulseServer:
 
     def kill(self) -> None:
         """Kill the server abruptly (a lost device for whoever records from it)."""
-        from qasr.daemon.lifecycle import wait_for_exit
-
         pid = self.pid()
         if pid is None:
             return
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        wait_for_exit(pid, 10)
+        kill_pid(pid)
         for stale in (self.pulse_dir / "pid", self.socket):
             stale.unlink(missing_ok=True)
 

@@ -1,4 +1,4 @@
-"""An Xvfb display on a free display number (``-displayfd``), and stopping a child process."""
+"""An Xvfb display on a free display number (``-displayfd``)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,7 @@ import os
 import subprocess
 
 from tests.harness import HarnessError
-
-
-def stop_process(proc: subprocess.Popen | None, timeout: float = 10) -> None:
-    """terminate, then kill after ``timeout`` seconds."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+from tests.harness.processes import stop_process
 
 
 class Xvfb:
