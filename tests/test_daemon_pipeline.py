@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_lifecycle import DaemonEnv
+from qasr.engine.streaming import CONTINUATION_CONTEXT_CHARS
+from tests.harness.daemon import DaemonProcess
 
 SR = 16000
 
@@ -31,19 +32,16 @@ def _tone_audio(seconds: float, seed: int) -> np.ndarray:
     return (0.2 * audio / np.max(np.abs(audio))).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def transcriber(tiny_bundle):
-    from qasr.engine.transcribe import Transcriber
-
-    with Transcriber(tiny_bundle) as t:
-        yield t
+@pytest.fixture
+def transcriber(tiny_transcriber):
+    return tiny_transcriber  # tests/fixtures/engine.py: one per session
 
 
 # ------------------------------------------------------------------------------ pipeline, in-process
 
 def test_pipeline_finals_in_order_equal_offline_transcription(transcriber):
-    from qasr.daemon.engine_streams import WholeUtteranceBackend
-    from qasr.daemon.pipeline import Pipeline
+    from qasr.daemon.transcription.engine_streams import WholeUtteranceBackend
+    from qasr.daemon.transcription.pipeline import Pipeline
 
     events: list = []
     done = threading.Event()
@@ -86,8 +84,8 @@ def test_pipeline_finals_in_order_equal_offline_transcription(transcriber):
 
 
 def test_failed_transcription_reports_an_error_and_the_next_utterance_still_runs(transcriber):
-    from qasr.daemon.engine_streams import WholeUtteranceBackend
-    from qasr.daemon.pipeline import Pipeline
+    from qasr.daemon.transcription.engine_streams import WholeUtteranceBackend
+    from qasr.daemon.transcription.pipeline import Pipeline
 
     events: list = []
 
@@ -117,13 +115,10 @@ def test_failed_transcription_reports_an_error_and_the_next_utterance_still_runs
 
 # ------------------------------------------------------------------------------ the daemon process
 
-async def _ws_session(env: DaemonEnv, script):
+async def _ws_session(env: DaemonProcess, script):
     from websockets.asyncio.client import connect
 
-    runtime = Path(env.env["XDG_RUNTIME_DIR"]) / "qasr"
-    info = json.loads((runtime / "server.json").read_text())
-    token = (runtime / "token").read_text().strip()
-    async with connect(info["ws_url"], additional_headers={"Authorization": f"Bearer {token}"},
+    async with connect(env.server_info()["ws_url"], additional_headers={"Authorization": f"Bearer {env.token()}"},
                        max_size=None) as ws:
         hello = json.loads(await ws.recv())
         assert hello["type"] == "hello"
@@ -140,6 +135,18 @@ async def _until(ws, predicate, timeout: float = 120) -> list[dict]:
             return seen
 
 
+def _vad_stream(stream: np.ndarray, pieces: int):
+    """A WebSocket script: ``stream`` as f32le in ``pieces`` frames, segmented by the daemon's VAD, until
+    the audio.end ack."""
+    async def script(ws):
+        await ws.send(json.dumps({"type": "audio.start", "format": "f32le", "sample_rate": SR, "segment": "vad"}))
+        for chunk in np.array_split(stream, pieces):
+            await ws.send(chunk.astype("<f4").tobytes())
+        await ws.send(json.dumps({"type": "audio.end"}))
+        return await _until(ws, lambda m: m["type"] == "ack" and m["command"] == "audio.end")
+    return script
+
+
 def _saved_audio(folder: Path) -> list[np.ndarray]:
     from qasr.engine.audio import load_audio
 
@@ -147,7 +154,7 @@ def _saved_audio(folder: Path) -> list[np.ndarray]:
 
 
 def test_websocket_audio_streams_get_finals_equal_to_offline(tmp_path, tiny_bundle, transcriber):
-    env = DaemonEnv(tmp_path)
+    env = DaemonProcess(tmp_path)
     saved = tmp_path / "saved"
     try:
         env.start(tiny_bundle, "--set", f"debug.save_audio_dir={saved}")
@@ -177,16 +184,9 @@ def test_websocket_audio_streams_get_finals_equal_to_offline(tmp_path, tiny_bund
         silence = np.zeros(int(1.5 * SR), np.float32)
         stream = np.concatenate([silence[:SR // 2], _tone_audio(1.2, 7), silence, _tone_audio(1.0, 8), silence])
 
-        async def vad_stream(ws):
-            await ws.send(json.dumps({"type": "audio.start", "format": "f32le", "sample_rate": SR, "segment": "vad"}))
-            for chunk in np.array_split(stream, 20):
-                await ws.send(chunk.astype("<f4").tobytes())
-            await ws.send(json.dumps({"type": "audio.end"}))
-            return await _until(ws, lambda m: m["type"] == "ack" and m["command"] == "audio.end")
-
         for path in saved.glob("*.wav"):
             path.unlink()
-        messages = asyncio.run(_ws_session(env, vad_stream))
+        messages = asyncio.run(_ws_session(env, _vad_stream(stream, 20)))
         finals = [m for m in messages if m["type"] == "final"]
         segments = _saved_audio(saved)
         assert len(finals) == len(segments) >= 1
@@ -195,14 +195,14 @@ def test_websocket_audio_streams_get_finals_equal_to_offline(tmp_path, tiny_bund
             assert final["audio_end"] - final["audio_start"] == pytest.approx(audio.size / SR, abs=1e-3)
         assert not env.journal_file.exists()  # the journal keeps dictation (microphone) only
     finally:
-        env.cleanup()
+        env.stop()
 
 
 @pytest.mark.system
 def test_microphone_to_websocket_final_equals_offline(tmp_path, tiny_bundle, transcriber, pulse_server):
-    from tests.fixtures.desktop import espeak_wav
+    from tests.harness.speech import espeak_wav
 
-    env = DaemonEnv(tmp_path, extra_env=pulse_server.client_env)
+    env = DaemonProcess(tmp_path, extra_env=pulse_server.client_env)
     saved = tmp_path / "saved"
     try:
         env.start(tiny_bundle, "--set", f"debug.save_audio_dir={saved}", "--set", "vad.hangover_ms=450")
@@ -231,12 +231,12 @@ def test_microphone_to_websocket_final_equals_offline(tmp_path, tiny_bundle, tra
         assert [e["utterance_id"] for e in entries] == [final["utterance_id"]]
         assert entries[0]["text"] == final["text"]
     finally:
-        env.cleanup()
+        env.stop()
 
 
 def test_streaming_backend_gives_partials_and_offline_equal_finals(transcriber):
-    from qasr.daemon.engine_streams import StreamingBackend
-    from qasr.daemon.pipeline import Pipeline
+    from qasr.daemon.transcription.engine_streams import StreamingBackend
+    from qasr.daemon.transcription.pipeline import Pipeline
     from qasr.engine.streaming import StreamingOptions, StreamingSession
 
     events: list = []
@@ -277,20 +277,13 @@ def test_speech_cut_at_max_length_continues_with_the_previous_text_as_context(tm
     transcribed with the previous final's text as context (checked against offline set_prompt)."""
     from qasr.engine.transcribe import TranscribeOptions, Transcriber
 
-    env = DaemonEnv(tmp_path)
+    env = DaemonProcess(tmp_path)
     saved = tmp_path / "saved"
     try:
         env.start(tiny_bundle, "--set", f"debug.save_audio_dir={saved}", "--set", "engine.max_utterance_s=3")
         stream = np.concatenate([np.zeros(SR // 2, np.float32), _tone_audio(7.5, 3), np.zeros(SR, np.float32)])
 
-        async def long_stream(ws):
-            await ws.send(json.dumps({"type": "audio.start", "format": "f32le", "sample_rate": SR, "segment": "vad"}))
-            for chunk in np.array_split(stream, 30):
-                await ws.send(chunk.astype("<f4").tobytes())
-            await ws.send(json.dumps({"type": "audio.end"}))
-            return await _until(ws, lambda m: m["type"] == "ack" and m["command"] == "audio.end")
-
-        messages = asyncio.run(_ws_session(env, long_stream))
+        messages = asyncio.run(_ws_session(env, _vad_stream(stream, 30)))
         finals = [m for m in messages if m["type"] == "final"]
         segments = _saved_audio(saved)
         assert len(finals) == len(segments) >= 3
@@ -298,7 +291,7 @@ def test_speech_cut_at_max_length_continues_with_the_previous_text_as_context(tm
             assert b["audio_start"] == pytest.approx(a["audio_end"], abs=1e-3)  # cut, not a pause
         with Transcriber(tiny_bundle, TranscribeOptions(context_reserve_bytes=4096)) as reference:
             for previous, final, audio in zip([None, *finals], finals, segments):
-                reference.set_prompt(None, previous["text"][-400:] if previous else "")
+                reference.set_prompt(None, previous["text"][-CONTINUATION_CONTEXT_CHARS:] if previous else "")
                 assert final["token_ids"] == reference.transcribe(audio).token_ids
     finally:
-        env.cleanup()
+        env.stop()
