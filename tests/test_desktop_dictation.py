@@ -25,7 +25,6 @@ import json
 from dataclasses import replace
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -34,8 +33,10 @@ import pytest
 from qasr.config.settings import OutputSettings, Settings
 from qasr.daemon.component_options import output_options
 from qasr.daemon.desktop.output import OutputOptions
-from qasr.daemon.text_shaping import ShapingOptions, TextShaper
-from tests.test_lifecycle import DaemonEnv
+from qasr.daemon.results.text_shaping import ShapingOptions, TextShaper
+from tests.harness.daemon import DaemonProcess
+from tests.harness.events import Subscribers
+from tests.harness.speech import espeak_wav
 from tests.test_x11_output import READ_LINE, TK_APP, TkEntry, XtermLine, wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -88,64 +89,14 @@ def test_output_tables_load_from_toml_and_bad_sinks_are_refused():
 
 # ------------------------------------------------------------------------------ the running daemon
 
-class Subscriber:
-    """A WebSocket client of the daemon on a thread, keeping every event it receives."""
-
-    def __init__(self, runtime: Path) -> None:
-        from contextlib import ExitStack
-
-        from websockets.sync.client import connect
-
-        info = json.loads((runtime / "server.json").read_text())
-        token = (runtime / "token").read_text().strip()
-        self._stack = ExitStack()
-        self.ws = self._stack.enter_context(
-            connect(info["ws_url"], additional_headers={"Authorization": f"Bearer {token}"}, max_size=None))
-        self.events: list[dict] = []
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        from websockets.exceptions import ConnectionClosed
-
-        try:
-            for message in self.ws:
-                with self._lock:
-                    self.events.append(json.loads(message))
-        except ConnectionClosed:
-            pass
-
-    def mark(self) -> int:
-        with self._lock:
-            return len(self.events)
-
-    def since(self, mark: int, kind: str | None = None, **fields) -> list[dict]:
-        """Events received after ``mark`` of this type whose fields have these values."""
-        with self._lock:
-            return [e for e in self.events[mark:] if (kind is None or e["type"] == kind)
-                    and all(e.get(k) == v for k, v in fields.items())]
-
-    def wait(self, mark: int, kind: str, timeout_s: float = 120.0, **fields) -> dict | None:
-        found = wait_until(lambda: self.since(mark, kind, **fields), timeout_s, 0.05)
-        return found[0] if found else None
-
-    def send(self, message: dict) -> None:
-        self.ws.send(json.dumps(message))
-
-    def close(self) -> None:
-        self._stack.close()
-        self._thread.join(timeout=10)
-
-
 class Desk:
     """The daemon under test, its subscriber, a Tk Entry, and helpers to dictate into them."""
 
-    def __init__(self, env: DaemonEnv, bundle: Path, pulse, saved: Path, replacements: Path, tk: TkEntry,
+    def __init__(self, env: DaemonProcess, bundle: Path, pulse, saved: Path, replacements: Path, tk: TkEntry,
                  scripts: Path, tmp: Path) -> None:
         self.env, self.bundle, self.pulse, self.saved = env, bundle, pulse, saved
         self.replacements, self.tk, self.scripts, self.tmp = replacements, tk, scripts, tmp
-        self.subscriber: Subscriber | None = None
+        self.subscriber: Subscribers | None = None
         self.speech: Path | None = None
 
     def dictate(self, during=None, speech: Path | None = None) -> int:
@@ -183,6 +134,11 @@ class Desk:
         result = self.env.cli("reload", timeout=60)
         assert result.returncode == 0, result.stderr
 
+    def reset_rules(self) -> None:
+        """Back to the module's replacement rules and config."""
+        self.replacements.write_text(NO_CONTROLS_RULE, encoding="utf-8")
+        self.reload(config_text(self.replacements))
+
     def xterm(self, name: str) -> XtermLine:
         return XtermLine(self.scripts / "read_line.py", self.tmp / f"{name}.txt", f"qasr dictation {name}")
 
@@ -216,8 +172,6 @@ def config_text(replacements: Path, extra_output: str = "") -> str:
 def desk(xvfb_display, pulse_server, tiny_bundle, tmp_path_factory):
     from qasr.daemon.desktop.clipboard import Clipboard  # noqa: F401 - fails early without xclip/xsel
 
-    from tests.fixtures.desktop import espeak_wav
-
     tmp = tmp_path_factory.mktemp("dictation")
     scripts = tmp / "scripts"
     scripts.mkdir()
@@ -226,7 +180,7 @@ def desk(xvfb_display, pulse_server, tiny_bundle, tmp_path_factory):
     replacements = tmp / "replacements.txt"
     replacements.write_text(NO_CONTROLS_RULE, encoding="utf-8")
     saved = tmp / "saved"
-    env = DaemonEnv(tmp, extra_env={**pulse_server.client_env, "DISPLAY": xvfb_display})
+    env = DaemonProcess(tmp, extra_env=pulse_server.client_env, display=xvfb_display)
     env.write_config(config_text(replacements))
     tk = TkEntry(scripts / "tk_entry.py", "QasrDictation", "qasr dictation entry")
     desk = Desk(env, tiny_bundle, pulse_server, saved, replacements, tk, scripts, tmp)
@@ -240,13 +194,13 @@ def desk(xvfb_display, pulse_server, tiny_bundle, tmp_path_factory):
         assert status["state"] == "listening", status
         assert status["output"] == "auto", status
         assert not [w for w in status["warnings"] if "hotkey" in w or "output" in w], status["warnings"]
-        desk.subscriber = Subscriber(Path(env.env["XDG_RUNTIME_DIR"]) / "qasr")
+        desk.subscriber = Subscribers.of(env)
         desk.speech = espeak_wav("testing one two three")
         yield desk
     finally:
         if desk.subscriber is not None:
             desk.subscriber.close()
-        env.cleanup()
+        env.stop()
         tk.close()
 
 
@@ -312,8 +266,7 @@ def test_accents_cjk_and_emoji_are_typed_and_pasted_exactly(desk, clipboard):
         assert desk.tk.wait_text(expected) == expected
         assert wait_until(lambda: clipboard.get_text() == USER_CLIPBOARD, RESTORE_DELAY_S + 10)
     finally:
-        desk.replacements.write_text(NO_CONTROLS_RULE, encoding="utf-8")
-        desk.reload(config_text(desk.replacements))
+        desk.reset_rules()
 
 
 def test_focus_moved_mid_utterance_types_nothing_and_leaves_the_text_on_the_clipboard(desk, clipboard):
@@ -375,8 +328,6 @@ def test_utterance_started_over_the_websocket_is_stopped_by_the_hotkey(desk):
 
 def test_live_typing_types_committed_text_and_the_rest_of_the_final(desk, clipboard):
     """output.live: committed text is typed while speaking; the final adds only what is missing."""
-    from tests.fixtures.desktop import espeak_wav
-
     desk.replacements.write_text("", encoding="utf-8")  # live text is typed as committed: no rewriting rules
     try:
         desk.reload(config_text(desk.replacements, "live = true\n"))
@@ -402,8 +353,7 @@ def test_live_typing_types_committed_text_and_the_rest_of_the_final(desk, clipbo
             warning = desk.subscriber.wait(mark, "warning", 10, utterance_id=final["utterance_id"])
             assert warning is not None and "typed live" in warning["message"]
     finally:
-        desk.replacements.write_text(NO_CONTROLS_RULE, encoding="utf-8")
-        desk.reload(config_text(desk.replacements))
+        desk.reset_rules()
 
 
 def test_each_utterance_keeps_the_window_it_started_in(desk, clipboard):
