@@ -98,6 +98,28 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class OpenAISettings:
+    enabled: bool = _opt(True, restart=True)  # POST /v1/audio/transcriptions on the server's port
+    max_upload_bytes: int = _opt(25 << 20, min=1024, max=1 << 30, restart=True)
+    max_concurrent_jobs: int = _opt(2, min=1, max=64, restart=True)
+    requests_per_minute: float = _opt(120.0, min=1.0, max=100000.0, restart=True)
+    max_audio_s: float = _opt(3600.0, min=1.0, max=86400.0, restart=True)
+
+
+@dataclass(frozen=True)
+class WyomingSettings:
+    enabled: bool = _opt(False, restart=True)
+    uri: str = _opt("tcp://127.0.0.1:10300", restart=True)
+    allow_remote: bool = _opt(False, restart=True)  # needed to bind an address other machines reach
+    max_clients: int = _opt(8, min=1, max=256, restart=True)
+    max_event_bytes: int = _opt(1 << 20, min=1024, max=64 << 20, restart=True)
+    max_audio_s: float = _opt(300.0, min=1.0, max=3600.0, restart=True)
+    idle_timeout_s: float = _opt(30.0, min=1.0, max=3600.0, restart=True)
+    events_per_second: float = _opt(500.0, min=1.0, max=100000.0, restart=True)
+    streaming: bool = _opt(True, restart=True)
+
+
+@dataclass(frozen=True)
 class OutputSettings:
     sink: str = _opt("auto", choices=("auto", "type", "paste", "none"))
     live: bool = _opt(False)
@@ -114,6 +136,11 @@ class OutputSettings:
     type_delay_ms: int = _opt(2, min=0, max=100)
     keymap_restore_delay_s: float = _opt(1.0, min=0.0, max=60.0)
     modifier_release_timeout_s: float = _opt(1.5, min=0.0, max=30.0)
+    backend: str = _opt("auto", choices=("auto", "x11", "wayland"))
+    wayland_tools: tuple[str, ...] = _opt(("auto",))
+    uinput_layout: str = _opt("auto")
+    wtype_start_delay_ms: int = _opt(30, min=1, max=1000)
+    unknown_window_paste_keys: str = _opt("shift+Insert")
 
 
 @dataclass(frozen=True)
@@ -124,6 +151,8 @@ class HotkeySettings:
     tap_threshold_s: float = _opt(0.3, min=0.0, max=5.0, restart=True)
     release_tail_s: float = _opt(0.2, min=0.0, max=5.0, restart=True)
     cancel_key: str = _opt("<esc>", restart=True)
+    backend: str = _opt("auto", choices=("auto", "x11", "evdev", "none"), restart=True)
+    evdev_devices: tuple[str, ...] = _opt((), restart=True)
 
 
 @dataclass(frozen=True)
@@ -167,6 +196,8 @@ class Settings:
     vad: VadSettings = field(default_factory=VadSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    openai: OpenAISettings = field(default_factory=OpenAISettings)
+    wyoming: WyomingSettings = field(default_factory=WyomingSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
     hotkey: HotkeySettings = field(default_factory=HotkeySettings)
     shaping: ShapingSettings = field(default_factory=ShapingSettings)

@@ -1,18 +1,26 @@
 """Deliver dictated text to the window the user was in: type it, paste it, or leave it on the clipboard.
 
+The desktop itself is a back-end chosen per session (`backend`, default from daemon/desktop/session.py):
+`x11_backend.X11Backend` (XTEST, xclip/xsel) or `wayland_backend.WaylandBackend` (wtype / ydotool /
+dotool / uinput, wl-clipboard, sway/Hyprland IPC for the focused window).
+
 Sinks
-- `type`: XTEST typing with keymap remapping (daemon/desktop/typing_xtest.py). Exact for any character; does not
-  touch the clipboard; ~100 characters/s for text with many distinct characters.
+- `type`: X11: XTEST typing with keymap remapping (daemon/desktop/typing_xtest.py). Wayland: the first
+  tool of the compositor's chain that can type the text. Exact for any character; does not touch the
+  clipboard. A tool that fails falls back to the next one, then to `paste`, then to the clipboard.
 - `paste`: put the text on the CLIPBOARD, press the paste shortcut, restore the user's clipboard later.
   The shortcut follows the window's WM_CLASS: Ctrl+V by default, Ctrl+Shift+V for terminals, and
   Shift+Insert for xterm/urxvt, which paste the PRIMARY selection (so PRIMARY is set and restored too).
-- `auto`: per-application rules (`auto_rules`, WM_CLASS globs); otherwise terminals are *typed*
+- `auto`: per-application rules (`auto_rules`, WM_CLASS / app_id globs); on Wayland everything else is
+  typed (wtype is exact; GTK3 ignored wtype's Ctrl in tests, so Ctrl+V from it pastes nothing there).
+  On X11 terminals are *typed*
   (no terminal-specific paste keys to get wrong, the clipboard is left alone, and a shell never sees
   a multi-line paste) and every other application gets *paste* (exact and instant, also in apps that
   handle remapped keycodes poorly).
 - `none`: deliver nothing (captions/clients only).
 
-Focus safety: `begin_utterance()` records the focused window and returns an `UtteranceTarget`; the
+Focus safety (where the desktop can tell the focused window: X11, sway, Hyprland; elsewhere the text
+goes to whatever has focus and status says so): `begin_utterance()` records the focused window and returns an `UtteranceTarget`; the
 final of that utterance is delivered with `deliver(text, target)`, and the focused window must still be
 the recorded one. Each utterance keeps its own target, so an utterance that starts before the previous
 one's final is out does not change where the previous one goes. If focus moved, nothing is typed: the
@@ -35,21 +43,23 @@ from typing import Any
 from qasr.config.settings import PASTE_KEY_RULES, TERMINAL_CLASSES
 from qasr.errors import QasrError
 
+from . import session as sessions
 from . import x11
-from .clipboard import CLIPBOARD, PRIMARY, Clipboard, ClipboardSnapshot
-from .typing_xtest import TypingOptions, XTestTyper
+from .clipboard import CLIPBOARD, PRIMARY, ClipboardSnapshot
+from .x11_backend import SinkFailed, X11Backend, parse_key_combo
+
+__all__ = ["DeliveryResult", "OutputOptions", "TextOutput", "UtteranceTarget", "parse_key_combo", "make_backend"]
 
 log = logging.getLogger("qasr.output")
 
 SINKS = ("auto", "type", "paste", "none")
+BACKENDS = ("auto", "x11", "wayland")
 
 # The defaults live with the settings (config/settings.py) so config.toml documents them.
 DEFAULT_TERMINAL_CLASSES = TERMINAL_CLASSES
 # Terminals whose paste key inserts the PRIMARY selection (no default Ctrl+Shift+V binding).
 DEFAULT_PASTE_KEY_RULES = PASTE_KEY_RULES
 
-_MODIFIER_NAMES = {"ctrl": "Control_L", "control": "Control_L", "shift": "Shift_L", "alt": "Alt_L",
-                   "super": "Super_L", "win": "Super_L", "meta": "Meta_L"}
 
 
 @dataclass
@@ -68,11 +78,17 @@ class OutputOptions:
     char_delay_ms: float = 2.0               # XTEST typing: pause after each character (>= 2 ms)
     keymap_restore_delay_s: float = 1.0      # unmap borrowed keycodes this long after typing ends
     modifier_release_timeout_s: float = 1.5  # wait for the user to let go of the hotkey's Ctrl/Alt
+    backend: str = "auto"                    # auto (Wayland when WAYLAND_DISPLAY is set) | x11 | wayland
+    wayland_tools: tuple[str, ...] = ("auto",)  # typing tools in order; auto = per compositor
+    uinput_layout: str = "auto"              # uinput tools type ASCII as key codes only on "us"
+    wtype_start_delay_ms: int = 30           # wtype -s: the first key after its keymap upload is lost without it
+    unknown_window_paste_keys: str = "shift+Insert"  # Wayland without a focus query: terminal or not is unknown
 
 
 @dataclass(frozen=True)
 class DeliveryResult:
     sink: str                                # type | paste | none | clipboard (the fallback)
+
     delivered: bool                          # True when the text reached the target window
     chars: int = 0
     seconds: float = 0.0
@@ -80,6 +96,7 @@ class DeliveryResult:
     target: x11.WindowInfo | None = None
     focused: x11.WindowInfo | None = None
     message: str = ""                        # non-empty: tell the user (a `warning` event)
+    tool: str = ""                           # what delivered it: xtest, wtype, ydotool, dotool, uinput, wl-copy…
 
 
 class UtteranceTarget:
@@ -112,24 +129,14 @@ def validate_options(options: OutputOptions) -> None:
         parse_key_combo(combo)
     if options.char_delay_ms < 0:
         raise QasrError("output char_delay_ms must be >= 0; fix the config")
+    if options.backend not in BACKENDS:
+        raise QasrError(f"output backend = {options.backend!r} is not one of {', '.join(BACKENDS)}; fix the config")
+    from .wayland_backend import TOOLS
+    for tool in options.wayland_tools:
+        if tool not in (*TOOLS, "auto"):
+            raise QasrError(f"output wayland_tools: unknown tool {tool!r}; use {', '.join(TOOLS)} or auto")
+    parse_key_combo(options.unknown_window_paste_keys)
 
-
-def parse_key_combo(combo: str) -> list[int]:
-    """"ctrl+shift+v" -> keysyms [Control_L, Shift_L, v]; QasrError naming the bad key."""
-    from Xlib import XK
-
-    keysyms = []
-    for part in [p.strip() for p in combo.split("+")]:
-        name = _MODIFIER_NAMES.get(part.lower(), part)
-        keysym = XK.string_to_keysym(name)
-        if not keysym and len(name) > 1:
-            keysym = XK.string_to_keysym(name.capitalize())
-        if not keysym:
-            raise QasrError(f"unknown key {part!r} in paste shortcut {combo!r}; use names like ctrl+shift+v")
-        keysyms.append(keysym)
-    if not keysyms:
-        raise QasrError(f"empty paste shortcut {combo!r}; use e.g. ctrl+v")
-    return keysyms
 
 
 def _matches(window: x11.WindowInfo | None, pattern: str) -> bool:
@@ -143,13 +150,15 @@ def is_terminal(window: x11.WindowInfo | None, options: OutputOptions) -> bool:
     return any(_matches(window, p) for p in options.terminal_classes)
 
 
-def resolve_sink(window: x11.WindowInfo | None, options: OutputOptions) -> str:
+def resolve_sink(window: x11.WindowInfo | None, options: OutputOptions, session_default: str = "") -> str:
     """The concrete sink (type | paste | none) for text going to `window`."""
     if options.sink != "auto":
         return options.sink
     for pattern, sink in options.auto_rules.items():
         if _matches(window, pattern):
             return sink
+    if session_default:
+        return session_default
     return options.auto_terminal_sink if is_terminal(window, options) else options.auto_default_sink
 
 
@@ -160,27 +169,52 @@ def paste_keys_for(window: x11.WindowInfo | None, options: OutputOptions) -> str
     return options.terminal_paste_keys if is_terminal(window, options) else options.paste_keys
 
 
+def make_backend(options: OutputOptions, disp: Any = None, clipboard: Any = None,
+                 session: sessions.Session | None = None) -> Any:
+    """The desktop back-end for this session: X11Backend or WaylandBackend (QasrError: neither works)."""
+    if disp is not None:
+        return X11Backend(options.char_delay_ms, options.keymap_restore_delay_s, disp, clipboard)
+    session = session or sessions.detect()
+    kind = options.backend if options.backend != "auto" else session.kind
+    if kind == sessions.WAYLAND:
+        if not session.wayland:
+            raise QasrError("output backend = wayland but WAYLAND_DISPLAY is unset; run inside the Wayland session")
+        from .wayland_backend import WaylandBackend
+        return WaylandBackend(session, tuple(options.wayland_tools), options.uinput_layout, options.char_delay_ms,
+                              options.wtype_start_delay_ms, clipboard)
+    if kind == sessions.NONE:
+        raise x11.X11Unavailable("no desktop session (neither WAYLAND_DISPLAY nor DISPLAY is set); "
+                                 "run qasr inside your graphical session")
+    return X11Backend(options.char_delay_ms, options.keymap_restore_delay_s, None, clipboard)
+
+
 class TextOutput:
     """Delivers utterances to the focused window. Callers serialize their calls (the daemon holds its
-    output lock); clipboard and keymap restores run on timers."""
+    output lock); clipboard restores run on a timer."""
 
     def __init__(self, options: OutputOptions | None = None, disp: Any = None,
-                 clipboard: Clipboard | None = None) -> None:
+                 clipboard: Any = None, session: sessions.Session | None = None) -> None:
         self.options = options or OutputOptions()
         validate_options(self.options)
-        self._lock = threading.RLock()       # guards the X connection and the pending restores
-        self._disp = disp
-        self._owns_display = False
-        if self.options.sink != "none" and self._disp is None:
-            self._disp = x11.open_display()
-            self._owns_display = True
-        self._clipboard = clipboard
-        self._typer: XTestTyper | None = None
+        self._lock = threading.RLock()       # guards the pending clipboard restore
+        self.backend: Any = None
+        if self.options.sink != "none":
+            self.backend = make_backend(self.options, disp, clipboard, session)
         self._current: UtteranceTarget | None = None  # the utterance begun last (calls without a target)
         self._restore_timer: threading.Timer | None = None
         self._restore_snapshots: list[ClipboardSnapshot] = []
         self._restore_text = ""
-        self._keymap_timer: threading.Timer | None = None
+
+    @property
+    def focus_known(self) -> bool:
+        """Whether the desktop tells the focused window (no: Wayland without sway/Hyprland IPC)."""
+        return self.backend is not None and bool(self.backend.focus_api)
+
+    def describe(self) -> dict:
+        """What status shows: the session's back-ends and why."""
+        if self.backend is None:
+            return {"sink": "none"}
+        return {"sink": self.options.sink, **self.backend.describe()}
 
     # -- utterance lifecycle -----------------------------------------------------------------
     def begin_utterance(self) -> UtteranceTarget:
@@ -208,10 +242,10 @@ class TextOutput:
         if not delta or self.options.sink == "none":
             return None
         utt = self._resolve(target)
-        if utt.live_failed or resolve_sink(utt.window, self.options) == "none":
+        if utt.live_failed or self._sink_for(utt.window) == "none":
             return None
         focused = self._focused()
-        if self.options.focus_check and not _same_window(utt, focused):
+        if self._focus_moved(utt, focused):
             utt.live_failed = "focus moved"
             return DeliveryResult("none", False, focus_moved=True, target=utt.window, focused=focused,
                                   message=_focus_message(utt, focused, "live typing stopped"))
@@ -219,17 +253,27 @@ class TextOutput:
         if not self._modifiers_released():
             utt.live_failed = "modifier keys held"
             return None
-        sent = self._type(delta)
+        try:
+            typed = self.backend.type_text(delta)
+        except SinkFailed as exc:
+            utt.live_failed = "no typing tool worked"
+            return DeliveryResult("none", False, target=utt.window, focused=focused,
+                                  message="live typing stopped: " + "; ".join(exc.notes or [str(exc)]))
         utt.typed_text += delta
-        return DeliveryResult("type", True, sent, time.monotonic() - started, target=utt.window, focused=focused)
+        return DeliveryResult("type", True, typed.chars, time.monotonic() - started, target=utt.window,
+                              focused=focused, tool=typed.tool, message=_notes_message(typed.notes, typed.tool))
 
     def deliver(self, text: str, target: UtteranceTarget | None = None) -> DeliveryResult:
         """Deliver the final text of an utterance (minus what live typing already sent); the utterance ends."""
         utt = self._resolve(target)
         try:
-            return self._deliver(text, utt)
+            result = self._deliver(text, utt)
         finally:
             self.cancel_utterance(utt)
+        if result.delivered:
+            log.info("delivered %d characters by %s (%s) in %.3f s", result.chars, result.sink, result.tool,
+                     result.seconds)
+        return result
 
     def _resolve(self, target: UtteranceTarget | None) -> UtteranceTarget:
         if target is not None:
@@ -237,6 +281,12 @@ class TextOutput:
         if self._current is None:  # no begin_utterance: deliver where the user is now
             self.begin_utterance()
         return self._current
+
+    def _sink_for(self, window: x11.WindowInfo | None) -> str:
+        return resolve_sink(window, self.options, self.backend.auto_sink if self.backend is not None else "")
+
+    def _focus_moved(self, utt: UtteranceTarget, focused: x11.WindowInfo | None) -> bool:
+        return self.options.focus_check and self.focus_known and not _same_window(utt, focused)
 
     def _deliver(self, text: str, utt: UtteranceTarget) -> DeliveryResult:
         if self.options.sink == "none":
@@ -250,37 +300,46 @@ class TextOutput:
             return self._to_clipboard(text, utt, focused, utt.live_failed == "focus moved",
                                       f"live typing stopped ({utt.live_failed}); the whole text is on the clipboard")
         rest = text[len(typed):]
-        sink = resolve_sink(utt.window, self.options)
+        sink = self._sink_for(utt.window)
         if sink == "none" or not rest:
             return DeliveryResult(sink, False, 0, target=utt.window, focused=focused)
-        if self.options.focus_check and not _same_window(utt, focused):
+        if self._focus_moved(utt, focused):
             return self._to_clipboard(text, utt, focused, True, _focus_message(utt, focused, "nothing typed"))
         if not self._modifiers_released():
             return self._to_clipboard(text, utt, focused, False,
                                       "modifier keys were still held, so nothing was typed; the text is on the clipboard")
         started = time.monotonic()
+        notes: list[str] = []
         if sink == "type":
-            sent = self._type(rest)
-            return DeliveryResult("type", True, sent, time.monotonic() - started, target=utt.window, focused=focused)
-        self._paste(rest, paste_keys_for(utt.window, self.options))
+            try:
+                typed_result = self.backend.type_text(rest)
+            except SinkFailed as exc:
+                notes = exc.notes  # no tool could type it: paste instead
+            else:
+                return DeliveryResult("type", True, typed_result.chars, time.monotonic() - started,
+                                      target=utt.window, focused=focused, tool=typed_result.tool,
+                                      message=_notes_message(typed_result.notes, typed_result.tool))
+        try:
+            tool = self._paste(rest, self._paste_keys(utt.window))
+        except QasrError as exc:  # SinkFailed (no key tool), ClipboardUnavailable
+            why = "; ".join([*notes, *getattr(exc, "notes", [])] or [str(exc)])
+            return self._to_clipboard(text, utt, focused, False, f"could not type or paste ({why}); "
+                                      "the text is on the clipboard")
+        message = _notes_message(notes, f"pasted with {tool}") if notes else ""
         return DeliveryResult("paste", True, len(rest), time.monotonic() - started,
-                              target=utt.window, focused=focused)
+                              target=utt.window, focused=focused, tool=tool, message=message)
 
-    # -- sinks ---------------------------------------------------------------------------------
-    def _type(self, text: str) -> int:
-        with self._lock:
-            if self._keymap_timer is not None:
-                self._keymap_timer.cancel()
-            if self._typer is None:
-                self._typer = XTestTyper(self._disp, TypingOptions(char_delay_s=self.options.char_delay_ms / 1000))
-            sent = self._typer.type(text)
-            self._keymap_timer = _timer(self.options.keymap_restore_delay_s, self._restore_keymap)
-            return sent
+    # -- paste ---------------------------------------------------------------------------------
+    def _paste_keys(self, window: x11.WindowInfo | None) -> str:
+        if window is None and not self.focus_known:
+            return self.options.unknown_window_paste_keys  # terminal or not: unknown
+        return paste_keys_for(window, self.options)
 
-    def _paste(self, text: str, combo: str) -> None:
-        keysyms = parse_key_combo(combo)
-        selections = [CLIPBOARD, PRIMARY] if any(k == 0xFF63 for k in keysyms) else [CLIPBOARD]  # Insert
-        clipboard = self._get_clipboard()
+    def _paste(self, text: str, combo: str) -> str:
+        override = getattr(self.backend, "paste_keys_override", None)
+        combo = override(combo) if override is not None else combo
+        selections = [CLIPBOARD, PRIMARY] if "insert" in combo.lower() else [CLIPBOARD]
+        clipboard = self.backend.clipboard()
         with self._lock:
             pending = self._restore_timer is not None
             if pending:
@@ -288,38 +347,45 @@ class TextOutput:
                 self._restore_timer.cancel()
                 self._restore_timer = None
             saved = {s.selection: s for s in self._restore_snapshots} if pending else {}
-            for selection in selections:
-                if selection not in saved and self.options.restore_clipboard:
-                    saved[selection] = clipboard.save(selection)
-                clipboard.set_text(text, selection)
-            if self._typer is None:
-                self._typer = XTestTyper(self._disp, TypingOptions(char_delay_s=self.options.char_delay_ms / 1000))
-            self._typer.press_keysyms(keysyms)
-            if self.options.restore_clipboard:
-                self._restore_snapshots = list(saved.values())
-                self._restore_text = text
-                self._restore_timer = _timer(self.options.restore_delay_s, self._restore_clipboard)
+            try:
+                for selection in selections:
+                    if selection not in saved and self.options.restore_clipboard:
+                        saved[selection] = clipboard.save(selection)
+                    clipboard.set_text(text, selection)  # returns once the selection holds it: never stale
+                tool = self.backend.press_keys(combo)
+            finally:
+                if self.options.restore_clipboard and saved:
+                    self._restore_snapshots = list(saved.values())
+                    self._restore_text = text
+                    self._restore_timer = _timer(self.options.restore_delay_s, self._restore_clipboard)
+            return tool
 
     def _to_clipboard(self, text: str, utt: UtteranceTarget, focused: x11.WindowInfo | None,
                       focus_moved: bool, message: str) -> DeliveryResult:
+        tool = ""
         try:
             with self._lock:
                 if self._restore_timer is not None:  # the user's content must not come back over this
                     self._restore_timer.cancel()
                     self._restore_timer = None
-                self._get_clipboard().set_text(text)
+                    self._restore_snapshots, self._restore_text = [], ""
+                clipboard = self.backend.clipboard()
+                clipboard.set_text(text)
+                tool = getattr(clipboard, "tool", "")
         except QasrError as exc:
             message = f"{message.split(';')[0]}; the clipboard failed too ({exc}), text lost: {text!r}"
         log.warning("%s", message)
         return DeliveryResult("clipboard", False, len(text), focus_moved=focus_moved,
-                              target=utt.window, focused=focused, message=message)
+                              target=utt.window, focused=focused, message=message, tool=tool)
 
     # -- restores ------------------------------------------------------------------------------
     def _restore_clipboard(self) -> None:
         with self._lock:
             snapshots, ours = self._restore_snapshots, self._restore_text
             self._restore_snapshots, self._restore_text, self._restore_timer = [], "", None
-        clipboard = self._get_clipboard()
+        if not snapshots:
+            return
+        clipboard = self.backend.clipboard()
         for snapshot in snapshots:
             try:
                 if clipboard.get_text(snapshot.selection) == ours:  # else the user copied something since
@@ -327,48 +393,35 @@ class TextOutput:
             except QasrError as exc:
                 log.warning("could not restore the %s selection: %s", snapshot.selection, exc)
 
-    def _restore_keymap(self) -> None:
-        with self._lock:
-            self._keymap_timer = None
-            if self._typer is not None:
-                try:
-                    self._typer.restore_keymap()
-                except Exception as exc:  # the X connection is gone (display closed, server ended)
-                    log.debug("could not restore the keymap: %s", exc)
-
     def flush(self) -> None:
         """Run pending clipboard and keymap restores now (tests, shutdown)."""
         with self._lock:
             restore = self._restore_timer
-            keymap = self._keymap_timer
         if restore is not None:
             restore.cancel()
             self._restore_clipboard()
-        if keymap is not None:
-            keymap.cancel()
-            self._restore_keymap()
+        if self.backend is not None:
+            self.backend.flush()
 
     def close(self) -> None:
         self.flush()
-        if self._owns_display and self._disp is not None:
-            self._disp.close()
-            self._disp = None
+        if self.backend is not None:
+            self.backend.close()
 
     # -- focus ---------------------------------------------------------------------------------
     def _focused(self) -> x11.WindowInfo | None:
-        if self._disp is None:
-            return None
-        with self._lock:
-            return x11.active_window(self._disp)
+        return self.backend.focused() if self.backend is not None else None
 
     def _modifiers_released(self) -> bool:
-        with self._lock:
-            return x11.wait_modifiers_released(self._disp, self.options.modifier_release_timeout_s)
+        return self.backend.modifiers_released(self.options.modifier_release_timeout_s)
 
-    def _get_clipboard(self) -> Clipboard:
-        if self._clipboard is None:
-            self._clipboard = Clipboard()
-        return self._clipboard
+
+def _notes_message(notes: list[str], what: str) -> str:
+    """A warning when tools were skipped on the way ("" when the first choice worked)."""
+    if not notes:
+        return ""
+    done = what if " " in what else f"typed with {what}"
+    return f"{'; '.join(notes)}; {done} instead"
 
 
 def _same_window(utt: UtteranceTarget, focused: x11.WindowInfo | None) -> bool:
