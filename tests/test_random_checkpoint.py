@@ -175,7 +175,7 @@ def test_scores_report_the_greedy_choice(generations):
     _, results = generations
     for result in results:
         assert [s.token for s in result.steps[: len(result.ids)]] == result.ids
-        assert all(s.gap >= 0 for s in result.steps)
+        assert all(s.gap >= 0 and s.second != s.token for s in result.steps)  # top-1 over the runner-up
 
 
 def test_presets_match_the_upstream_shapes():
