@@ -10,6 +10,8 @@ from qasr.daemon.audio.segmenter import SegmenterOptions
 from qasr.daemon.desktop.hotkey import HotkeyOptions
 from qasr.daemon.desktop.output import OutputOptions
 from qasr.daemon.results.journal import JournalOptions
+from qasr.daemon.server.openai_bridge import OpenAIOptions
+from qasr.daemon.server.wyoming_server import WyomingOptions
 from qasr.daemon.server.ws_server import ServerOptions
 from qasr.daemon.results.text_shaping import ShapingOptions
 from qasr.engine.streaming import StreamingOptions
@@ -61,13 +63,15 @@ def output_options(s: Settings) -> OutputOptions:
     values = {renamed.get(f.name, f.name): getattr(o, f.name) for f in fields(o) if f.name != "live"}
     values["char_delay_ms"] = float(values["char_delay_ms"])
     values["auto_rules"], values["paste_key_rules"] = dict(o.auto_rules), dict(o.paste_key_rules)
+    values["wayland_tools"] = tuple(o.wayland_tools)
     return OutputOptions(**values)
 
 
 def hotkey_options(s: Settings) -> HotkeyOptions:
     h = s.hotkey
     return HotkeyOptions(enabled=h.enabled, combo=h.combo, mode=h.mode, tap_threshold_s=h.tap_threshold_s,
-                         release_tail_s=h.release_tail_s, cancel_key=h.cancel_key)
+                         release_tail_s=h.release_tail_s, cancel_key=h.cancel_key, backend=h.backend,
+                         evdev_devices=tuple(h.evdev_devices))
 
 
 def shaping_options(s: Settings) -> ShapingOptions:
@@ -92,3 +96,17 @@ def server_options(s: Settings) -> ServerOptions:
         # fragment and prove it on the WebSocket, so a token in the page's query is never needed.
         http_requires_token=False,
     )
+
+
+def openai_options(s: Settings) -> OpenAIOptions:
+    o = s.openai
+    return OpenAIOptions(enabled=o.enabled, max_upload_bytes=o.max_upload_bytes, max_concurrent_jobs=o.max_concurrent_jobs,
+                         requests_per_minute=o.requests_per_minute, max_audio_s=o.max_audio_s)
+
+
+def wyoming_options(s: Settings) -> WyomingOptions:
+    w = s.wyoming
+    return WyomingOptions(uri=w.uri, allow_remote=w.allow_remote, max_clients=w.max_clients,
+                          max_event_bytes=w.max_event_bytes, max_audio_s=w.max_audio_s,
+                          idle_timeout_s=w.idle_timeout_s, events_per_second=w.events_per_second,
+                          streaming=w.streaming)

@@ -16,13 +16,17 @@ from qasr.daemon import component_options as opts
 from qasr.daemon.audio.microphone import Microphone
 from qasr.daemon.audio.segment_events import VadState
 from qasr.daemon.audio.segmenter import SegmenterOptions
-from qasr.daemon.desktop.hotkey import HotkeyListener
+from qasr.daemon.desktop import session as desktop_session
+from qasr.daemon.desktop.evdev_hotkey import choose_backend as choose_hotkey_backend, make_listener as make_hotkey
 from qasr.daemon.desktop.output import TextOutput
 from qasr.daemon.transcription.engine_host import EngineHost
 from qasr.daemon.results.journal import Journal
 from qasr.daemon.transcription.pipeline import Pipeline
 from qasr.daemon.results.router import ResultRouter
 from qasr.daemon.server.bridge import DaemonServerHandler, ServerRunner
+from qasr.daemon.server.openai_bridge import OpenAIEndpoint
+from qasr.daemon.server.wyoming_server import WyomingServer
+from qasr.daemon.transcription.audio_jobs import JobRoutes
 from qasr.daemon.server.control_socket import ControlServer
 from qasr.daemon.server.ws_server import EventServer
 from qasr.daemon.results.text_shaping import TextShaper
@@ -45,8 +49,13 @@ class Components:
         self.server: EventServer | None = None
         self.server_handler: DaemonServerHandler | None = None
         self.control: ControlServer | None = None
-        self.hotkey: HotkeyListener | None = None
+        self.hotkey: Any = None  # desktop.hotkey.HotkeyListener (X11) or evdev_hotkey.EvdevHotkeyListener
+        self.session = desktop_session.detect()
+        self.desktop: dict[str, Any] = {"session": self.session.as_dict()}  # what status shows, and why
         self._runner: ServerRunner | None = None
+        self.openai: OpenAIEndpoint | None = None
+        self.wyoming: WyomingServer | None = None
+        self._wyoming_runner: ServerRunner | None = None
         self.input_device: str | None = None
         self.device_error: str | None = None
         self.ws_url: str | None = None
@@ -73,6 +82,7 @@ class Components:
         self.control = ControlServer(self.daemon.commands.control)
         self.control.start()
         self._start_server()
+        self._start_wyoming()
         self.open_microphone()
         self._start_hotkey()
 
@@ -100,18 +110,34 @@ class Components:
 
     def _make_output(self) -> None:
         self.router.set_output(None)
+        log.info("desktop session: %s (%s)", self.session.describe(), "; ".join(self.session.reasons))
         if self.settings.output.sink == "none":
+            self.desktop["output"] = {"sink": "none"}
             return
         try:
-            self.router.set_output(TextOutput(opts.output_options(self.settings)))
+            output = TextOutput(opts.output_options(self.settings), session=self.session)
         except QasrError as exc:
+            self.desktop["output"] = {"sink": "none", "why": str(exc)}
             self._warn(f"desktop text output is off: {exc}")
+            return
+        self.router.set_output(output)
+        self.desktop["output"] = info = output.describe()
+        log.info("text output: sink %s, typing %s, clipboard %s, focus %s%s", info.get("sink"),
+                 ", ".join(info.get("typing") or []) or "none", info.get("clipboard"), info.get("focus"),
+                 "".join(f"; {name} unusable: {why}" for name, why in (info.get("unusable") or {}).items()))
+        if not output.focus_known:
+            self._warn(f"no focus safety on this desktop ({self.session.focus_note}): text goes to whatever "
+                       "window has the focus when the final is ready")
 
     def _start_server(self) -> None:
         if not self.settings.server.enabled:
             return
         self.server_handler = DaemonServerHandler(self.daemon, self)
-        self.router.ingest = self.server_handler
+        self.router.add_route("ws", self.server_handler)
+        if self.settings.openai.enabled:
+            routes = JobRoutes()
+            self.router.add_route("openai", routes, journal=True)
+            self.openai = OpenAIEndpoint(self, opts.openai_options(self.settings), routes)
         self.server = EventServer(opts.server_options(self.settings), self.server_handler)
         self._runner = ServerRunner(self.server)
         try:
@@ -120,18 +146,53 @@ class Components:
             self.server, self._runner = None, None
             raise
         self.ws_url = self.server.ws_url
+        self.router.on_final = self._count_final
+
+    def _count_final(self, kind: str, message: dict) -> None:
+        """Finals of sources other than the microphone and WebSocket clients, in /metrics by kind."""
+        metrics = self.server.metrics if self.server is not None else None
+        if metrics is None or kind == "ws":
+            return  # WebSocket results are counted as the server sends them
+        metrics.count(f"finals_{kind}")
+        latency = (message.get("timings") or {}).get("latency_ms")
+        if isinstance(latency, (int, float)):
+            metrics.observe(f"{kind}_final_latency_ms", float(latency))
+
+    def _start_wyoming(self) -> None:
+        if not self.settings.wyoming.enabled:
+            return
+        routes = JobRoutes()
+        self.router.add_route("wyoming", routes, journal=True)
+        metrics = self.server.metrics if self.server is not None else None
+        self.wyoming = WyomingServer(self, opts.wyoming_options(self.settings), routes, metrics)
+        runner = ServerRunner(self.wyoming, name="wyoming")
+        try:
+            runner.start()
+        except BaseException:
+            self.wyoming = None
+            raise
+        self._wyoming_runner = runner
 
     def _start_hotkey(self) -> None:
         h = self.settings.hotkey
         if not h.enabled:
             return
         hotkey = self.daemon.commands.hotkey
-        listener = HotkeyListener(opts.hotkey_options(self.settings), on_start=lambda: hotkey("start"),
-                                  on_stop=lambda: hotkey("stop"), on_cancel=lambda: hotkey("cancel"))
+        options = opts.hotkey_options(self.settings)
+        backend, why = choose_hotkey_backend(options.backend, self.session)
+        self.desktop["hotkey"] = {"backend": backend, "why": why}
+        log.info("hotkey back-end: %s (%s)", backend, why)
+        if backend == "none":
+            if h.backend != "none":
+                self._warn(why)
+            return
+        listener = make_hotkey(backend, options, (lambda: hotkey("start"), lambda: hotkey("stop"),
+                                                  lambda: hotkey("cancel")), options.evdev_devices)
         if listener.start():
             self.hotkey = listener
-            log.info("hotkey %s (%s)", h.combo, h.mode)
+            log.info("hotkey %s (%s, %s)", h.combo, h.mode, backend)
         elif listener.unavailable_reason:
+            self.desktop["hotkey"] = {"backend": "none", "why": listener.unavailable_reason}
             self.warnings.append(listener.unavailable_reason)
 
     def _warn(self, note: str) -> None:
@@ -234,6 +295,14 @@ class Components:
             except Exception:
                 log.exception("stopping the WebSocket server failed")
             self._runner, self.server = None, None
+        if self._wyoming_runner is not None:
+            try:
+                self._wyoming_runner.stop()
+            except Exception:
+                log.exception("stopping the Wyoming server failed")
+            self._wyoming_runner, self.wyoming = None, None
+        if self.openai is not None:
+            self.openai.close()
         if self.control is not None:
             self.control.stop()
             self.control = None

@@ -24,6 +24,8 @@ def daemon_status(daemon: Any) -> dict[str, Any]:
         "mode": s.vad.mode,
         "language": s.engine.language or None,
         "ws_url": p.ws_url,
+        "openai_url": f"{p.server.http_url}/v1" if p.server is not None and p.openai is not None else None,
+        "wyoming_uri": f"tcp://{p.wyoming.host}:{p.wyoming.port}" if p.wyoming is not None else None,
         "token_file": str(paths.token_file()) if p.server is not None else None,
         "last_latency_ms": pipeline.last_latency_ms if pipeline else None,
         "utterances": pipeline.utterances_done if pipeline else 0,
@@ -33,6 +35,7 @@ def daemon_status(daemon: Any) -> dict[str, Any]:
         "log_file": str(daemon.log_file) if daemon.log_file else None,
         "journal_file": str(journal.path) if journal is not None and journal.enabled else None,
         "output": s.output.sink if p.router.output is not None else "none",
+        "desktop": dict(getattr(p, "desktop", {})),
         "save_audio_dir": s.debug.save_audio_dir or None,
         "warnings": list(p.warnings),
     }

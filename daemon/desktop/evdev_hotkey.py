@@ -239,7 +239,8 @@ def choose_backend(setting: str, session: Any) -> tuple[str, str]:
             return "evdev", "Wayland: a keyboard in /dev/input is readable"
         return "none", (f"Wayland: no global hotkey ({why}); bind `qasr-daemon start-utterance` / "
                         "`stop-utterance` / `toggle` in your compositor")
-    return "none", "no desktop session"
+    return "none", ("no desktop session (neither WAYLAND_DISPLAY nor DISPLAY is set): the hotkey is off; "
+                    "the control commands (`qasr-daemon toggle`) still work")
 
 
 def make_listener(backend: str, options: HotkeyOptions, callbacks: tuple[Callable[[], Any], ...],

@@ -57,6 +57,8 @@ class HotkeyOptions:
     release_tail_s: float = 0.2         # hold: keep recording this long after release
     cancel_key: str = "<esc>"           # "" disables cancelling from the keyboard
     release_debounce_s: float = 0.04    # a release followed by a press within this is X autorepeat
+    backend: str = "auto"               # auto | x11 | evdev | none (see evdev_hotkey.choose_backend)
+    evdev_devices: tuple[str, ...] = ()  # evdev: device paths or names (() = every keyboard)
 
 
 def normalize_combo(text: str) -> str:
