@@ -1,9 +1,11 @@
 """Pipeline events → where they go: text shaping → desktop output → journal → publish (decoder thread).
 
 Microphone results are typed or pasted into the window their utterance started in (``begin_output``
-records it), journaled and broadcast to every WebSocket subscriber. Results of audio a client streamed
-go to that client only (``IngestRoutes``) and are not journaled. The engine's events are turned into
-``qasr.v1`` messages here, once: ``partial_message`` / ``final_message``.
+records it), journaled and broadcast to every WebSocket subscriber. Every other source has a route,
+registered by the kind its source names start with (``ws:c3`` → ``ws``, ``openai:7`` → ``openai``,
+``wyoming:2`` → ``wyoming``): its results go to that route only (``IngestRoutes.deliver``), its finals
+are journaled when the route asks for it, and ``on_final(kind, message)`` sees each of them (metrics).
+The engine's events are turned into ``qasr.v1`` messages here, once: ``partial_message`` / ``final_message``.
 """
 
 from __future__ import annotations
@@ -47,13 +49,19 @@ class IngestRoutes(Protocol):
         """``message`` for the streaming client; ``outcome`` final/cancelled/error ends the utterance."""
 
 
+def source_kind(source: str) -> str:
+    """``ws:c3`` → ``ws``; ``mic`` → ``mic``."""
+    return source.partition(":")[0]
+
+
 class ResultRouter:
     def __init__(self, publish: Callable[[dict], None], live_typing: Callable[[], bool]) -> None:
         self._publish = publish  # to every WebSocket subscriber
         self._live_typing = live_typing
         self.shaper: TextShaper | None = None
         self.journal: Journal | None = None
-        self.ingest: IngestRoutes | None = None
+        self._routes: dict[str, tuple[IngestRoutes, bool]] = {}  # source kind -> (route, journaled)
+        self.on_final: Callable[[str, dict], None] = lambda kind, message: None  # every non-mic final
         self.saver: UtteranceAudioSaver | None = None
         self.on_done: Callable[[], None] = lambda: None  # after each event: the daemon's state may change
         self._output: TextOutput | None = None
@@ -71,6 +79,26 @@ class ResultRouter:
             old, self._output = self._output, output
         if old is not None:
             old.close()
+
+    def add_route(self, kind: str, route: IngestRoutes, journal: bool = False) -> None:
+        """Results of sources ``kind:...`` go to ``route``; ``journal``: their finals are journaled too."""
+        self._routes[kind] = (route, journal)
+
+    def remove_route(self, kind: str) -> None:
+        self._routes.pop(kind, None)
+
+    @property
+    def ingest(self) -> IngestRoutes | None:
+        """The WebSocket clients' route (``ws``)."""
+        entry = self._routes.get("ws")
+        return entry[0] if entry else None
+
+    @ingest.setter
+    def ingest(self, route: IngestRoutes | None) -> None:
+        if route is None:
+            self.remove_route("ws")
+        else:
+            self.add_route("ws", route)
 
     def final_text(self, utterance_id: str | None) -> str:
         """The model's text of a recent final (context for the utterance that continues it)."""
@@ -95,14 +123,14 @@ class ResultRouter:
                 self._live_type(event)
                 self._publish(partial_message(event, source))
             else:
-                self._route(event.utterance_id, partial_message(event, source), None)
+                self._route(source, event.utterance_id, partial_message(event, source), None)
         elif isinstance(event, UtteranceCancelled):
             if self.saver is not None:
                 self.saver.drop(event.utterance_id)
             if source == "mic":
                 self._end_output(event.utterance_id)
             else:
-                self._route(event.utterance_id, None, "cancelled")
+                self._route(source, event.utterance_id, None, "cancelled")
         elif isinstance(event, UtteranceFailed):
             log.error("utterance %s: %s", event.utterance_id, event.message)
             message = protocol.error(protocol.ErrorCode.INTERNAL, event.message)
@@ -110,7 +138,7 @@ class ResultRouter:
                 self._end_output(event.utterance_id)
                 self._publish(message)
             else:
-                self._route(event.utterance_id, message, "error")
+                self._route(source, event.utterance_id, message, "error")
         self.on_done()
 
     def _final(self, source: str, event: FinalEvent) -> None:
@@ -123,24 +151,37 @@ class ResultRouter:
         if self.shaper is not None and raw:
             event = replace(event, text=self.shaper.apply_replacements(raw))
         if source != "mic":
-            self._route(event.utterance_id, final_message(event, source), "final")
+            message = final_message(event, source)
+            kind = source_kind(source)
+            if self._routes.get(kind, (None, False))[1]:
+                self._journal(message)
+            try:
+                self.on_final(kind, message)
+            except Exception:
+                log.exception("on_final failed")
+            self._route(source, event.utterance_id, message, "final")
             return
         result = self._deliver(event.utterance_id, raw)
         sink = _delivered_by(result)
         message = final_message(event, source, sink)
-        if self.journal is not None and event.text:
-            try:
-                self.journal.append(message)
-            except QasrError as exc:
-                log.error("%s", exc)
+        self._journal(message)
         log.info("final #%s (%.2f s audio, %s ms, sink %s): %s", event.utterance_id,
                  event.audio_end_s - event.audio_start_s, event.timings.latency_ms, sink or "none", event.text)
         self._publish(message)
         self._publish_output_warning(result, event.utterance_id)
 
-    def _route(self, utterance_id: str, message: dict | None, outcome: str | None) -> None:
-        if self.ingest is not None:
-            self.ingest.deliver(utterance_id, message, outcome)
+    def _journal(self, message: dict) -> None:
+        journal = self.journal
+        if journal is not None and message.get("text"):
+            try:
+                journal.append(message)
+            except QasrError as exc:
+                log.error("%s", exc)
+
+    def _route(self, source: str, utterance_id: str, message: dict | None, outcome: str | None) -> None:
+        entry = self._routes.get(source_kind(source))
+        if entry is not None:
+            entry[0].deliver(utterance_id, message, outcome)
 
     # -- desktop output ------------------------------------------------------------------------
     def _deliver(self, utterance_id: str, text: str) -> DeliveryResult | None:

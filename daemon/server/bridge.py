@@ -32,10 +32,10 @@ INGEST_END_TIMEOUT_S = 600.0
 
 
 class ServerRunner:
-    def __init__(self, server: EventServer) -> None:
-        self.server = server
+    def __init__(self, server: EventServer, name: str = "websocket") -> None:
+        self.server = server  # anything with start()/stop() coroutines (the Wyoming server too)
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="websocket", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
 
     def start(self, timeout_s: float = 30.0) -> None:
         self._thread.start()
@@ -75,6 +75,10 @@ class DaemonServerHandler(BaseServerHandler):
 
     def http_response(self, path: str, query: dict[str, list[str]]):
         return web_pages.http_response(path, query)
+
+    def http_app(self):
+        """Other HTTP requests on the port (``POST /v1/audio/transcriptions``): the OpenAI endpoint, if on."""
+        return self.parts.openai
 
     def health_info(self) -> dict:
         return status.health_info(self.daemon)

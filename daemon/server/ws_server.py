@@ -38,7 +38,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -64,6 +64,7 @@ from qasr.daemon.server.connection import (
     RunCommand,
 )
 from qasr.daemon.server.handler import BaseServerHandler, HttpReply, ServerHandler
+from qasr.daemon.server.http_front import FrontOptions, Guard, HttpFront
 from qasr.daemon.server.http_routes import HEALTH_PATH, METRICS_PATH
 from qasr.daemon.server.metrics import Metrics
 from qasr.errors import QasrError
@@ -136,6 +137,7 @@ class EventServer:
         self._clients: dict[str, _Peer] = {}
         self._tasks: set[asyncio.Task] = set()
         self._executor: ThreadPoolExecutor | None = None
+        self._front: HttpFront | None = None  # other HTTP requests (POST /v1/...): the handler's http_app()
         self._next_id = 0
         self._token = ""
         self._port = 0
@@ -180,6 +182,10 @@ class EventServer:
         self._token = self.options.token or load_or_create_token(self._token_path)
         if self.options.host not in ("127.0.0.1", "localhost", "::1"):
             log.warning("listening on %s: other machines can reach the daemon (the token still applies)", self.options.host)
+        app = getattr(self.handler, "http_app", lambda: None)()
+        if app is not None:
+            front = getattr(app, "front_options", FrontOptions())
+            self._front = HttpFront(app, replace(front, max_connections=self.options.max_clients), self.metrics.count)
         try:
             self._server = await serve(
                 self._serve_connection,
@@ -192,6 +198,7 @@ class EventServer:
                 close_timeout=self.options.close_timeout,
                 compression="deflate" if self.options.compression else None,
                 server_header=f"qasr/{__version__}",
+                create_connection=self._front.connection_class() if self._front is not None else None,
             )
         except OSError as exc:
             raise QasrError(
@@ -200,6 +207,9 @@ class EventServer:
             ) from exc
         self._port = self._server.sockets[0].getsockname()[1]
         self._started = time.monotonic()
+        if self._front is not None:
+            origins = frozenset(http_routes.allowed_origins(self._port, self.options.allowed_origins))
+            self._front.app.bind(Guard(self._token, str(self._token_path), origins), self.metrics)
         if self.options.write_info_file:
             write_private_json(self._info_path, self.server_info())
         log.info("serving %s (http %s)", self.ws_url, self.http_url)
@@ -219,6 +229,8 @@ class EventServer:
         server, self._server = self._server, None
         if server is None:
             return
+        if self._front is not None:
+            self._front.close()
         server.close(close_connections=True)
         await server.wait_closed()
         self._executor.shutdown(wait=False, cancel_futures=True)

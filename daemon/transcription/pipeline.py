@@ -8,6 +8,8 @@ The encoder worker consumes an utterance's audio while the person speaks (``stre
 decoder worker works on the oldest utterance first: a requested final always runs (finals are never
 dropped, and come out in utterance order); partials are a flag, not a queue, so when decoding falls
 behind the intermediate partials are skipped and only the newest state is decoded.
+Background utterances (``begin(background=True)``: OpenAI requests) are served only when no
+foreground utterance (dictation, WebSocket and Wyoming audio) has work for the decoder.
 
 Pauses: ``pause(utterance)`` (the speaker paused: the utterance's audio is complete unless speech
 resumes) asks the decoder to prepare the final now (``stream.prepare_final``), before any partial and
@@ -60,6 +62,7 @@ class _Utterance:
     id: str
     source: str
     options: StreamOptions
+    background: bool = False  # served only when no foreground (dictation) utterance has work
     stream: UtteranceStream | None = None  # opened with the first audio, whose time fixes audio_start
     ended: float | None = None  # monotonic time the audio ended (latency is measured from here)
     audio_s: float = 0.0
@@ -102,11 +105,13 @@ class Pipeline:
             thread.start()
 
     def begin(self, source: str = "mic", audio_start: float = 0.0, language: str | None = None,
-              context: str | None = None, continues: str | None = None) -> str:
-        """A new utterance; returns its id. ``continues``: the utterance whose cut speech this one goes on."""
+              context: str | None = None, continues: str | None = None, background: bool = False) -> str:
+        """A new utterance; returns its id. ``continues``: the utterance whose cut speech this one goes on.
+        ``background`` (files, Wyoming, OpenAI requests): the decoder serves it only when no foreground
+        utterance has work, so live dictation never waits for a queued job (a final in flight still ends)."""
         utterance_id = str(next(self._ids))
         options = StreamOptions(utterance_id, float(audio_start), language, context, continues)
-        self._inbox.put(("begin", utterance_id, (source, options)))
+        self._inbox.put(("begin", utterance_id, (source, options, background)))
         return utterance_id
 
     def audio(self, utterance_id: str, pcm: np.ndarray, t_s: float | None = None, partial: bool = True) -> None:
@@ -181,8 +186,8 @@ class Pipeline:
                     return
                 kind, utterance_id, arg = item
                 if kind == "begin":
-                    source, options = arg
-                    utt = _Utterance(utterance_id, source, options)
+                    source, options, background = arg
+                    utt = _Utterance(utterance_id, source, options, background)
                     utterances[utterance_id] = utt
                     with self._cond:
                         self._active[utterance_id] = utt
@@ -243,7 +248,14 @@ class Pipeline:
 
     # -- decoder worker ------------------------------------------------------------------------
     def _next_job(self) -> tuple[_Utterance, str] | None:
+        """Foreground utterances first, then background ones; within each, the oldest first."""
+        job = self._next_of(False)
+        return job if job is not None else self._next_of(True)
+
+    def _next_of(self, background: bool) -> tuple[_Utterance, str] | None:
         for utt in self._active.values():  # oldest first
+            if utt.background != background:
+                continue
             if utt.final_wanted:
                 utt.prepare_wanted = False  # the final itself is due: nothing to prepare
                 return utt, "final"

@@ -31,13 +31,16 @@ class UtteranceFeed:
     """Not thread-safe: one caller at a time (the microphone holds its lock; a WebSocket stream is one task).
 
     ``on_begin(utterance_id)`` and ``on_end(utterance_id, ended, more_follows)`` let the caller track
-    its utterances (``ended`` False: cancelled; ``more_follows``: speech cut at max length goes on)."""
+    its utterances (``ended`` False: cancelled; ``more_follows``: speech cut at max length goes on).
+    ``background``: the pipeline serves these utterances after foreground ones (OpenAI requests);
+    ``partials`` False: no partial steps at all (a request that wants only the final)."""
 
     def __init__(self, pipeline: Pipeline, source: str, segmenter: Segmenter | None = None,
                  language: str | None = None, context: str | None = None,
                  on_vad: Callable[[VadState], None] | None = None,
                  on_begin: Callable[[str], None] | None = None,
-                 on_end: Callable[[str, bool, bool], None] | None = None) -> None:
+                 on_end: Callable[[str, bool, bool], None] | None = None,
+                 background: bool = False, partials: bool = True) -> None:
         self.pipeline = pipeline
         self.source = source
         self.segmenter = segmenter
@@ -46,6 +49,8 @@ class UtteranceFeed:
         self._on_vad = on_vad
         self._on_begin = on_begin
         self._on_end = on_end
+        self.background = background
+        self.partials = partials
         self._open: dict[int, str] = {}  # segmenter utterance id -> pipeline utterance id
         self._last: str | None = None  # the newest utterance: context for one that continues it
         self.current: str | None = None  # the open utterance, if any
@@ -59,7 +64,7 @@ class UtteranceFeed:
     def process(self, pcm: np.ndarray) -> None:
         if self.segmenter is None:
             if pcm.size and self.current is not None:
-                self.pipeline.audio(self.current, pcm)
+                self.pipeline.audio(self.current, pcm, partial=self.partials)
             return
         self.handle(self.segmenter.process(pcm))
 
@@ -86,7 +91,7 @@ class UtteranceFeed:
             elif event.utterance_id not in self._open:
                 continue
             elif isinstance(event, SpeechAudio):
-                partial = self.segmenter is None or self.segmenter.silence_s < PARTIAL_PAUSE_S
+                partial = self.partials and (self.segmenter is None or self.segmenter.silence_s < PARTIAL_PAUSE_S)
                 self.pipeline.audio(self._open[event.utterance_id], event.pcm, event.t_s, partial=partial)
             elif isinstance(event, SpeechPause):
                 self.pipeline.pause(self._open[event.utterance_id])
@@ -97,7 +102,8 @@ class UtteranceFeed:
 
     def _begin(self, segment_id: int, t_s: float, continued: bool) -> None:
         utterance = self.pipeline.begin(self.source, audio_start=t_s, language=self.language, context=self.context,
-                                        continues=self._last if continued else None)
+                                        continues=self._last if continued else None,
+                                        background=self.background)
         self._open[segment_id] = self._last = self.current = utterance
         if self._on_begin is not None:
             self._on_begin(utterance)
