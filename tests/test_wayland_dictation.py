@@ -229,3 +229,23 @@ def test_a_missing_tool_falls_back_with_a_warning_and_the_clipboard_comes_last(w
     finally:
         term.close()
         wdesk.reload()
+
+
+def test_doctor_lists_every_back_end_with_its_state_and_fix(wdesk):
+    import json
+
+    result = wdesk.env.cli("doctor", "--json", timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    checks = {(c["area"], c["name"]): c for c in report["checks"]}
+    assert report["session"]["kind"] == "wayland" and report["session"]["compositor"] == "sway"
+    assert checks[("typing", "wtype")]["state"] == "works"
+    assert checks[("clipboard", "wl-clipboard")]["state"] == "works"
+    assert checks[("focus", "focused window")]["state"] == "works"
+    assert checks[("typing", "dotool")]["state"] == "missing package" and checks[("typing", "dotool")]["fix"]
+    uinput = checks[("typing", "uinput")]
+    assert uinput["state"] in ("works", "needs permission") and (uinput["state"] == "works" or uinput["fix"])
+    assert checks[("typing", "RemoteDesktop portal (libei)")]["state"] == "not implemented"
+    assert "bindsym --release" in checks[("hotkey", "compositor binding")]["fix"]
+    text = wdesk.env.cli("doctor", timeout=60).stdout
+    assert "typing:" in text and "fix:" in text and "Traceback" not in text

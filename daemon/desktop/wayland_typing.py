@@ -142,7 +142,7 @@ class Wtype(KeyTool):
 
 def uinput_problem() -> str:
     if not os.path.exists(UINPUT):
-        return "/dev/uinput does not exist: `sudo modprobe uinput` (and see below to make it writable)"
+        return "/dev/uinput does not exist: the uinput kernel module is not loaded (sudo modprobe uinput)"
     if not os.access(UINPUT, os.W_OK):
         return UINPUT_FIX
     return ""
