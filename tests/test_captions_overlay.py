@@ -274,9 +274,9 @@ def test_overlay_shows_a_running_daemons_speech_transcript(tmp_path, xvfb_displa
     """The real daemon hears espeak speech through the virtual microphone and broadcasts partials and the
     final; the overlay draws them while an xterm keeps the focus."""
     from tests.fixtures.desktop import espeak_wav
-    from tests.test_lifecycle import DaemonEnv
+    from tests.harness.daemon import DaemonProcess
 
-    env = DaemonEnv(tmp_path, extra_env=pulse_server.client_env)
+    env = DaemonProcess(tmp_path, extra_env=pulse_server.client_env)
     xterm = FocusedXterm(xvfb_display)
     overlay = None
     try:
@@ -301,16 +301,14 @@ def test_overlay_shows_a_running_daemons_speech_transcript(tmp_path, xvfb_displa
     finally:
         err = stop_overlay(overlay) if overlay is not None else ""
         xterm.close()
-        env.cleanup()
+        env.stop()
     assert overlay.returncode == 0, err
 
 
 async def _listen_while_speaking(env, pulse_server, speech: Path) -> list[dict]:
     from websockets.asyncio.client import connect
 
-    runtime = Path(env.env["XDG_RUNTIME_DIR"]) / "qasr"
-    info = json.loads((runtime / "server.json").read_text())
-    token = (runtime / "token").read_text().strip()
+    info, token = env.server_info(), env.token()
     async with connect(info["ws_url"], additional_headers={"Authorization": f"Bearer {token}"}) as ws:
         assert json.loads(await ws.recv())["type"] == "hello"
         await asyncio.sleep(1.0)  # the overlay's own connection is up before anything is said

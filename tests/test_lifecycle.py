@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from qasr.daemon.lifecycle import wait_for_exit
-from tests.harness.daemon import DaemonProcess as DaemonEnv  # the name other test modules import
+from tests.harness.daemon import DaemonProcess
 
 STATUS_KEYS = {"pid", "state", "model", "input_device", "ws_url", "token_file", "last_latency_ms", "language",
                "mode", "config_file", "log_file", "journal_file", "warnings"}
@@ -24,7 +24,7 @@ STATUS_KEYS = {"pid", "state", "model", "input_device", "ws_url", "token_file", 
 
 @pytest.fixture
 def daemon_env(tmp_path):
-    env = DaemonEnv(tmp_path)
+    env = DaemonProcess(tmp_path)
     yield env
     env.stop()
 
@@ -134,7 +134,7 @@ def test_sighup_reloads_the_config(daemon_env, tiny_bundle):
 def test_sigterm_mid_utterance_finishes_it(tmp_path, tiny_bundle, pulse_server):
     from tests.fixtures.desktop import espeak_wav
 
-    env = DaemonEnv(tmp_path, extra_env=pulse_server.client_env)
+    env = DaemonProcess(tmp_path, extra_env=pulse_server.client_env)
     try:
         saved = tmp_path / "utterances"
         env.start(tiny_bundle, "--set", "vad.mode=ptt", "--set", f"debug.save_audio_dir={saved}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -223,20 +222,16 @@ def test_page_without_a_token_says_how_to_get_one(tmp_path):
 @pytest.mark.system
 def test_running_daemon_serves_the_page_and_chromium_shows_its_transcript(tmp_path, pulse_server, tiny_bundle):
     from tests.fixtures.desktop import espeak_wav
-    from tests.test_lifecycle import DaemonEnv
+    from tests.harness.daemon import DaemonProcess
 
-    env = DaemonEnv(tmp_path, extra_env=pulse_server.client_env)
+    env = DaemonProcess(tmp_path, extra_env=pulse_server.client_env)
     browser = None
     try:
         env.start(tiny_bundle, "--set", "vad.hangover_ms=450", "--set", "output.sink=none")
         assert env.wait_status(lambda s: s["state"] == "listening", timeout=60)["state"] == "listening"
-        runtime = Path(env.env["XDG_RUNTIME_DIR"]) / "qasr"
-        info = json.loads((runtime / "server.json").read_text())
-        try:
-            urllib.request.urlopen(f"{info['http_url']}/captions", timeout=30)
-        except urllib.error.HTTPError as exc:
-            pytest.skip(f"the daemon does not serve /captions yet (HTTP {exc.code}): DaemonServerHandler needs "
-                        "http_response -> web_pages.http_response and ServerOptions(http_requires_token=False)")
+        info = env.server_info()
+        with urllib.request.urlopen(f"{info['http_url']}/captions", timeout=30) as page:
+            assert page.status == 200 and b"captions" in page.read().lower()
         url = subprocess.run([sys.executable, "-m", "qasr", "captions", "--print-url"], env=env.env,
                              capture_output=True, text=True, timeout=60).stdout.strip()
         assert url.startswith(f"{info['http_url']}/captions#token=")
@@ -261,4 +256,4 @@ def test_running_daemon_serves_the_page_and_chromium_shows_its_transcript(tmp_pa
     finally:
         if browser is not None:
             browser.close()
-        env.cleanup()
+        env.stop()

@@ -176,4 +176,3 @@ class DaemonProcess:
                 kill_pid(pid)
         shutil.rmtree(self.runtime, ignore_errors=True)
 
-    cleanup = stop  # the name tests/test_captions_overlay.py uses
