@@ -6,7 +6,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEV=0
-[[ "${1:-}" == "--dev" ]] && DEV=1
+GPU=""  # --gpu cuda|vulkan: llama.cpp with that GPU backend (the engine's `device` setting picks it up)
+while (($#)); do
+    case "$1" in
+        --dev) DEV=1 ;;
+        --gpu) GPU="${2:-}"; shift ;;
+        --gpu=*) GPU="${1#--gpu=}" ;;
+        *) echo "usage: scripts/install.sh [--dev] [--gpu cuda|vulkan]" >&2; exit 2 ;;
+    esac
+    shift
+done
+[[ -z "$GPU" || "$GPU" == cuda || "$GPU" == vulkan ]] || { echo "--gpu takes cuda or vulkan, not '$GPU'" >&2; exit 2; }
 
 RUNTIME_APT=(libportaudio2 pulseaudio-utils xclip xsel)
 DEV_APT=(pulseaudio libasound2-plugins espeak-ng sox ffmpeg xvfb xdotool xterm x11-utils x11-xserver-utils
@@ -39,5 +49,23 @@ if [[ $DEV -eq 1 ]]; then
     .venv/bin/python -m pip install -q --no-deps "qwen-asr==0.0.6"
 else
     .venv/bin/python -m pip install -q -e ".[convert]"
+fi
+
+# --gpu: rebuild llama-cpp-python with the GPU backend (not from pip's cached CPU wheel). Needs the CUDA
+# toolkit (nvcc) or the Vulkan headers + glslc. Without a usable GPU at run time the engine says so in one
+# line and runs on the CPU.
+if [[ -n "$GPU" ]]; then
+    case "$GPU" in
+        cuda) need=nvcc; flag=-DGGML_CUDA=ON ;;
+        vulkan) need=glslc; flag=-DGGML_VULKAN=ON ;;
+        *) echo "--gpu takes cuda or vulkan, not '$GPU'" >&2; exit 2 ;;
+    esac
+    command -v "$need" >/dev/null || { echo "--gpu $GPU needs $need on PATH (CUDA toolkit / libvulkan-dev + glslc)" >&2; exit 1; }
+    echo "==> building llama-cpp-python with $flag"
+    CMAKE_ARGS="$CMAKE_ARGS $flag" .venv/bin/python -m pip install -q --force-reinstall --no-deps --no-cache-dir \
+        "llama-cpp-python==$(.venv/bin/python -c 'import llama_cpp; print(llama_cpp.__version__)')"
+    if [[ "$GPU" == cuda ]]; then  # the encoder's CUDA provider; same module name as the CPU package
+        .venv/bin/python -m pip uninstall -q -y onnxruntime && .venv/bin/python -m pip install -q onnxruntime-gpu
+    fi
 fi
 echo "==> installed: $(.venv/bin/qasr-daemon --version)"
