@@ -81,6 +81,8 @@ class EngineSettings:
     language: str = _opt("")  # "" = detect; else a language the bundle lists (checked at start)
     context: str = _opt("")
     threads: int = _opt(0, min=0, max=256, restart=True)  # 0 = pick from the CPU count
+    # where the engine computes (qasr.engine.device); a missing GPU or CPU-only build falls back to the CPU
+    device: str = _opt("auto", choices=("auto", "cpu", "cuda", "vulkan"), restart=True)
     max_new_tokens: int = _opt(448, min=1, max=4096)
     rtf_budget: float = _opt(0.5, min=0.01, max=10.0)
     max_utterance_s: float = _opt(30.0, min=1.0, max=1200.0)
