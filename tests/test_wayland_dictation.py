@@ -249,3 +249,52 @@ def test_doctor_lists_every_back_end_with_its_state_and_fix(wdesk):
     assert "bindsym --release" in checks[("hotkey", "compositor binding")]["fix"]
     text = wdesk.env.cli("doctor", timeout=60).stdout
     assert "typing:" in text and "fix:" in text and "Traceback" not in text
+
+
+def _ppm(path) -> "np.ndarray":
+    import numpy as np
+
+    data = path.read_bytes()
+    parts = data.split(b"\n", 3)  # P6, "W H", maxval, pixels (grim writes no comments)
+    width, height = map(int, parts[1].split())
+    return np.frombuffer(parts[3][: width * height * 3], np.uint8).reshape(height, width, 3)
+
+
+def test_captions_overlay_on_xwayland_never_takes_focus_and_stays_on_top(wdesk):
+    """The Tk overlay runs through sway's XWayland: an override-redirect window, never focused by sway,
+    drawn above the tiled foot window; dictation keeps going into foot while it shows the captions."""
+    import subprocess
+    import sys
+
+    from tests.test_captions_overlay import BACKGROUND, overlay_geometry
+
+    display = wdesk.sway.xwayland_display()
+    if not display:
+        pytest.skip("Xwayland is not installed (apt install xwayland)")
+    term = wdesk.foot("captioned")
+    overlay = None
+    try:
+        term.focus()
+        overlay = subprocess.Popen([sys.executable, "-m", "qasr", "captions", "--position", "40,560",
+                                    "--width", "1000", "--opacity", "1"],
+                                   env=dict(wdesk.env.env, DISPLAY=display), stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while (box := overlay_geometry(display)) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert box is not None, "the overlay window never appeared on XWayland"
+        time.sleep(0.5)
+        assert wdesk.sway.focused()["app_id"] == "qasr-captioned"  # the overlay took no focus
+        final = wdesk.final_after(wdesk.dictate())
+        assert term.wait_text(shaped(final["text"])) == shaped(final["text"])
+        assert wdesk.sway.focused()["app_id"] == "qasr-captioned"
+        shot = wdesk.sway.screenshot(wdesk.tmp / "shot.ppm")
+        if shot is not None:  # on top: the overlay's background covers the foot window there
+            x, y, w, h = box
+            pixel = _ppm(shot)[y + h - 3, x + w - 3]
+            assert tuple(int(v) for v in pixel) == BACKGROUND, pixel
+    finally:
+        if overlay is not None:
+            overlay.terminate()
+            overlay.wait(timeout=10)
+        term.close()

@@ -85,7 +85,7 @@ class Sway:
         self.client_runtime = Path(tempfile.mkdtemp(prefix="qasr-wlc-"))
         config = self.runtime / "config"
         config.write_text(f"output HEADLESS-1 resolution {self.resolution}\n"
-                          "default_border none\nfocus_follows_mouse no\n")
+                          "default_border none\nfocus_follows_mouse no\nxwayland enable\n")
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.runtime),
                "XDG_RUNTIME_DIR": str(self.runtime), "WLR_BACKENDS": "headless", "WLR_RENDERER": "pixman",
                "WLR_LIBINPUT_NO_DEVICES": "1", "LANG": "C.UTF-8"}
@@ -179,6 +179,29 @@ class Sway:
             if time.monotonic() > deadline:
                 raise HarnessError(f"could not focus {app_id}")
             time.sleep(0.02)
+
+    def xwayland_display(self, timeout: float = 20) -> str:
+        """The DISPLAY of sway's XWayland (started lazily on the first X client); "" without Xwayland."""
+        if shutil.which("Xwayland") is None:
+            return ""
+        out = self.runtime / "display.txt"
+        # XWayland runs as the sway user and asks for authorization: let this process's user in.
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        script = f"xhost +si:localuser:{user} >/dev/null 2>&1 && printenv DISPLAY > {out}.tmp && mv {out}.tmp {out}"
+        self.swaymsg("exec", f"sh -c '{script}'")
+        deadline = time.monotonic() + timeout
+        while not out.exists() or not out.read_text().strip():
+            if time.monotonic() > deadline:
+                return ""
+            time.sleep(0.05)
+        return out.read_text().strip()
+
+    def screenshot(self, path: Path) -> Path | None:
+        """The whole output as PNG (grim, wlroots screencopy); None without grim."""
+        if shutil.which("grim") is None:
+            return None
+        subprocess.run(["grim", "-t", "ppm", str(path)], env=self.env, check=True, capture_output=True, timeout=30)
+        return path
 
     def wl(self, *cmd: str, data: bytes | None = None) -> str:
         """wl-copy / wl-paste against the session (wl-copy's server child gets no pipes)."""
