@@ -18,13 +18,17 @@ while (($#)); do
 done
 [[ -z "$GPU" || "$GPU" == cuda || "$GPU" == vulkan ]] || { echo "--gpu takes cuda or vulkan, not '$GPU'" >&2; exit 2; }
 
-RUNTIME_APT=(libportaudio2 pulseaudio-utils xclip xsel)
+RUNTIME_APT=(libportaudio2 pulseaudio-utils xclip xsel wtype wl-clipboard)
 DEV_APT=(pulseaudio libasound2-plugins espeak-ng sox ffmpeg xvfb xdotool xterm x11-utils x11-xserver-utils
-         fonts-noto-cjk imagemagick chromium python3-tk tk)
+         fonts-noto-cjk imagemagick chromium python3-tk tk
+         sway foot xwayland grim python3-gi gir1.2-gtk-3.0)  # Wayland tests: headless sway, foot, a GTK entry
+# Wayland typing through /dev/uinput (GNOME, KDE): ydotool, where the distribution packages it.
+WHERE_PACKAGED_APT=(ydotool)
 
 if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
     pkgs=("${RUNTIME_APT[@]}"); [[ $DEV -eq 1 ]] && pkgs+=("${DEV_APT[@]}")
+    for p in "${WHERE_PACKAGED_APT[@]}"; do apt-cache show "$p" >/dev/null 2>&1 && pkgs+=("$p"); done
     missing=()
     for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
     if ((${#missing[@]})); then

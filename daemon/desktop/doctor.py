@@ -48,7 +48,7 @@ _FIXES = (  # (words in the problem, the fix)
     ("wtype is not installed", "sudo apt install wtype"),
     ("ydotool is not installed", "sudo apt install ydotool"),
     ("dotool is not installed", "build and install dotool from https://git.sr.ht/~geb/dotool"),
-    ("python-evdev is not installed", "pip install 'qasr[wayland]'  (or: sudo apt install python3-evdev)"),
+    ("python-evdev is not installed", "pip install evdev  (or: sudo apt install python3-evdev)"),
     ("ydotoold is not running", "systemctl --user enable --now ydotool"),
     ("/dev/uinput does not exist", "sudo modprobe uinput  (and: " + UDEV_RULE + ")"),
     ("/dev/uinput is not writable", UDEV_RULE),

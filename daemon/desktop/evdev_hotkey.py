@@ -110,7 +110,7 @@ def readable_keyboards(wanted: tuple[str, ...] = ()) -> tuple[list[Any], str]:
     try:
         import evdev
     except ImportError:
-        return [], "python-evdev is not installed: pip install 'qasr[wayland]' (or apt install python3-evdev)"
+        return [], "python-evdev is not installed: pip install evdev (or apt install python3-evdev)"
     paths = sorted(glob.glob("/dev/input/event*"))
     if not paths:
         return [], "no /dev/input/event* devices here (a container or a remote session?)"

@@ -224,7 +224,7 @@ class Uinput(_LayoutBound):
         try:
             import evdev  # noqa: F401
         except ImportError:
-            return "python-evdev is not installed: pip install 'qasr[wayland]' (or apt install python3-evdev)"
+            return "python-evdev is not installed: pip install evdev (or apt install python3-evdev)"
         return uinput_problem()
 
     def _dev(self):
