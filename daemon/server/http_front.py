@@ -283,15 +283,14 @@ class HttpProtocol(asyncio.Protocol):
         self.request = HttpRequest(event.method.decode("latin-1"), event.target.decode("latin-1"), headers,
                                    peer=self._peer)
         self._state = "body"
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.options.max_body_bytes:
-            self._respond_early(self._too_large())
-            return
         try:
-            early = self.front.app.check_head(self.request)
+            early = self.front.app.check_head(self.request)  # route, origin, key, rate: before the size
         except Exception:
             log.exception("http: checking a request failed")
             early = _plain(500, "internal error; see the daemon log")
+        length = headers.get("content-length")
+        if early is None and length is not None and length.isdigit() and int(length) > self.options.max_body_bytes:
+            early = self._too_large()
         if early is not None:
             self._respond_early(early)
         elif self.conn.they_are_waiting_for_100_continue:
