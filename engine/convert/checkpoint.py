@@ -295,7 +295,9 @@ def read_checkpoint(hf_dir: str | Path) -> Checkpoint:
 
 def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
     """bfloat16 bits (uint16) -> float32: the same 16 bits on top, zeros below (exact)."""
-    return (raw.astype(np.uint32) << 16).view(np.float32)
+    wide = raw.astype(np.uint32)
+    np.left_shift(wide, 16, out=wide)  # in place: one temporary the size of the result, not two
+    return wide.view(np.float32)
 
 
 def _read_bf16(path: Path, name: str) -> np.ndarray:

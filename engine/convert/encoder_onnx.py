@@ -113,29 +113,29 @@ def _out_len(g: GraphBuilder, size: str) -> str:
     return g.op("Add", g.op("Div", g.op("Sub", size, one), g.const([2])), one)
 
 
-def _im2col_conv(g: GraphBuilder, w: _Weights, x: str, name: str, c: int, freq: int, max_time: int) -> str:
-    """3x3 stride-2 pad-1 conv on channels-last x [n, T, F, C] as one Gather of patches and a MatMul.
+def _im2col_conv(g: GraphBuilder, w: _Weights, x: str, name: str, c: int, freq: int) -> str:
+    """3x3 stride-2 pad-1 conv on channels-last x [n, F, T, C] as one Gather of patches and a MatMul.
 
-    Padded x is flattened to [n, (T+2)*(F+2), C]; patch (ot, of) takes kernel offsets (i over time,
-    j over frequency) at flat index (2*ot + i)*(F+2) + 2*of + j. That index does not depend on T, so
-    it is computed once for the longest input and the first t_out*F_out*9 entries are used.
+    Padded x is flattened to [n, (F+2)*(T+2), C]; patch (of, ot) takes kernel offsets (i over
+    frequency, j over time) at flat index (2*of + i)*(T+2) + 2*ot + j. F is fixed, T dynamic, so the
+    row part is a constant and the column part is computed from T in the graph. (Channels-last as
+    [n, F, T, C] because onnxruntime transposes NCHW -> NHWC fast, and [0, 3, 2, 1] slowly.)
     The weight [C_out, C, kf, kt] is reordered to [(i, j, c), C_out].
     """
     weight = w.get(f"{name}.weight", (c, c, 3, 3))
     f_out = (freq - 1) // 2 + 1
-    t_max = (max_time - 1) // 2 + 1
-    rows = 2 * np.arange(t_max)[:, None, None, None] + np.arange(3)[None, None, :, None]
-    cols = 2 * np.arange(f_out)[None, :, None, None] + np.arange(3)[None, None, None, :]
-    index = (rows * (freq + 2) + cols).reshape(-1).astype(np.int64)
-
+    rows = 2 * np.arange(f_out)[:, None, None, None] + np.arange(3)[None, None, :, None]  # [F', 1, 3, 1]
+    t = g.op("Shape", x, start=2, end=3)
+    t_out = _out_len(g, t)
+    starts = g.op("Mul", g.op("Range", g.const(0), g.op("Squeeze", t_out, g.const([0])), g.const(1)), g.const(2))
+    cols = g.op("Add", g.op("Reshape", starts, g.const([1, -1, 1, 1])), g.const(np.arange(3).reshape(1, 1, 1, 3).tolist()))
+    width = g.op("Add", t, g.const([2]))
+    index = g.op("Add", g.op("Mul", g.const(rows.tolist()), width), cols)  # [F', T', 3, 3]
     padded = g.op("Pad", x, g.const([0, 1, 1, 0, 0, 1, 1, 0]), mode="constant")
     flat = g.op("Reshape", padded, g.const([0, -1, c]))
-    t_out = _out_len(g, g.op("Shape", x, start=1, end=2))
-    count = g.op("Mul", t_out, g.const([f_out * 9]))
-    used = g.op("Slice", g.const(index.tolist()), g.const([0]), count, g.const([0]))
-    patches = g.op("Gather", flat, used, axis=1)
-    patches = g.op("Reshape", patches, g.const([0, -1, f_out, 9 * c]))
-    matrix = g.weight(f"{name}.weight", weight.transpose(3, 2, 1, 0).reshape(9 * c, c))
+    patches = g.op("Gather", flat, g.op("Reshape", index, g.const([-1])), axis=1)
+    patches = g.op("Reshape", patches, g.const([0, f_out, -1, 9 * c]))
+    matrix = g.weight(f"{name}.weight", weight.transpose(2, 3, 1, 0).reshape(9 * c, c))
     bias = g.weight(f"{name}.bias", w.get(f"{name}.bias", (c,)))
     return g.op("Add", g.op("MatMul", patches, matrix), bias)
 
@@ -151,11 +151,10 @@ def frontend_model(cfg: AudioConfig, tensors: dict[str, np.ndarray], im2col: boo
     x = g.op("Unsqueeze", "mel", g.const([1]))  # [n, 1, n_mels, t]
     x = _gelu(g, _conv(g, w, x, "conv2d1", 1, c))  # [n, c, f1, t1]
     if im2col:
-        t1_max = (cfg.chunk_frames - 1) // 2 + 1
-        x = g.op("Transpose", x, perm=[0, 3, 2, 1])  # [n, t, f, c]
-        x = _gelu(g, _im2col_conv(g, w, x, "conv2d2", c, f1, t1_max))
-        x = _gelu(g, _im2col_conv(g, w, x, "conv2d3", c, (f1 - 1) // 2 + 1, (t1_max - 1) // 2 + 1))
-        x = g.op("Transpose", x, perm=[0, 1, 3, 2])  # [n, t, c, f]
+        x = g.op("Transpose", x, perm=[0, 2, 3, 1])  # [n, f, t, c]
+        x = _gelu(g, _im2col_conv(g, w, x, "conv2d2", c, f1))
+        x = _gelu(g, _im2col_conv(g, w, x, "conv2d3", c, (f1 - 1) // 2 + 1))
+        x = g.op("Transpose", x, perm=[0, 2, 3, 1])  # [n, t, c, f]
     else:
         x = _gelu(g, _conv(g, w, x, "conv2d2", c, c))
         x = _gelu(g, _conv(g, w, x, "conv2d3", c, c))

@@ -63,10 +63,8 @@ def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarr
 
 def backend(cfg: AudioConfig, w: dict[str, np.ndarray], hidden: np.ndarray) -> np.ndarray:
     """hidden [b, T, d] -> [b, T, output_dim], full attention within each batch item."""
-    w = {k: v.astype(np.float64) for k, v in w.items() if not k.startswith("conv")}
-
-    def linear(x: np.ndarray, name: str) -> np.ndarray:
-        return x @ w[f"{name}.weight"].T + w[f"{name}.bias"]
+    def linear(x: np.ndarray, name: str) -> np.ndarray:  # float64 one matrix at a time (memory)
+        return x @ w[f"{name}.weight"].T.astype(np.float64) + w[f"{name}.bias"]
 
     h = hidden.astype(np.float64)
     b, t, d = h.shape

