@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install qasr into ./.venv with everything it needs, system packages included.
-#   scripts/install.sh          runtime (+ conversion/download extras, to pull and convert models)
-#   scripts/install.sh --dev    everything the test suite needs too (reference model code, X/audio tools)
+#   scripts/install.sh          runtime + the `convert` extra (huggingface_hub, onnx, gguf, safetensors) to
+#                               pull and convert models: no torch, no transformers
+#   scripts/install.sh --dev    everything the test suite needs too (torch, transformers and the official
+#                               model code as test oracles, X/audio tools)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
