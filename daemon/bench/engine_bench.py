@@ -38,6 +38,14 @@ SAMPLE_RATE = 16000
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and
+    exec, so a worker started by a parent that had converted a model (5+ GB) reported the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -230,7 +238,7 @@ def streaming_worker(bundle: Path, audio_s: float, threads: int, rtf_budget: flo
         "partial_interval_mean_s": round(float(intervals.mean()), 3) if intervals.size else None,
         "partial_interval_max_s": round(float(intervals.max()), 3) if intervals.size else None,
         "final_latency_ms": round(final_latency_ms, 1),
-        "final_ms": round(final.timings.total_ms, 1),
+        "final_ms": round(final.timings.final_ms, 1),
         "final_draft_tokens": final.timings.draft_tokens,
         "final_accepted_tokens": final.timings.accepted_tokens,
         "final_latency_all_accepted_ms": bounds["all_accepted_ms"],
@@ -343,10 +351,12 @@ def ensure_bundle(checkpoint: Path, work_dir: Path, encoder: str, decoder: str) 
         return target
     except BundleError:
         pass
-    from qasr.engine.convert import convert_checkpoint
-
     print(f"converting {checkpoint.name} to {encoder}/{decoder} ...", file=sys.stderr)
-    return convert_checkpoint(checkpoint, target, encoder=encoder, decoder=decoder)
+    # in its own process: the converter's memory (5+ GB at 0.6B) stays out of this one and its workers
+    code = ("import sys; from pathlib import Path; from qasr.engine.convert import convert_checkpoint; "
+            "convert_checkpoint(Path(sys.argv[1]), Path(sys.argv[2]), encoder=sys.argv[3], decoder=sys.argv[4])")
+    subprocess.run([sys.executable, "-c", code, str(checkpoint), str(target), encoder, decoder], check=True)
+    return target
 
 
 def run_worker(args: list[str]) -> dict:

@@ -28,7 +28,7 @@ PIPELINE_VERSION = "0.3.36"  # the first one we found with Qwen3-ASR in its vend
 # as scripts/install.sh builds llama-cpp-python (AMX off: machines that advertise it may trap it)
 DEFAULT_CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON "
                       "-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON")
-TARGETS = {RUNTIME_VERSION: ("llama-bench",), PIPELINE_VERSION: ("llama-bench", "llama-mtmd-cli")}
+TARGETS = {RUNTIME_VERSION: ("llama-bench",), PIPELINE_VERSION: ("llama-bench", "llama-mtmd-cli", "llama-quantize")}
 
 
 def peers_dir() -> Path:
