@@ -121,8 +121,17 @@ def run_session(kind: str, bundle: Path, pulse: PulseServer, speeches: dict, tmp
                     sub = Subscribers.of(env)
                 else:
                     env.cli("reload", timeout=60)
-                target = (FootLine(sway, "foot", tmp / "foot.txt") if sway else XtermCat(display, tmp / "xterm.txt"))
                 if sway:
+                    target = FootLine(sway, "foot", tmp / "foot.txt")
+                    target.focus()
+                elif sink == "type":
+                    target = XtermCat(display, tmp / "xterm.txt")
+                else:  # X11 paste: a Tk entry, as in tests/test_desktop_dictation.py
+                    from tests.test_x11_output import TK_APP, TkEntry
+
+                    (tmp / "tk_entry.py").write_text(TK_APP)
+                    os.environ["DISPLAY"] = display
+                    target = TkEntry(tmp / "tk_entry.py", "QasrBench", "qasr bench entry")
                     target.focus()
                 try:
                     runs = [dictate(env, sub, pulse, speech, target, expected) for _ in range(reps)]
@@ -181,6 +190,7 @@ def sink_speed(sway: Sway, tmp: Path) -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--sessions", default="wayland,x11", help="wayland,x11 (default both)")
     args = parser.parse_args()
     for tool in ("sway", "foot", "wtype", "wl-copy", "Xvfb", "xterm", "xdotool", "espeak-ng", "pulseaudio"):
         if not shutil.which(tool):
@@ -198,7 +208,7 @@ def main() -> int:
     try:
         speeches = {s: make_speech_file(s, tmp) for s in (3.0, 10.0)}
         rows = []
-        for kind in ("wayland", "x11"):
+        for kind in args.sessions.split(","):
             rows += run_session(kind, bundle, pulse, speeches, tmp, args.reps)
     finally:
         pulse.stop()
