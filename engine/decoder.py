@@ -196,6 +196,7 @@ class Decoder:
         self._embd_batch = _Batch(self.n_batch, self.n_embd)
         self._logits_row_type = ctypes.POINTER(ctypes.c_float * self.n_vocab)
         self.n_past = 0
+        self.owner: object | None = None  # the streaming session whose state the cache holds
         self._parked: tuple[int, int] | None = None  # positions held by park()
         # Token ids of positions [0, len) when all of them were fed as tokens. After reset() they stay
         # in the cache (`_stale`) until the next feed: one that starts with the same ids keeps them
@@ -288,6 +289,7 @@ class Decoder:
         next feed, which reuses them if it starts with the same ids; anything else drops them."""
         self.drop_parked()
         self.n_past = 0
+        self.owner = None
         if self._token_prefix:
             self._stale = True
         else:

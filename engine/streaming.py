@@ -113,11 +113,10 @@ class StreamingSession:
         self._prepared: tuple[int, FinalEvent] | None = None  # (n_samples it covers, the final)
         self._kv_text: tuple[int, list[int]] | None = None  # (position, hypothesis tokens cached there)
         self.next_session: StreamingSession | None = None
-        self.decoder.reset()
         head = build_prompt(self.decoder.tokenize, 0, options.context, self.language)
         self._before_ids, self._after_ids = head.before_ids, head.after_ids
-        self.decoder.feed_tokens(self._before_ids, want_logits=False)
-        self._head_len = self.decoder.n_past
+        self.decoder.owner = None  # a new utterance: nothing in the cache is this session's yet
+        self._claim_decoder()
 
     # --- public API -----------------------------------------------------------------------------
 
@@ -155,6 +154,7 @@ class StreamingSession:
         """Decode a hypothesis for the audio so far and return a partial (None while silent)."""
         audio = self.encoder.audio
         self._last_step_audio_s = self.audio_s
+        self._claim_decoder()
         # Finished windows (exact, never recomputed) enter the cache first; that work is not the step's
         # own and is accounted apart so it does not stretch the cadence (see _step_due).
         sync_s = self._sync_pending_windows()
@@ -241,10 +241,11 @@ class StreamingSession:
             final = self._exact_final()
         self.seq += 1
         final.seq = self.seq
-        self.decoder.reset()
+        self._release_decoder()
         return final
 
     def _exact_final(self) -> FinalEvent:
+        self._claim_decoder()
         t0 = time.perf_counter()
         timings = FinalTimings()
         audio = self.encoder.audio
@@ -284,7 +285,23 @@ class StreamingSession:
     def cancel(self) -> None:
         """Discard the utterance; the decoder cache is cleared so nothing leaks into the next one."""
         self._finished = True
+        self._release_decoder()
+
+    def _claim_decoder(self) -> None:
+        """The decoder is shared: if another session used it since (a daemon may serve a newer utterance
+        first), put this one's prompt head back; audio and text re-enter at the next step or final, exactly."""
+        if self.decoder.owner is self:
+            return
         self.decoder.reset()
+        self.decoder.feed_tokens(self._before_ids, want_logits=False)
+        self._head_len = self.decoder.n_past
+        self._kv_audio_windows, self._kv_open_audio, self._kv_text = 0, 0, None
+        self.decoder.owner = self
+
+    def _release_decoder(self) -> None:
+        """The utterance is over: clear the cache if it is this session's (never another session's)."""
+        if self.decoder.owner is self:
+            self.decoder.reset()  # and it belongs to no session
 
     # --- budget ---------------------------------------------------------------------------------
 

@@ -448,3 +448,31 @@ def test_interrupts_from_another_thread_never_corrupt_the_cache_or_the_final(eng
     assert session.interrupted > 0  # the hammering did stop partial steps
     assert final is prepared  # ... but never a final: it is the offline result
     assert final.token_ids == engine.transcribe(audio).token_ids
+
+
+def test_sessions_taking_turns_on_the_shared_decoder_keep_exact_finals(engines):
+    """A daemon may serve a newer utterance while an older one is half decoded (dictation before a queued
+    request): each session rebuilds its cache when it gets the decoder back, so both finals stay exact
+    and neither is disturbed by the other's steps, end or cancel."""
+    engine = engines()
+    a_audio, b_audio, c_audio = make_test_audio(9.5, seed=21), make_test_audio(3.0, seed=22), make_test_audio(2.0, seed=23)
+    options = StreamingOptions(rtf_budget=100.0)
+    a = StreamingSession(engine, options, utterance_id="a")
+    a_partials = []
+    for i in range(0, 6 * RATE, RATE // 2):  # a: 6 s in, finished windows and partials in the cache
+        a_partials += a.feed(a_audio[i : i + RATE // 2])
+    b = StreamingSession(engine, options, utterance_id="b")  # b takes the decoder
+    b_partials = []
+    for i in range(0, b_audio.size, RATE // 2):
+        b_partials += b.feed(b_audio[i : i + RATE // 2])
+    for i in range(6 * RATE, 7 * RATE, RATE // 2):  # a steps again, while b is still open
+        a_partials += a.feed(a_audio[i : i + RATE // 2])
+    c = StreamingSession(engine, options, utterance_id="c")
+    c.feed(c_audio[: RATE])
+    c.cancel()  # a cancelled session that does not hold the decoder leaves the holder alone
+    b_final = b.finish()
+    a.feed(a_audio[7 * RATE :])
+    a_final = a.finish()
+    assert a_partials and b_partials
+    assert b_final.token_ids == engine.transcribe(b_audio).token_ids
+    assert a_final.token_ids == engine.transcribe(a_audio).token_ids

@@ -132,15 +132,17 @@ class WholeUtteranceBackend:
 class StreamingUtteranceStream:
     """One utterance on ``StreamingSession``.
 
-    The session owns the engine's single decoder (creating one resets its cache), so it is created
-    lazily on the decoder worker by the first ``decode_*`` call: the pipeline only decodes the oldest
-    utterance, so the previous utterance's final is out by then. Until then ``encode`` buffers the
-    audio; afterwards it pushes it into the session's encoder on the encoder worker. A lock serialises
-    the two workers on the session.
+    Sessions share the engine's single decoder; a session that gets it back after another one used it
+    rebuilds its cache (``StreamingSession._claim_decoder``), so the pipeline may serve a newer utterance
+    first. The session is created lazily on the decoder worker by the first ``decode_*`` call; until
+    then ``encode`` buffers the audio, afterwards it pushes it into the session's encoder on the encoder
+    worker. A lock per stream serialises the two workers on the session; a lock per backend keeps a
+    ``close`` from another thread off the decoder while a decode runs.
     """
 
-    def __init__(self, make_session: Callable[[], StreamingSession]) -> None:
+    def __init__(self, make_session: Callable[[], StreamingSession], decoder_lock: threading.Lock) -> None:
         self._make_session = make_session
+        self._decoder_lock = decoder_lock  # every stream of the backend: one decoder, one user at a time
         self._session: StreamingSession | None = None
         self._pending: list[np.ndarray] = []
         self._lock = threading.Lock()
@@ -164,7 +166,7 @@ class StreamingUtteranceStream:
                 self._session.push(pcm)
 
     def decode_partial(self) -> PartialEvent | None:
-        with self._lock:
+        with self._decoder_lock, self._lock:
             if self._closed:
                 return None
             # feed() with no new audio runs a decoding step only when the cadence says one is due.
@@ -179,19 +181,19 @@ class StreamingUtteranceStream:
             session.interrupt()
 
     def prepare_final(self) -> None:
-        with self._lock:
+        with self._decoder_lock, self._lock:
             if not self._closed:
                 # finish() returns it unless audio reaches the session after this (encode() pushes it)
                 self._activate().prepare_final()
 
     def decode_final(self) -> FinalEvent:
-        with self._lock:
+        with self._decoder_lock, self._lock:
             return self._activate().finish()
 
-    def close(self) -> None:
-        with self._lock:
+    def close(self) -> None:  # any thread
+        with self._decoder_lock, self._lock:
             if self._session is not None and not self._closed:
-                self._session.cancel()  # only an active (the oldest) session holds the decoder
+                self._session.cancel()  # clears the decoder only if this session holds it
             self._closed = True
             self._pending.clear()
 
@@ -201,6 +203,7 @@ class StreamingBackend:
 
     def __init__(self, make_session: Callable[[StreamOptions], StreamingSession]) -> None:
         self._make_session = make_session  # called on the decoder worker
+        self._decoder_lock = threading.Lock()
 
     def open_stream(self, options: StreamOptions) -> StreamingUtteranceStream:
-        return StreamingUtteranceStream(lambda: self._make_session(options))
+        return StreamingUtteranceStream(lambda: self._make_session(options), self._decoder_lock)
