@@ -75,6 +75,10 @@ def _session(path, threads: int, providers: tuple[str, ...] = ("CPUExecutionProv
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     # Pre-packed copies of the int8 weights double their memory (~90 MB at 0.6B) for no measurable speed.
     opts.add_session_config_entry("session.disable_prepacking", "1")
+    # The CPU arena keeps the largest run's intermediates for good (~170 MB after a 12 s clip at 0.6B,
+    # the daemon's growth after its first utterance); without it they go back at the end of each run, at
+    # no measured speed cost (scripts/bench_soak.py, docs/benchmarks.md).
+    opts.enable_cpu_mem_arena = False
     try:
         session = ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidProtobuf, ...)
