@@ -30,8 +30,24 @@ class Logged:
     host: str | None
 
 
+_DIGESTS: dict[tuple[str, int], tuple[bytes, str]] = {}  # holds the buffer, so its id is never reused
+
+
+def _digest(kind: str, data: bytes) -> str:
+    """sha256 / sha1 / git blob id, computed once per buffer (benchmarks serve GB-sized weights)."""
+    key = (kind, id(data))
+    if key not in _DIGESTS:
+        if kind == "git":
+            h = hashlib.sha1(b"blob %d\0" % len(data))
+            h.update(data)
+        else:
+            h = hashlib.new(kind, data)
+        _DIGESTS[key] = (data, h.hexdigest())
+    return _DIGESTS[key][1]
+
+
 def git_blob_id(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    return _digest("git", data)
 
 
 @dataclass
@@ -40,6 +56,8 @@ class FakeHub:
     tokens: dict[str, str] = field(default_factory=dict)  # private repo -> token it needs
     gated: dict[str, str] = field(default_factory=dict)  # gated repo -> token whose owner accepted the terms
     drop_after: dict[str, list[int]] = field(default_factory=dict)  # path -> bytes sent before each cut
+    stall_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before going silent (once)
+    stalled: threading.Event = field(default_factory=threading.Event)  # set when a transfer stalls
     corrupt: dict[str, int] = field(default_factory=dict)  # path -> how many transfers to corrupt
     status: int | None = None  # answer every request with this status
     advertised_size: dict[str, int] = field(default_factory=dict)  # path -> size the listing claims
@@ -125,8 +143,8 @@ class FakeHub:
             size = self.advertised_size.get(path, len(data))
             sib = {"rfilename": path, "size": size, "blobId": git_blob_id(data)}
             if path.endswith(".safetensors"):
-                sib["blobId"] = hashlib.sha1(data).hexdigest()  # the pointer's blob, not the content's
-                sib["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": size, "pointerSize": 134}
+                sib["blobId"] = _digest("sha1", data)  # the pointer's blob, not the content's
+                sib["lfs"] = {"sha256": _digest("sha256", data), "size": size, "pointerSize": 134}
             siblings.append(sib)
         self.send_json(h, method, {"id": repo, "modelId": repo, "sha": COMMIT, "private": repo in self.tokens,
                                    "siblings": siblings})
@@ -144,7 +162,7 @@ class FakeHub:
             h.send_response(302)
             h.send_header("Location", f"http://{host}:{port}/cdn/{urllib.parse.quote(repo)}/{urllib.parse.quote(path)}")
             h.send_header("X-Repo-Commit", COMMIT)
-            h.send_header("X-Linked-Etag", f'"{hashlib.sha256(data).hexdigest()}"')
+            h.send_header("X-Linked-Etag", f'"{_digest("sha256", data)}"')
             h.send_header("X-Linked-Size", str(size))
             h.send_header("ETag", f'"{git_blob_id(data)}"')
             h.send_header("Content-Length", "0")
@@ -188,13 +206,20 @@ class FakeHub:
             h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         else:
             h.send_response(200)
-        body = data[start:]
+        body = memoryview(data)[start:]
         h.send_header("Content-Length", str(len(body)))
         h.send_header("Accept-Ranges", "bytes")
         for key, value in (headers or {}).items():
             h.send_header(key, value)
         h.end_headers()
         if method == "HEAD":
+            return
+        if path in self.stall_after:  # send some bytes, then nothing until the client gives up
+            h.wfile.write(body[:self.stall_after.pop(path)])
+            h.wfile.flush()
+            self.stalled.set()
+            threading.Event().wait(30)
+            h.close_connection = True
             return
         drops = self.drop_after.get(path)
         if drops:

@@ -185,6 +185,42 @@ def test_no_network_fails_with_one_line(xdg, tmp_path):
     assert "Qwen3-ASR-1.7B" not in done.stdout
 
 
+def test_ctrl_c_during_a_pull_is_one_line_and_the_next_pull_finishes(hub, xdg):
+    import signal
+
+    hub.stall_after["model.safetensors"] = 200_000
+    env = {k: v for k, v in os.environ.items() if k not in HF_VARS}
+    env.update(xdg, HF_ENDPOINT=hub.url)
+    proc = subprocess.Popen([sys.executable, "-m", "qasr.daemon.cli.main", "models", "pull", "0.6b",
+                             "--encoder", "fp32", "--decoder", "f32"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert hub.stalled.wait(60)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (
+        "qasr-daemon: error: interrupted; run the same command again to resume the download")
+    assert "Traceback" not in err
+    done = run_cli("pull", "0.6b", "--encoder", "fp32", "--decoder", "f32", env={**xdg, "HF_ENDPOINT": hub.url})
+    assert done.returncode == 0, done.stderr
+    # (Whether bytes are resumed here depends on the library's 10 MB write blocks, more than this
+    # checkpoint; test_interrupted_pull_resumes_... shows the Range request with small blocks.)
+    assert load_bundle(paths.models_dir() / "qwen3-asr-0.6b-fp32-f32", verify="sha256")
+
+
+def test_pull_1_7b_works_the_same_way(checkpoint_files, xdg):
+    # The tiny checkpoint served under the 1.7B repository name: same path through download and convert.
+    hub = FakeHub(repos={"Qwen/Qwen3-ASR-1.7B": dict(checkpoint_files)}).start()
+    try:
+        result = ms.pull(ms.PullOptions(model="1.7b", endpoint=hub.url, encoder="fp32", decoder="q8_0"))
+    finally:
+        hub.stop()
+    assert result.bundle_dir == paths.models_dir() / "qwen3-asr-1.7b-fp32-q8_0"
+    manifest = load_bundle(result.bundle_dir, verify="sha256").manifest
+    assert manifest.model["source"] == f"huggingface:Qwen/Qwen3-ASR-1.7B@{COMMIT}"
+    assert ms.resolve_bundle("qwen3-asr-1.7b-fp32-q8_0") == result.bundle_dir
+
+
 def test_not_enough_disk_space_stops_before_downloading(hub, xdg):
     hub.advertised_size["model.safetensors"] = 10**18
     with pytest.raises(md.DiskFullError, match="not enough disk space"):

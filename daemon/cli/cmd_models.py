@@ -126,7 +126,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
     try:
         result = pull(options, _note, ProgressLine(sys.stderr))
     except KeyboardInterrupt:
-        raise QasrError("interrupted; run the same command again to resume the download") from None
+        from qasr.daemon.models.download import Interrupted
+
+        raise Interrupted("interrupted; run the same command again to resume the download") from None
     if result.already_present:
         print(f"{result.bundle_dir} is already installed (use --force to pull it again)")
     else:

@@ -48,6 +48,12 @@ class ChecksumError(DownloadError):
     pass
 
 
+class Interrupted(DownloadError):
+    """Ctrl+C during a pull: the partial download stays in the cache and resumes next time."""
+
+    exit_code = 130
+
+
 @dataclass(frozen=True)
 class RemoteFile:
     path: str
