@@ -153,6 +153,8 @@ class HotkeySettings:
     tap_threshold_s: float = _opt(0.3, min=0.0, max=5.0, restart=True)
     release_tail_s: float = _opt(0.2, min=0.0, max=5.0, restart=True)
     cancel_key: str = _opt("<esc>", restart=True)
+    paste_last_combo: str = _opt("", restart=True)  # "" = none; X11: deliver the last final again
+    undo_combo: str = _opt("", restart=True)        # "" = none; X11: remove the last dictated text
     backend: str = _opt("auto", choices=("auto", "x11", "evdev", "none"), restart=True)
     evdev_devices: tuple[str, ...] = _opt((), restart=True)
 
@@ -164,12 +166,18 @@ class ShapingSettings:
     trailing_space: bool = _opt(True)
     strip_final_period_max_words: int = _opt(0, min=0, max=1000)
     max_context_chars: int = _opt(1000, min=0, max=10000)
+    spoken_formatting: bool = _opt(False)  # "new line", "comma", "句号" … become what they say
+    spoken_match: str = _opt("edges", choices=("edges", "anywhere"))
+    spoken_dir: str = _opt("spoken")  # per-language tables <dir>/<Language>.txt; relative: in the config folder
 
 
 @dataclass(frozen=True)
 class JournalSettings:
     enabled: bool = _opt(True)
     path: str = _opt("")  # "" = $XDG_STATE_HOME/qasr/journal.jsonl
+    max_bytes: int = _opt(10 << 20, min=4096, max=1 << 30)
+    backups: int = _opt(3, min=0, max=100)
+    max_age_days: float = _opt(0.0, min=0.0, max=36500.0)  # 0 = no age limit
 
     def resolved_path(self) -> Path:
         return Path(self.path).expanduser() if self.path else paths.journal_file()

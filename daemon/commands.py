@@ -1,6 +1,7 @@
 """The daemon's one command vocabulary, served to the control socket (CLI), the WebSocket and the hotkey.
 
     status  stop  reload  start-utterance  stop-utterance  toggle  cancel  set(language, context)
+    history(count, search)  history-copy(n)  history-clear  paste-last  undo   (comfort_commands.py)
 
 The WebSocket spells four of them the short way (``start``, ``stop``, ``toggle``, ``cancel``); the hotkey
 sends ``start``/``stop``/``cancel`` presses, which mean push-to-talk in ptt/toggle mode and
@@ -13,13 +14,15 @@ import logging
 import os
 from typing import Any, Callable
 
+from qasr.daemon import comfort_commands
 from qasr.errors import QasrError
 
 log = logging.getLogger("qasr.commands")
 
-COMMANDS = ("status", "stop", "reload", "start-utterance", "stop-utterance", "toggle", "cancel", "set")
+COMMANDS = ("status", "stop", "reload", "start-utterance", "stop-utterance", "toggle", "cancel", "set",
+            *comfort_commands.NAMES)
 WEBSOCKET_NAMES = {"start": "start-utterance", "stop": "stop-utterance", "toggle": "toggle", "cancel": "cancel",
-                   "set": "set"}
+                   "set": "set", **comfort_commands.WEBSOCKET_NAMES}
 MIC_COMMANDS = ("start-utterance", "stop-utterance", "toggle", "cancel")
 
 
@@ -41,6 +44,8 @@ class CommandHandler:
             return {"reloaded": d.reload()}
         if name == "set":
             return d.set_engine(language=args.get("language"), context=args.get("context"))
+        if name in comfort_commands.NAMES:
+            return comfort_commands.run(d.parts, name, args)
         if name not in MIC_COMMANDS:
             raise QasrError(f"unknown command {name!r}; use one of {', '.join(COMMANDS)}")
         if d.state == "stopping":
@@ -63,11 +68,14 @@ class CommandHandler:
 
     def websocket(self, msg: dict[str, Any]) -> dict[str, Any]:
         """A validated qasr.v1 command message."""
-        return self.run(WEBSOCKET_NAMES[msg["type"]], language=msg.get("language"), context=msg.get("context"))
+        args = {k: v for k, v in msg.items() if k not in ("type", "id")}
+        return self.run(WEBSOCKET_NAMES[msg["type"]], **args)
 
     def hotkey(self, press: str) -> None:
-        """Hotkey thread: ``start``/``stop``/``cancel``."""
-        if self.daemon.vad_mode():
+        """Hotkey thread: ``start``/``stop``/``cancel``, or a command name (``paste-last``, ``undo``)."""
+        if press in comfort_commands.NAMES:
+            name = press
+        elif self.daemon.vad_mode():
             name = "cancel" if press == "cancel" else "toggle"
         else:
             name = {"start": "start-utterance", "stop": "stop-utterance", "cancel": "cancel"}[press]

@@ -83,7 +83,9 @@ def shaping_options(s: Settings) -> ShapingOptions:
 
 
 def journal_options(s: Settings) -> JournalOptions:
-    return JournalOptions(enabled=s.journal.enabled, path=s.journal.resolved_path())
+    j = s.journal
+    return JournalOptions(enabled=j.enabled, path=j.resolved_path(), max_bytes=j.max_bytes, backups=j.backups,
+                          max_age_days=j.max_age_days)
 
 
 def server_options(s: Settings) -> ServerOptions:

@@ -30,6 +30,12 @@ VALID_CLIENT = [
     {"type": "subscribe", "events": ["final", "state"]},
     {"type": "subscribe", "events": []},
     {"type": "ping", "id": 1},
+    {"type": "history"},
+    {"type": "history", "count": 5, "search": "café"},
+    {"type": "history.copy", "n": 2, "id": "c"},
+    {"type": "history.clear"},
+    {"type": "paste_last"},
+    {"type": "undo", "id": 3},
 ]
 
 INVALID_CLIENT = [
@@ -48,6 +54,11 @@ INVALID_CLIENT = [
     ({"type": "audio.start", "format": "s16le", "sample_rate": 16000, "segment": "words"}, ErrorCode.BAD_MESSAGE),
     ({"type": "subscribe", "events": ["hello"]}, ErrorCode.BAD_MESSAGE),
     ({"type": "subscribe"}, ErrorCode.BAD_MESSAGE),
+    ({"type": "history", "count": 0}, ErrorCode.BAD_MESSAGE),
+    ({"type": "history", "count": "5"}, ErrorCode.BAD_MESSAGE),
+    ({"type": "history", "search": 1}, ErrorCode.BAD_MESSAGE),
+    ({"type": "history.copy", "n": 0}, ErrorCode.BAD_MESSAGE),
+    ({"type": "history.copy", "n": True}, ErrorCode.BAD_MESSAGE),
 ]
 
 

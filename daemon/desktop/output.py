@@ -46,6 +46,7 @@ from qasr.errors import QasrError
 from . import session as sessions
 from . import x11
 from .clipboard import CLIPBOARD, PRIMARY, ClipboardSnapshot
+from .undo import Delivered
 from .x11_backend import SinkFailed, X11Backend, parse_key_combo
 
 __all__ = ["DeliveryResult", "OutputOptions", "TextOutput", "UtteranceTarget", "parse_key_combo", "make_backend"]
@@ -204,6 +205,8 @@ class TextOutput:
         self._restore_timer: threading.Timer | None = None
         self._restore_snapshots: list[ClipboardSnapshot] = []
         self._restore_text = ""
+        self.serial = 0                      # advances with every key event sent (undo: "nothing typed since")
+        self.last: Delivered | None = None   # the last final that reached a window (undo, see undo.py)
 
     @property
     def focus_known(self) -> bool:
@@ -260,6 +263,7 @@ class TextOutput:
             return DeliveryResult("none", False, target=utt.window, focused=focused,
                                   message="live typing stopped: " + "; ".join(exc.notes or [str(exc)]))
         utt.typed_text += delta
+        self.serial += 1
         return DeliveryResult("type", True, typed.chars, time.monotonic() - started, target=utt.window,
                               focused=focused, tool=typed.tool, message=_notes_message(typed.notes, typed.tool))
 
@@ -270,6 +274,11 @@ class TextOutput:
             result = self._deliver(text, utt)
         finally:
             self.cancel_utterance(utt)
+        if result.delivered:
+            self.serial += 1
+            self.last = Delivered(utt.window, text, self.serial, result.sink, is_terminal(utt.window, self.options))
+        elif utt.typed_text:
+            self.last = None  # live typing sent part of it: not one undoable piece
         if result.delivered:
             log.info("delivered %d characters by %s (%s) in %.3f s", result.chars, result.sink, result.tool,
                      result.seconds)
@@ -409,6 +418,10 @@ class TextOutput:
             self.backend.close()
 
     # -- focus ---------------------------------------------------------------------------------
+    def focused(self) -> x11.WindowInfo | None:
+        """The window that has keyboard focus now (None: none, or the desktop cannot tell)."""
+        return self._focused()
+
     def _focused(self) -> x11.WindowInfo | None:
         return self.backend.focused() if self.backend is not None else None
 

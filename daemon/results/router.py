@@ -17,6 +17,7 @@ from typing import Any, Callable, Protocol
 
 from qasr import protocol
 from qasr.daemon.desktop.output import DeliveryResult, TextOutput
+from qasr.daemon.desktop.undo import UndoResult, remove_last
 from qasr.daemon.results.journal import Journal
 from qasr.daemon.transcription.pipeline import PipelineEvent, UtteranceCancelled, UtteranceFailed
 from qasr.daemon.results.text_shaping import TextShaper
@@ -68,6 +69,7 @@ class ResultRouter:
         self._output_lock = threading.Lock()
         self._targets: dict[str, Any] = {}  # mic utterance id -> its output.UtteranceTarget
         self._final_texts: dict[str, str] = {}
+        self.last_text = ""  # the last mic final as delivered (paste-last)
 
     # -- components ----------------------------------------------------------------------------
     @property
@@ -164,17 +166,17 @@ class ResultRouter:
         result = self._deliver(event.utterance_id, raw)
         sink = _delivered_by(result)
         message = final_message(event, source, sink)
-        self._journal(message)
+        self._journal(message, _where(result))
         log.info("final #%s (%.2f s audio, %s ms, sink %s): %s", event.utterance_id,
                  event.audio_end_s - event.audio_start_s, event.timings.latency_ms, sink or "none", event.text)
         self._publish(message)
         self._publish_output_warning(result, event.utterance_id)
 
-    def _journal(self, message: dict) -> None:
+    def _journal(self, message: dict, extra: dict | None = None) -> None:
         journal = self.journal
         if journal is not None and message.get("text"):
             try:
-                journal.append(message)
+                journal.append(message, extra=extra)
             except QasrError as exc:
                 log.error("%s", exc)
 
@@ -194,11 +196,40 @@ class ResultRouter:
             if self.shaper is not None:
                 # Live typing already typed committed text that cannot be rewritten: no replacements then.
                 shaped = self.shaper.shape_live_final(text) if self._live_typing() else self.shaper.shape(text)
+            self.last_text = shaped
             try:
                 return self._output.deliver(shaped, target)
             except QasrError as exc:
                 log.warning("text output failed: %s", exc)
                 return DeliveryResult("none", False, message=f"text output failed: {exc}")
+
+    # -- commands: paste-last, undo ------------------------------------------------------------
+    def paste_last(self, text: str | None = None) -> DeliveryResult:
+        """Deliver the last final (or ``text``) again, to the window focused now."""
+        with self._output_lock:
+            text = text if text is not None else self.last_text
+            if self._output is None or self._output.backend is None:
+                raise QasrError("text output is off (output.sink = \"none\" or no desktop); nothing to paste")
+            if not text:
+                raise QasrError("nothing to paste: no final since the daemon started and the journal is empty")
+            result = self._output.deliver(text, self._output.begin_utterance())
+        self._publish_output_warning(result, None)
+        return result
+
+    def undo(self) -> UndoResult:
+        """Remove the last delivered final from its window when that is safe; a warning when it is not."""
+        with self._output_lock:
+            if self._output is None or self._output.backend is None:
+                result = UndoResult(False, message="nothing deleted: text output is off")
+            else:
+                result = remove_last(self._output)
+        if result.message:
+            log.warning("undo: %s", result.message)
+            self._publish(protocol.warning("undo", result.message))
+        else:
+            log.info("undo: removed %d characters from %s", result.chars,
+                     result.window.describe() if result.window is not None else "the window")
+        return result
 
     def _live_type(self, event: PartialEvent) -> None:
         if not self._live_typing():
@@ -224,12 +255,20 @@ class ResultRouter:
             if self._output is not None and target is not None:
                 self._output.cancel_utterance(target)
 
-    def _publish_output_warning(self, result: DeliveryResult | None, utterance_id: str) -> None:
+    def _publish_output_warning(self, result: DeliveryResult | None, utterance_id: str | None) -> None:
         if result is None or not result.message:
             return
         code = "focus_moved" if result.focus_moved else "output"
-        self._publish(protocol.warning(code, result.message, utterance_id=utterance_id,
-                                       sink=_delivered_by(result)))
+        info = {"utterance_id": utterance_id} if utterance_id is not None else {}
+        self._publish(protocol.warning(code, result.message, sink=_delivered_by(result), **info))
+
+
+def _where(result: DeliveryResult | None) -> dict:
+    """The journal's ``app`` and ``title`` of the window a final went to (when the desktop told)."""
+    window = result.target if result is not None else None
+    if window is None:
+        return {}
+    return {"app": window.wm_class or window.wm_instance, "title": window.name}
 
 
 def _delivered_by(result: DeliveryResult | None) -> str | None:

@@ -20,7 +20,8 @@ from qasr.errors import QasrError
 
 log = logging.getLogger("qasr.control")
 
-COMMANDS = ("status", "stop", "toggle", "start-utterance", "stop-utterance", "cancel", "reload")
+COMMANDS = ("status", "stop", "toggle", "start-utterance", "stop-utterance", "cancel", "reload",
+            "history", "history-copy", "history-clear", "paste-last", "undo")
 MAX_REQUEST_BYTES = 65536
 
 

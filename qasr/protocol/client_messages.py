@@ -8,8 +8,10 @@ from qasr.protocol.constants import (
     CLIENT_TYPES,
     MAX_CHANNELS,
     MAX_CONTEXT_CHARS,
+    MAX_HISTORY_COUNT,
     MAX_ID_CHARS,
     MAX_LANGUAGE_CHARS,
+    MAX_SEARCH_CHARS,
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
     PCM_FORMAT_NAMES,
@@ -96,7 +98,24 @@ def _validate_subscribe(msg: dict) -> None:
     _require(not unknown, f"cannot subscribe to {', '.join(unknown)}; choose from {', '.join(SUBSCRIBABLE)}")
 
 
-_VALIDATORS = {"set": _validate_set, "audio.start": _validate_audio_start, "subscribe": _validate_subscribe}
+def _optional_int(msg: dict, key: str, low: int, high: int) -> None:
+    if key in msg and msg[key] is not None:
+        value = msg[key]
+        _require(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
+                 f"'{key}' must be an integer from {low} to {high}")
+
+
+def _validate_history(msg: dict) -> None:
+    _optional_int(msg, "count", 1, MAX_HISTORY_COUNT)
+    _optional_str(msg, "search", MAX_SEARCH_CHARS)
+
+
+def _validate_history_copy(msg: dict) -> None:
+    _optional_int(msg, "n", 1, 1 << 31)
+
+
+_VALIDATORS = {"set": _validate_set, "audio.start": _validate_audio_start, "subscribe": _validate_subscribe,
+               "history": _validate_history, "history.copy": _validate_history_copy}
 
 
 def client_message(mtype: str, request_id: Any = None, **fields: Any) -> dict[str, Any]:

@@ -18,7 +18,10 @@ MAX_CONTEXT_CHARS = 10000
 MAX_LANGUAGE_CHARS = 64
 MAX_ID_CHARS = 128
 
-COMMANDS = ("start", "stop", "toggle", "cancel", "set")
+COMMANDS = ("start", "stop", "toggle", "cancel", "set", "history", "history.copy", "history.clear", "paste_last",
+            "undo")
+MAX_HISTORY_COUNT = 10000
+MAX_SEARCH_CHARS = 1000
 CLIENT_TYPES = COMMANDS + ("audio.start", "audio.end", "audio.cancel", "subscribe", "ping")
 SERVER_TYPES = ("hello", "state", "vad", "partial", "final", "error", "warning", "ack", "pong")
 # Event types a client may subscribe to (broadcasts); replies to its own requests always arrive.
