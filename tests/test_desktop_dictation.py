@@ -379,3 +379,95 @@ def test_each_utterance_keeps_the_window_it_started_in(desk, clipboard):
     finally:
         output.close()
         term.close()
+
+
+# ------------------------------------------------------------------------------ issue 14: comforts
+
+def test_graphemes_count_what_one_backspace_removes():
+    from qasr.daemon.desktop.undo import grapheme_count, graphemes
+
+    assert grapheme_count(EXACT_TEXT) == len(EXACT_TEXT)  # precomposed accents, CJK, single-code-point emoji
+    assert graphemes("e\u0301a") == ["e\u0301", "a"]
+    assert graphemes("👍🏽!") == ["👍🏽", "!"]
+    assert graphemes("👨\u200d👩\u200d👧 ok") == ["👨\u200d👩\u200d👧", " ", "o", "k"]
+    assert graphemes("🇩🇪🇫🇷") == ["🇩🇪", "🇫🇷"]
+    assert graphemes("❤️\r\n") == ["❤️", "\r\n"]
+    try:
+        import regex
+    except ImportError:
+        return
+    for text in (EXACT_TEXT, "e\u0301a👍🏽!", "👨\u200d👩\u200d👧 ok", "🇩🇪🇫🇷x", "नमस्ते"[:0] + "ä\u0308b"):
+        assert graphemes(text) == regex.findall(r"\X", text), text
+
+
+def test_undo_paste_last_and_history_in_tk_and_xterm(desk, clipboard):
+    """Undo removes exactly the dictated text (accents, CJK, emoji) from the window it went to; paste-last
+    brings it back; undo refuses in another window or after we typed again; history lists and copies it.
+
+    Undo's BackSpaces are checked in xterm: Tk 8.6 keeps emoji as UTF-16 surrogate pairs and deletes half
+    of one per BackSpace (GTK, Qt, browsers and terminals delete the whole character)."""
+    desk.replacements.write_text(NO_CONTROLS_RULE + EXACT_RULE, encoding="utf-8")
+    expected = EXACT_TEXT + " "
+    term = desk.xterm("undo")
+    try:
+        desk.reload(config_text(desk.replacements))
+        term.focus()
+        xdotool("type", "kept ")  # the user's own text before the dictation stays
+        final = desk.final_after(desk.dictate())
+        assert final["text"] == EXACT_TEXT and final["sink"] == "type"
+        undo = desk.env.cli("undo", timeout=60)
+        assert undo.returncode == 0, undo.stderr
+        assert f"removed {len(expected)} characters" in undo.stdout
+        again = desk.env.cli("undo", timeout=60)  # once only: nothing left to undo
+        assert again.returncode == 1 and "nothing to undo" in again.stderr and "Traceback" not in again.stderr
+
+        # paste-last into Tk (auto: pasted), then undo asked for while the xterm has focus: refused
+        desk.tk.focus()
+        desk.tk.clear()
+        pasted = desk.env.cli("paste-last", timeout=60)
+        assert pasted.returncode == 0, pasted.stderr
+        assert desk.tk.wait_text(expected) == expected
+        term.focus()
+        mark = desk.subscriber.mark()
+        refused = desk.env.cli("undo", timeout=60)
+        assert refused.returncode == 1 and "nothing deleted: the focus is on" in refused.stderr
+        warning = desk.subscriber.wait(mark, "warning", 10, code="undo")
+        assert warning is not None and "nothing deleted" in warning["message"]
+        assert desk.tk.text() == expected
+
+        # paste-last into the xterm (typed), then undo there over the WebSocket
+        mark = desk.subscriber.mark()
+        desk.subscriber.send({"type": "paste_last", "id": "p1"})
+        ack = desk.subscriber.wait(mark, "ack", 60, id="p1")
+        assert ack is not None and ack["delivered"] and ack["sink"] == "type", desk.subscriber.since(mark)
+        desk.subscriber.send({"type": "undo", "id": "u1"})
+        ack = desk.subscriber.wait(mark, "ack", 60, id="u1")
+        assert ack is not None and ack["removed"] and ack["chars"] == len(expected), desk.subscriber.since(mark)
+        xdotool("type", "after")
+        xdotool("key", "Return")
+        assert term.line() == "kept after\n"  # both undos removed exactly what was typed, nothing more
+
+        # history: the final with its window, searchable, as JSON, copied to the clipboard
+        listed = desk.env.cli("history", "-n", "1", "--json", timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        [entry] = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert entry["text"] == EXACT_TEXT and entry["n"] == 1 and entry["sink"] == "type"
+        assert entry["app"] == "XTerm" and entry["title"] == "qasr dictation undo"
+        assert entry["duration_s"] > 0.5
+        shown = desk.env.cli("history", "--search", "CAFÉ", timeout=60)
+        assert shown.returncode == 0 and EXACT_TEXT in shown.stdout and "XTerm" in shown.stdout
+        assert all("café" in line.lower() for line in shown.stdout.splitlines())
+        mark = desk.subscriber.mark()
+        desk.subscriber.send({"type": "history", "id": "h1", "count": 2, "search": "你好"})
+        ack = desk.subscriber.wait(mark, "ack", 30, id="h1")
+        assert ack is not None and ack["entries"][-1]["text"] == EXACT_TEXT
+        clipboard.set_text(USER_CLIPBOARD)
+        copied = desk.env.cli("history", "--copy", "1", timeout=60)
+        assert copied.returncode == 0, copied.stderr
+        assert clipboard.get_text() == EXACT_TEXT
+        bad = desk.env.cli("history", "--copy", "100000", timeout=60)
+        assert bad.returncode != 0 and "no history entry 100000" in bad.stderr and "Traceback" not in bad.stderr
+        assert desk.env.status()["state"] == "listening"  # the daemon keeps serving
+    finally:
+        term.close()
+        desk.reset_rules()
