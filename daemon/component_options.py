@@ -79,7 +79,8 @@ def shaping_options(s: Settings) -> ShapingOptions:
     return ShapingOptions(replacements_file=sh.replacements_file, hotwords_file=sh.hotwords_file,
                           trailing_space=sh.trailing_space,
                           strip_final_period_max_words=sh.strip_final_period_max_words,
-                          max_context_chars=sh.max_context_chars)
+                          max_context_chars=sh.max_context_chars, spoken_formatting=sh.spoken_formatting,
+                          spoken_match=sh.spoken_match, spoken_dir=sh.spoken_dir)
 
 
 def journal_options(s: Settings) -> JournalOptions:

@@ -148,3 +148,73 @@ def test_parsers_are_pure():
     rules, warnings = parse_replacements('"  x" = " y "\n', "mem")
     assert warnings == [] and rules[0].pattern.pattern == "  x" and rules[0].replacement == " y "
     assert parse_hotwords("a\n#b\n a \nc") == ["a", "c"]
+
+
+# ---- spoken formatting (issue 14) -------------------------------------------------------------------
+# Inputs are written the way Qwen3-ASR writes finals: it punctuates by itself, so a spoken "comma" comes
+# with the model's own marks around it ("Hello world, comma."), and Chinese has no spaces.
+
+from qasr.daemon.results.spoken_formatting import BUILTIN, format_text, parse_table  # noqa: E402
+
+EN, _ = parse_table(BUILTIN["English"], "en")
+ZH, _ = parse_table(BUILTIN["Chinese"], "zh")
+
+
+@pytest.mark.parametrize("model_text, expected", [
+    ("Hello world, comma.", "Hello world,"),           # the model's comma and period are not doubled
+    ("Hello world comma.", "Hello world,"),
+    ("What time is it question mark?", "What time is it?"),
+    ("What time is it? Question mark.", "What time is it?"),
+    ("Thanks for the update. New line.", "Thanks for the update.\n"),  # a break keeps the sentence's period
+    ("New line.", "\n"),
+    ("New paragraph.", "\n\n"),
+    ("New line. Dear Anna,", "\nDear Anna,"),
+    ("See you then, period. New line.", "See you then.\n"),
+    ("I like commas.", "I like commas."),              # whole words only
+    ("The period was long.", "The period was long."),  # not at an edge: left alone
+    ("Hello comma world.", "Hello comma world."),
+])
+def test_english_spoken_formatting_at_utterance_edges(model_text, expected):
+    assert format_text(model_text, EN).text == expected
+
+
+@pytest.mark.parametrize("model_text, expected", [
+    ("你好世界逗号。", "你好世界，"),
+    ("你好，逗号。", "你好，"),
+    ("今天天气很好问号", "今天天气很好？"),
+    ("今天天气很好？问号。", "今天天气很好？"),
+    ("换行。", "\n"),
+    ("我们明天见。另起一段。", "我们明天见。\n\n"),
+    ("逗号就是标点。", "，就是标点。"),
+])
+def test_chinese_spoken_formatting(model_text, expected):
+    assert format_text(model_text, ZH).text == expected
+
+
+def test_anywhere_mode_and_the_undo_phrase():
+    assert format_text("Hello, comma, world, period. New line. Next.", EN, "anywhere").text == "Hello, world.\nNext."
+    assert format_text("你好逗号世界。", ZH, "anywhere").text == "你好，世界。"
+    for said in ("Scratch that.", "scratch that", "Scratch that!"):
+        assert format_text(said, EN).undo
+    assert not format_text("Please scratch that off the list.", EN).undo
+    assert format_text("撤销。", ZH).undo
+
+
+def test_spoken_tables_are_files_per_language_reloaded_on_change(tmp_path):
+    warnings: list[str] = []
+    shaper = TextShaper(ShapingOptions(config_dir=tmp_path, spoken_formatting=True), on_warning=warnings.append)
+    assert shaper.shape("Hello world, comma.", "English") == "Hello world, "
+    assert shaper.shape("Hello. New line.", "English") == "Hello.\n"  # no space after a line break
+    assert shaper.shape("你好世界逗号。", "Chinese") == "你好世界，"
+    assert shaper.shape("Hello world, comma.", "German") == "Hello world, comma. "  # no table: unchanged
+    folder = tmp_path / "spoken"
+    folder.mkdir()
+    (folder / "German.txt").write_text("# mine\nKomma = ,\nneue Zeile = {newline}\nkaputt\n", encoding="utf-8")
+    assert shaper.shape("Hallo Welt, Komma.", "German") == "Hallo Welt, "
+    assert shaper.shape("Neue Zeile.", "German") == "\n"
+    assert any("German.txt:4" in w and "phrase = symbol" in w for w in warnings)
+    (folder / "English.txt").write_text("dash = —\n", encoding="utf-8")  # a file replaces the built-in table
+    assert shaper.shape("Hello world dash.", "English") == "Hello world— "
+    assert shaper.shape("Hello world, comma.", "English") == "Hello world, comma. "
+    off = TextShaper(ShapingOptions(config_dir=tmp_path))
+    assert off.shape("Hello world, comma.", "English") == "Hello world, comma. "  # off by default

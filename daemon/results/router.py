@@ -163,7 +163,17 @@ class ResultRouter:
                 log.exception("on_final failed")
             self._route(source, event.utterance_id, message, "final")
             return
-        result = self._deliver(event.utterance_id, raw)
+        language = event.language or None
+        if self.shaper is not None and raw and not self._live_typing():
+            spoken = self.shaper.format_spoken(event.text, language)
+            if spoken.undo:  # "scratch that": remove the last dictation instead of typing this one
+                self._end_output(event.utterance_id)
+                self._publish(final_message(event, source, None))
+                log.info("final #%s is the spoken undo command %r", event.utterance_id, event.text)
+                self.undo()
+                return
+            event = replace(event, text=spoken.text)
+        result = self._deliver(event.utterance_id, raw, language)
         sink = _delivered_by(result)
         message = final_message(event, source, sink)
         self._journal(message, _where(result))
@@ -186,7 +196,7 @@ class ResultRouter:
             entry[0].deliver(utterance_id, message, outcome)
 
     # -- desktop output ------------------------------------------------------------------------
-    def _deliver(self, utterance_id: str, text: str) -> DeliveryResult | None:
+    def _deliver(self, utterance_id: str, text: str, language: str | None = None) -> DeliveryResult | None:
         """Type/paste a mic final into the window its utterance started in."""
         with self._output_lock:
             target = self._targets.pop(utterance_id, None)
@@ -195,7 +205,7 @@ class ResultRouter:
             shaped = text
             if self.shaper is not None:
                 # Live typing already typed committed text that cannot be rewritten: no replacements then.
-                shaped = self.shaper.shape_live_final(text) if self._live_typing() else self.shaper.shape(text)
+                shaped = self.shaper.shape_live_final(text) if self._live_typing() else self.shaper.shape(text, language)
             self.last_text = shaped
             try:
                 return self._output.deliver(shaped, target)

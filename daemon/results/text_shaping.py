@@ -10,6 +10,7 @@ their modification time or size changes, so edits apply to the next utterance wi
   file order. A bad rule produces one warning naming the file and line, and is skipped.
 - hotwords.txt: one word or phrase per line (`#` comments); joined into the context prompt that biases
   the model toward these spellings (names, jargon).
+- spoken/<Language>.txt: spoken formatting ("new line", "comma", "句号"; spoken_formatting.py), when on.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from qasr.daemon.results.spoken_formatting import Formatted, SpokenFormatter
 
 log = logging.getLogger("qasr.text_shaping")
 
@@ -44,6 +47,9 @@ class ShapingOptions:
     strip_final_period_max_words: int = 0         # > 0: drop the final "." / "。" of utterances of <= N words
     max_context_chars: int = 1000                 # cap on the hotword context fed to the model
     config_dir: Path | None = None                # None: qasr.config.paths.config_dir() at load time
+    spoken_formatting: bool = False               # "new line", "comma" … (spoken_formatting.py)
+    spoken_match: str = "edges"                   # edges | anywhere
+    spoken_dir: str = "spoken"                    # per-language tables; relative: in the config folder
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,7 @@ class TextShaper:
         self._hotwords: list[str] = []
         self._replacements = _WatchedFile(self._resolve(self.options.replacements_file))
         self._hotwords_file = _WatchedFile(self._resolve(self.options.hotwords_file))
+        self.spoken = SpokenFormatter(self._resolve(self.options.spoken_dir), self.options.spoken_match, on_warning)
         self.refresh()
 
     @property
@@ -187,9 +194,14 @@ class TextShaper:
                 self._rules.remove(rule)
         return text
 
-    def shape(self, text: str) -> str:
+    def format_spoken(self, text: str, language: str | None, enabled: bool | None = None) -> Formatted:
+        """Spoken formatting of already replaced text (``enabled`` None: the option decides)."""
+        on = self.options.spoken_formatting if enabled is None else enabled
+        return self.spoken.apply(text, language) if on and text else Formatted(text)
+
+    def shape(self, text: str, language: str | None = None, spoken: bool | None = None) -> str:
         """Final text of one utterance as it should be delivered."""
-        text = self.apply_replacements(text)
+        text = self.format_spoken(self.apply_replacements(text), language, spoken).text
         limit = self.options.strip_final_period_max_words
         if limit > 0 and word_count(text) <= limit:
             text = _FINAL_PERIOD.sub(r"\1", text)
