@@ -241,7 +241,8 @@ class HttpProtocol(asyncio.Protocol):
                 self._events()
             except h11.RemoteProtocolError:
                 self._close()
-        return True  # keep the transport open to write the answer
+            return True  # keep the transport open to write the answer
+        return None  # while handling or after: the client went away (its job is dropped)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.front.open.discard(self.transport)
@@ -331,7 +332,8 @@ class HttpProtocol(asyncio.Protocol):
         task.add_done_callback(self.front.tasks.discard)
 
     async def _handle(self) -> None:
-        self.transport.pause_reading()
+        # Reading goes on (anything more is dropped) so that a client going away is seen: EOF closes the
+        # transport and sets ``request.disconnected``, which cancels its job.
         try:
             response = await self.front.app.handle(self.request)
         except asyncio.CancelledError:

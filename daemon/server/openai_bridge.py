@@ -154,7 +154,8 @@ class OpenAIEndpoint:
             parsed = api.parse_transcription(request.header("content-type"), request.body,
                                              self.parts.languages(), aligner=False)
             loop = asyncio.get_running_loop()
-            audio = await loop.run_in_executor(self._executor, decode_upload, parsed.file.filename, parsed.file.data)
+            audio = await loop.run_in_executor(self._executor, decode_upload, parsed.file.filename, parsed.file.data,
+                                               self.options.max_audio_s)
             duration = audio.size / SAMPLE_RATE
             if duration > self.options.max_audio_s:
                 raise api.ApiError(400, f"the audio is {duration:.0f} s long, over openai.max_audio_s "
@@ -260,8 +261,26 @@ def transcript_of(result: JobResult, duration: float) -> api.Transcript:
                           merge_languages([f.get("language") or "" for f in result.finals]), duration, segments)
 
 
-def decode_upload(filename: str | None, data: bytes) -> np.ndarray:
-    """The upload → 16 kHz mono float32 through the same decoder as ``qasr-daemon transcribe``."""
+def declared_duration(path: str) -> float | None:
+    """The container's own idea of its length (seconds), read without decoding; None if it has none."""
+    try:
+        import av
+
+        with av.open(path, mode="r") as container:
+            if container.duration:
+                return container.duration / 1_000_000
+            stream = container.streams.audio[0] if container.streams.audio else None
+            if stream is not None and stream.duration and stream.time_base:
+                return float(stream.duration * stream.time_base)
+    except Exception:  # load_audio says what is wrong with the file
+        return None
+    return None
+
+
+def decode_upload(filename: str | None, data: bytes, max_audio_s: float = float("inf")) -> np.ndarray:
+    """The upload → 16 kHz mono float32 through the same decoder as ``qasr-daemon transcribe``. A file whose
+    header says it is longer than ``max_audio_s`` is refused before decoding (a small file of hours of
+    low-bitrate audio would otherwise decode into gigabytes)."""
     from qasr.engine.audio import load_audio
 
     name = Path(filename or "upload").name or "upload"
@@ -270,6 +289,10 @@ def decode_upload(filename: str | None, data: bytes) -> np.ndarray:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        declared = declared_duration(tmp)
+        if declared is not None and declared > max_audio_s:
+            raise api.ApiError(400, f"{name} is {declared:.0f} s long, over openai.max_audio_s ({max_audio_s:.0f} s); "
+                                    "split it", param="file")
         try:
             return load_audio(tmp, SAMPLE_RATE)
         except QasrError as exc:

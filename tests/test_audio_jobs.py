@@ -1,0 +1,81 @@
+"""AudioJob and the pipeline's foreground/background order: a job (an uploaded file) goes through the same
+feed and pipeline as dictation, is cut where offline ``transcribe`` cuts it, and never delays a
+foreground utterance that is waiting for the decoder."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from qasr.daemon.results.router import ResultRouter
+from qasr.daemon.transcription.audio_jobs import AudioJob, JobRoutes
+from qasr.daemon.transcription.engine_streams import WholeUtteranceBackend
+from qasr.daemon.transcription.pipeline import Pipeline
+from tests.test_openai_api import tone
+from tests.test_prepared_final import WAIT_S, FakeBackend, block, run_pipeline
+
+SR = 16000
+
+
+def test_a_background_final_waits_for_a_foreground_one_queued_after_it():
+    gate = threading.Event()
+    backend = FakeBackend(a={"gate": gate})  # the first utterance holds the decoder until the gate opens
+
+    def script(p):
+        first = p.begin("mic")
+        p.audio(first, block(), partial=False)
+        p.end(first)
+        p._inbox.join()
+        background = p.begin("openai:1", background=True)  # older, but background
+        p.audio(background, block(), partial=False)
+        p.end(background)
+        foreground = p.begin("ws:c1")
+        p.audio(foreground, block(), partial=False)
+        p.end(foreground)
+        p._inbox.join()
+        gate.set()
+
+    run_pipeline(backend, script)
+    assert [entry for entry in backend.log if entry[1] == "final"] == [("a", "final"), ("c", "final"), ("b", "final")]
+
+
+def test_background_partials_give_way_to_foreground_partials():
+    backend = FakeBackend()
+
+    def script(p):
+        background = p.begin("openai:1", background=True)
+        foreground = p.begin("mic")
+        for _ in range(3):
+            p.audio(background, block())
+            p.audio(foreground, block())
+        p._inbox.join()
+        p.end(foreground)
+        p.end(background)
+
+    run_pipeline(backend, script)
+    finals = [name for name, kind in backend.log if kind == "final"]
+    assert finals == ["b", "a"]
+
+
+def test_a_job_is_cut_and_routed_like_offline_transcribe(tiny_transcriber):
+    routes = JobRoutes()
+    router = ResultRouter(publish=lambda message: None, live_typing=lambda: False)
+    router.add_route("openai", routes)
+    seen: list[dict] = []
+    router.on_final = lambda kind, message: seen.append(message)
+    pipeline = Pipeline(WholeUtteranceBackend(lambda audio, options: tiny_transcriber.transcribe(audio)), router)
+    pipeline.start()
+    audio = np.concatenate([tone(22.0, 4), np.zeros(SR // 4, np.float32), tone(12.0, 5)])
+    try:
+        job = AudioJob(pipeline, routes, "openai:1", background=True, partials=False)
+        job.transcribe_audio(audio)
+        result = job.wait(WAIT_S)
+    finally:
+        pipeline.stop()
+    reference = tiny_transcriber.transcribe(audio)
+    assert len(result.finals) == len(reference.segments) == 2 and result.error is None
+    for final, span, segment in zip(result.finals, result.pieces, reference.segments):
+        assert final["token_ids"] == segment.token_ids and final["source"] == "openai:1"
+        assert span == (segment.start_s, segment.end_s)
+    assert seen == result.finals and len(routes) == 0  # every utterance was routed and closed
