@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from qasr.config import paths
-from qasr.config.settings import Settings, section_types
+from qasr.config.settings import PROFILE_SINKS, ProfileSettings, Settings, section_types
 from qasr.errors import QasrError
 
 
@@ -98,6 +98,9 @@ def _merge(settings: Settings, data: dict[str, Any], where) -> Settings:
     sections = section_types()
     updates: dict[str, Any] = {}
     for section, table in data.items():
+        if section == "profile":
+            updates["profiles"] = _profiles(table, where)
+            continue
         if section not in sections:
             raise ConfigError(f"{where(section)}: unknown section [{section}]{_suggest(section, sections)}")
         if not isinstance(table, dict):
@@ -115,6 +118,30 @@ def _merge(settings: Settings, data: dict[str, Any], where) -> Settings:
             changes[key] = _check(f"{section}.{key}", value, hints[key], known[key].metadata, where(section, key))
         updates[section] = replace(current, **changes)
     return replace(settings, **updates)
+
+
+def _profiles(tables: Any, where) -> tuple[ProfileSettings, ...]:
+    """``[[profile]]`` tables (an array of tables) → ProfileSettings, each checked like a section."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{where('profile')}: write profiles as [[profile]] tables, got {_show(tables)}")
+    known = {f.name: f for f in fields(ProfileSettings)}
+    hints = typing.get_type_hints(ProfileSettings)
+    profiles = []
+    for number, table in enumerate(tables, start=1):
+        here = f"{where('profile', f'#{number}')} (profile {number})"
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in known:
+                raise ConfigError(f"{here}: unknown key profile.{key}{_suggest(key, known, prefix='profile.')}")
+            if key in ("trailing_space", "spoken_formatting") and isinstance(value, bool):
+                value = "true" if value else "false"
+            meta = {"choices": {"sink": PROFILE_SINKS, "trailing_space": ("", "true", "false"),
+                                "spoken_formatting": ("", "true", "false")}.get(key)}
+            values[key] = _check(f"profile.{key}", value, hints[key], meta, here)
+        if not values.get("match"):
+            raise ConfigError(f"{here}: a profile needs match = [\"window class or app_id glob\", ...]")
+        profiles.append(ProfileSettings(**values))
+    return tuple(profiles)
 
 
 def _check(name: str, value: Any, hint: Any, meta: Any, where: str) -> Any:
@@ -193,10 +220,18 @@ class _KeyLocator:
         self.lines: dict[tuple[str, ...], int] = {}
         table: tuple[str, ...] = ()
         in_multiline = False
+        arrays: dict[str, int] = {}
         for number, line in enumerate(text.splitlines(), start=1):
             if in_multiline:
                 if line.count('"""') % 2 == 1 or line.count("'''") % 2 == 1:
                     in_multiline = False
+                continue
+            array = re.match(r"^\s*\[\[\s*([A-Za-z0-9_\-]+)\s*\]\]", line)
+            if array:  # [[profile]]: the n-th table is (name, "#n")
+                arrays[array.group(1)] = arrays.get(array.group(1), 0) + 1
+                table = (array.group(1), f"#{arrays[array.group(1)]}")
+                self.lines.setdefault(table, number)
+                self.lines.setdefault(table[:1], number)
                 continue
             header = _HEADER.match(line)
             if header and not line.lstrip().startswith("[["):

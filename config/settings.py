@@ -200,6 +200,27 @@ class DebugSettings:
 
 
 @dataclass(frozen=True)
+class ProfileSettings:
+    """One ``[[profile]]`` table: settings for the windows it matches (first match wins)."""
+    name: str = ""                       # shown by status and the history; "" = the first match pattern
+    match: tuple[str, ...] = ()          # WM_CLASS / instance / Wayland app_id globs, any case (required)
+    title: str = ""                      # a window-title glob too ("" = any title)
+    sink: str = ""                       # "" = [output] sink; else auto | type | paste | none
+    language: str = ""                   # "" = engine.language
+    context: str = ""                    # "" = engine.context; else replaces it for these windows
+    hotwords: tuple[str, ...] = ()       # added to the hot words for these windows
+    trailing_space: str = ""             # "" = [shaping]; "true" / "false" (TOML booleans are accepted)
+    spoken_formatting: str = ""          # "" = [shaping]; "true" / "false"
+
+    @property
+    def label(self) -> str:
+        return self.name or (self.match[0] if self.match else "profile")
+
+
+PROFILE_SINKS = ("", "auto", "type", "paste", "none")
+
+
+@dataclass(frozen=True)
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     audio: AudioSettings = field(default_factory=AudioSettings)
@@ -214,12 +235,18 @@ class Settings:
     journal: JournalSettings = field(default_factory=JournalSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     debug: DebugSettings = field(default_factory=DebugSettings)
+    profiles: tuple[ProfileSettings, ...] = ()  # [[profile]] tables, in file order (not a section)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {
             f.name: {o.name: _plain(getattr(getattr(self, f.name), o.name)) for o in fields(getattr(self, f.name))}
-            for f in fields(self)
+            for f in _sections()
         }
+
+
+def _sections() -> list:
+    """The fields of Settings that are [sections] (everything but ``profiles``)."""
+    return [f for f in fields(Settings) if f.name != "profiles"]
 
 
 def _plain(value: Any) -> Any:
@@ -228,13 +255,13 @@ def _plain(value: Any) -> Any:
 
 def section_types() -> dict[str, type]:
     """Section name -> its dataclass."""
-    return {f.name: type(getattr(Settings(), f.name)) for f in fields(Settings)}
+    return {f.name: type(getattr(Settings(), f.name)) for f in _sections()}
 
 
 def changed_options(old: Settings, new: Settings) -> list[tuple[str, bool]]:
     """("section.key", needs_restart) for every option whose value differs."""
-    changes = []
-    for section in fields(Settings):
+    changes = [("profile", False)] if old.profiles != new.profiles else []
+    for section in _sections():
         a, b = getattr(old, section.name), getattr(new, section.name)
         for option in fields(a):
             if getattr(a, option.name) != getattr(b, option.name):
@@ -245,7 +272,7 @@ def changed_options(old: Settings, new: Settings) -> list[tuple[str, bool]]:
 def keep_restart_options(old: Settings, new: Settings) -> Settings:
     """``new`` with every [restart] option put back to its running value."""
     sections = {}
-    for section in fields(Settings):
+    for section in _sections():
         a, b = getattr(old, section.name), getattr(new, section.name)
         keep = {f.name: getattr(a, f.name) for f in fields(a) if f.metadata.get("restart")}
         sections[section.name] = replace(b, **keep)

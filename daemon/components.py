@@ -77,6 +77,8 @@ class Components:
                                  on_audio=saver.add if saver else None)
         self.pipeline.start()
         self.router.journal = Journal(opts.journal_options(s))
+        self.router.profiles = s.profiles
+        self.router.engine_context = lambda: self.daemon.settings.engine.context
         self._make_shaper()
         self._make_output()
         self.control = ControlServer(self.daemon.commands.control)
@@ -211,6 +213,7 @@ class Components:
         except QasrError as exc:  # NoInputDeviceError and friends
             self._no_device(str(exc))
             return
+        mic.feed.choose = self.router.choose_engine_options  # per-application profiles
         self.microphone = mic
         self.input_device = mic.device_name or self.settings.audio.device or "default"
         self.device_error = None
@@ -282,6 +285,7 @@ class Components:
             self._make_output()
         if new.shaping != old.shaping:
             self._make_shaper()
+        self.router.profiles = new.profiles
 
     def shutdown(self) -> None:
         if self.hotkey is not None:

@@ -471,3 +471,41 @@ def test_undo_paste_last_and_history_in_tk_and_xterm(desk, clipboard):
     finally:
         term.close()
         desk.reset_rules()
+
+
+def test_profile_for_the_tk_window_and_spoken_formatting_with_the_spoken_undo(desk):
+    """A [[profile]] matched by WM_CLASS sets language, sink, trailing space and spoken formatting for Tk;
+    the model-style Chinese final "你好世界逗号。" is typed as "你好世界，", and "撤销。" removes it again."""
+    profile = ('[[profile]]\nname = "tk chinese"\nmatch = ["qasrdict*"]\nlanguage = "Chinese"\nsink = "type"\n'
+               'trailing_space = false\nspoken_formatting = true\n')
+    desk.replacements.write_text(NO_CONTROLS_RULE + "(?s)^.*$ = 你好世界逗号。\n", encoding="utf-8")
+    try:
+        desk.reload(config_text(desk.replacements) + profile)
+        desk.tk.focus()
+        desk.tk.clear()
+        status = desk.env.status()
+        assert status["profile"]["name"] == "tk chinese" and status["profile"]["profiles"] == 1, status["profile"]
+        assert "qasr dictation entry" in status["profile"]["window"]
+        final = desk.final_after(desk.dictate())
+        assert final["language"] == "Chinese" and final["sink"] == "type"
+        assert final["text"] == "你好世界，"
+        assert desk.tk.wait_text("你好世界，") == "你好世界，"  # no trailing space, no doubled comma
+        entry = json.loads(desk.env.journal_file.read_text().splitlines()[-1])
+        assert entry["profile"] == "tk chinese" and entry["text"] == "你好世界，"
+
+        desk.replacements.write_text(NO_CONTROLS_RULE + "(?s)^.*$ = 撤销。\n", encoding="utf-8")
+        mark = desk.subscriber.mark()
+        desk.dictate()
+        desk.final_after(mark)
+        assert desk.tk.wait_text("") == ""
+        assert desk.subscriber.since(mark, "warning") == []
+
+        term = desk.xterm("profile")
+        try:
+            term.focus()
+            status = desk.env.status()
+            assert status["profile"]["name"] is None and "XTerm" in status["profile"]["window"]
+        finally:
+            term.close()
+    finally:
+        desk.reset_rules()

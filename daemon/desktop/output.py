@@ -37,7 +37,7 @@ import fnmatch
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from qasr.config.settings import PASTE_KEY_RULES, TERMINAL_CLASSES
@@ -107,6 +107,7 @@ class UtteranceTarget:
         self.window = window
         self.typed_text = ""                 # live-typed committed text (the app computes the next delta)
         self.live_failed = ""                # why live typing stopped ("" while fine)
+        self.sink = ""                       # a profile's sink for this utterance ("" = the options')
 
     @property
     def window_id(self) -> int | None:
@@ -245,7 +246,7 @@ class TextOutput:
         if not delta or self.options.sink == "none":
             return None
         utt = self._resolve(target)
-        if utt.live_failed or self._sink_for(utt.window) == "none":
+        if utt.live_failed or self._utt_sink(utt) == "none":
             return None
         focused = self._focused()
         if self._focus_moved(utt, focused):
@@ -294,6 +295,13 @@ class TextOutput:
     def _sink_for(self, window: x11.WindowInfo | None) -> str:
         return resolve_sink(window, self.options, self.backend.auto_sink if self.backend is not None else "")
 
+    def _utt_sink(self, utt: UtteranceTarget) -> str:
+        if not utt.sink or self.backend is None:
+            return self._sink_for(utt.window)
+        if utt.sink != "auto":
+            return utt.sink
+        return resolve_sink(utt.window, replace(self.options, sink="auto"), self.backend.auto_sink)
+
     def _focus_moved(self, utt: UtteranceTarget, focused: x11.WindowInfo | None) -> bool:
         return self.options.focus_check and self.focus_known and not _same_window(utt, focused)
 
@@ -309,7 +317,7 @@ class TextOutput:
             return self._to_clipboard(text, utt, focused, utt.live_failed == "focus moved",
                                       f"live typing stopped ({utt.live_failed}); the whole text is on the clipboard")
         rest = text[len(typed):]
-        sink = self._sink_for(utt.window)
+        sink = self._utt_sink(utt)
         if sink == "none" or not rest:
             return DeliveryResult(sink, False, 0, target=utt.window, focused=focused)
         if self._focus_moved(utt, focused):

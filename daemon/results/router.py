@@ -16,6 +16,7 @@ from dataclasses import asdict, replace
 from typing import Any, Callable, Protocol
 
 from qasr import protocol
+from qasr.daemon import profiles
 from qasr.daemon.desktop.output import DeliveryResult, TextOutput
 from qasr.daemon.desktop.undo import UndoResult, remove_last
 from qasr.daemon.results.journal import Journal
@@ -70,6 +71,9 @@ class ResultRouter:
         self._targets: dict[str, Any] = {}  # mic utterance id -> its output.UtteranceTarget
         self._final_texts: dict[str, str] = {}
         self.last_text = ""  # the last mic final as delivered (paste-last)
+        self.profiles: tuple = ()  # [[profile]] settings (daemon/profiles.py)
+        self.engine_context: Callable[[], str] = lambda: ""  # engine.context, for profiles with hot words
+        self._deliveries: dict[str, profiles.Delivery] = {}  # mic utterance id -> its profile's overrides
 
     # -- components ----------------------------------------------------------------------------
     @property
@@ -112,9 +116,35 @@ class ResultRouter:
             if self._output is None:
                 return
             try:
-                self._targets[utterance_id] = self._output.begin_utterance()
+                target = self._targets[utterance_id] = self._output.begin_utterance()
             except QasrError as exc:
                 log.warning("text output: %s", exc)
+                return
+            delivery = profiles.Delivery.of(profiles.match(self.profiles, target.window))
+            target.sink = delivery.sink
+            self._deliveries[utterance_id] = delivery
+            while len(self._deliveries) > 64:  # utterances that never ended
+                self._deliveries.pop(next(iter(self._deliveries)))
+
+    def choose_engine_options(self, language: str | None, context: str | None) -> tuple[str | None, str | None]:
+        """Microphone feed, at each utterance start: the focused window's profile's language/context."""
+        if not self.profiles:
+            return language, context
+        with self._output_lock:
+            output = self._output
+            window = output.focused() if output is not None and output.focus_known else None
+        profile = profiles.match(self.profiles, window)
+        hotwords = self.shaper.context() if self.shaper is not None and profile is not None else ""
+        return profiles.engine_overrides(profile, self.engine_context(), hotwords, language, context)
+
+    def profile_status(self) -> dict:
+        """``status``: the profile in force for the window focused now."""
+        with self._output_lock:
+            output = self._output
+            known = output is not None and output.focus_known
+            window = output.focused() if known else None
+        return {**profiles.describe(profiles.match(self.profiles, window), window, known),
+                "profiles": len(self.profiles)}
 
     # -- events (decoder thread) -----------------------------------------------------------------
     def __call__(self, source: str, event: PipelineEvent) -> None:
@@ -164,8 +194,9 @@ class ResultRouter:
             self._route(source, event.utterance_id, message, "final")
             return
         language = event.language or None
+        delivery = self._deliveries.pop(event.utterance_id, profiles.Delivery())
         if self.shaper is not None and raw and not self._live_typing():
-            spoken = self.shaper.format_spoken(event.text, language)
+            spoken = self.shaper.format_spoken(event.text, language, delivery.spoken_formatting)
             if spoken.undo:  # "scratch that": remove the last dictation instead of typing this one
                 self._end_output(event.utterance_id)
                 self._publish(final_message(event, source, None))
@@ -173,10 +204,10 @@ class ResultRouter:
                 self.undo()
                 return
             event = replace(event, text=spoken.text)
-        result = self._deliver(event.utterance_id, raw, language)
+        result = self._deliver(event.utterance_id, raw, language, delivery)
         sink = _delivered_by(result)
         message = final_message(event, source, sink)
-        self._journal(message, _where(result))
+        self._journal(message, {**_where(result), "profile": delivery.name})
         log.info("final #%s (%.2f s audio, %s ms, sink %s): %s", event.utterance_id,
                  event.audio_end_s - event.audio_start_s, event.timings.latency_ms, sink or "none", event.text)
         self._publish(message)
@@ -196,7 +227,8 @@ class ResultRouter:
             entry[0].deliver(utterance_id, message, outcome)
 
     # -- desktop output ------------------------------------------------------------------------
-    def _deliver(self, utterance_id: str, text: str, language: str | None = None) -> DeliveryResult | None:
+    def _deliver(self, utterance_id: str, text: str, language: str | None = None,
+                 delivery: profiles.Delivery = profiles.Delivery()) -> DeliveryResult | None:
         """Type/paste a mic final into the window its utterance started in."""
         with self._output_lock:
             target = self._targets.pop(utterance_id, None)
@@ -205,7 +237,8 @@ class ResultRouter:
             shaped = text
             if self.shaper is not None:
                 # Live typing already typed committed text that cannot be rewritten: no replacements then.
-                shaped = self.shaper.shape_live_final(text) if self._live_typing() else self.shaper.shape(text, language)
+                shaped = self.shaper.shape_live_final(text) if self._live_typing() else \
+                    self.shaper.shape(text, language, delivery.spoken_formatting, delivery.trailing_space)
             self.last_text = shaped
             try:
                 return self._output.deliver(shaped, target)
@@ -262,6 +295,7 @@ class ResultRouter:
         """A cancelled or failed utterance: nothing will be delivered for it."""
         with self._output_lock:
             target = self._targets.pop(utterance_id, None)
+            self._deliveries.pop(utterance_id, None)
             if self._output is not None and target is not None:
                 self._output.cancel_utterance(target)
 

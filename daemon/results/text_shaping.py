@@ -199,13 +199,14 @@ class TextShaper:
         on = self.options.spoken_formatting if enabled is None else enabled
         return self.spoken.apply(text, language) if on and text else Formatted(text)
 
-    def shape(self, text: str, language: str | None = None, spoken: bool | None = None) -> str:
-        """Final text of one utterance as it should be delivered."""
+    def shape(self, text: str, language: str | None = None, spoken: bool | None = None,
+              trailing_space: bool | None = None) -> str:
+        """Final text of one utterance as it should be delivered (None: the options decide)."""
         text = self.format_spoken(self.apply_replacements(text), language, spoken).text
         limit = self.options.strip_final_period_max_words
         if limit > 0 and word_count(text) <= limit:
             text = _FINAL_PERIOD.sub(r"\1", text)
-        return self._with_trailing_space(text)
+        return self._with_trailing_space(text, trailing_space)
 
     def shape_live_final(self, text: str) -> str:
         """Final text when live typing already sent the committed prefix unchanged: only the trailing space.
@@ -215,8 +216,8 @@ class TextShaper:
         """
         return self._with_trailing_space(text)
 
-    def _with_trailing_space(self, text: str) -> str:
-        if self.options.trailing_space and text.strip() and not text[-1].isspace() \
+    def _with_trailing_space(self, text: str, on: bool | None = None) -> str:
+        if (self.options.trailing_space if on is None else on) and text.strip() and not text[-1].isspace() \
                 and not _is_unspaced_script(text[-1]):
             return text + " "
         return text

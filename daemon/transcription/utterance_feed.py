@@ -51,6 +51,8 @@ class UtteranceFeed:
         self._on_end = on_end
         self.background = background
         self.partials = partials
+        # (language, context) -> (language, context) at each utterance start (the mic: per-application profiles)
+        self.choose: Callable[[str | None, str | None], tuple[str | None, str | None]] | None = None
         self._open: dict[int, str] = {}  # segmenter utterance id -> pipeline utterance id
         self._last: str | None = None  # the newest utterance: context for one that continues it
         self.current: str | None = None  # the open utterance, if any
@@ -101,7 +103,10 @@ class UtteranceFeed:
                 self._end(event.utterance_id, ended=False, more_follows=False)
 
     def _begin(self, segment_id: int, t_s: float, continued: bool) -> None:
-        utterance = self.pipeline.begin(self.source, audio_start=t_s, language=self.language, context=self.context,
+        language, context = self.language, self.context
+        if self.choose is not None:
+            language, context = self.choose(language, context)
+        utterance = self.pipeline.begin(self.source, audio_start=t_s, language=language, context=context,
                                         continues=self._last if continued else None,
                                         background=self.background)
         self._open[segment_id] = self._last = self.current = utterance
