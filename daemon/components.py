@@ -50,6 +50,7 @@ class Components:
         self.server_handler: DaemonServerHandler | None = None
         self.control: ControlServer | None = None
         self.hotkey: Any = None  # desktop.hotkey.HotkeyListener (X11) or evdev_hotkey.EvdevHotkeyListener
+        self.action_keys: Any = None  # desktop.action_keys.ActionKeys: paste-last / undo keys (X11)
         self.session = desktop_session.detect()
         self.desktop: dict[str, Any] = {"session": self.session.as_dict()}  # what status shows, and why
         self._runner: ServerRunner | None = None
@@ -87,6 +88,7 @@ class Components:
         self._start_wyoming()
         self.open_microphone()
         self._start_hotkey()
+        self._start_action_keys()
 
     @property
     def model_name(self) -> str | None:
@@ -197,6 +199,26 @@ class Components:
             self.desktop["hotkey"] = {"backend": "none", "why": listener.unavailable_reason}
             self.warnings.append(listener.unavailable_reason)
 
+    def _start_action_keys(self) -> None:
+        from qasr.daemon.desktop import action_keys
+
+        h = self.settings.hotkey
+        try:
+            keys = action_keys.bindings(h.paste_last_combo, h.undo_combo)
+        except QasrError as exc:
+            self._warn(f"hotkey.paste_last_combo / undo_combo: {exc}")
+            return
+        if not keys:
+            return
+        if self.session.kind != desktop_session.X11:
+            self._warn("paste-last/undo hotkeys need X11; on Wayland bind `qasr-daemon paste-last` and "
+                       "`qasr-daemon undo` in your compositor")
+            return
+        run = self.daemon.commands.hotkey
+        listener = action_keys.ActionKeys(keys, run)
+        if listener.start():
+            self.action_keys = listener
+
     def _warn(self, note: str) -> None:
         log.warning("%s", note)
         if note not in self.warnings:
@@ -288,6 +310,9 @@ class Components:
         self.router.profiles = new.profiles
 
     def shutdown(self) -> None:
+        if self.action_keys is not None:
+            self.action_keys.stop()
+            self.action_keys = None
         if self.hotkey is not None:
             self.hotkey.stop()
             self.hotkey = None

@@ -187,6 +187,7 @@ def desk(xvfb_display, pulse_server, tiny_bundle, tmp_path_factory):
     try:
         env.start(tiny_bundle, "--set", "vad.mode=ptt", "--set", "hotkey.enabled=true",
                   "--set", f"hotkey.combo=<{HOTKEY.lower()}>", "--set", "hotkey.mode=hold",
+                  "--set", "hotkey.paste_last_combo=<f7>", "--set", "hotkey.undo_combo=<f8>",
                   "--set", "engine.language=English", "--set", f"engine.max_new_tokens={MAX_NEW_TOKENS}",
                   "--set", "engine.rtf_budget=10",  # partials at every step: live typing has commits to type
                   "--set", f"debug.save_audio_dir={saved}")
@@ -507,5 +508,23 @@ def test_profile_for_the_tk_window_and_spoken_formatting_with_the_spoken_undo(de
             assert status["profile"]["name"] is None and "XTerm" in status["profile"]["window"]
         finally:
             term.close()
+    finally:
+        desk.reset_rules()
+
+
+def test_paste_last_and_undo_hotkeys(desk):
+    """hotkey.undo_combo (F8) removes the final just dictated; hotkey.paste_last_combo (F7) brings it back."""
+    desk.replacements.write_text(NO_CONTROLS_RULE + "(?s)^.*$ = Grüße, café 你好\n", encoding="utf-8")
+    try:
+        desk.reload(config_text(desk.replacements))
+        desk.tk.focus()
+        desk.tk.clear()
+        xdotool("type", "mine ")
+        desk.final_after(desk.dictate())
+        assert desk.tk.wait_text("mine Grüße, café 你好") == "mine Grüße, café 你好"
+        xdotool("key", "F8")
+        assert desk.tk.wait_text("mine ") == "mine "
+        xdotool("key", "F7")
+        assert desk.tk.wait_text("mine Grüße, café 你好") == "mine Grüße, café 你好"
     finally:
         desk.reset_rules()
