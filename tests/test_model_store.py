@@ -330,3 +330,17 @@ def test_remove(xdg, capsys):
     assert "removed" in capsys.readouterr().out and not (models / "qwen3-asr-0.6b").exists()
     info = ms.remove_bundle("qwen3-asr-0.6b-fp32-f32")
     assert info.encoder == "fp32" and info.size > 0 and not keep.exists() and (models / "notes").is_dir()
+
+
+def test_missing_packages_are_named_before_any_download(hub, xdg, monkeypatch):
+    from qasr.engine.convert import pipeline
+
+    hub_modules = md.HUB_MODULES
+    monkeypatch.setattr(md, "HUB_MODULES", hub_modules + ("qasr_no_such_hub",))
+    with pytest.raises(md.DownloadError, match="needs qasr_no_such_hub, which is not installed: pip install 'qasr.convert.'"):
+        ms.pull(ms.PullOptions(endpoint=hub.url))
+    monkeypatch.setattr(md, "HUB_MODULES", hub_modules)
+    monkeypatch.setattr(pipeline, "REQUIRED_MODULES", pipeline.REQUIRED_MODULES + ("qasr_no_such_module",))
+    with pytest.raises(ms.QasrError, match="qasr_no_such_module"):
+        ms.pull(ms.PullOptions(endpoint=hub.url))
+    assert hub.log == []

@@ -34,6 +34,8 @@ CHECKPOINT_SUFFIXES = (".json", ".txt", ".safetensors")
 _TRUE = {"1", "on", "yes", "true"}
 
 Notes = Callable[[str], None]
+# Installed by the `convert` extra; the runtime alone can load bundles but not pull them.
+HUB_MODULES = ("huggingface_hub", "requests")
 
 
 class DownloadError(QasrError):
@@ -70,6 +72,15 @@ class Snapshot:
     path: Path  # the snapshot folder in the Hugging Face cache
     fetched: int  # bytes downloaded by this call (0: everything was cached)
     cache_dir: Path
+
+
+def require_hub() -> None:
+    import importlib.util
+
+    missing = [name for name in HUB_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise DownloadError(f"models pull needs {', '.join(missing)}, which is not installed: "
+                            "pip install 'qasr[convert]' (or run scripts/install.sh)")
 
 
 # ------------------------------------------------------------------ environment (read at call time)
@@ -261,6 +272,7 @@ def _library_output(bars: bool) -> Iterator[None]:
 def download_checkpoint(repo: str, revision: str | None = None, endpoint: str | None = None,
                         notes: Notes | None = None, progress_bars: bool = False) -> Snapshot:
     """The checkpoint's top-level files in the Hugging Face cache, fetched only where missing, all checked."""
+    require_hub()
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
     notes = notes or (lambda message: None)

@@ -20,7 +20,6 @@ from typing import Callable
 
 from qasr.config import paths
 from qasr.daemon.models.download import (
-    HUGGINGFACE,
     Snapshot,
     download_checkpoint,
     format_bytes,
@@ -102,6 +101,9 @@ def pull(options: PullOptions, notes: Notes | None = None,
         except BundleError as exc:
             notes(f"the installed bundle is not usable ({exc}); pulling it again")
 
+    from qasr.engine.convert import check_dependencies
+
+    check_dependencies()  # before a download of gigabytes that could not be converted
     repo = options.repo or entry.repo
     snap = download_checkpoint(repo, options.revision, options.endpoint, notes, options.progress_bars)
     notes(f"converting into {target} ({options.encoder} encoder, {options.decoder} decoder)")
@@ -115,12 +117,8 @@ def pull(options: PullOptions, notes: Notes | None = None,
 
 
 def _convert(snap: Snapshot, target: Path, options: PullOptions, progress: ConvertProgress | None) -> None:
-    from qasr.engine.convert import check_dependencies, convert_checkpoint
+    from qasr.engine.convert import convert_checkpoint
 
-    try:
-        check_dependencies()
-    except QasrError as exc:
-        raise QasrError(f"{exc}; the checkpoint stays in {snap.path}, so re-running pull will not download it again") from exc
     convert_checkpoint(snap.path, target, encoder=options.encoder, decoder=options.decoder,
                        progress=progress, overwrite=True)
 
