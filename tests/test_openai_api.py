@@ -132,7 +132,7 @@ MAX_UPLOAD = 2_000_000
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, tiny_bundle):
     env = DaemonProcess(tmp_path_factory.mktemp("openai"))
-    env.start(tiny_bundle, "--set", f"openai.max_upload_bytes={MAX_UPLOAD}")
+    env.start(tiny_bundle, "--set", f"openai.max_upload_bytes={MAX_UPLOAD}", "--set", "openai.max_audio_s=60")
     yield env
     env.stop()
 
@@ -211,6 +211,12 @@ def test_errors_have_openai_status_codes_and_one_line_messages(daemon, tmp_path)
         client(daemon).audio.transcriptions.create(model="x", file=corrupt)
     assert "corrupt.mp3" in bad_file.value.message and "\n" not in bad_file.value.message
 
+    too_long = tmp_path / "long.wav"
+    too_long.write_bytes(wav_bytes(np.zeros(61 * SR, np.float32)))
+    with pytest.raises(openai.BadRequestError) as over:
+        client(daemon).audio.transcriptions.create(model="x", file=too_long)
+    assert "max_audio_s" in over.value.message
+
     with pytest.raises(openai.BadRequestError) as language:
         client(daemon).audio.transcriptions.create(model="x", file=good, language="tlh")
     assert "ISO-639-1" in language.value.message
@@ -286,3 +292,29 @@ def test_websocket_audio_keeps_working_while_a_file_is_transcribed(daemon, tiny_
     assert final["token_ids"] == tiny_transcriber.transcribe(pcm16.astype(np.float32) / 32768.0).token_ids
     reference = tiny_transcriber.transcribe_file(path)
     assert [t for s in done["verbose"].segments for t in s.tokens] == reference.token_ids
+
+
+def test_malformed_http_on_the_port_gets_one_answer_and_websockets_still_work(daemon):
+    import socket
+
+    port = daemon.server_info()["port"]
+
+    def exchange(data: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(data)
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+            return received
+
+    assert exchange(b"\x16\x03\x01\x02\x00garbage\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    huge = b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n"
+    assert exchange(huge).startswith(b"HTTP/1.1 431 ")
+    not_found = exchange(b"DELETE /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + daemon.token().encode()
+                         + b"\r\n\r\n")
+    assert not_found.startswith(b"HTTP/1.1 404 ") and b'"error"' in not_found
+    unauthorised = exchange(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert unauthorised.startswith(b"HTTP/1.1 401 ")
+    health = exchange(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # still the websockets server's page
+    assert health.startswith(b"HTTP/1.1 200 ") and b'"protocol": "qasr.v1"' in health
+    assert "Traceback" not in daemon.log()

@@ -284,6 +284,11 @@ class HttpProtocol(asyncio.Protocol):
         self.request = HttpRequest(event.method.decode("latin-1"), event.target.decode("latin-1"), headers,
                                    peer=self._peer)
         self._state = "body"
+        head_bytes = len(event.target) + sum(len(name) + len(value) + 4 for name, value in event.headers)
+        if head_bytes > self.options.max_head_bytes:  # h11 limits only a head that arrives in pieces
+            self.front.on_error("http_bad_requests")
+            self._respond_early(_plain(431, f"request head over {self.options.max_head_bytes} bytes"), drain=False)
+            return
         try:
             early = self.front.app.check_head(self.request)  # route, origin, key, rate: before the size
         except Exception:
