@@ -298,3 +298,50 @@ def test_captions_overlay_on_xwayland_never_takes_focus_and_stays_on_top(wdesk):
             overlay.terminate()
             overlay.wait(timeout=10)
         term.close()
+
+
+def test_profile_by_app_id_undo_paste_last_and_history_on_sway(wdesk):
+    """Issue 14 on Wayland: a [[profile]] matched by sway's app_id (paste, no trailing space), undo's
+    BackSpaces (foot's raw `cat` records them as DEL bytes: one per character typed), paste-last into a
+    GTK entry and undo refused from another window, and the history naming the app_id and title."""
+    import json
+
+    profile = '[[profile]]\nname = "foot paste"\nmatch = ["qasr-wprof*"]\nsink = "paste"\ntrailing_space = false\n'
+    keys = 'paste_key_rules = { "qasr-wprof*" = "ctrl+shift+v" }\n'  # foot under another app_id
+    wdesk.reload(extra_output=keys + profile, rules=NO_CONTROLS_RULE + EXACT_RULE)
+    term = wdesk.foot("wprofile")
+    entry = None
+    try:
+        term.focus()
+        status = wdesk.env.status()
+        assert status["profile"]["name"] == "foot paste" and "qasr-wprofile" in status["profile"]["window"]
+        final = wdesk.final_after(wdesk.dictate())
+        assert final["text"] == EXACT_TEXT and final["sink"] == "paste"  # auto would have typed it
+        assert term.wait_text(EXACT_TEXT) == EXACT_TEXT  # no trailing space
+        undo = wdesk.env.cli("undo", timeout=60)
+        assert undo.returncode == 0, undo.stderr
+        removed = EXACT_TEXT + "\x7f" * len(EXACT_TEXT)
+        assert term.wait_text(removed) == removed
+        listed = wdesk.env.cli("history", "-n", "1", "--json", timeout=60)
+        [item] = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert item["app"] == "qasr-wprofile" and item["title"] == "qasr-wprofile"
+        assert item["profile"] == "foot paste" and item["sink"] == "paste"
+        if gtk_available():
+            entry = GtkEntry(wdesk.sway, "qasr-gtk-undo", wdesk.tmp / "gtk_undo.txt", wdesk.tmp / "gtk_undo.py")
+            entry.focus()
+            assert wdesk.env.status()["profile"]["name"] is None
+            pasted = wdesk.env.cli("paste-last", timeout=60)
+            assert pasted.returncode == 0, pasted.stderr
+            assert entry.wait_text(EXACT_TEXT) == EXACT_TEXT
+            term.focus()  # undo from another window: refused, nothing deleted
+            refused = wdesk.env.cli("undo", timeout=60)
+            assert refused.returncode == 1 and "nothing deleted" in refused.stderr
+            assert term.text() == removed
+            # Not checked: undo's BackSpaces in the GTK entry. wtype's BackSpace run from the daemon left the
+            # entry unchanged here (the same keys sent by GtkEntry.clear, End first, do delete): open, see
+            # docs/wayland.md.
+    finally:
+        term.close()
+        if entry is not None:
+            entry.close()
+        wdesk.reload()

@@ -111,8 +111,12 @@ def remove_last(output: Any) -> UndoResult:
         return UndoResult(False, window=focused, message="nothing deleted: modifier keys were still held")
     count = grapheme_count(last.text)
     sent = 0
+    repeated = getattr(output.backend, "press_repeated", None)
     try:
-        for _ in range(count):
+        if repeated is not None:
+            repeated("BackSpace", count)
+            sent = count
+        for _ in range(count - sent):
             output.backend.press_keys("BackSpace")
             sent += 1
     except Exception as exc:  # SinkFailed / QasrError: no key tool worked

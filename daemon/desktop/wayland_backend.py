@@ -159,6 +159,21 @@ class WaylandBackend:
                 self._note(notes, tool.name, str(exc), always=True)
         raise SinkFailed("no Wayland tool could press the paste keys", notes)
 
+    def press_repeated(self, key: str, count: int) -> str:
+        """One key ``count`` times (undo's BackSpaces): in one run where the tool can, else one by one."""
+        for tool in self.tools:
+            if tool.problem():
+                continue
+            with self._lock:
+                repeated = getattr(tool, "press_repeated", None)
+                if repeated is not None:
+                    repeated(key, count)
+                else:
+                    for _ in range(count):
+                        tool.press(key)
+            return tool.name
+        raise SinkFailed("no Wayland tool could press keys")
+
     def paste_keys_override(self, combo: str) -> str:
         """The keys the first usable tool will really press (shift+Insert on non-US key-code tools)."""
         for tool in self.tools:

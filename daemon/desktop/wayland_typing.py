@@ -129,6 +129,13 @@ class Wtype(KeyTool):
             cmd += ["-d", str(int(self.char_delay_ms))]
         _run(self.name, cmd + ["-"], text.encode("utf-8"), timeout_s=30 + len(text) * 0.05)
 
+    def press_repeated(self, key: str, count: int) -> None:
+        """``key`` ``count`` times in one run (one virtual keyboard: GTK 3 dropped lone single-key runs)."""
+        cmd = ["wtype", "-s", str(self.start_delay_ms)]
+        if self.char_delay_ms:
+            cmd += ["-d", str(int(self.char_delay_ms))]
+        _run(self.name, cmd + ["-k", key] * count, timeout_s=30 + count * 0.05)
+
     def press(self, combo: str) -> None:
         mods, key = parse_combo(combo)
         cmd = ["wtype", "-s", str(self.start_delay_ms)]
