@@ -161,3 +161,23 @@ def test_changed_options_reports_restart_needs():
     new = apply_overrides(old, ["engine.language=English", "server.port=9"])
     assert sorted(changed_options(old, new)) == [("engine.language", False), ("server.port", True)]
     assert changed_options(old, old) == []
+
+
+def test_profiles_load_as_arrays_of_tables_and_bad_ones_name_the_line():
+    text = ('[output]\nsink = "auto"\n\n[[profile]]\nname = "terms"\nmatch = ["foot", "*term*"]\nsink = "type"\n'
+            'trailing_space = false\n\n[[profile]]\nmatch = ["thunderbird"]\nlanguage = "English"\n'
+            'hotwords = ["Qwen"]\nspoken_formatting = true\n')
+    settings = loader.apply_toml(Settings(), text, "cfg")
+    first, second = settings.profiles
+    assert (first.label, first.match, first.sink, first.trailing_space) == ("terms", ("foot", "*term*"), "type", "false")
+    assert (second.label, second.language, second.hotwords, second.spoken_formatting) == \
+        ("thunderbird", "English", ("Qwen",), "true")
+    assert "profiles" not in Settings().to_dict()
+    assert ("profile", False) in changed_options(Settings(), settings)
+    for bad, words in (('[[profile]]\nmatch = ["a"]\n\n[[profile]]\nname = "x"\n', "line 4 (profile 2): a profile needs match"),
+                       ('[[profile]]\nmatch = ["a"]\nsink = "shout"\n', "line 1 (profile 1): profile.sink = 'shout'"),
+                       ('[[profile]]\nmatch = ["a"]\nlangauge = "x"\n', "unknown key profile.langauge; did you mean profile.language?"),
+                       ('[[profile]]\nmatch = "a"\n', "profile.match must be an array of strings"),
+                       ("profile = 3\n", "write profiles as [[profile]] tables")):
+        with pytest.raises(loader.ConfigError, match=re.escape(words)):
+            loader.apply_toml(Settings(), bad, "cfg")
