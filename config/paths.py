@@ -33,10 +33,6 @@ def cache_dir() -> Path:
     return _xdg("XDG_CACHE_HOME", ".cache") / APP
 
 
-def downloads_dir() -> Path:
-    return cache_dir() / "downloads"
-
-
 def state_dir() -> Path:
     return _xdg("XDG_STATE_HOME", ".local/state") / APP
 
