@@ -236,3 +236,49 @@ def test_bad_clients_are_closed_with_one_log_line_and_others_keep_working(daemon
                    "without a newline", "rate 0", "channels 0", "audio-chunk before audio-start", "silent for",
                    "went away mid-audio"):
         assert needle in log, needle
+
+
+def test_wyoming_openai_and_websocket_audio_at_once(daemon, tiny_transcriber, tmp_path):
+    """A Wyoming command, a WebSocket stream (foreground, like dictation) and an OpenAI file (background)
+    at the same time: each result equals offline transcription of its own audio."""
+    import threading
+
+    import openai
+    from websockets.asyncio.client import connect
+
+    from tests.test_openai_api import wav_bytes
+
+    path = tmp_path / "file.wav"
+    path.write_bytes(wav_bytes(tone(8.0, 21)))
+    files: dict = {}
+
+    def post():
+        c = openai.OpenAI(base_url=daemon.server_info()["http_url"] + "/v1", api_key=daemon.token(), max_retries=0)
+        files["text"] = c.audio.transcriptions.create(model="x", file=path, response_format="verbose_json")
+
+    command, spoken = pcm16_of(tone(2.0, 22)), pcm16_of(tone(2.5, 23))
+
+    async def websocket():
+        async with connect(daemon.server_info()["ws_url"],
+                           additional_headers={"Authorization": f"Bearer {daemon.token()}"}) as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "audio.start", "format": "s16le", "sample_rate": SR, "segment": "none"}))
+            for chunk in np.array_split(spoken, 8):
+                await ws.send(chunk.tobytes())
+                await asyncio.sleep(0.05)
+            await ws.send(json.dumps({"type": "audio.end"}))
+            while True:
+                message = json.loads(await ws.recv())
+                if message["type"] == "final":
+                    return message
+
+    async def both():
+        return await asyncio.gather(utterance(*address(daemon), command), websocket())
+
+    worker = threading.Thread(target=post)
+    worker.start()
+    wyoming_events, final = run(both())
+    worker.join(300)
+    assert wyoming_events[-1].data["text"] == tiny_transcriber.transcribe(command.astype(np.float32) / 32768.0).text
+    assert final["token_ids"] == tiny_transcriber.transcribe(spoken.astype(np.float32) / 32768.0).token_ids
+    assert [t for s in files["text"].segments for t in s.tokens] == tiny_transcriber.transcribe_file(path).token_ids

@@ -197,8 +197,7 @@ class _Session:
                         raise Closing(f"silent for {idle:.0f} s (wyoming.idle_timeout_s)") from None
                     continue
                 if not data:
-                    if self.job is not None and self.job.streaming:
-                        reason = "went away mid-audio; the utterance was dropped"
+                    reason = self._gone("")
                     break
                 self.last_activity = time.monotonic()
                 for event in self.frames.feed(data):
@@ -210,7 +209,7 @@ class _Session:
             reason = str(exc)
             self.server.metrics.count("wyoming_errors")
         except (ConnectionError, asyncio.IncompleteReadError):
-            reason = "connection lost"
+            reason = self._gone("connection lost")
         except Exception:
             log.exception("wyoming %s: failed", self.name)
             reason = "internal error"
@@ -224,6 +223,12 @@ class _Session:
             except (asyncio.TimeoutError, Exception):
                 sender.cancel()
             self.writer.close()
+
+    def _gone(self, otherwise: str) -> str:
+        """The client closed (or reset) the connection: worth a line only if it left an utterance open."""
+        if self.job is not None and self.job.streaming:
+            return "went away mid-audio; the utterance was dropped"
+        return otherwise
 
     # -- events from the client ----------------------------------------------------------------
     async def _handle(self, event: Event) -> None:
