@@ -337,9 +337,8 @@ def test_profile_by_app_id_undo_paste_last_and_history_on_sway(wdesk):
             refused = wdesk.env.cli("undo", timeout=60)
             assert refused.returncode == 1 and "nothing deleted" in refused.stderr
             assert term.text() == removed
-            # Not checked: undo's BackSpaces in the GTK entry. wtype's BackSpace run from the daemon left the
-            # entry unchanged here (the same keys sent by GtkEntry.clear, End first, do delete): open, see
-            # docs/wayland.md.
+            # Not checked: undo's BackSpaces in the GTK entry. GTK 3 ignores wtype's BackSpace as it ignores its
+            # Ctrl (see docs/wayland.md).
     finally:
         term.close()
         if entry is not None:
