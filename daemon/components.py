@@ -78,7 +78,7 @@ class Components:
                                  on_audio=saver.add if saver else None)
         self.pipeline.start()
         self.router.journal = Journal(opts.journal_options(s))
-        self.router.profiles = s.profiles
+        self._set_profiles(s.profiles)
         self.router.engine_context = lambda: self.daemon.settings.engine.context
         self._make_shaper()
         self._make_output()
@@ -199,6 +199,21 @@ class Components:
             self.desktop["hotkey"] = {"backend": "none", "why": listener.unavailable_reason}
             self.warnings.append(listener.unavailable_reason)
 
+    def _set_profiles(self, profiles: tuple) -> None:
+        """[[profile]] tables for the router; a language the model does not know is dropped with a warning."""
+        from dataclasses import replace
+
+        checked = []
+        for profile in profiles:
+            if profile.language:
+                try:
+                    self.check_language(profile.language)
+                except QasrError as exc:
+                    self._warn(f"[[profile]] {profile.label}: {exc}; its language is ignored")
+                    profile = replace(profile, language="")
+            checked.append(profile)
+        self.router.profiles = tuple(checked)
+
     def _start_action_keys(self) -> None:
         from qasr.daemon.desktop import action_keys
 
@@ -307,7 +322,8 @@ class Components:
             self._make_output()
         if new.shaping != old.shaping:
             self._make_shaper()
-        self.router.profiles = new.profiles
+        if new.profiles != old.profiles:
+            self._set_profiles(new.profiles)
 
     def shutdown(self) -> None:
         if self.action_keys is not None:

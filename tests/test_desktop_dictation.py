@@ -478,14 +478,16 @@ def test_profile_for_the_tk_window_and_spoken_formatting_with_the_spoken_undo(de
     """A [[profile]] matched by WM_CLASS sets language, sink, trailing space and spoken formatting for Tk;
     the model-style Chinese final "你好世界逗号。" is typed as "你好世界，", and "撤销。" removes it again."""
     profile = ('[[profile]]\nname = "tk chinese"\nmatch = ["qasrdict*"]\nlanguage = "Chinese"\nsink = "type"\n'
-               'trailing_space = false\nspoken_formatting = true\n')
+               'trailing_space = false\nspoken_formatting = true\n'
+               '[[profile]]\nmatch = ["nothing-matches"]\nlanguage = "Klingon"\n')
     desk.replacements.write_text(NO_CONTROLS_RULE + "(?s)^.*$ = 你好世界逗号。\n", encoding="utf-8")
     try:
         desk.reload(config_text(desk.replacements) + profile)
         desk.tk.focus()
         desk.tk.clear()
         status = desk.env.status()
-        assert status["profile"]["name"] == "tk chinese" and status["profile"]["profiles"] == 1, status["profile"]
+        assert status["profile"]["name"] == "tk chinese" and status["profile"]["profiles"] == 2, status["profile"]
+        assert any("[[profile]] nothing-matches" in w and "Klingon" in w for w in status["warnings"])
         assert "qasr dictation entry" in status["profile"]["window"]
         final = desk.final_after(desk.dictate())
         assert final["language"] == "Chinese" and final["sink"] == "type"
