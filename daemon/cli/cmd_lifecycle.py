@@ -156,6 +156,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_line(profile: dict[str, Any]) -> str:
+    """``status``'s profile: the one in force for the focused window, or why none is."""
+    if profile.get("name"):
+        return f"{profile['name']} ({profile.get('window')})"
+    return f"none ({profile.get('why', 'no [[profile]] tables')}; {profile.get('profiles', 0)} defined)"
+
+
 def _format_status(status: dict[str, Any]) -> str:
     rows = [
         ("state", status.get("state")),
@@ -171,6 +178,7 @@ def _format_status(status: dict[str, Any]) -> str:
         ("config", status.get("config_file")),
         ("log", status.get("log_file")),
         ("journal", status.get("journal_file") or "off"),
+        ("profile", _profile_line(status.get("profile") or {})),
     ]
     lines = [f"{name:>13}: {value}" for name, value in rows]
     lines += [f"{'warning':>13}: {w}" for w in status.get("warnings") or ()]

@@ -278,6 +278,9 @@ class TextOutput:
         if result.delivered:
             self.serial += 1
             self.last = Delivered(utt.window, text, self.serial, result.sink, is_terminal(utt.window, self.options))
+        elif utt.typed_text and text == utt.typed_text and not result.message:
+            # live typing sent all of it: the whole text is in the window, as one undoable piece
+            self.last = Delivered(utt.window, text, self.serial, "type", is_terminal(utt.window, self.options))
         elif utt.typed_text:
             self.last = None  # live typing sent part of it: not one undoable piece
         if result.delivered:
