@@ -79,3 +79,26 @@ def test_a_job_is_cut_and_routed_like_offline_transcribe(tiny_transcriber):
         assert final["token_ids"] == segment.token_ids and final["source"] == "openai:1"
         assert span == (segment.start_s, segment.end_s)
     assert seen == result.finals and len(routes) == 0  # every utterance was routed and closed
+
+
+def test_background_work_waits_while_a_foreground_utterance_is_spoken():
+    backend = FakeBackend()
+
+    def script(p):
+        foreground = p.begin("mic")
+        p.audio(foreground, block(), partial=False)
+        p._inbox.join()  # being spoken: open, not ended
+        background = p.begin("openai:1", background=True)
+        p.audio(background, block(), partial=False)
+        p.end(background)
+        p._inbox.join()
+        assert not backend.streams[1].log or ("b", "final") not in backend.log
+        import time
+
+        time.sleep(0.5)
+        assert ("b", "final") not in backend.log  # held while the foreground utterance is open
+        p.end(foreground)
+
+    run_pipeline(backend, script)
+    finals = [name for name, kind in backend.log if kind == "final"]
+    assert finals == ["a", "b"]

@@ -63,6 +63,7 @@ class _Utterance:
     source: str
     options: StreamOptions
     background: bool = False  # served only when no foreground (dictation) utterance has work
+    held_since: float | None = None  # when a background job was first held back for a foreground utterance
     stream: UtteranceStream | None = None  # opened with the first audio, whose time fixes audio_start
     ended: float | None = None  # monotonic time the audio ended (latency is measured from here)
     audio_s: float = 0.0
@@ -76,6 +77,7 @@ class _Utterance:
 
 
 _STOP = object()
+BACKGROUND_HOLD_S = 5.0  # background work waits at most this long for a foreground utterance being spoken
 
 
 class Pipeline:
@@ -248,9 +250,28 @@ class Pipeline:
 
     # -- decoder worker ------------------------------------------------------------------------
     def _next_job(self) -> tuple[_Utterance, str] | None:
-        """Foreground utterances first, then background ones; within each, the oldest first."""
+        """Foreground utterances first, then background ones; within each, the oldest first. While a
+        foreground utterance is still being spoken, background work does not start (a final once started
+        is never stopped, and would delay the coming dictation final), unless it has waited
+        BACKGROUND_HOLD_S already."""
         job = self._next_of(False)
-        return job if job is not None else self._next_of(True)
+        if job is not None:
+            return job
+        job = self._next_of(True)
+        if job is not None and self._foreground_open():
+            now = time.monotonic()
+            if job[0].held_since is None:
+                job[0].held_since = now
+            if now - job[0].held_since < BACKGROUND_HOLD_S:
+                if job[1] == "partial":
+                    job[0].partial_wanted = True  # taken back: asked again once it may run
+                elif job[1] == "prepare":
+                    job[0].prepare_wanted = True
+                return None
+        return job
+
+    def _foreground_open(self) -> bool:
+        return any(not u.background and u.ended is None and not u.cancelled for u in self._active.values())
 
     def _next_of(self, background: bool) -> tuple[_Utterance, str] | None:
         for utt in self._active.values():  # oldest first
@@ -275,7 +296,8 @@ class Pipeline:
             with self._cond:
                 job = self._next_job()
                 while job is None and not self._stopping:
-                    self._cond.wait()
+                    held = any(u.held_since is not None for u in self._active.values())
+                    self._cond.wait(BACKGROUND_HOLD_S / 4 if held else None)  # a held job falls due
                     job = self._next_job()
                 if job is None:
                     return
