@@ -31,6 +31,11 @@ def test_mtmd_log_gives_encoder_prefill_and_per_token_times():
     assert got["llama_cpp_total_ms"] == round(912 + 601.5 + 1185.2, 1)
 
 
+def test_batch_encoding_lines_of_newer_llama_cpp_are_summed():
+    log = "I mtmd batch encoding done in 440 ms\nI mtmd batch encoding done in 283 ms\n"
+    assert parse_mtmd_log(log)["llama_cpp_encoder_ms"] == 723.0
+
+
 def test_a_log_without_timings_gives_no_total():
     assert "llama_cpp_total_ms" not in parse_mtmd_log("error: failed to load model")
 

@@ -2,8 +2,8 @@
 
     python -m qasr.daemon.bench.decoder_bench GGUF [--threads 2] [--rounds 5]
 
-Per round, in turn: llama-bench (`-p 148 -n 40 -d 0,148`: prompt processing of 148 positions in one
-batch, and 40 single-token steps after 148 cached positions) and qasr's `Decoder` on the same work:
+Per round, in turn: llama-bench (`-p 148 -n 0`: prompt processing of 148 positions in one batch, and
+`-p 0 -n 40 -d 148`: 40 single-token steps after 148 cached positions) and qasr's `Decoder` on the same work:
 - `pp`: 148 token ids in one feed (what llama-bench's pp148 does);
 - `prompt`: the ASR prompt as qasr feeds it (9 head tokens, 133 audio embeddings, 6 tail tokens =
   148 positions, three decodes), cold (`prompt_cold`) and with the head kept from the previous
@@ -30,9 +30,9 @@ HEAD, TAIL = 9, 6  # the ASR prompt around the audio (no context, language detec
 def llama_bench(binary: Path, gguf: Path, threads: int, prompt: int, gen: int, reps: int = 1,
                 extra: tuple[str, ...] = ()) -> dict:
     """llama-bench's pp (depth 0) and tg (after `prompt` cached positions), ms."""
-    cmd = [str(binary), "-m", str(gguf), "-p", str(prompt), "-n", str(gen), "-d", f"0,{prompt}", "-t", str(threads),
-           "-r", str(reps), "-mmp", "0", "-o", "jsonl", *extra]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    common = ["-m", str(gguf), "-t", str(threads), "-r", str(reps), "-mmp", "0", "-o", "jsonl", *extra]
+    out = "".join(subprocess.run([str(binary), *common, *args], capture_output=True, text=True, check=True).stdout
+                  for args in (["-p", str(prompt), "-n", "0"], ["-p", "0", "-n", str(gen), "-d", str(prompt)]))
     result = {}
     for line in out.splitlines():
         row = json.loads(line)

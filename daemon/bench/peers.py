@@ -89,9 +89,9 @@ _MS = r"([0-9]+(?:\.[0-9]+)?) ms"
 def run_mtmd(binary: Path, model: Path, mmproj: Path, wav: Path, threads: int, new_tokens: int) -> dict:
     cmd = [str(binary), "-m", str(model), "--mmproj", str(mmproj), "--audio", str(wav), "-p", PROMPT,
            "-n", str(new_tokens), "--ignore-eos", "--temp", "0", "-t", str(threads), "-tb", str(threads),
-           "--no-mmap", "-c", "1024", "--no-warmup"]
+           "-c", "1024"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     wall = (time.perf_counter() - t0) * 1000.0
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
@@ -100,9 +100,10 @@ def run_mtmd(binary: Path, model: Path, mmproj: Path, wav: Path, threads: int, n
 
 
 def parse_mtmd_log(log: str) -> dict:
-    """llama-mtmd-cli's own timings: audio encoder (`... slice encoded in N ms`), prompt + audio decode
+    """llama-mtmd-cli's own timings: audio encoder (`mtmd batch encoding done in N ms`), prompt + audio decode
     (llama_perf's `prompt eval time`, every multi-position decode) and generation (`eval time`)."""
-    encode = sum(float(m) for m in re.findall(r"slice encoded in " + _MS, log))
+    # per slice (older llama.cpp) or per batch of media chunks (mtmd_batch_encode, 0.3.36)
+    encode = sum(float(m) for m in re.findall(r"(?:slice encoded|batch encoding done) in " + _MS, log))
     prompt = re.search(r"prompt eval time =\s+" + _MS, log)
     gen = re.search(r"\beval time =\s+" + _MS + r" /\s+(\d+) runs", log)
     result: dict = {"llama_cpp_encoder_ms": encode}
