@@ -1,8 +1,10 @@
 """Write the audio encoder graphs at a precision and check each one in onnxruntime (no torch).
 
 fp32: the graphs of `encoder_onnx` as they are. fp16: onnxruntime's float16 converter (weights and
-compute fp16, graph inputs/outputs fp32). int8: onnxruntime's `quantize_dynamic` (per-channel int8
-MatMul/Gemm weights; the front-end is built in im2col form first so its wide convolutions are MatMuls).
+compute fp16, graph inputs/outputs fp32). int8: onnxruntime's `quantize_dynamic` (symmetric int8 MatMul
+weights with one scale per output channel, uint8 activations quantized per tensor at run time) following
+an `Int8Recipe`: which weight groups stay float (by checkpoint weight name, so the choice survives node
+renumbering) and whether the front-end's wide convolutions become int8 im2col MatMuls.
 Every written graph is run on a sample and compared with the numpy reference (`encoder_reference`).
 """
 
@@ -21,6 +23,10 @@ from qasr.errors import QasrError
 # Worst relative error (max |ort - reference| / max |reference|) accepted when verifying a graph.
 # int8 dynamic quantization of random-looking weights loses a few percent; fp16 well under one.
 TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.15}
+
+
+def tolerance(precision: str) -> float:
+    return TOLERANCE["int8" if precision.startswith("int8") else precision]
 
 
 class ExportError(QasrError):
@@ -54,17 +60,93 @@ def convert_fp16(model, dst: Path) -> Path:
     return dst
 
 
-def convert_int8(src: Path, dst: Path) -> Path:
-    """Dynamic int8 quantization of MatMul/Gemm weights; Conv nodes and norms stay fp32."""
+# Weight groups an int8 recipe can keep in float, as checkpoint weight-name prefixes (n = encoder layers).
+FLOAT_GROUPS: dict[str, Callable[[int], tuple[str, ...]]] = {
+    "frontend_convs": lambda n: ("conv2d2.", "conv2d3."),  # the wide 3x3 convs (im2col MatMuls in int8)
+    "frontend_proj": lambda n: ("conv_out.",),  # flattened conv output -> d_model
+    "first_layer": lambda n: ("layers.0.",),
+    "last_layer": lambda n: (f"layers.{n - 1}.",),
+    "head": lambda n: ("proj1.", "proj2."),  # after ln_post, into the decoder's embedding space
+}
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How `quantize_dynamic` is driven. Weights: symmetric int8, per output channel unless per_channel is
+    False; activations: uint8, one dynamic scale per tensor (the only dynamic mode onnxruntime has)."""
+
+    name: str
+    keep_float: tuple[str, ...] = ()  # FLOAT_GROUPS kept in float32
+    per_channel: bool = True
+    reduce_range: bool = False  # 7-bit weights (for CPUs without VNNI, where u8s8 products can saturate)
+
+    @property
+    def im2col(self) -> bool:
+        """The front-end convs as im2col MatMuls only when they are to be quantized."""
+        return "frontend_convs" not in self.keep_float
+
+    def float_prefixes(self, n_layers: int) -> tuple[str, ...]:
+        return tuple(p for group in self.keep_float for p in FLOAT_GROUPS[group](n_layers))
+
+    def describe(self, n_layers: int) -> dict:
+        """What the manifest records about the recipe."""
+        return {
+            "name": self.name,
+            "weights": f"int8 symmetric, {'per output channel' if self.per_channel else 'per tensor'}"
+                       + (", 7-bit range" if self.reduce_range else ""),
+            "activations": "uint8 dynamic, per tensor",
+            "float_groups": list(self.keep_float),
+            "float_weight_prefixes": list(self.float_prefixes(n_layers)),
+        }
+
+
+# Today's default: everything the quantizer can take stays int8 except the parts where the error starts
+# and ends (first/last transformer layer, the output head) and the front-end projection; all of them cost
+# little time (docs/benchmarks.md, "Encoder quantization error"). The wide front-end convs, by far the
+# biggest compute, stay int8.
+INT8_RECIPES = {
+    "int8": Int8Recipe("int8-mixed", keep_float=("frontend_proj", "first_layer", "last_layer", "head")),
+    # Every MatMul int8: the converter's recipe before the mixed one (benchmarks compare against it).
+    "int8-naive": Int8Recipe("int8-naive"),
+    "int8-per-tensor": Int8Recipe("int8-per-tensor", per_channel=False),
+}
+
+
+def recipe_for(precision: str) -> Int8Recipe | None:
+    return INT8_RECIPES.get(precision)
+
+
+def weight_matmuls(model) -> dict[str, str]:
+    """{MatMul/Gemm node name: its constant weight's initializer name} of a float graph."""
+    inits = {init.name for init in model.graph.initializer}
+    return {n.name: n.input[1] for n in model.graph.node
+            if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits}
+
+
+def float_nodes(model, recipe: Int8Recipe, n_layers: int) -> list[str]:
+    """Names of the weight MatMuls `recipe` keeps in float."""
+    prefixes = recipe.float_prefixes(n_layers)
+    if not prefixes:
+        return []
+    return sorted(node for node, weight in weight_matmuls(model).items() if weight.startswith(prefixes))
+
+
+def convert_int8(src: Path, dst: Path, recipe: Int8Recipe = INT8_RECIPES["int8-naive"], n_layers: int = 0) -> Path:
+    """Dynamic int8 quantization of MatMul/Gemm weights; Conv nodes, norms and the recipe's float
+    groups stay fp32."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    exclude = float_nodes(onnx.load(str(src), load_external_data=False), recipe, n_layers) if recipe.keep_float else []
     with _without_preprocess_hint():
         quantize_dynamic(
             str(src),
             str(dst),
             op_types_to_quantize=["MatMul", "Gemm"],
-            per_channel=True,
+            per_channel=recipe.per_channel,
+            reduce_range=recipe.reduce_range,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude,
         )
     return dst
 
@@ -106,10 +188,10 @@ def verify_graph(path: Path, want: np.ndarray, sample: np.ndarray, spec: GraphSp
         raise ExportError(f"{path.name}: output {got.dtype}{got.shape}, expected float32{want.shape}; "
                           "converter bug, please report it")
     err = relative_error(got, want)
-    if not np.isfinite(err) or err > TOLERANCE[precision]:
+    if not np.isfinite(err) or err > tolerance(precision):
         raise ExportError(
             f"{path.name} differs from the reference computation by {err:.3g} (relative, limit "
-            f"{TOLERANCE[precision]}); converter bug, please report it"
+            f"{tolerance(precision)}); converter bug, please report it"
         )
     return err
 
@@ -122,8 +204,10 @@ def write_graph(
     sample: np.ndarray,
     want: np.ndarray,
     spec: GraphSpec,
+    n_layers: int = 0,
 ) -> float:
-    """Build the graph (fp32 ModelProto), write it at `precision`, return its verified relative error."""
+    """Build the graph (fp32 ModelProto), write it at `precision` (fp32, fp16 or an INT8_RECIPES key),
+    return its verified relative error."""
     model = build()
     if precision == "fp32":
         save_fp32(model, out_path)
@@ -132,6 +216,6 @@ def write_graph(
     else:
         fp32 = save_fp32(model, scratch / f"{out_path.stem}.fp32-tmp.onnx")
         del model
-        convert_int8(fp32, out_path)
+        convert_int8(fp32, out_path, INT8_RECIPES[precision], n_layers)
         fp32.unlink()
     return verify_graph(out_path, want, sample, spec, precision)

@@ -88,7 +88,10 @@ def check_dependencies() -> None:
 
 
 def _check_options(encoder: str, decoder: str) -> None:
-    if encoder not in ENCODER_PRECISIONS:
+    from qasr.engine.convert.encoder_export import INT8_RECIPES
+
+    # The named int8 recipes beyond `int8` (e.g. int8-naive) are for benchmarks and tests, not the CLI.
+    if encoder not in ENCODER_PRECISIONS and encoder not in INT8_RECIPES:
         raise QasrError(f"unknown encoder precision {encoder!r}; choose one of {', '.join(ENCODER_PRECISIONS)}")
     if decoder not in DECODER_PRECISIONS:
         raise QasrError(f"unknown decoder precision {decoder!r}; choose one of {', '.join(DECODER_PRECISIONS)}")
@@ -104,7 +107,7 @@ def _prepare_out(out_dir: Path, overwrite: bool) -> None:
 
 def _export_encoder(ckpt: Checkpoint, work: Path, precision: str, track: _Tracker) -> dict[str, float]:
     from qasr.engine.convert import encoder_reference as ref
-    from qasr.engine.convert.encoder_export import BACKEND, FRONTEND, write_graph
+    from qasr.engine.convert.encoder_export import BACKEND, FRONTEND, recipe_for, write_graph
     from qasr.engine.convert.encoder_onnx import backend_model, check_config, frontend_model
 
     a = ckpt.audio
@@ -116,17 +119,19 @@ def _export_encoder(ckpt: Checkpoint, work: Path, precision: str, track: _Tracke
     errors = {}
     track("exporting encoder front-end", 0.0)
     # int8: the two wide convs as im2col MatMuls, which dynamic quantization makes int8 GEMMs
-    # (it leaves Conv in fp32); checked against the same reference as the conv form.
+    # (it leaves Conv in fp32), unless the recipe keeps them float; checked against the same reference.
+    recipe = recipe_for(precision)
+    im2col = recipe is not None and recipe.im2col
     front_want = ref.frontend(a, tensors, mel)
     errors["encoder_frontend"] = write_graph(
-        lambda: frontend_model(a, tensors, im2col=precision == "int8"), work / f"encoder_frontend.{precision}.onnx",
-        precision, work, mel, front_want, FRONTEND,
+        lambda: frontend_model(a, tensors, im2col=im2col), work / f"encoder_frontend.{precision}.onnx",
+        precision, work, mel, front_want, FRONTEND, a.encoder_layers,
     )
     track("exporting encoder back-end", 0.0)
     hidden = front_want.astype(np.float32).reshape(2, 2 * a.tokens_per_chunk, a.d_model)[:, :-3]
     errors["encoder_backend"] = write_graph(
         lambda: backend_model(a, tensors), work / f"encoder_backend.{precision}.onnx",
-        precision, work, hidden, ref.backend(a, tensors, hidden), BACKEND,
+        precision, work, hidden, ref.backend(a, tensors, hidden), BACKEND, a.encoder_layers,
     )
     return errors
 
@@ -182,8 +187,22 @@ def _manifest(ckpt: Checkpoint, work: Path, encoder: str, decoder: str, errors: 
         stop_token_ids=[ckpt.tokens["im_end"], ckpt.tokens["endoftext"]],
         languages=list(ckpt.languages),
         created_by=f"qasr {__version__}",
-        extra={"conversion": {"encoder_relative_error": {k: float(f"{v:.3g}") for k, v in errors.items()}}},
+        extra={"conversion": {
+            "encoder_recipe": encoder_recipe(encoder, a.encoder_layers),
+            "encoder_relative_error": {k: float(f"{v:.3g}") for k, v in errors.items()},
+        }},
     )
+
+
+def encoder_recipe(precision: str, n_layers: int) -> dict:
+    """The manifest's record of how the encoder graphs were written."""
+    from qasr.engine.convert.encoder_export import recipe_for
+
+    recipe = recipe_for(precision)
+    if recipe is None:
+        return {"name": precision, "weights": precision, "activations": precision, "float_groups": [],
+                "float_weight_prefixes": []}
+    return recipe.describe(n_layers)
 
 
 def _move_into_place(work: Path, out_dir: Path) -> None:
