@@ -190,8 +190,9 @@ class Components:
             if h.backend != "none":
                 self._warn(why)
             return
+        actions = self._action_combos() if backend == "evdev" else None  # X11: _start_action_keys
         listener = make_hotkey(backend, options, (lambda: hotkey("start"), lambda: hotkey("stop"),
-                                                  lambda: hotkey("cancel")), options.evdev_devices)
+                                                  lambda: hotkey("cancel")), options.evdev_devices, actions)
         if listener.start():
             self.hotkey = listener
             log.info("hotkey %s (%s, %s)", h.combo, h.mode, backend)
@@ -214,6 +215,19 @@ class Components:
             checked.append(profile)
         self.router.profiles = tuple(checked)
 
+    def _action_combos(self) -> dict:
+        """hotkey.paste_last_combo / undo_combo → callbacks running the command on a thread of its own."""
+        from qasr.daemon.desktop import action_keys
+
+        h = self.settings.hotkey
+        try:
+            keys = action_keys.bindings(h.paste_last_combo, h.undo_combo)
+        except QasrError as exc:
+            self._warn(f"hotkey.paste_last_combo / undo_combo: {exc}")
+            return {}
+        run = self.daemon.commands.hotkey
+        return {combo: (lambda n=name: action_keys.in_thread(run, n)) for combo, name in keys.items()}
+
     def _start_action_keys(self) -> None:
         from qasr.daemon.desktop import action_keys
 
@@ -223,11 +237,11 @@ class Components:
         except QasrError as exc:
             self._warn(f"hotkey.paste_last_combo / undo_combo: {exc}")
             return
-        if not keys:
-            return
+        if not keys or (self.hotkey is not None and getattr(self.hotkey, "backend", "") == "evdev"):
+            return  # none, or the evdev listener serves them
         if self.session.kind != desktop_session.X11:
-            self._warn("paste-last/undo hotkeys need X11; on Wayland bind `qasr-daemon paste-last` and "
-                       "`qasr-daemon undo` in your compositor")
+            self._warn("paste-last/undo hotkeys need X11 or the evdev hotkey; on Wayland bind "
+                       "`qasr-daemon paste-last` and `qasr-daemon undo` in your compositor")
             return
         run = self.daemon.commands.hotkey
         listener = action_keys.ActionKeys(keys, run)

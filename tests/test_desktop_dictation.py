@@ -401,6 +401,23 @@ def test_graphemes_count_what_one_backspace_removes():
         assert graphemes(text) == regex.findall(r"\X", text), text
 
 
+def test_undo_is_refused_unless_it_is_safe():
+    from qasr.daemon.desktop.undo import Delivered, undo_problem
+    from qasr.daemon.desktop.x11 import WindowInfo
+
+    tk, term = WindowInfo(1, "tk", "Tk", "entry"), WindowInfo(2, "xterm", "XTerm", "shell")
+    last = Delivered(tk, "hello ", 5, "paste")
+    assert undo_problem(last, 5, True, tk) == ""
+    assert "nothing to undo" in undo_problem(None, 5, True, tk)
+    assert "typed or pasted something after" in undo_problem(last, 6, True, tk)
+    assert "does not tell which window" in undo_problem(last, 5, False, tk)
+    assert "the focus is on XTerm 'shell'" in undo_problem(last, 5, True, term)
+    assert "the focus is on no window" in undo_problem(last, 5, True, None)
+    ran = Delivered(term, "ls\n", 5, "type", terminal=True)
+    assert "line break to a terminal" in undo_problem(ran, 5, True, term)
+    assert undo_problem(Delivered(tk, "two\nlines", 5, "paste"), 5, True, tk) == ""  # an editor: fine
+
+
 def test_undo_paste_last_and_history_in_tk_and_xterm(desk, clipboard):
     """Undo removes exactly the dictated text (accents, CJK, emoji) from the window it went to; paste-last
     brings it back; undo refuses in another window or after we typed again; history lists and copies it.

@@ -195,3 +195,20 @@ def test_a_virtual_keyboard_drives_the_evdev_listener_end_to_end():
     finally:
         listener.stop()
         ui.close()
+
+
+def test_paste_last_and_undo_combos_fire_once_per_press_with_exactly_their_modifiers():
+    rec = Recorder()
+    opts = HotkeyOptions(combo="<pause>", release_debounce_s=0.01)
+    k = EvdevKeys(opts, rec.callback("start"), rec.callback("stop"), rec.callback("cancel"),
+                  actions={"<f7>": rec.callback("paste-last"), "<ctrl>+<alt>+z": rec.callback("undo")})
+    press(k, e.KEY_F7)
+    k.handle(ev(e.KEY_F7, 2))  # autorepeat fires nothing more
+    release(k, e.KEY_F7)
+    press(k, e.KEY_LEFTCTRL, e.KEY_RIGHTALT, e.KEY_Z)
+    release(k, e.KEY_Z, e.KEY_RIGHTALT, e.KEY_LEFTCTRL)
+    press(k, e.KEY_LEFTCTRL, e.KEY_LEFTSHIFT, e.KEY_LEFTALT, e.KEY_Z)  # another modifier too: not undo
+    release(k, e.KEY_Z, e.KEY_LEFTALT, e.KEY_LEFTSHIFT, e.KEY_LEFTCTRL)
+    press(k, e.KEY_Z)  # z alone: nothing
+    release(k, e.KEY_Z)
+    assert rec.calls == ["paste-last", "undo"]

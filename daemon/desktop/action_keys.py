@@ -1,7 +1,10 @@
 """One-shot hotkeys on X11 (pynput): ``hotkey.paste_last_combo`` → paste-last, ``hotkey.undo_combo`` → undo.
 
+With the evdev hotkey (Wayland, ``[hotkey] backend = "evdev"``) the evdev listener serves the same combos
+(``evdev_hotkey.EvdevKeys`` ``actions``).
+
 Like the dictation hotkey the listener observes keys without grabbing them (the focused application sees
-them too: pick keys it ignores, such as F7/F8). On Wayland there is no X11 listener for these: bind
+them too: pick keys it ignores, such as F7/F8). On Wayland without evdev: bind
 ``qasr-daemon paste-last`` / ``qasr-daemon undo`` in the compositor (README, "Dictating").
 """
 
@@ -14,6 +17,11 @@ from typing import Any, Callable
 from .hotkey import normalize_combo
 
 log = logging.getLogger("qasr.hotkey")
+
+
+def in_thread(run: Callable[[str], None], name: str) -> None:
+    """Run a command off the key-reading thread (it types or presses BackSpace for a while)."""
+    threading.Thread(target=run, args=(name,), name=f"hotkey-{name}", daemon=True).start()
 
 
 def bindings(paste_last_combo: str, undo_combo: str) -> dict[str, str]:
@@ -32,8 +40,7 @@ class ActionKeys:
         self._listener: Any = None
 
     def _fire(self, name: str) -> None:
-        # pynput's thread must keep reading keys: the command (typing, BackSpaces) runs on its own thread
-        threading.Thread(target=self._run, args=(name,), name=f"hotkey-{name}", daemon=True).start()
+        in_thread(self._run, name)  # pynput's thread must keep reading keys
 
     def start(self) -> bool:
         try:

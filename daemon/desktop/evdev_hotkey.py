@@ -72,8 +72,10 @@ class EvdevKeys:
     """evdev events -> HotkeyLogic. Pure: feed it events (``handle``) from devices or from a test."""
 
     def __init__(self, options: HotkeyOptions, on_start: Callable[[], Any], on_stop: Callable[[], Any],
-                 on_cancel: Callable[[], Any]) -> None:
+                 on_cancel: Callable[[], Any], actions: dict[str, Callable[[], Any]] | None = None) -> None:
         combo = set(normalize_combo(options.combo).split("+"))
+        # one-shot combos (paste-last, undo): fire when the key completing the combo goes down
+        self._actions = [(set(normalize_combo(c).split("+")), fn) for c, fn in (actions or {}).items()]
         cancel = normalize_combo(options.cancel_key) if options.cancel_key else None
         # A side-specific modifier in the combo (<ctrl_l>) must not count its generic twin as "another".
         sided = {t for t in combo if t.rsplit("_", 1)[0] + ">" in GENERIC_MODIFIERS and t not in GENERIC_MODIFIERS}
@@ -92,12 +94,24 @@ class EvdevKeys:
             if self._down[code] == 1:
                 for token in tokens_for(code):
                     self.logic.key_down(token)
+                self._fire_actions(code)
         elif event.value == KEY_UP and self._down.get(code):
             self._down[code] -= 1
             if not self._down[code]:
                 del self._down[code]
                 for token in tokens_for(code):
                     self.logic.key_up(token)
+
+    def _fire_actions(self, code: int) -> None:
+        if not self._actions:
+            return
+        held = {token for c in self._down for token in tokens_for(c)}
+        pressed = set(tokens_for(code))
+        for combo, fn in self._actions:
+            allowed = {t for t in combo if t in GENERIC_MODIFIERS} | {t.rsplit("_", 1)[0] + ">" for t in combo}
+            extra = (held & GENERIC_MODIFIERS) - allowed  # Ctrl+Shift+Z is not Ctrl+Z
+            if combo <= held and pressed & combo and not extra:
+                fn()
 
 
 def is_keyboard(device: Any) -> bool:
@@ -141,10 +155,11 @@ class EvdevHotkeyListener:
     backend = "evdev"
 
     def __init__(self, options: HotkeyOptions, on_start: Callable[[], Any], on_stop: Callable[[], Any],
-                 on_cancel: Callable[[], Any], devices: tuple[str, ...] = ()) -> None:
+                 on_cancel: Callable[[], Any], devices: tuple[str, ...] = (),
+                 actions: dict[str, Callable[[], Any]] | None = None) -> None:
         validate_options(options)
         self.options = options
-        self.keys = EvdevKeys(options, on_start, on_stop, on_cancel)
+        self.keys = EvdevKeys(options, on_start, on_stop, on_cancel, actions)
         self.logic = self.keys.logic
         self.wanted = tuple(devices)
         self.unavailable_reason = ""
@@ -244,9 +259,10 @@ def choose_backend(setting: str, session: Any) -> tuple[str, str]:
 
 
 def make_listener(backend: str, options: HotkeyOptions, callbacks: tuple[Callable[[], Any], ...],
-                  devices: tuple[str, ...] = ()) -> Any:
+                  devices: tuple[str, ...] = (), actions: dict[str, Callable[[], Any]] | None = None) -> Any:
+    """``actions``: one-shot combos (paste-last, undo) the evdev listener serves too (X11: action_keys.py)."""
     if backend == "evdev":
-        return EvdevHotkeyListener(options, *callbacks, devices=devices)
+        return EvdevHotkeyListener(options, *callbacks, devices=devices, actions=actions)
     if backend == "x11":
         from .hotkey import HotkeyListener
         return HotkeyListener(options, *callbacks)
