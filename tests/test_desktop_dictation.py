@@ -486,6 +486,17 @@ def test_undo_paste_last_and_history_in_tk_and_xterm(desk, clipboard):
         bad = desk.env.cli("history", "--copy", "100000", timeout=60)
         assert bad.returncode != 0 and "no history entry 100000" in bad.stderr and "Traceback" not in bad.stderr
         assert desk.env.status()["state"] == "listening"  # the daemon keeps serving
+
+        # without a daemon: the CLI reads the journal the config names and copies with xclip/xsel itself
+        offline = DaemonProcess(desk.tmp / "no-daemon", display=desk.env.env.get("DISPLAY"))
+        offline.write_config(f'[journal]\npath = "{desk.env.journal_file}"\n')
+        clipboard.set_text(USER_CLIPBOARD)
+        listed = offline.cli("history", "-n", "2", timeout=60)
+        assert listed.returncode == 0 and EXACT_TEXT in listed.stdout.splitlines()[-1], listed.stderr
+        assert offline.cli("history", "--copy", "1", timeout=60).returncode == 0
+        assert wait_until(lambda: clipboard.get_text() == EXACT_TEXT, 10)
+        bad = offline.cli("history", "-n", "0", timeout=60)
+        assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "-n must be at least 1" in bad.stderr
     finally:
         term.close()
         desk.reset_rules()

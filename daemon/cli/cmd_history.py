@@ -1,7 +1,7 @@
 """`qasr-daemon history`, `paste-last`, `undo`: the dictation comforts from the command line.
 
 They go through the running daemon's control socket (the one command vocabulary); `history` (listing,
-search, `--clear`) also works without a daemon, straight from the journal files the config names.
+search, `--copy`, `--clear`) also works without a daemon, straight from the journal files the config names.
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise QasrError(f"-n must be at least 1, got {args.n}")
     if args.copy is not None:
-        result = _request("history-copy", n=args.copy)
+        try:
+            result = _request("history-copy", n=args.copy)
+        except control.DaemonNotRunningError:
+            result = _copy_here(args.config, args.copy)
         print(f"entry {result['copied']} ({result['chars']} characters) is on the clipboard")
         return 0
     try:
@@ -79,6 +82,16 @@ def cmd_history(args: argparse.Namespace) -> int:
     if not entries and not args.json:
         print("no matching entries" if args.search else "the history is empty", file=sys.stderr)
     return 0
+
+
+def _copy_here(config: str | None, number: int) -> dict[str, Any]:
+    """No daemon: copy with this session's clipboard tool (xclip/xsel, wl-copy)."""
+    from qasr.daemon.desktop.output import OutputOptions, make_backend
+    from qasr.daemon.results.history import entry
+
+    item = entry(_journal_path(config), number)
+    make_backend(OutputOptions()).clipboard().set_text(item["text"])
+    return {"copied": item["n"], "chars": len(item["text"])}
 
 
 def _journal_path(config: str | None):
