@@ -35,6 +35,7 @@ from qasr.config.settings import Settings, changed_options, keep_restart_options
 from qasr.daemon import lifecycle, logging_setup
 from qasr.daemon.commands import CommandHandler
 from qasr.daemon.components import DEVICE_RETRY_S, Components
+from qasr.daemon.malloc_tuning import tune_malloc
 from qasr.daemon.status import daemon_status
 from qasr.errors import QasrError
 
@@ -92,6 +93,7 @@ class Daemon:
     def run(self, reporter: lifecycle.ReadyReporter | None = None) -> int:
         """Start everything, serve until SIGTERM/stop, shut down. Start-up errors raise QasrError."""
         reporter = reporter or lifecycle.ReadyReporter()
+        tune_malloc()  # before any worker thread exists
         try:
             self._lock.acquire()
             self.log_file = logging_setup.setup_logging(self.settings.logging, to_stderr=not reporter.detached)
