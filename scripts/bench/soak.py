@@ -102,6 +102,7 @@ def run_soak(root: Path, model: Path, minutes: float, sample_s: float, overrides
         rss = [r for _, r in sampler.samples]
         return {
             "minutes": round(wall_min, 1), "phrases": played, "utterances": status.get("utterances"),
+            "pending_at_end": status.get("pending_utterances"),
             "finals": sum(e["type"] == "final" for e in events),
             "nonempty_finals": sum(e["type"] == "final" and bool(e["text"].strip()) for e in events),
             "journal_lines": len(journal), "errors": errors + sum(e["type"] == "error" for e in events),
