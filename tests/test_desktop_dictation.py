@@ -401,6 +401,28 @@ def test_graphemes_count_what_one_backspace_removes():
         assert graphemes(text) == regex.findall(r"\X", text), text
 
 
+def test_profiles_match_class_instance_or_app_id_and_title_and_override_the_engine():
+    from qasr.config.settings import ProfileSettings
+    from qasr.daemon import profiles
+    from qasr.daemon.desktop.x11 import WindowInfo
+
+    mail = ProfileSettings(name="mail", match=("thunderbird*",), language="English", context="email",
+                           hotwords=("Qwen", "qasr"), spoken_formatting="true")
+    vim = ProfileSettings(match=("*term*", "foot"), title="*vim*", sink="type", trailing_space="false")
+    terms = ProfileSettings(match=("*term*", "foot"))
+    table = (mail, vim, terms)
+    assert profiles.match(table, WindowInfo(1, "Mail", "Thunderbird-ESR", "Inbox")) is mail  # any case
+    assert profiles.match(table, WindowInfo(2, "xterm", "XTerm", "vim notes.txt")) is vim   # first match wins
+    assert profiles.match(table, WindowInfo(3, "foot", "foot", "bash")) is terms             # app_id, no vim
+    assert profiles.match(table, WindowInfo(4, "", "", "")) is None and profiles.match(table, None) is None
+    assert profiles.engine_overrides(mail, "engine ctx", "hot, words", None, None) == \
+        ("English", "email, hot, words, Qwen, qasr")
+    assert profiles.engine_overrides(terms, "engine ctx", "hot", "Chinese", None) == ("Chinese", None)
+    assert profiles.engine_overrides(None, "engine ctx", "hot", None, "asked") == (None, "asked")
+    assert profiles.Delivery.of(vim) == profiles.Delivery("*term*", "type", False, None)
+    assert profiles.Delivery.of(mail).spoken_formatting is True and profiles.Delivery.of(None) == profiles.Delivery()
+
+
 def test_undo_is_refused_unless_it_is_safe():
     from qasr.daemon.desktop.undo import Delivered, undo_problem
     from qasr.daemon.desktop.x11 import WindowInfo
