@@ -2,7 +2,7 @@
 and look-ups for `models list`, `models path`, `models verify` and `models remove`.
 
 Bundle naming rule (directories under ``models_dir()``):
-  ``qwen3-asr-<size>``                     the default precisions (int8 encoder + q4_k decoder)
+  ``qwen3-asr-<size>``                     the default precisions (int8 encoder, int8-mixed recipe + q4_k decoder)
   ``qwen3-asr-<size>-<encoder>-<decoder>`` any other pair, e.g. ``qwen3-asr-0.6b-fp32-f32``
 A checkpoint is downloaded into the shared Hugging Face cache (see download.py). A revision this pull
 fetched is deleted from the cache after a successful conversion unless kept (``--keep-checkpoint``);
