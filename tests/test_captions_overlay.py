@@ -74,10 +74,12 @@ def screenshot(path: Path, display: str) -> np.ndarray:
 
 def overlay_window(display: str):
     """(python-xlib Display, the overlay's top-level window) once it is mapped, else (display, None)."""
-    from Xlib import X, display as xdisplay
+    from Xlib import X
     from Xlib.error import XError
 
-    dpy = xdisplay.Display(display)
+    from qasr.daemon.desktop.x11 import open_display
+
+    dpy = open_display(display)  # its own event table: Xvfb and XWayland tests share this process
     for window in dpy.screen().root.query_tree().children:
         try:
             if window.get_wm_name() == "qasr captions" and window.get_attributes().map_state == X.IsViewable:

@@ -472,3 +472,23 @@ def test_typing_waits_until_the_hotkey_modifiers_are_released(tk_app, xdisp, cli
     assert clipboard.get_text() == "not typed"
     time.sleep(0.2)
     assert tk_app.text() == ""
+
+
+def test_each_display_connection_keeps_its_own_event_table(display):
+    """python-xlib writes extension event codes into a table on its Display class; a connection to a
+    second X server with other codes (Xvfb and XWayland in one process) then failed. Ours never share."""
+    from Xlib.protocol import display as protocol_display
+    from Xlib.protocol import event as protocol_event
+
+    first, second = x11.open_display(display), x11.open_display(display)
+    try:
+        assert protocol_display.Display.event_classes == protocol_event.event_class  # the class table untouched
+        assert first.display.event_classes is not second.display.event_classes
+        assert len(first.display.event_classes) > len(protocol_event.event_class)  # the extensions' events
+        first.display.event_classes[88] = protocol_event.AnyEvent  # another server's code in one connection ...
+        third = x11.open_display(display)  # ... does not reach the next one
+        assert third.display.event_classes.get(88) is not protocol_event.AnyEvent
+        third.close()
+    finally:
+        first.close()
+        second.close()

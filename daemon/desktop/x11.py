@@ -44,9 +44,26 @@ def open_display(name: str | None = None) -> Any:
             "python-xlib is not installed: install qasr[desktop] for typing, pasting and the hotkey"
         ) from exc
     try:
-        return xdisplay.Display(name)
+        return _display_with_own_event_table(xdisplay, name)
     except (xerror.DisplayError, xerror.ConnectionClosedError, OSError) as exc:
         raise X11Unavailable(f"cannot open X display {name!r} ({exc}); check DISPLAY and xhost") from exc
+
+
+def _display_with_own_event_table(xdisplay: Any, name: str) -> Any:
+    """python-xlib keeps the table of event classes on its Display class, and each connection's
+    extensions write their event codes into it: a second X server whose extensions number their events
+    differently (Xvfb and XWayland in one process) then fails to connect. Each connection gets its own."""
+    from Xlib.protocol import display as protocol_display
+    from Xlib.protocol import event as protocol_event
+
+    cls = protocol_display.Display
+    cls.event_classes = protocol_event.event_class.copy()
+    try:
+        disp = xdisplay.Display(name)
+        disp.display.event_classes = cls.event_classes
+    finally:
+        cls.event_classes = protocol_event.event_class.copy()
+    return disp
 
 
 def display_available(name: str | None = None) -> bool:
