@@ -292,7 +292,8 @@ def test_captions_overlay_on_xwayland_never_takes_focus_and_stays_on_top(wdesk):
         if shot is not None:  # on top: the overlay's background covers the foot window there
             x, y, w, h = box
             pixel = _ppm(shot)[y + h - 3, x + w - 3]
-            assert tuple(int(v) for v in pixel) == BACKGROUND, pixel
+            # the overlay's colour, give or take the compositor's rounding (foot's own background is #242424)
+            assert max(abs(int(v) - c) for v, c in zip(pixel, BACKGROUND)) <= 4, pixel
     finally:
         if overlay is not None:
             overlay.terminate()
