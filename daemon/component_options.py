@@ -28,7 +28,7 @@ def transcribe_options(s: Settings) -> TranscribeOptions:
     e = s.engine
     return TranscribeOptions(language=e.language or None, context=e.context, threads=e.threads,
                              max_new_tokens=e.max_new_tokens, verify="none",
-                             context_reserve_bytes=CONTEXT_RESERVE_BYTES)
+                             context_reserve_bytes=CONTEXT_RESERVE_BYTES, device=e.device)
 
 
 def streaming_options(s: Settings, language: str | None, context: str) -> StreamingOptions:
