@@ -81,14 +81,11 @@ def test_backend_equals_the_torch_export(tiny_bundle, torch_graphs, windows, tok
 
 
 def test_int8_encoder_is_close_to_the_torch_export(bundle_factory, torch_graphs):
-    # int8-naive: every MatMul int8 (the tiny model's 2 layers are the first and last, which the default
-    # int8-mixed recipe keeps in fp32, so its back-end would equal the fp32 one)
-    recipe = "int8-naive"
-    bundle = bundle_factory(recipe, "f32")
+    bundle = bundle_factory("int8", "f32")
     mel = (np.random.default_rng(5).standard_normal((3, 128, 100)) * 0.5).astype(np.float32)
-    assert _rel(_run(bundle / f"encoder_frontend.{recipe}.onnx", "mel", mel), _run(torch_graphs["front"], "mel", mel)) < 0.15
+    assert _rel(_run(bundle / "encoder_frontend.int8.onnx", "mel", mel), _run(torch_graphs["front"], "mel", mel)) < 0.15
     hidden = np.random.default_rng(6).standard_normal((2, 40, 64)).astype(np.float32)
-    got = _run(bundle / f"encoder_backend.{recipe}.onnx", "hidden", hidden)
+    got = _run(bundle / "encoder_backend.int8.onnx", "hidden", hidden)
     assert 0 < _rel(got, _run(torch_graphs["back"], "hidden", hidden)) < 0.15
 
 

@@ -36,7 +36,7 @@ import numpy as np
 
 DEFAULT_RECIPES = ("fp32", "fp16", "int8-per-tensor", "int8-naive", "int8-naive+frontend_convs",
                    "int8-naive+frontend_proj", "int8-naive+first_layer", "int8-naive+last_layer",
-                   "int8-naive+head", "int8")
+                   "int8-naive+head", "int8", "int8-accurate")
 
 
 class BenchError(Exception):
@@ -96,7 +96,8 @@ def with_outputs(model, names: list[str]):
     return model
 
 
-def _write(variant: Variant, build_front, build_back, n_layers: int, out: Path, cache: dict) -> None:
+def _write(variant: Variant, build_front, build_back, n_layers: int, out: Path, cache: dict,
+           reuse: bool = False) -> None:
     """Write the variant's graphs (front, back, back with layer outputs); identical graphs are shared."""
     from qasr.engine.convert.encoder_export import convert_fp16, convert_int8, save_fp32
 
@@ -108,6 +109,8 @@ def _write(variant: Variant, build_front, build_back, n_layers: int, out: Path, 
                 tuple(p for p in prefixes if p.startswith(("layers.", "proj"))))
 
     def emit(model, path: Path) -> Path:
+        if path.is_file() and reuse:  # --reuse: graphs written by an earlier run into the same --work
+            return path
         if variant.kind == "fp32":
             return save_fp32(model, path)
         if variant.kind == "fp16":
@@ -130,7 +133,8 @@ def _write(variant: Variant, build_front, build_back, n_layers: int, out: Path, 
             probe = emit(with_outputs(build_back(), names), out / f"back-probe.{tag}.onnx")
         else:  # fp32 / int8 keep the residual stream's names and float32 type
             probe = out / f"back-probe.{tag}.onnx"
-            onnx.save(with_outputs(onnx.load(str(back)), names), str(probe))
+            if not (probe.is_file() and reuse):
+                onnx.save(with_outputs(onnx.load(str(back)), names), str(probe))
         cache[back_key] = (back, probe)
     variant.back, variant.back_probe = cache[back_key]
 
@@ -229,7 +233,7 @@ def _measure(args, variants, a, tensors, audio_params, mel, work: Path, ckpt) ->
     t0 = time.perf_counter()
     for v in variants:
         _write(v, lambda im2col: frontend_model(a, tensors, im2col=im2col), lambda: backend_model(a, tensors),
-               a.encoder_layers, work, cache)
+               a.encoder_layers, work, cache, args.reuse)
         print(f"  wrote {v.name} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     del tensors
     options = EncoderOptions(threads=args.threads)
@@ -316,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     p.add_argument("--work", default="", help="folder for the written graphs (default: a new temporary one)")
     p.add_argument("--json", default="", help="also write the full result here")
+    p.add_argument("--reuse", action="store_true",
+                   help="use graphs already in --work under the same recipe names (after a recipe is unchanged)")
     args = p.parse_args(argv)
     try:
         result = run(args)

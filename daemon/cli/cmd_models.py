@@ -36,7 +36,7 @@ def _add_convert(msub: argparse._SubParsersAction) -> None:
     c.add_argument("out_dir", metavar="OUT_DIR", help="bundle folder to create")
     c.add_argument("--encoder", choices=ENCODER_PRECISIONS, default="fp32",
                    help="audio encoder precision (default: fp32, the accuracy-first choice; int8 = int8-mixed "
-                   "recipe: int8 weights with the front-end projection, first/last layer and output head in fp32)")
+                   "recipe: int8 weights, the front-end projection and output head in fp32)")
     c.add_argument("--decoder", choices=DECODER_PRECISIONS, default="f32",
                    help="text decoder precision (default: f32; q4_k keeps the embedding/output head at q8_0)")
     c.add_argument("--force", action="store_true", help="replace OUT_DIR if it already holds files")
@@ -102,7 +102,7 @@ def _add_pull(msub: argparse._SubParsersAction) -> None:
     c.add_argument("--revision", metavar="REV", help="branch, tag or commit (default: main)")
     c.add_argument("--encoder", choices=ENCODER_PRECISIONS, default=DEFAULT_ENCODER,
                    help=f"audio encoder precision (default: {DEFAULT_ENCODER}, the int8-mixed recipe: int8 weights "
-                   "with the front-end projection, first/last layer and output head in fp32; "
+                   "with the front-end projection and output head in fp32; "
                    "--encoder fp32 is the accuracy-first choice, no quantization error, slower)")
     c.add_argument("--decoder", choices=DECODER_PRECISIONS, default=DEFAULT_DECODER,
                    help=f"text decoder precision (default: {DEFAULT_DECODER})")
