@@ -38,6 +38,9 @@ from tests.harness.daemon import DaemonProcess
 from tests.harness.events import Subscribers
 from tests.harness.speech import espeak_wav
 from tests.test_x11_output import READ_LINE, TK_APP, TkEntry, XtermLine, wait_until
+from tests.fixtures.dictation import (
+    EXACT_RULE, EXACT_TEXT, MAX_NEW_TOKENS, NO_CONTROLS_RULE, RESTORE_DELAY_S, USER_CLIPBOARD,
+)
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("Xvfb", "xterm", "xdotool", "espeak-ng", "paplay")),
@@ -45,12 +48,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 HOTKEY = "Pause"
-EXACT_TEXT = "Grüße, café — naïve 你好世界 🎤😀"
-NO_CONTROLS_RULE = r"[\x00-\x1f\x7f] = " + "\n"
-EXACT_RULE = f"(?s)^.*$ = {EXACT_TEXT}\n"
-USER_CLIPBOARD = "the user's own clipboard"
-MAX_NEW_TOKENS = 16
-RESTORE_DELAY_S = 0.5
 
 
 # ------------------------------------------------------------------------------ no X needed

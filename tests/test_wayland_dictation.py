@@ -23,6 +23,9 @@ from tests.harness.daemon import DaemonProcess
 from tests.harness.events import Subscribers
 from tests.harness.speech import espeak_wav
 from tests.harness.sway import FootLine, GtkEntry, Sway, gtk_available, missing_tools
+from tests.fixtures.dictation import (
+    EXACT_RULE, EXACT_TEXT, MAX_NEW_TOKENS, NO_CONTROLS_RULE, RESTORE_DELAY_S, USER_CLIPBOARD,
+)
 
 pytestmark = pytest.mark.skipif(
     bool(missing_tools()) or not shutil.which("espeak-ng") or not shutil.which("setpriv"),
@@ -30,12 +33,6 @@ pytestmark = pytest.mark.skipif(
            "(apt install sway foot wtype wl-clipboard espeak-ng)",
 )
 
-EXACT_TEXT = "Grüße, café — naïve 你好世界 🎤😀"
-NO_CONTROLS_RULE = r"[\x00-\x1f\x7f] = " + "\n"
-EXACT_RULE = f"(?s)^.*$ = {EXACT_TEXT}\n"
-USER_CLIPBOARD = "the user's own clipboard"
-MAX_NEW_TOKENS = 16
-RESTORE_DELAY_S = 0.5
 
 
 def shaped(final_text: str) -> str:
