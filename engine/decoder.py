@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from qasr.engine.encoder import default_threads
+from qasr.engine.llama_runtime import flag_reader, install_log_callback, last_error_line
 from qasr.engine.output import complete_utf8_prefix
 from qasr.errors import QasrError
 
@@ -30,59 +30,6 @@ class DecoderError(QasrError):
 
 class DecodeInterrupted(DecoderError):
     """`Decoder.interrupt()` stopped an interruptible decode; the cache holds what it held before the call."""
-
-
-def _flag_reader():
-    """A C function usable as llama.cpp's abort callback that reads a flag byte without Python.
-
-    The callback runs on llama.cpp's compute thread between graph nodes (~1000 times per decode); a
-    Python callback would take the GIL each time and stall behind any other Python thread. libc's
-    strlen(flag) is 1 when the first byte of the 2-byte flag buffer is set and 0 otherwise, which is
-    exactly the bool the callback returns.
-    """
-    import llama_cpp
-
-    libc = ctypes.CDLL(None)
-    return llama_cpp.ggml_abort_callback(ctypes.cast(libc.strlen, ctypes.c_void_p).value)
-
-
-# --- llama.cpp logging ---------------------------------------------------------------------------
-# llama.cpp prints model-loading chatter to stderr. We route it through one kept ctypes callback (a
-# collected callback would crash the process) and keep the last lines to explain load failures.
-_RECENT_LOG: deque[str] = deque(maxlen=20)
-_LOG_CALLBACK = None
-
-
-def _install_log_callback() -> None:
-    """(Re)install our callback: other code (the quantizer) may have set its own in between."""
-    global _LOG_CALLBACK
-    import llama_cpp
-
-    if _LOG_CALLBACK is not None:
-        llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
-        return
-
-    @llama_cpp.llama_log_callback
-    def _callback(level, text, user_data):  # noqa: ARG001 - C signature
-        try:
-            line = text.decode("utf-8", errors="replace").rstrip()
-        except Exception:  # never raise into C
-            return
-        if line:
-            _RECENT_LOG.append(line)
-            if level in (2, 3):  # WARN, ERROR
-                log.debug("llama.cpp: %s", line)
-
-    _LOG_CALLBACK = _callback
-    llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
-    llama_cpp.llama_backend_init()
-
-
-def _last_error_line() -> str:
-    for line in reversed(_RECENT_LOG):
-        if "error" in line.lower() or "failed" in line.lower() or "invalid" in line.lower():
-            return line.strip()[:200]
-    return ""
 
 
 @dataclass(frozen=True)
@@ -151,7 +98,7 @@ class Decoder:
 
         self._ll = llama_cpp
         self.options = options
-        _install_log_callback()
+        install_log_callback()
         path = Path(gguf_path)
         if not path.is_file():
             raise DecoderError(f"decoder model {path} does not exist; re-pull or re-convert the model")
@@ -160,39 +107,20 @@ class Decoder:
         mparams.use_mmap = options.use_mmap
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode("utf-8"), mparams)
         if not self._model and options.n_gpu_layers:
-            log.warning("decoder on the CPU: loading it onto the GPU failed (%s)", _last_error_line() or "no reason given")
+            log.warning("decoder on the CPU: loading it onto the GPU failed (%s)", last_error_line() or "no reason given")
             mparams.n_gpu_layers = 0
             self._model = llama_cpp.llama_model_load_from_file(str(path).encode("utf-8"), mparams)
         if not self._model:
-            why = _last_error_line()
+            why = last_error_line()
             raise DecoderError(
                 f"cannot load decoder model {path}{f' ({why})' if why else ''}; re-pull or re-convert the model"
             )
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-        threads = options.threads or default_threads()
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = options.n_ctx
-        cparams.n_batch = options.n_batch
-        cparams.n_ubatch = options.n_batch
-        # sequence 0 is the live one; sequence 1 only holds positions set aside by park()
-        cparams.n_seq_max = 2
-        cparams.kv_unified = True
-        cparams.n_threads = threads
-        cparams.n_threads_batch = options.threads_batch or threads
-        cparams.no_perf = True
-        if options.kv_f32:
-            cparams.type_k = llama_cpp.GGML_TYPE_F32
-            cparams.type_v = llama_cpp.GGML_TYPE_F32
-        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
-        if not self._ctx:
-            why = _last_error_line()
-            llama_cpp.llama_model_free(self._model)
-            self._model = None
-            raise DecoderError(f"cannot create a llama.cpp context for {path}{f' ({why})' if why else ''}")
-        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._path = path
+        self._ctx = None
+        self._create_context(options.n_ctx)
         self.n_embd = int(llama_cpp.llama_model_n_embd(self._model))
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
-        self.n_ctx = int(llama_cpp.llama_n_ctx(self._ctx))
         self.n_batch = options.n_batch
         self._token_batch = _Batch(self.n_batch, 0)
         self._embd_batch = _Batch(self.n_batch, self.n_embd)
@@ -210,8 +138,50 @@ class Decoder:
         # interrupt(): another thread sets the flag byte; llama_decode then returns 2 at the next node
         self.interruptible = False  # only decodes run while this is True may be interrupted
         self._abort_flag = ctypes.create_string_buffer(2)
-        self._abort_callback = _flag_reader()  # kept referenced for the context's lifetime
-        llama_cpp.llama_set_abort_callback(self._ctx, self._abort_callback, ctypes.cast(self._abort_flag, ctypes.c_void_p))
+        self._abort_callback = flag_reader()  # kept referenced for the context's lifetime
+        self._arm_abort()
+
+    def _create_context(self, n_ctx: int) -> None:
+        ll, options = self._ll, self.options
+        threads = options.threads or default_threads()
+        cparams = ll.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = options.n_batch
+        cparams.n_ubatch = options.n_batch
+        # sequence 0 is the live one; sequence 1 only holds positions set aside by park()
+        cparams.n_seq_max = 2
+        cparams.kv_unified = True
+        cparams.n_threads = threads
+        cparams.n_threads_batch = options.threads_batch or threads
+        cparams.no_perf = True
+        if options.kv_f32:
+            cparams.type_k = ll.GGML_TYPE_F32
+            cparams.type_v = ll.GGML_TYPE_F32
+        self._ctx = ll.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            why = last_error_line()
+            ll.llama_model_free(self._model)
+            self._model = None
+            raise DecoderError(f"cannot create a llama.cpp context for {self._path}{f' ({why})' if why else ''}")
+        self._memory = ll.llama_get_memory(self._ctx)
+        self.n_ctx = int(ll.llama_n_ctx(self._ctx))
+
+    def _arm_abort(self) -> None:
+        self._ll.llama_set_abort_callback(self._ctx, self._abort_callback, ctypes.cast(self._abort_flag, ctypes.c_void_p))
+
+    def ensure_context(self, n_positions: int) -> None:
+        """Grow the context to hold `n_positions` (a new, empty KV cache; rounded up to 512)."""
+        if n_positions <= self.n_ctx:
+            return
+        self._ll.llama_free(self._ctx)
+        self._ctx = None
+        self._create_context(-(-n_positions // 512) * 512)
+        self._arm_abort()
+        self.n_past = 0
+        self.owner = None
+        self._parked = None
+        self._token_prefix = []
+        self._stale = False
 
     # --- lifetime -------------------------------------------------------------------------------
 
@@ -440,6 +410,27 @@ class Decoder:
             self._decode(self._embd_batch)
             self.n_past += part.shape[0]
         return self.logits() if want_logits else None
+
+    def feed_embeddings_rows(self, embeds: np.ndarray, rows) -> np.ndarray:
+        """Append embeddings [n, n_embd] at n_past in one pass and return the logits at `rows` (ascending
+        indices into `embeds`) as float32 [len(rows), n_vocab]: the forced aligner's single forward."""
+        embeds = np.asarray(embeds, dtype=np.float32)
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.n_vocab), dtype=np.float32)
+        self._settle()
+        self._ensure_room(embeds.shape[0])
+        done = 0
+        for start in range(0, embeds.shape[0], self.n_batch):
+            part = embeds[start : start + self.n_batch]
+            mine = rows[(rows >= start) & (rows < start + part.shape[0])] - start
+            self._embd_batch.fill(self.n_past, part.shape[0], False, embeds=part)
+            self._embd_batch.want_logits(mine)
+            self._decode(self._embd_batch)
+            self.n_past += part.shape[0]
+            for i in mine:
+                out[done] = self.logits_view(int(i))
+                done += 1
+        return out
 
     def feed_tokens_argmax(self, ids, first: int = 0) -> list[int]:
         """Append token ids in one pass and return the greedy next token after each of ids[first:].
