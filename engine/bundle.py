@@ -25,6 +25,10 @@ DECODER_PRECISIONS = ("f32", "f16", "q8_0", "q4_k")
 
 # Roles of the files a bundle must contain.
 FILE_ROLES = ("encoder_frontend", "encoder_backend", "decoder")
+# A forced-aligner bundle also holds the token embedding table (its decoder is fed embeddings only) and a
+# vocabulary-only GGUF to tokenize with (its decoder's vocabulary is the timestamp classes).
+ALIGNER_FILE_ROLES = FILE_ROLES + ("embeddings", "tokenizer")
+ALIGNER_TOKENS = ("audio_start", "audio_end", "audio_pad", "timestamp")
 
 # Special tokens the runtime needs, by the name used in the manifest -> token text.
 SPECIAL_TOKENS = {
@@ -73,6 +77,13 @@ class TextParams:
 
 
 @dataclass(frozen=True)
+class AlignerParams:
+    classify_num: int  # timestamp classes; the decoder's output rows
+    timestamp_segment_time_ms: float  # time per class
+    embedding_rows: int  # rows of the token embedding table
+
+
+@dataclass(frozen=True)
 class Manifest:
     model: dict[str, Any]  # name, architecture, source
     files: dict[str, BundleFile]
@@ -85,6 +96,11 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     created_by: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    aligner: AlignerParams | None = None  # set in a forced-aligner bundle
+
+    @property
+    def is_aligner(self) -> bool:
+        return self.aligner is not None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
@@ -100,10 +116,11 @@ class Manifest:
             )
         try:
             files = {role: BundleFile(**spec) for role, spec in data["files"].items()}
-            missing = [r for r in FILE_ROLES if r not in files]
+            aligner = AlignerParams(**data["aligner"]) if data.get("aligner") else None
+            missing = [r for r in (ALIGNER_FILE_ROLES if aligner else FILE_ROLES) if r not in files]
             if missing:
                 raise BundleError(f"manifest names no file for {', '.join(missing)}")
-            missing_tokens = [t for t in SPECIAL_TOKENS if t not in data["tokens"]]
+            missing_tokens = [t for t in (ALIGNER_TOKENS if aligner else SPECIAL_TOKENS) if t not in data["tokens"]]
             if missing_tokens:
                 raise BundleError(f"manifest lacks special-token ids for {', '.join(missing_tokens)}")
             return cls(
@@ -118,6 +135,7 @@ class Manifest:
                 format_version=data["format_version"],
                 created_by=data.get("created_by", ""),
                 extra=dict(data.get("extra", {})),
+                aligner=aligner,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"malformed manifest: {exc}") from exc

@@ -60,6 +60,31 @@ class ScoredGeneration:
         return min((s.gap for s in self.steps), default=float("inf"))
 
 
+def restore_qwen2_pretokenizer(tokenizer) -> None:
+    """See the module doc: the Qwen2 split rule, not the Mistral one transformers may swap in."""
+    from tokenizers import Regex, pre_tokenizers
+
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+    ])
+
+
+def patch_window_mask(tower, windowed) -> None:
+    """Give every audio attention layer the block-diagonal window mask the CPU path omits, while
+    `windowed()` is true."""
+    for layer in tower.layers:
+        attention = layer.self_attn
+        original = attention.forward
+
+        def forward(hidden_states, cu_seqlens=None, attention_mask=None, _original=original, **kwargs):
+            if windowed() and attention_mask is None and cu_seqlens is not None and len(cu_seqlens) > 2:
+                attention_mask = tower._prepare_attention_mask(hidden_states, cu_seqlens)
+            return _original(hidden_states, cu_seqlens=cu_seqlens, attention_mask=attention_mask, **kwargs)
+
+        attention.forward = forward
+
+
 class OfficialReference:
     """The official qwen-asr transformers model and processor loaded from a HF checkpoint folder."""
 
@@ -95,28 +120,10 @@ class OfficialReference:
     # ------------------------------------------------------------------ setup
 
     def _restore_qwen2_pretokenizer(self) -> None:
-        from tokenizers import Regex, pre_tokenizers
-
-        self.tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
-        ])
+        restore_qwen2_pretokenizer(self.tokenizer)
 
     def _patch_audio_attention(self) -> None:
-        """Give every audio attention layer the block-diagonal window mask the CPU path omits."""
-        tower = self.audio_tower
-        reference = self
-
-        for layer in tower.layers:
-            attention = layer.self_attn
-            original = attention.forward
-
-            def forward(hidden_states, cu_seqlens=None, attention_mask=None, _original=original, **kwargs):
-                if reference._windowed and attention_mask is None and cu_seqlens is not None and len(cu_seqlens) > 2:
-                    attention_mask = tower._prepare_attention_mask(hidden_states, cu_seqlens)
-                return _original(hidden_states, cu_seqlens=cu_seqlens, attention_mask=attention_mask, **kwargs)
-
-            attention.forward = forward
+        patch_window_mask(self.audio_tower, lambda: self._windowed)
 
     # ------------------------------------------------------------------ audio
 

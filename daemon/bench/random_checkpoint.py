@@ -277,6 +277,8 @@ def _reinitialise(model: Any, preset: Preset, ids: dict[str, int], n_tokens: int
                     row = value[ids[text]]
                     value[ids[text]] = row / row.norm() * math.sqrt(shape[1]) * STOP_ROW_GAIN
             elif name.endswith("lm_head.weight"):
+                if shape[0] != model.thinker.model.embed_tokens.weight.shape[0]:  # the aligner's class head
+                    param.copy_(normal(shape, 1.0 / math.sqrt(shape[1])).to(param.dtype))
                 continue  # tied: copied from the embedding below
             elif kind == "bias":
                 value = normal(shape, 0.1)
@@ -305,7 +307,8 @@ def _reinitialise(model: Any, preset: Preset, ids: dict[str, int], n_tokens: int
                 value = normal(shape, std)
             param.copy_(value.to(param.dtype))
         thinker = model.thinker
-        if thinker.lm_head.weight.data_ptr() != thinker.model.embed_tokens.weight.data_ptr():
+        head, embed = thinker.lm_head.weight, thinker.model.embed_tokens.weight
+        if head.shape == embed.shape and head.data_ptr() != embed.data_ptr():
             thinker.lm_head.weight.copy_(thinker.model.embed_tokens.weight)
 
 

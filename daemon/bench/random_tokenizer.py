@@ -132,16 +132,20 @@ def train_tokenizer(target_vocab: int) -> tuple[dict[str, int], list[tuple[str, 
     return vocab, merges  # type: ignore[return-value]
 
 
-def special_ids(n_regular: int) -> dict[str, int]:
+# The forced aligner's tokenizer has one more added token right after <asr_text> (upstream 151705).
+ALIGNER_ADDED_TOKENS: list[tuple[str, bool]] = ADDED_TOKENS + [("<timestamp>", False)]
+
+
+def special_ids(n_regular: int, added: list[tuple[str, bool]] = ADDED_TOKENS) -> dict[str, int]:
     """Token text -> id for every added token, placed after the regular vocabulary."""
-    return {text: n_regular + i for i, (text, _) in enumerate(ADDED_TOKENS)}
+    return {text: n_regular + i for i, (text, _) in enumerate(added)}
 
 
-def _tokenizer_config(ids: dict[str, int]) -> dict[str, Any]:
+def _tokenizer_config(ids: dict[str, int], added: list[tuple[str, bool]] = ADDED_TOKENS) -> dict[str, Any]:
     decoder = {
         str(ids[text]): {"content": text, "lstrip": False, "normalized": False, "rstrip": False,
                          "single_word": False, "special": special}
-        for text, special in ADDED_TOKENS
+        for text, special in added
     }
     return {
         "add_bos_token": False,

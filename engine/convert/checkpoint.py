@@ -1,4 +1,4 @@
-"""Read and validate a Hugging Face Qwen3-ASR checkpoint directory.
+"""Read and validate a Hugging Face Qwen3-ASR (or Qwen3-ForcedAligner) checkpoint directory.
 
 Only plain files are read (config JSON, tokenizer files, safetensors); transformers is not needed.
 Every hyper-parameter and special-token id comes from the checkpoint itself.
@@ -111,6 +111,15 @@ class Tokenizer:
 
 
 @dataclass(frozen=True)
+class AlignerConfig:
+    """What makes a checkpoint a Qwen3-ForcedAligner: a class head instead of the vocabulary head."""
+
+    classify_num: int  # timestamp classes (rows of thinker.lm_head)
+    timestamp_token_id: int  # <timestamp>, looked up by name and checked against config.json
+    timestamp_segment_time_ms: float  # time per class
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     root: Path
     config: dict[str, Any]
@@ -123,6 +132,7 @@ class Checkpoint:
     n_fft: int
     hop_length: int
     weight_files: dict[str, Path] = field(repr=False)  # tensor name -> file
+    aligner: AlignerConfig | None = None  # set for a forced aligner
 
     @property
     def name(self) -> str:
@@ -157,7 +167,21 @@ def _pick(section: dict[str, Any], cls: type, where: str) -> Any:
     return cls(**kwargs)
 
 
-def _check_model_type(config: dict[str, Any], root: Path) -> None:
+def is_aligner_config(config: dict[str, Any]) -> bool:
+    thinker = config.get("thinker_config")
+    return isinstance(thinker, dict) and str(thinker.get("model_type", "")).endswith("forced_aligner")
+
+
+def checkpoint_kind(hf_dir: str | Path) -> str:
+    """"aligner" for a Qwen3-ForcedAligner folder, "asr" otherwise (read_checkpoint validates the rest)."""
+    path = Path(hf_dir).expanduser() / "config.json"
+    if not path.is_file():
+        return "asr"
+    config = _read_json(path)
+    return "aligner" if isinstance(config, dict) and is_aligner_config(config) else "asr"
+
+
+def _check_model_type(config: dict[str, Any], root: Path, kind: str) -> None:
     architectures = config.get("architectures") or []
     model_type = config.get("model_type")
     if model_type != MODEL_TYPE or (architectures and ARCHITECTURE not in architectures):
@@ -169,8 +193,29 @@ def _check_model_type(config: dict[str, Any], root: Path) -> None:
     thinker = config.get("thinker_config")
     if not isinstance(thinker, dict) or "audio_config" not in thinker or "text_config" not in thinker:
         raise CheckpointError(f"{root}/config.json has no thinker_config.audio_config/text_config; not a Qwen3-ASR checkpoint")
-    if str(thinker.get("model_type", "")).endswith("forced_aligner"):
+    if is_aligner_config(config) and kind == "asr":
         raise CheckpointError(f"{root} is a Qwen3 forced aligner, not a speech recognizer; pass a Qwen3-ASR checkpoint")
+    if not is_aligner_config(config) and kind == "aligner":
+        raise CheckpointError(f"{root} is a speech recognizer, not a Qwen3-ForcedAligner; pass Qwen/Qwen3-ForcedAligner-0.6B")
+
+
+def _aligner_config(config: dict[str, Any], tokenizer: Tokenizer, root: Path) -> AlignerConfig:
+    thinker = config["thinker_config"]
+    tid = tokenizer.id_of("<timestamp>")
+    if tid is None:
+        raise CheckpointError(f"the tokenizer in {root} has no <timestamp> token; not a Qwen3-ForcedAligner tokenizer")
+    if "timestamp_token_id" in config and int(config["timestamp_token_id"]) != tid:
+        raise CheckpointError(
+            f"config.json says timestamp_token_id={config['timestamp_token_id']} but the tokenizer has <timestamp> "
+            f"at {tid}; the checkpoint files do not belong together"
+        )
+    for key, where in (("classify_num", thinker), ("timestamp_segment_time", config)):
+        if key not in where:
+            raise CheckpointError(f"config.json lacks {key!r}; the aligner checkpoint is incomplete")
+    classes, step = int(thinker["classify_num"]), float(config["timestamp_segment_time"])
+    if classes <= 1 or step <= 0:
+        raise CheckpointError(f"config.json has classify_num={classes}, timestamp_segment_time={step}; corrupt checkpoint")
+    return AlignerConfig(classify_num=classes, timestamp_token_id=tid, timestamp_segment_time_ms=step)
 
 
 def read_tokenizer(root: Path) -> Tokenizer:
@@ -251,8 +296,11 @@ def _check_weights(weight_files: dict[str, Path], audio: AudioConfig, text: Text
         )
 
 
-def read_checkpoint(hf_dir: str | Path) -> Checkpoint:
-    """Validate a checkpoint directory and read everything but the tensor data."""
+def read_checkpoint(hf_dir: str | Path, kind: str = "asr") -> Checkpoint:
+    """Validate a checkpoint directory and read everything but the tensor data.
+
+    kind: "asr" (a forced aligner is refused), "aligner" (only a forced aligner) or "any".
+    """
     root = Path(hf_dir).expanduser().resolve()
     if not root.is_dir():
         raise CheckpointError(f"checkpoint directory {root} does not exist; pass the folder of a downloaded Qwen3-ASR model")
@@ -261,7 +309,7 @@ def read_checkpoint(hf_dir: str | Path) -> Checkpoint:
     config = _read_json(root / "config.json")
     if not isinstance(config, dict):
         raise CheckpointError(f"{root}/config.json is not a JSON object; re-download the checkpoint")
-    _check_model_type(config, root)
+    _check_model_type(config, root, kind)
     thinker = config["thinker_config"]
     audio = _pick(thinker["audio_config"], AudioConfig, "thinker_config.audio_config")
     text_section = dict(thinker["text_config"])
@@ -271,6 +319,9 @@ def read_checkpoint(hf_dir: str | Path) -> Checkpoint:
         raise CheckpointError(f"audio d_model {audio.d_model} is not divisible by {audio.encoder_attention_heads} heads; corrupt config.json")
     tokenizer = read_tokenizer(root)
     tokens = _special_token_ids(tokenizer, thinker, root)
+    aligner = _aligner_config(config, tokenizer, root) if is_aligner_config(config) else None
+    if aligner is not None:
+        tokens["timestamp"] = aligner.timestamp_token_id
     weight_files = _weight_files(root)
     _check_weights(weight_files, audio, text, root)
     pre = root / "preprocessor_config.json"
@@ -290,6 +341,7 @@ def read_checkpoint(hf_dir: str | Path) -> Checkpoint:
         n_fft=int(pre_cfg.get("n_fft", 400)),
         hop_length=int(pre_cfg.get("hop_length", 160)),
         weight_files=weight_files,
+        aligner=aligner,
     )
 
 

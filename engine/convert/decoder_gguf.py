@@ -119,8 +119,23 @@ def _write_tokenizer(writer, ckpt: Checkpoint) -> None:
     writer.add_add_bos_token(False)
 
 
+def _write_class_vocabulary(writer, ckpt: Checkpoint) -> None:
+    """The forced aligner's decoder: llama.cpp's vocabulary-less model whose "tokens" are the timestamp
+    classes, so its output head is the class head (5000 rows, not 152064). It is fed embeddings only."""
+    writer.add_tokenizer_model("no_vocab")
+    writer.add_vocab_size(ckpt.aligner.classify_num)
+
+
 def _plan(ckpt: Checkpoint) -> list[tuple[str, str, tuple[int, ...]]]:
     """(hf full name, gguf name, shape) for every tensor to write, in write order."""
+    if ckpt.aligner is not None:
+        # the class head is stored as the (tied) token table: llama.cpp then uses it as the output head
+        plan = [p for p in _plan_text(ckpt) if p[1] not in ("token_embd.weight", "output.weight")]
+        return [(LM_HEAD, "token_embd.weight", tensor_shape(ckpt, LM_HEAD))] + plan
+    return _plan_text(ckpt)
+
+
+def _plan_text(ckpt: Checkpoint) -> list[tuple[str, str, tuple[int, ...]]]:
     t = ckpt.text
     if t.attention_bias:
         raise CheckpointError("text_config.attention_bias=true is not supported by llama.cpp's qwen3 architecture")
@@ -153,6 +168,21 @@ def _plan(ckpt: Checkpoint) -> list[tuple[str, str, tuple[int, ...]]]:
     return sorted(plan, key=sort_key)
 
 
+def write_tokenizer_gguf(ckpt: Checkpoint, path: Path) -> Path:
+    """The text model's hyper-parameters and tokenizer, no tensors: llama.cpp loads it with vocab_only to
+    tokenize (the forced aligner's decoder file has the timestamp classes as its vocabulary)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), ARCH)
+    _write_hparams(writer, ckpt, int(gguf.LlamaFileType.ALL_F32))
+    _write_tokenizer(writer, ckpt)
+    writer.write_header_to_file(path)
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    writer.close()
+    return path
+
+
 def write_decoder_gguf(
     ckpt: Checkpoint,
     path: Path,
@@ -166,8 +196,10 @@ def write_decoder_gguf(
         raise ValueError(f"write_decoder_gguf writes f32 or f16, not {precision}")
     plan = _plan(ckpt)
     embd = next(shape for _, name, shape in plan if name == "token_embd.weight")
-    if embd != (ckpt.text.vocab_size, ckpt.text.hidden_size):
-        raise CheckpointError(f"embed_tokens has shape {embd}, config says ({ckpt.text.vocab_size}, {ckpt.text.hidden_size})")
+    rows = ckpt.aligner.classify_num if ckpt.aligner is not None else ckpt.text.vocab_size
+    if embd != (rows, ckpt.text.hidden_size):
+        what = "lm_head (the timestamp classes)" if ckpt.aligner is not None else "embed_tokens"
+        raise CheckpointError(f"{what} has shape {embd}, config says ({rows}, {ckpt.text.hidden_size})")
 
     def out_dtype(shape: tuple[int, ...]):
         return np.float16 if precision == "f16" and len(shape) > 1 else np.float32
@@ -175,7 +207,10 @@ def write_decoder_gguf(
     writer = gguf.GGUFWriter(str(path), ARCH)
     file_type = gguf.LlamaFileType.MOSTLY_F16 if precision == "f16" else gguf.LlamaFileType.ALL_F32
     _write_hparams(writer, ckpt, int(file_type))
-    _write_tokenizer(writer, ckpt)
+    if ckpt.aligner is not None:
+        _write_class_vocabulary(writer, ckpt)
+    else:
+        _write_tokenizer(writer, ckpt)
     for _, name, shape in plan:
         dtype = np.dtype(out_dtype(shape))
         writer.add_tensor_info(name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)

@@ -151,12 +151,16 @@ def _write_decoder(ckpt: Checkpoint, work: Path, precision: str, track: _Tracker
     return final
 
 
-def _manifest(ckpt: Checkpoint, work: Path, encoder: str, decoder: str, errors: dict[str, float]) -> Manifest:
+def _manifest(ckpt: Checkpoint, work: Path, encoder: str, decoder: str, errors: dict[str, float],
+              extra_files: dict | None = None) -> Manifest:
+    from qasr.engine.convert.aligner_bundle import aligner_params
+
     a, t = ckpt.audio, ckpt.text
     files = {
         "encoder_frontend": describe_file(work, f"encoder_frontend.{encoder}.onnx", encoder),
         "encoder_backend": describe_file(work, f"encoder_backend.{encoder}.onnx", encoder),
         "decoder": describe_file(work, f"decoder.{decoder}.gguf", decoder),
+        **(extra_files or {}),
     }
     return Manifest(
         model={
@@ -191,6 +195,7 @@ def _manifest(ckpt: Checkpoint, work: Path, encoder: str, decoder: str, errors: 
             "encoder_recipe": encoder_recipe(encoder, a.encoder_layers),
             "encoder_relative_error": {k: float(f"{v:.3g}") for k, v in errors.items()},
         }},
+        aligner=aligner_params(ckpt) if ckpt.aligner is not None else None,
     )
 
 
@@ -223,7 +228,7 @@ def convert_checkpoint(
     progress: Progress | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Convert a Hugging Face Qwen3-ASR checkpoint folder into a qasr bundle at out_dir.
+    """Convert a Hugging Face Qwen3-ASR (or Qwen3-ForcedAligner) checkpoint folder into a qasr bundle.
 
     progress(stage, fraction) is called with a stage name and the overall fraction done (0..1).
     Returns the bundle directory. Raises QasrError with a one-line message on user errors.
@@ -234,14 +239,19 @@ def convert_checkpoint(
     stages = [s for s in _STAGES if decoder in ("q8_0", "q4_k") or s != "quantizing decoder"]
     track = _Tracker(progress, stages)
     track("reading checkpoint", 0.0)
-    ckpt = read_checkpoint(hf_dir)
+    ckpt = read_checkpoint(hf_dir, kind="any")
     _prepare_out(out_dir, overwrite)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         _write_decoder(ckpt, work, decoder, track)
+        extra_files = None
+        if ckpt.aligner is not None:
+            from qasr.engine.convert.aligner_bundle import write_aligner_files
+
+            extra_files = write_aligner_files(ckpt, work, decoder)
         errors = _export_encoder(ckpt, work, encoder, track)
         track("writing manifest", 0.0)
-        write_manifest(work, _manifest(ckpt, work, encoder, decoder, errors))
+        write_manifest(work, _manifest(ckpt, work, encoder, decoder, errors, extra_files))
         work.chmod(0o755)
         _move_into_place(work, out_dir)
     except BaseException:
