@@ -7,5 +7,6 @@ _PLUGINS = [
     "tests.fixtures.bundles",
     "tests.fixtures.desktop",
     "tests.fixtures.engine",
+    "tests.fixtures.aligner",
 ]
 pytest_plugins = [p for p in _PLUGINS if importlib.util.find_spec(p) is not None]
