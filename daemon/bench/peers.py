@@ -8,8 +8,8 @@ Workload as `qasr-daemon bench`: 10 s of synthetic speech, the ASR prompt, exact
 - qasr: int8 encoder + q4_k decoder (`engine_bench` offline worker, its own process);
 - llama.cpp: the checkpoint converted by llama.cpp's own `convert_hf_to_gguf.py` (text model → f16 →
   `llama-quantize` Q4_K_M, llama.cpp's default mix; audio tower → `--mmproj` at q8_0), run by
-  `llama-mtmd-cli --audio` with greedy sampling and `--ignore-eos`; its compute is the sum of what it
-  logs (audio encode, prompt/audio decode, generation), model loading excluded as for qasr;
+  `llama-mtmd-cli --audio` with greedy sampling and `--ignore-eos`; its compute is what it logs
+  (llama_perf's prompt eval, which spans the audio encode, + generation), model loading excluded as for qasr;
 - official: transformers + qwen-asr in fp32 (`engine_bench` official worker), if installed;
 - llama-bench (the llama.cpp qasr links) on qasr's own decoder GGUF: the decoder yardstick.
 Tools and conversions are cached under ~/.cache/qasr/peers; every conversion runs in its own process,
@@ -89,7 +89,7 @@ _MS = r"([0-9]+(?:\.[0-9]+)?) ms"
 def run_mtmd(binary: Path, model: Path, mmproj: Path, wav: Path, threads: int, new_tokens: int) -> dict:
     cmd = [str(binary), "-m", str(model), "--mmproj", str(mmproj), "--audio", str(wav), "-p", PROMPT,
            "-n", str(new_tokens), "--ignore-eos", "--temp", "0", "-t", str(threads), "-tb", str(threads),
-           "-c", "1024"]
+           "-c", "1024", "-lv", "4"]  # llama_perf's lines are libllama INFO, shown from verbosity 4 (trace) on
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     wall = (time.perf_counter() - t0) * 1000.0
@@ -100,18 +100,20 @@ def run_mtmd(binary: Path, model: Path, mmproj: Path, wav: Path, threads: int, n
 
 
 def parse_mtmd_log(log: str) -> dict:
-    """llama-mtmd-cli's own timings: audio encoder (`mtmd batch encoding done in N ms`), prompt + audio decode
-    (llama_perf's `prompt eval time`, every multi-position decode) and generation (`eval time`)."""
-    # per slice (older llama.cpp) or per batch of media chunks (mtmd_batch_encode, 0.3.36)
+    """llama-mtmd-cli's own timings: audio encoder (`mtmd batch encoding done in N ms`), llama_perf's `prompt
+    eval time` and generation (`eval time`)."""
+    # llama_perf's prompt eval clock runs from the first decode after a sync to the next sync, and nothing syncs
+    # between the prompt's text chunks, the audio encoding and the audio decodes: it spans the whole prefill,
+    # encoder included. So total = prompt eval + eval, and the decoder's prefill = prompt eval - encoder.
     encode = sum(float(m) for m in re.findall(r"(?:slice encoded|batch encoding done) in " + _MS, log))
     prompt = re.search(r"prompt eval time =\s+" + _MS, log)
     gen = re.search(r"\beval time =\s+" + _MS + r" /\s+(\d+) runs", log)
     result: dict = {"llama_cpp_encoder_ms": encode}
     if prompt and gen:
-        result["llama_cpp_prefill_ms"] = float(prompt.group(1))
+        result["llama_cpp_prefill_ms"] = round(float(prompt.group(1)) - encode, 1)
         result["llama_cpp_decode_ms_per_token"] = round(float(gen.group(1)) / max(1, int(gen.group(2))), 2)
         result["llama_cpp_generated"] = int(gen.group(2))
-        result["llama_cpp_total_ms"] = round(encode + float(prompt.group(1)) + float(gen.group(1)), 1)
+        result["llama_cpp_total_ms"] = round(float(prompt.group(1)) + float(gen.group(1)), 1)
     return result
 
 
