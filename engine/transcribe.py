@@ -140,6 +140,13 @@ class Transcriber:
     def __init__(self, bundle_dir: str | Path | Bundle, options: TranscribeOptions = TranscribeOptions()):
         self.bundle = bundle_dir if isinstance(bundle_dir, Bundle) else load_bundle(bundle_dir, verify=options.verify)
         manifest = self.bundle.manifest
+        if manifest.is_aligner:
+            from qasr.engine.bundle import BundleError
+
+            raise BundleError(
+                f"{self.bundle.root} is a forced aligner (word timestamps), not a speech recognizer; "
+                "pass a Qwen3-ASR model (`qasr-daemon models pull 0.6b`)"
+            )
         self.options = options
         self.language = resolve_language(options.language, manifest.languages)
         self.feature_params = manifest.audio
