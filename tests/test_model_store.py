@@ -107,7 +107,8 @@ def test_pull_cli_end_to_end(hub, xdg):
     listed = run_cli("list", env=env)
     assert listed.returncode == 0
     header, row = listed.stdout.splitlines()[0], next(line for line in listed.stdout.splitlines() if "qwen3-asr-0.6b" in line)
-    assert header.split() == ["NAME", "MODEL", "ENCODER", "DECODER", "SIZE", "REVISION", "SOURCE"]
+    assert header.split() == ["NAME", "KIND", "MODEL", "ENCODER", "DECODER", "SIZE", "REVISION", "SOURCE"]
+    assert row.split()[2] == "asr"
     assert row.startswith("*") and "Qwen3-ASR-0.6B" in row and "int8" in row and "q4_k" in row
     assert COMMIT[:12] in row and row.rstrip().endswith(f"huggingface:{REPO}")
 
@@ -235,9 +236,14 @@ def test_bundle_naming_rule():
     assert ms.bundle_name(entry) == "qwen3-asr-0.6b"
     assert ms.bundle_name(entry, "fp32", "f32") == "qwen3-asr-0.6b-fp32-f32"
     assert ms.bundle_name(ms.catalogue_entry("1.7B"), "int8", "q8_0") == "qwen3-asr-1.7b-int8-q8_0"
-    with pytest.raises(ms.QasrError, match="unknown model '4b'; choose one of 0.6b, 1.7b"):
+    with pytest.raises(ms.QasrError, match="unknown model '4b'; choose one of 0.6b, 1.7b, aligner"):
         ms.catalogue_entry("4b")
     assert ms.catalogue_entry("1.7b").repo == "Qwen/Qwen3-ASR-1.7B"
+    aligner = ms.catalogue_entry("Aligner")
+    assert (aligner.repo, aligner.kind) == ("Qwen/Qwen3-ForcedAligner-0.6B", "aligner")
+    assert ms.bundle_name(aligner) == ms.bundle_name(aligner, "int8", "q8_0") == "qwen3-forcedaligner-0.6b"
+    assert ms.bundle_name(aligner, "int8", "q4_k") == "qwen3-forcedaligner-0.6b-int8-q4_k"
+    assert ms.bundle_name(aligner, "fp32", "f32") == "qwen3-forcedaligner-0.6b-fp32-f32"
 
 
 def _write_bundle(root: Path, encoder: str, decoder: str, source: str) -> Path:
@@ -344,3 +350,58 @@ def test_missing_packages_are_named_before_any_download(hub, xdg, monkeypatch):
     with pytest.raises(ms.QasrError, match="qasr_no_such_module"):
         ms.pull(ms.PullOptions(endpoint=hub.url))
     assert hub.log == []
+
+
+# ---------------------------------------------------------------- the forced aligner (issue 12)
+
+ALIGNER_REPO = "Qwen/Qwen3-ForcedAligner-0.6B"
+
+
+def test_pull_aligner_list_and_find(tiny_aligner_checkpoint, checkpoint_files, xdg, capsys):
+    files = {p.name: p.read_bytes() for p in sorted(tiny_aligner_checkpoint.iterdir()) if p.is_file()}
+    hub = FakeHub(repos={ALIGNER_REPO: files, REPO: dict(checkpoint_files)}).start()
+    try:
+        assert ms.find_aligner_bundle() is None  # nothing installed
+        # --repo naming a speech recognizer: one line, nothing converted
+        with pytest.raises(ms.QasrError, match=f"{REPO} holds a Qwen3-ASR speech recognizer, not a Qwen3-ForcedAligner"):
+            ms.pull(ms.PullOptions(model="aligner", repo=REPO, endpoint=hub.url))
+        assert not (paths.models_dir() / "qwen3-forcedaligner-0.6b").exists()
+
+        assert cli_main(["models", "pull", "aligner", "--endpoint", hub.url]) == 0
+        bundle = paths.models_dir() / "qwen3-forcedaligner-0.6b"
+        out = capsys.readouterr().out
+        assert out.startswith(f"aligner bundle written to {bundle} from huggingface {ALIGNER_REPO}@{COMMIT[:12]} "
+                              "(int8 encoder, q8_0 decoder, ")
+        manifest = load_bundle(bundle, verify="sha256").manifest
+        assert manifest.is_aligner and manifest.files["decoder"].precision == "q8_0"
+        assert manifest.files["encoder_backend"].precision == "int8"
+        assert manifest.model["source"] == f"huggingface:{ALIGNER_REPO}@{COMMIT}"
+        assert ms.pull(ms.PullOptions(model="aligner", endpoint=hub.url)).already_present
+        assert ms.find_aligner_bundle() == bundle
+        assert ms.resolve_bundle("aligner") == bundle
+    finally:
+        hub.stop()
+
+    _write_bundle(paths.models_dir() / "qwen3-asr-0.6b", "int8", "q4_k", "huggingface:Qwen/Qwen3-ASR-0.6B@abc")
+    _set_default_model("qwen3-asr-0.6b")
+    assert cli_main(["models", "list"]) == 0
+    rows = {line.lstrip("* ").split()[0]: line.lstrip("* ").split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["qwen3-forcedaligner-0.6b"][1:5] == ["aligner", "Qwen3-ForcedAligner-0.6B", "int8", "q8_0"]
+    assert rows["qwen3-asr-0.6b"][1:3] == ["asr", "Qwen3-ASR-0.6B"]
+    assert {b.name: b.kind for b in ms.list_bundles()} == {"qwen3-asr-0.6b": "asr", "qwen3-forcedaligner-0.6b": "aligner"}
+
+    # Another precision pair is found when the default one is not installed; an ASR bundle never is.
+    other = paths.models_dir() / "qwen3-forcedaligner-0.6b-fp32-f32"
+    bundle.rename(other)
+    assert ms.find_aligner_bundle() == other
+    other.rename(paths.models_dir() / "zz-moved")
+    assert ms.find_aligner_bundle() == paths.models_dir() / "zz-moved"
+    ms.remove_bundle("zz-moved")
+    assert ms.find_aligner_bundle() is None
+
+
+def test_convert_says_it_wrote_an_aligner(tiny_aligner_checkpoint, tmp_path, capsys):
+    out = tmp_path / "aligner"
+    assert cli_main(["models", "convert", str(tiny_aligner_checkpoint), str(out), "--encoder", "int8",
+                     "--decoder", "q8_0"]) == 0
+    assert capsys.readouterr().out.startswith(f"aligner bundle written to {out} (int8 encoder, q8_0 decoder, ")

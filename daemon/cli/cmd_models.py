@@ -28,9 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _add_convert(msub: argparse._SubParsersAction) -> None:
     c = msub.add_parser(
         "convert",
-        help="convert a Hugging Face Qwen3-ASR checkpoint into a qasr bundle",
+        help="convert a Hugging Face Qwen3-ASR (or Qwen3-ForcedAligner) checkpoint into a qasr bundle",
         description="Convert a Hugging Face Qwen3-ASR checkpoint folder into a qasr bundle "
-        "(ONNX audio encoder + GGUF text decoder + manifest.json).",
+        "(ONNX audio encoder + GGUF text decoder + manifest.json). A Qwen3-ForcedAligner checkpoint is "
+        "recognised by its config.json and becomes an aligner bundle (word timestamps).",
     )
     c.add_argument("hf_dir", metavar="HF_DIR", help="folder with config.json, tokenizer files, model.safetensors")
     c.add_argument("out_dir", metavar="OUT_DIR", help="bundle folder to create")
@@ -77,7 +78,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
         progress=progress, overwrite=args.force,
     )
     elapsed = time.monotonic() - progress.started
-    print(f"bundle written to {out} ({args.encoder} encoder, {args.decoder} decoder, {elapsed:.0f} s)")
+    from qasr.engine.bundle import load_bundle
+
+    what = "aligner bundle" if load_bundle(out, verify="none").manifest.is_aligner else "bundle"
+    print(f"{what} written to {out} ({args.encoder} encoder, {args.decoder} decoder, {elapsed:.0f} s)")
     return 0
 
 
@@ -85,27 +89,28 @@ def cmd_convert(args: argparse.Namespace) -> int:
 # (download and store logic: daemon/models/download.py, daemon/models/store.py)
 
 def _add_pull(msub: argparse._SubParsersAction) -> None:
-    from qasr.daemon.models.store import CATALOGUE, DEFAULT_DECODER, DEFAULT_ENCODER
+    from qasr.daemon.models.store import ALIGNER_DECODER, CATALOGUE, DEFAULT_DECODER, DEFAULT_ENCODER
 
     c = msub.add_parser(
         "pull",
-        help="download an official Qwen3-ASR checkpoint and convert it into a bundle",
+        help="download an official Qwen3-ASR checkpoint (or the forced aligner) and convert it into a bundle",
         description="Download Qwen/Qwen3-ASR-<size> from Hugging Face into the shared Hugging Face cache "
         "(a checkpoint already there is not downloaded again), check every file's checksum, convert it into "
         "$XDG_DATA_HOME/qasr/models/qwen3-asr-<size> (other precisions: qwen3-asr-<size>-<encoder>-<decoder>) "
-        "and verify the bundle. An interrupted download resumes when the command is run again. "
-        "HF_ENDPOINT (a mirror), HF_TOKEN, HF_HUB_OFFLINE and HF_HUB_CACHE are honoured.",
+        "and verify the bundle. `pull aligner` does the same for Qwen/Qwen3-ForcedAligner-0.6B (word "
+        "timestamps, about 1.8 GB) into qwen3-forcedaligner-0.6b. An interrupted download resumes when the "
+        "command is run again. HF_ENDPOINT (a mirror), HF_TOKEN, HF_HUB_OFFLINE and HF_HUB_CACHE are honoured.",
     )
     c.add_argument("model", metavar="MODEL", choices=list(CATALOGUE), help=f"one of {', '.join(CATALOGUE)}")
     c.add_argument("--endpoint", metavar="URL", help="hub base URL (default: $HF_ENDPOINT or https://huggingface.co)")
     c.add_argument("--repo", metavar="OWNER/NAME", help="another repository with the same layout")
     c.add_argument("--revision", metavar="REV", help="branch, tag or commit (default: main)")
-    c.add_argument("--encoder", choices=ENCODER_PRECISIONS, default=DEFAULT_ENCODER,
+    c.add_argument("--encoder", choices=ENCODER_PRECISIONS, default=None,
                    help=f"audio encoder precision (default: {DEFAULT_ENCODER}, the int8-mixed recipe: int8 weights "
                    "with the front-end projection and output head in fp32; "
                    "--encoder fp32 is the accuracy-first choice, no quantization error, slower)")
-    c.add_argument("--decoder", choices=DECODER_PRECISIONS, default=DEFAULT_DECODER,
-                   help=f"text decoder precision (default: {DEFAULT_DECODER})")
+    c.add_argument("--decoder", choices=DECODER_PRECISIONS, default=None,
+                   help=f"text decoder precision (default: {DEFAULT_DECODER}; {ALIGNER_DECODER} for the aligner)")
     c.add_argument("--keep-checkpoint", action="store_true",
                    help="keep a checkpoint this pull downloaded in the Hugging Face cache after converting "
                    "(one that was already cached is always kept)")
@@ -136,15 +141,17 @@ def cmd_pull(args: argparse.Namespace) -> int:
         print(f"{result.bundle_dir} is already installed (use --force to pull it again)")
     else:
         elapsed = time.monotonic() - started
-        print(f"bundle written to {result.bundle_dir} from {result.source} {result.repo}@{result.revision[:12]} "
-              f"({args.encoder} encoder, {args.decoder} decoder, {elapsed:.0f} s)")
+        what = "aligner bundle" if result.is_aligner else "bundle"
+        print(f"{what} written to {result.bundle_dir} from {result.source} {result.repo}@{result.revision[:12]} "
+              f"({result.encoder} encoder, {result.decoder} decoder, {elapsed:.0f} s)")
     return 0
 
 
 def _add_list(msub: argparse._SubParsersAction) -> None:
     c = msub.add_parser("list", help="list installed model bundles",
-                        description="List the bundles in $XDG_DATA_HOME/qasr/models with their model, precisions, "
-                        "size and source revision; * marks the one the daemon loads.")
+                        description="List the bundles in $XDG_DATA_HOME/qasr/models with their kind (asr: speech "
+                        "recognizer, aligner: word timestamps), model, precisions, size and source revision; "
+                        "* marks the one the daemon loads.")
     c.set_defaults(func=cmd_list)
 
 
@@ -158,9 +165,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not bundles:
         print(f"no model bundles in {paths.models_dir()}; install one with `qasr-daemon models pull 0.6b`")
         return 0
-    rows = [("", "NAME", "MODEL", "ENCODER", "DECODER", "SIZE", "REVISION", "SOURCE")]
+    rows = [("", "NAME", "KIND", "MODEL", "ENCODER", "DECODER", "SIZE", "REVISION", "SOURCE")]
     for b in bundles:
-        rows.append(("*" if b.is_default else "", b.name, b.model or "?", b.encoder or "?", b.decoder or "?",
+        rows.append(("*" if b.is_default else "", b.name, b.kind or "?", b.model or "?", b.encoder or "?", b.decoder or "?",
                      format_bytes(b.size), b.revision[:12] or "-",
                      b.source if b.problem is None else f"BROKEN: {b.problem}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
@@ -175,7 +182,7 @@ def _add_remove(msub: argparse._SubParsersAction) -> None:
     c = msub.add_parser("remove", help="delete an installed bundle",
                         description="Delete an installed bundle from $XDG_DATA_HOME/qasr/models "
                         "(the Hugging Face cache is not touched).")
-    c.add_argument("name", metavar="NAME", help="bundle name (see `models list`) or 0.6b / 1.7b")
+    c.add_argument("name", metavar="NAME", help="bundle name (see `models list`) or 0.6b / 1.7b / aligner")
     c.set_defaults(func=cmd_remove)
 
 
@@ -193,7 +200,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 def _add_path(msub: argparse._SubParsersAction) -> None:
     c = msub.add_parser("path", help="print a bundle's folder",
                         description="Print the folder of an installed bundle (default: the daemon's model).")
-    c.add_argument("name", metavar="NAME", nargs="?", help="bundle name (see `models list`) or 0.6b / 1.7b")
+    c.add_argument("name", metavar="NAME", nargs="?", help="bundle name (see `models list`) or 0.6b / 1.7b / aligner")
     c.set_defaults(func=cmd_path)
 
 
@@ -208,7 +215,7 @@ def _add_verify(msub: argparse._SubParsersAction) -> None:
     c = msub.add_parser("verify", help="check every file of a bundle against its sha256",
                         description="Check every file of a bundle against the sha256 in its manifest "
                         "(default: every installed bundle). Exits non-zero naming the bad file.")
-    c.add_argument("target", metavar="NAME|DIR", nargs="?", help="bundle name, 0.6b / 1.7b, or a folder")
+    c.add_argument("target", metavar="NAME|DIR", nargs="?", help="bundle name, 0.6b / 1.7b / aligner, or a folder")
     c.set_defaults(func=cmd_verify)
 
 

@@ -4,6 +4,8 @@ and look-ups for `models list`, `models path`, `models verify` and `models remov
 Bundle naming rule (directories under ``models_dir()``):
   ``qwen3-asr-<size>``                     the default precisions (int8 encoder, int8-mixed recipe + q4_k decoder)
   ``qwen3-asr-<size>-<encoder>-<decoder>`` any other pair, e.g. ``qwen3-asr-0.6b-fp32-f32``
+  ``qwen3-forcedaligner-0.6b``             the word-timestamp aligner (int8 encoder + q8_0 decoder), other
+                                           pairs ``qwen3-forcedaligner-0.6b-<encoder>-<decoder>``
 A checkpoint is downloaded into the shared Hugging Face cache (see download.py). A revision this pull
 fetched is deleted from the cache after a successful conversion unless kept (``--keep-checkpoint``);
 one that was already cached (another tool downloaded it) is left alone.
@@ -35,21 +37,34 @@ ConvertProgress = Callable[[str, float], None]
 Notes = Callable[[str], None]
 
 
+# The aligner's decoder ends in a 5000-class timestamp head whose top classes are often within a
+# hair of each other: a 4-bit decoder flips such near-ties (a word moves by one or more 80 ms classes),
+# q8_0 keeps the argmax of the f32 model almost everywhere for half of f16's size.
+ALIGNER_DECODER = "q8_0"
+
+
 @dataclass(frozen=True)
 class CatalogueEntry:
-    key: str  # what the user types: "0.6b"
+    key: str  # what the user types: "0.6b", "aligner"
     repo: str  # Hugging Face repository id
     download_gb: float  # approximate checkpoint size, for messages
+    name: str = ""  # bundle folder stem; default qwen3-asr-<key>
+    kind: str = "asr"  # "asr" or "aligner" (checkpoint_kind of the repository's checkpoint)
+    encoder: str = DEFAULT_ENCODER  # default precisions of a pull
+    decoder: str = DEFAULT_DECODER
 
     @property
     def stem(self) -> str:
-        return f"qwen3-asr-{self.key}"
+        return self.name or f"qwen3-asr-{self.key}"
 
 
 CATALOGUE: dict[str, CatalogueEntry] = {
     "0.6b": CatalogueEntry("0.6b", "Qwen/Qwen3-ASR-0.6B", 1.9),
     "1.7b": CatalogueEntry("1.7b", "Qwen/Qwen3-ASR-1.7B", 4.7),
+    "aligner": CatalogueEntry("aligner", "Qwen/Qwen3-ForcedAligner-0.6B", 1.8, name="qwen3-forcedaligner-0.6b",
+                              kind="aligner", decoder=ALIGNER_DECODER),
 }
+ALIGNER_KEY = "aligner"
 
 
 def catalogue_entry(key: str) -> CatalogueEntry:
@@ -59,8 +74,10 @@ def catalogue_entry(key: str) -> CatalogueEntry:
     return entry
 
 
-def bundle_name(entry: CatalogueEntry, encoder: str = DEFAULT_ENCODER, decoder: str = DEFAULT_DECODER) -> str:
-    if (encoder, decoder) == (DEFAULT_ENCODER, DEFAULT_DECODER):
+def bundle_name(entry: CatalogueEntry, encoder: str | None = None, decoder: str | None = None) -> str:
+    """The folder name: the stem for the entry's default precisions, else stem-<encoder>-<decoder>."""
+    encoder, decoder = encoder or entry.encoder, decoder or entry.decoder
+    if (encoder, decoder) == (entry.encoder, entry.decoder):
         return entry.stem
     return f"{entry.stem}-{encoder}-{decoder}"
 
@@ -73,8 +90,8 @@ class PullOptions:
     endpoint: str | None = None  # default: $HF_ENDPOINT or the public hub
     repo: str | None = None  # another repository with the same layout (a fine-tune, a mirror)
     revision: str | None = None
-    encoder: str = DEFAULT_ENCODER
-    decoder: str = DEFAULT_DECODER
+    encoder: str | None = None  # None: the catalogue entry's default (DEFAULT_ENCODER)
+    decoder: str | None = None  # None: the entry's default (q4_k; q8_0 for the aligner)
     keep_checkpoint: bool = False
     force: bool = False  # re-convert even when the bundle is present
     progress_bars: bool = False  # huggingface_hub's transfer bars (on a terminal)
@@ -87,17 +104,23 @@ class PullResult:
     source: str | None = None
     repo: str | None = None
     revision: str | None = None
+    encoder: str = ""
+    decoder: str = ""
+    is_aligner: bool = False
 
 
 def pull(options: PullOptions, notes: Notes | None = None,
          convert_progress: ConvertProgress | None = None) -> PullResult:
     notes = notes or (lambda message: None)
     entry = catalogue_entry(options.model)
+    options = dataclasses.replace(options, encoder=options.encoder or entry.encoder,
+                                  decoder=options.decoder or entry.decoder)
     target = paths.models_dir() / bundle_name(entry, options.encoder, options.decoder)
+    done = dict(encoder=options.encoder, decoder=options.decoder, is_aligner=entry.kind == "aligner")
     if target.exists() and not options.force:
         try:
             load_bundle(target, verify="size")
-            return PullResult(target, already_present=True)
+            return PullResult(target, already_present=True, **done)
         except BundleError as exc:
             notes(f"the installed bundle is not usable ({exc}); pulling it again")
 
@@ -106,6 +129,7 @@ def pull(options: PullOptions, notes: Notes | None = None,
     check_dependencies()  # before a download of gigabytes that could not be converted
     repo = options.repo or entry.repo
     snap = download_checkpoint(repo, options.revision, options.endpoint, notes, options.progress_bars)
+    _check_kind(snap, entry)
     notes(f"converting into {target} ({options.encoder} encoder, {options.decoder} decoder)")
     _convert(snap, target, options, convert_progress)
     _record_origin(target, snap, options)
@@ -113,7 +137,18 @@ def pull(options: PullOptions, notes: Notes | None = None,
     load_bundle(target, verify="sha256")
     if snap.fetched and not options.keep_checkpoint:
         remove_snapshot(snap)
-    return PullResult(target, False, snap.source, snap.repo, snap.revision)
+    return PullResult(target, False, snap.source, snap.repo, snap.revision, **done)
+
+
+def _check_kind(snap: Snapshot, entry: CatalogueEntry) -> None:
+    """A repository passed with --repo must hold the kind of model the catalogue key names."""
+    from qasr.engine.convert.checkpoint import checkpoint_kind
+
+    kind = checkpoint_kind(snap.path)
+    if kind != entry.kind:
+        what = {"asr": "a Qwen3-ASR speech recognizer", "aligner": "a Qwen3-ForcedAligner"}
+        raise QasrError(f"{snap.repo} holds {what[kind]}, not {what[entry.kind]}; "
+                        f"pull it as `{'aligner' if kind == 'aligner' else '0.6b'}` or choose another --repo")
 
 
 def _convert(snap: Snapshot, target: Path, options: PullOptions, progress: ConvertProgress | None) -> None:
@@ -146,6 +181,7 @@ class BundleInfo:
     revision: str = ""  # the source commit, when the bundle was pulled
     is_default: bool = False
     problem: str | None = None  # why the manifest cannot be read
+    kind: str = ""  # "asr", "aligner" ("" when the manifest cannot be read)
 
 
 def default_bundle_path() -> Path:
@@ -175,6 +211,7 @@ def describe_bundle(path: Path, default: Path | None = None) -> BundleInfo:
         name=path.name, path=path, model=str(m.model.get("name", "")),
         encoder=m.files["encoder_frontend"].precision, decoder=m.files["decoder"].precision,
         size=_dir_size(path), source=source, revision=revision, is_default=is_default,
+        kind="aligner" if m.is_aligner else "asr",
     )
 
 
@@ -228,6 +265,23 @@ def resolve_bundle(name: str | None) -> Path:
             f"`qasr-daemon models pull {key}` installs one"
         )
     return path
+
+
+def find_aligner_bundle(root: Path | None = None) -> Path | None:
+    """The installed aligner: `qwen3-forcedaligner-0.6b` (the default precisions) if it is there, else the
+    first other installed aligner bundle by name (e.g. one pulled with --encoder fp32), else None."""
+    root = root or paths.models_dir()
+    default = root / CATALOGUE[ALIGNER_KEY].stem
+    candidates = [default] + ([p for p in sorted(root.iterdir()) if p != default] if root.is_dir() else [])
+    for path in candidates:
+        if path.name.startswith(".") or not (path / MANIFEST_NAME).is_file():
+            continue
+        try:
+            if load_bundle(path, verify="none").manifest.is_aligner:
+                return path
+        except BundleError:
+            continue
+    return None
 
 
 def verify_bundle_dir(path: Path) -> None:
