@@ -70,6 +70,7 @@ class Segment:
     prefill_ms: float = 0.0  # prompt and audio embeddings through the decoder
     decode_ms: float = 0.0  # token-by-token generation
     n_tokens: int = 0
+    words: list | None = None  # AlignedWord(word, start, end) in the file's seconds, once aligned (align.segments)
 
     @property
     def rtf(self) -> float:
@@ -98,6 +99,8 @@ class TranscriptionResult:
         data["rtf"] = self.rtf
         for seg, seg_data in zip(self.segments, data["segments"]):
             seg_data["rtf"] = seg.rtf
+            if seg.words is None:  # not aligned: no "words" key at all
+                del seg_data["words"]
         return data
 
 
