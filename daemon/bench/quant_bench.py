@@ -33,8 +33,10 @@ def make_variants(src: Path, out_dir: Path) -> dict[str, Path]:
     paths = {}
     for name, (precision, head) in VARIANTS.items():
         dst = out_dir / f"decoder.{name}.gguf"
-        if not dst.is_file():
-            quantize_gguf(src, dst, precision, head=head)
+        if not dst.is_file():  # written beside and renamed: an interrupted run leaves no half file
+            partial = dst.with_name(dst.name + ".partial")
+            quantize_gguf(src, partial, precision, head=head)
+            partial.replace(dst)
         paths[name] = dst
     return paths
 
