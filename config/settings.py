@@ -50,6 +50,9 @@ def _opt(default: Any, *, choices: tuple[str, ...] | None = None, min: float | N
 class ModelSettings:
     path: str = _opt("", restart=True)  # "" -> models_dir()/DEFAULT_MODEL_NAME; relative -> under models_dir()
     verify: str = _opt("size", choices=("none", "size", "sha256"), restart=True)
+    # forced-aligner bundle for word timestamps: "" -> the installed one (`models pull aligner`);
+    # relative -> under models_dir()
+    aligner: str = _opt("", restart=True)
 
     def resolved_path(self) -> Path:
         if not self.path:
@@ -143,6 +146,7 @@ class OutputSettings:
     uinput_layout: str = _opt("auto")
     wtype_start_delay_ms: int = _opt(30, min=1, max=1000)
     unknown_window_paste_keys: str = _opt("shift+Insert")
+    word_timestamps: bool = _opt(False)  # finals carry `words` (start/end of each word) from the forced aligner
 
 
 @dataclass(frozen=True)

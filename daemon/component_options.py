@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 
+from qasr.config import paths
 from qasr.config.settings import Settings
 from qasr.daemon.audio.capture import CaptureOptions
 from qasr.daemon.audio.segmenter import SegmenterOptions
@@ -13,6 +15,7 @@ from qasr.daemon.results.journal import JournalOptions
 from qasr.daemon.server.openai_bridge import OpenAIOptions
 from qasr.daemon.server.wyoming_server import WyomingOptions
 from qasr.daemon.server.ws_server import ServerOptions
+from qasr.daemon.transcription.aligner_host import AlignerHostOptions
 from qasr.daemon.results.text_shaping import ShapingOptions
 from qasr.engine.streaming import StreamingOptions
 from qasr.engine.transcribe import TranscribeOptions
@@ -57,10 +60,11 @@ def pipeline_queue_blocks(s: Settings) -> int:
 
 
 def output_options(s: Settings) -> OutputOptions:
-    """Every option of [output] is passed on (``live`` is the router's, not the output's)."""
+    """Every option of [output] is passed on (``live`` and ``word_timestamps`` are the router's)."""
     o = s.output
     renamed = {"type_delay_ms": "char_delay_ms"}
-    values = {renamed.get(f.name, f.name): getattr(o, f.name) for f in fields(o) if f.name != "live"}
+    values = {renamed.get(f.name, f.name): getattr(o, f.name) for f in fields(o)
+              if f.name not in ("live", "word_timestamps")}
     values["char_delay_ms"] = float(values["char_delay_ms"])
     values["auto_rules"], values["paste_key_rules"] = dict(o.auto_rules), dict(o.paste_key_rules)
     values["wayland_tools"] = tuple(o.wayland_tools)
@@ -113,3 +117,18 @@ def wyoming_options(s: Settings) -> WyomingOptions:
                           max_event_bytes=w.max_event_bytes, max_audio_s=w.max_audio_s,
                           idle_timeout_s=w.idle_timeout_s, events_per_second=w.events_per_second,
                           streaming=w.streaming)
+
+
+def aligner_path(s: Settings) -> Path | None:
+    """The forced-aligner bundle for word timestamps: model.aligner, else the installed one (None: none)."""
+    if s.model.aligner:
+        candidate = Path(s.model.aligner).expanduser()
+        return candidate if candidate.is_absolute() else paths.models_dir() / candidate
+    from qasr.daemon.models.store import find_aligner_bundle
+
+    return find_aligner_bundle()
+
+
+def aligner_options(s: Settings) -> AlignerHostOptions:
+    """The aligner shares the engine's threads and device settings (loaded only when words are wanted)."""
+    return AlignerHostOptions(threads=s.engine.threads, device=s.engine.device, verify=s.model.verify)

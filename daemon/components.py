@@ -20,12 +20,14 @@ from qasr.daemon.desktop import session as desktop_session
 from qasr.daemon.desktop.evdev_hotkey import choose_backend as choose_hotkey_backend, make_listener as make_hotkey
 from qasr.daemon.desktop.output import TextOutput
 from qasr.daemon.transcription.engine_host import EngineHost
+from qasr.daemon.results.final_words import FinalWords
 from qasr.daemon.results.journal import Journal
 from qasr.daemon.transcription.pipeline import Pipeline
 from qasr.daemon.results.router import ResultRouter
 from qasr.daemon.server.bridge import DaemonServerHandler, ServerRunner
 from qasr.daemon.server.openai_bridge import OpenAIEndpoint
 from qasr.daemon.server.wyoming_server import WyomingServer
+from qasr.daemon.transcription.aligner_host import AlignerHost
 from qasr.daemon.transcription.audio_jobs import JobRoutes
 from qasr.daemon.server.control_socket import ControlServer
 from qasr.daemon.server.ws_server import EventServer
@@ -43,6 +45,7 @@ class Components:
     def __init__(self, daemon: Any) -> None:
         self.daemon = daemon  # settings, state, commands, wake(), capture_failed()
         self.engine: EngineHost | None = None
+        self.aligner: AlignerHost | None = None  # word timestamps (finals, OpenAI requests); loaded on demand
         self.pipeline: Pipeline | None = None
         self.router = ResultRouter(self.publish, live_typing=lambda: self.settings.output.live)
         self.microphone: Microphone | None = None
@@ -73,9 +76,9 @@ class Components:
         if s.debug.save_audio_dir:
             self.router.saver = UtteranceAudioSaver(Path(s.debug.save_audio_dir).expanduser())
         self.router.on_done = self.daemon.wake
-        saver = self.router.saver
+        self._start_aligner()
         self.pipeline = Pipeline(self.engine.backend(), self.router, max_queued_blocks=opts.pipeline_queue_blocks(s),
-                                 on_audio=saver.add if saver else None)
+                                 on_audio=self._utterance_audio)
         self.pipeline.start()
         self.router.journal = Journal(opts.journal_options(s))
         self._set_profiles(s.profiles)
@@ -89,6 +92,35 @@ class Components:
         self.open_microphone()
         self._start_hotkey()
         self._start_action_keys()
+
+    def _start_aligner(self) -> None:
+        """The aligner host always exists (the OpenAI endpoint may ask for words); the model is loaded only
+        when words are wanted: at start with [output] word_timestamps, else at the first request for them."""
+        s = self.settings
+        self.aligner = AlignerHost(opts.aligner_path(s), opts.aligner_options(s), warn=self._warn)
+        self.router.words = FinalWords(self.aligner, lambda: self.daemon.settings.output.word_timestamps)
+        if s.output.word_timestamps:
+            self._want_words()
+
+    def _want_words(self) -> None:
+        if self.aligner.available:
+            self.aligner.preload()  # on the aligner thread: start-up does not wait for it
+        else:
+            self.aligner.warn_unavailable()
+
+    def words_aligner(self) -> AlignerHost | None:
+        """The aligner for a request that wants words (OpenAI); an aligner pulled since the start is found."""
+        host = self.aligner
+        if host is not None and host.path is None and not host.loaded:
+            host.retry(opts.aligner_path(self.settings))
+        return host
+
+    def _utterance_audio(self, utterance_id: str, pcm, source: str) -> None:
+        """Each block of an utterance's audio as the engine gets it (encoder worker)."""
+        if self.router.saver is not None:
+            self.router.saver.add(utterance_id, pcm)
+        if self.router.words is not None:
+            self.router.words.collect(utterance_id, pcm, source)
 
     @property
     def model_name(self) -> str | None:
@@ -338,6 +370,10 @@ class Components:
             self._make_shaper()
         if new.profiles != old.profiles:
             self._set_profiles(new.profiles)
+        if new.output.word_timestamps and self.aligner is not None and not self.aligner.loaded:
+            if not old.output.word_timestamps or not self.aligner.available:
+                self.aligner.retry(opts.aligner_path(new))  # the user may have pulled the aligner since
+                self._want_words()
 
     def shutdown(self) -> None:
         if self.action_keys is not None:
@@ -348,6 +384,8 @@ class Components:
             self.hotkey = None
         self.router.shaper = None
         self.stop_microphone(finish_utterance=False)
+        if self.aligner is not None:
+            self.aligner.close()  # after the finals that wait for their words went out
         if self._runner is not None:
             try:
                 self._runner.stop()

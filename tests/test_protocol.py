@@ -72,6 +72,8 @@ def server_examples() -> list[dict]:
         protocol.partial("u1", 0, "hello ", "wor", 0.0, 1.5, {"latency_ms": 140.2}, "English", source="mic"),
         protocol.final("u1", 1, "hello world", "English", [1, 2, 3], 0.0, 2.0, {"compute_ms": 200, "latency_ms": 300}, "xtest"),
         protocol.final("7", 2, "", None, [], 2.0, 2.5),
+        protocol.final("8", 3, "hi you", "English", [4], 3.0, 4.0, {"align_ms": 12.0}, None,
+                       words=[{"word": "hi", "start": 0.08, "end": 0.32}, {"word": "you", "start": 0.4, "end": 0.72}]),
         protocol.error(ErrorCode.BAD_JSON, "bad"),
         protocol.error(ErrorCode.INVALID_STATE, "not recording", "r1", "stop"),
         protocol.warning("output", "clipboard fallback"),
@@ -256,6 +258,8 @@ def typed_examples() -> list[protocol.Event]:
         protocol.Final(utterance_id="u1", seq=3, text="a b", language="English", token_ids=[1, 2], audio_start=0.0,
                        audio_end=2.0, timings={"compute_ms": 3.0}, sink="xtest"),
         protocol.Final(utterance_id="u2", seq=0, text="", language=None, token_ids=[], audio_start=2.0, audio_end=2.5),
+        protocol.Final(utterance_id="u3", seq=1, text="你好", language="Chinese", token_ids=[9], audio_start=0.0,
+                       audio_end=1.0, words=[{"word": "你", "start": 0.1, "end": 0.3}, {"word": "好", "start": 0.3, "end": 0.6}]),
         protocol.Error(code=ErrorCode.BAD_MESSAGE, message="no"),
         protocol.Error(code=ErrorCode.INVALID_STATE, message="idle", command="stop", id="r1"),
         protocol.Warning(code="output", message="clipboard fallback"),
@@ -297,6 +301,19 @@ def test_typed_events_leave_out_absent_optional_fields_like_the_builders():
     assert protocol.Hello(protocol=protocol.PROTOCOL, version="v", model=None, client_id="c").to_dict() == {
         "type": "hello", "protocol": "qasr.v1", "version": "v", "model": None, "sample_rate": 16000, "client_id": "c"
     }
+
+
+def test_final_words_are_optional_rounded_and_checked_by_the_schema(validator):
+    plain = protocol.final("u", 1, "a b", "English", [1], 0, 1)
+    assert "words" not in plain and protocol.parse_event(plain).words is None
+    assert "words" not in protocol.parse_event(plain).to_dict()
+    timed = protocol.final("u", 1, "a b", "English", [1], 0, 1, words=[{"word": "a", "start": 0.12345, "end": 0.5},
+                                                                       {"word": "b", "start": 0.5, "end": 0.91}])
+    assert timed["words"][0] == {"word": "a", "start": 0.123, "end": 0.5}
+    assert protocol.parse_event(timed).words == timed["words"] and _valid_as(validator, timed, "server.final")
+    for bad in ([{"word": "a", "start": 0.1}], [{"word": 1, "start": 0, "end": 1}], [{"word": "a", "start": -1, "end": 1}],
+                {"word": "a"}):
+        assert not _valid_as(validator, {**timed, "words": bad}, "server.final"), bad
 
 
 def test_unknown_event_types_and_extra_fields_survive_parsing():

@@ -6,6 +6,9 @@ registered by the kind its source names start with (``ws:c3`` → ``ws``, ``open
 ``wyoming:2`` → ``wyoming``): its results go to that route only (``IngestRoutes.deliver``), its finals
 are journaled when the route asks for it, and ``on_final(kind, message)`` sees each of them (metrics).
 The engine's events are turned into ``qasr.v1`` messages here, once: ``partial_message`` / ``final_message``.
+
+With ``words`` (``[output] word_timestamps``, ``final_words.py``) a final's text is typed and journaled at
+once, and its event goes out after the aligner added the words; events made after it wait behind it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from qasr import protocol
 from qasr.daemon import profiles
 from qasr.daemon.desktop.output import DeliveryResult, TextOutput
 from qasr.daemon.desktop.undo import UndoResult, remove_last
+from qasr.daemon.results.final_words import FinalWords
 from qasr.daemon.results.journal import Journal
 from qasr.daemon.transcription.pipeline import PipelineEvent, UtteranceCancelled, UtteranceFailed
 from qasr.daemon.results.text_shaping import TextShaper
@@ -74,6 +78,7 @@ class ResultRouter:
         self.profiles: tuple = ()  # [[profile]] settings (daemon/profiles.py)
         self.engine_context: Callable[[], str] = lambda: ""  # engine.context, for profiles with hot words
         self._deliveries: dict[str, profiles.Delivery] = {}  # mic utterance id -> its profile's overrides
+        self.words: FinalWords | None = None  # word timestamps on finals (None: never)
 
     # -- components ----------------------------------------------------------------------------
     @property
@@ -153,24 +158,24 @@ class ResultRouter:
         elif isinstance(event, PartialEvent):
             if source == "mic":
                 self._live_type(event)
-                self._publish(partial_message(event, source))
+                self._send(partial_message(event, source))
             else:
-                self._route(source, event.utterance_id, partial_message(event, source), None)
+                self._send_route(source, event.utterance_id, partial_message(event, source), None)
         elif isinstance(event, UtteranceCancelled):
-            if self.saver is not None:
-                self.saver.drop(event.utterance_id)
+            self._forget_audio(event.utterance_id)
             if source == "mic":
                 self._end_output(event.utterance_id)
             else:
-                self._route(source, event.utterance_id, None, "cancelled")
+                self._send_route(source, event.utterance_id, None, "cancelled")
         elif isinstance(event, UtteranceFailed):
             log.error("utterance %s: %s", event.utterance_id, event.message)
+            self._forget_audio(event.utterance_id)
             message = protocol.error(protocol.ErrorCode.INTERNAL, event.message)
             if source == "mic":
                 self._end_output(event.utterance_id)
-                self._publish(message)
+                self._send(message)
             else:
-                self._route(source, event.utterance_id, message, "error")
+                self._send_route(source, event.utterance_id, message, "error")
         self.on_done()
 
     def _final(self, source: str, event: FinalEvent) -> None:
@@ -191,7 +196,8 @@ class ResultRouter:
                 self.on_final(kind, message)
             except Exception:
                 log.exception("on_final failed")
-            self._route(source, event.utterance_id, message, "final")
+            self._send_final(event, source, message,
+                             lambda m: self._route(source, event.utterance_id, m, "final"))
             return
         language = event.language or None
         delivery = self._deliveries.pop(event.utterance_id, profiles.Delivery())
@@ -199,7 +205,7 @@ class ResultRouter:
             spoken = self.shaper.format_spoken(event.text, language, delivery.spoken_formatting)
             if spoken.undo:  # "scratch that": remove the last dictation instead of typing this one
                 self._end_output(event.utterance_id)
-                self._publish(final_message(event, source, None))
+                self._send_final(event, source, final_message(event, source, None), self._publish)
                 log.info("final #%s is the spoken undo command %r", event.utterance_id, event.text)
                 self.undo()
                 return
@@ -210,8 +216,40 @@ class ResultRouter:
         self._journal(message, {**_where(result), "profile": delivery.name})
         log.info("final #%s (%.2f s audio, %s ms, sink %s): %s", event.utterance_id,
                  event.audio_end_s - event.audio_start_s, event.timings.latency_ms, sink or "none", event.text)
-        self._publish(message)
-        self._publish_output_warning(result, event.utterance_id)
+        self._send_final(event, source, message, self._publish)  # typed already: words never delay typing
+        self._publish_output_warning(result, event.utterance_id, ordered=True)
+
+    # -- in order, with words --------------------------------------------------------------------
+    def _send(self, message: dict) -> None:
+        """Publish to every subscriber, after any final still waiting for its words."""
+        if self.words is None:
+            self._publish(message)
+        else:
+            self.words.in_order(lambda: self._publish(message))
+
+    def _send_route(self, source: str, utterance_id: str, message: dict | None, outcome: str | None) -> None:
+        if self.words is None:
+            self._route(source, utterance_id, message, outcome)
+        else:
+            self.words.in_order(lambda: self._route(source, utterance_id, message, outcome))
+
+    def _send_final(self, event: FinalEvent, source: str, message: dict, send: Callable[[dict], None]) -> None:
+        """``send(message)``, with ``words`` when they are wanted (then on the aligner thread)."""
+        words = self.words
+        audio = None if words is None else words.take(event.utterance_id, source,
+                                                      event.audio_end_s - event.audio_start_s)
+        if audio is not None:
+            words.attach(message, audio, send)
+        elif words is not None:
+            words.in_order(lambda: send(message))
+        else:
+            send(message)
+
+    def _forget_audio(self, utterance_id: str) -> None:
+        if self.saver is not None:
+            self.saver.drop(utterance_id)
+        if self.words is not None:
+            self.words.drop(utterance_id)
 
     def _journal(self, message: dict, extra: dict | None = None) -> None:
         journal = self.journal
@@ -289,7 +327,7 @@ class ResultRouter:
             except QasrError as exc:
                 log.warning("live typing failed: %s", exc)
                 return
-        self._publish_output_warning(result, event.utterance_id)
+        self._publish_output_warning(result, event.utterance_id, ordered=True)
 
     def _end_output(self, utterance_id: str) -> None:
         """A cancelled or failed utterance: nothing will be delivered for it."""
@@ -299,12 +337,14 @@ class ResultRouter:
             if self._output is not None and target is not None:
                 self._output.cancel_utterance(target)
 
-    def _publish_output_warning(self, result: DeliveryResult | None, utterance_id: str | None) -> None:
+    def _publish_output_warning(self, result: DeliveryResult | None, utterance_id: str | None,
+                                ordered: bool = False) -> None:
         if result is None or not result.message:
             return
         code = "focus_moved" if result.focus_moved else "output"
         info = {"utterance_id": utterance_id} if utterance_id is not None else {}
-        self._publish(protocol.warning(code, result.message, sink=_delivered_by(result), **info))
+        message = protocol.warning(code, result.message, sink=_delivered_by(result), **info)
+        (self._send if ordered else self._publish)(message)
 
 
 def _where(result: DeliveryResult | None) -> dict:

@@ -80,6 +80,9 @@ class Metrics:
                 audio_s = 0.0
             if isinstance(compute, (int, float)) and audio_s > 0:
                 self.observe("rtf", float(compute) / 1000.0 / audio_s)
+            align = timings.get("align_ms")  # word timestamps: the aligner's time for this final
+            if isinstance(align, (int, float)):
+                self.observe("final_align_ms", float(align))
 
     def snapshot(self) -> dict:
         """``{"series": {name: {count, p50, p95, mean}}, "counters": {...}, "gauges": {...}}``."""

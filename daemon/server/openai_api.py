@@ -33,9 +33,9 @@ LANGUAGE_CODES = {
     "ro": "Romanian",
 }
 WORDS_NEED_ALIGNER = (
-    "word timestamps need an aligner bundle (Qwen3-ForcedAligner), and this daemon has none installed; "
-    "ask for timestamp_granularities[]=segment (the default), or install an aligner bundle once "
-    "`qasr-daemon models` offers one"
+    "word timestamps need the forced aligner (Qwen3-ForcedAligner), and this daemon has none installed; "
+    "ask for timestamp_granularities[]=segment (the default), or install it with "
+    "`qasr-daemon models pull aligner`"
 )
 
 
@@ -98,7 +98,7 @@ class TranscriptionRequest:
 
 
 def parse_transcription(content_type: str | None, body: bytes, languages: list[str],
-                        aligner: bool = False) -> TranscriptionRequest:
+                        aligner: bool = False, aligner_note: str = WORDS_NEED_ALIGNER) -> TranscriptionRequest:
     if not (content_type or "").lower().startswith("multipart/form-data"):
         raise ApiError(415, f"send the request as multipart/form-data with the audio in the 'file' field "
                             f"(got {content_type or 'no Content-Type'})", code="unsupported_media_type")
@@ -133,7 +133,7 @@ def parse_transcription(content_type: str | None, body: bytes, languages: list[s
                            param="timestamp_granularities")
     words = "word" in granularities
     if words and not aligner:
-        raise ApiError(400, WORDS_NEED_ALIGNER, param="timestamp_granularities", code="aligner_not_installed")
+        raise ApiError(400, aligner_note, param="timestamp_granularities", code="aligner_not_installed")
     if granularities and fmt != "verbose_json":
         raise ApiError(400, "timestamp_granularities needs response_format verbose_json",
                        param="timestamp_granularities")
@@ -177,11 +177,19 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Word:
+    word: str
+    start: float  # seconds from the start of the file
+    end: float
+
+
+@dataclass(frozen=True)
 class Transcript:
     text: str
     language: str  # the model's names, "English" or "English,Chinese"; "" when unknown
     duration: float
     segments: list[Segment]
+    words: list[Word] | None = None  # timestamp_granularities[]=word (the forced aligner)
 
 
 def render(request: TranscriptionRequest, result: Transcript) -> HttpResponse:
@@ -194,11 +202,14 @@ def render(request: TranscriptionRequest, result: Transcript) -> HttpResponse:
     elif fmt == "vtt":
         response = HttpResponse(200, "text/vtt; charset=utf-8", vtt(result.segments).encode())
     elif fmt == "verbose_json":
-        response = json_response(200, {
+        body = {
             "task": "transcribe", "language": language_name(result.language), "duration": round(result.duration, 3),
             "text": result.text, "segments": [_verbose_segment(i, s) for i, s in enumerate(result.segments)],
-            "usage": usage,
-        })
+        }
+        if request.words and result.words is not None:  # OpenAI's shape: top-level words, each with its times
+            body["words"] = [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)} for w in result.words]
+        body["usage"] = usage
+        response = json_response(200, body)
     else:
         response = json_response(200, {"text": result.text, "usage": usage})
     if request.notes:

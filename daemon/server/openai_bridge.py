@@ -3,6 +3,11 @@ pipeline (background priority: dictation first) → the response, whole or as se
 
 Requests and responses are ``openai_api`` (sans-I/O); this module owns the limits that need state (jobs
 running at once, requests per minute), the decoding of uploads (PyAV, in a worker thread) and the job.
+
+``timestamp_granularities[]=word``: whenever an aligner bundle is installed (the request asks for words
+explicitly, so ``[output] word_timestamps`` need not be on), each piece's final text is aligned with the
+piece's audio on the daemon's aligner thread, in its background lane (dictation finals first), and the
+words' times are offset by the piece's start in the file.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from qasr.daemon.server.http_front import FrontOptions, Guard, HttpRequest, Http
 from qasr.daemon.server.metrics import Metrics
 from qasr.daemon.transcription.audio_jobs import AudioJob, JobResult, JobRoutes
 from qasr.engine.audio_constants import SAMPLE_RATE
-from qasr.engine.transcribe import join_texts, merge_languages
+from qasr.engine.transcribe import join_texts, merge_languages, normalize_waveform
 from qasr.errors import QasrError
 
 log = logging.getLogger("qasr.openai")
@@ -152,7 +157,8 @@ class OpenAIEndpoint:
         self._active += 1
         try:
             parsed = api.parse_transcription(request.header("content-type"), request.body,
-                                             self.parts.languages(), aligner=False)
+                                             self.parts.languages(), aligner=True)
+            aligner = self._word_aligner() if parsed.words else None
             loop = asyncio.get_running_loop()
             audio = await loop.run_in_executor(self._executor, decode_upload, parsed.file.filename, parsed.file.data,
                                                self.options.max_audio_s)
@@ -166,9 +172,25 @@ class OpenAIEndpoint:
                      ", stream" if parsed.stream else "")
             if parsed.stream:
                 return self._stream(parsed, audio, source)  # the stream takes its own slot while it runs
-            return await self._whole(request, parsed, audio, source)
+            return await self._whole(request, parsed, audio, source, aligner)
         finally:
             self._active -= 1
+
+    def _word_aligner(self):
+        """The daemon's AlignerHost for a request that wants words; 400 aligner_not_installed without one."""
+        host = self.parts.words_aligner()
+        if host is None or not host.available:
+            note = host.error if host is not None and host.path is not None else api.WORDS_NEED_ALIGNER
+            raise api.ApiError(400, note, param="timestamp_granularities", code="aligner_not_installed")
+        return host
+
+    async def _words(self, host, audio: np.ndarray, result: JobResult) -> list[api.Word]:
+        try:
+            return await asyncio.wrap_future(host.submit(lambda h: align_pieces(h, audio, result), background=True))
+        except QasrError as exc:
+            if not host.available:  # the aligner did not load (said once in the log)
+                raise api.ApiError(400, str(exc), param="timestamp_granularities", code="aligner_not_installed") from None
+            raise api.ApiError(500, f"word timestamps failed: {exc}") from None
 
     def _job(self, parsed: api.TranscriptionRequest, source: str, on_message=None) -> AudioJob:
         return AudioJob(self.parts.pipeline, self.routes, source, language=parsed.language, context=parsed.prompt,
@@ -182,7 +204,7 @@ class OpenAIEndpoint:
         return result
 
     async def _whole(self, request: HttpRequest, parsed: api.TranscriptionRequest, audio: np.ndarray,
-                     source: str) -> HttpResponse:
+                     source: str, aligner=None) -> HttpResponse:
         started = time.monotonic()
         job = self._job(parsed, source)
         loop = asyncio.get_running_loop()
@@ -202,8 +224,9 @@ class OpenAIEndpoint:
             raise api.ApiError(500, str(exc)) from None
         if result.error:
             raise api.ApiError(500, f"transcription failed: {result.error}")
+        words = await self._words(aligner, audio, result) if aligner is not None else None
         self.metrics.observe("openai_request_ms", (time.monotonic() - started) * 1000.0)
-        return api.render(parsed, transcript_of(result, audio.size / SAMPLE_RATE))
+        return api.render(parsed, transcript_of(result, audio.size / SAMPLE_RATE, words))
 
     def _stream(self, parsed: api.TranscriptionRequest, audio: np.ndarray, source: str) -> HttpResponse:
         headers = {"X-Accel-Buffering": "no"}
@@ -254,11 +277,27 @@ class OpenAIEndpoint:
             self._active -= 1
 
 
-def transcript_of(result: JobResult, duration: float) -> api.Transcript:
+def transcript_of(result: JobResult, duration: float, words: list[api.Word] | None = None) -> api.Transcript:
     segments = [api.Segment(start, end, final["text"], list(final["token_ids"]))
                 for final, (start, end) in zip(result.finals, result.pieces)]
     return api.Transcript(join_texts([s.text for s in segments]),
-                          merge_languages([f.get("language") or "" for f in result.finals]), duration, segments)
+                          merge_languages([f.get("language") or "" for f in result.finals]), duration, segments,
+                          words)
+
+
+def align_pieces(host, audio: np.ndarray, result: JobResult) -> list[api.Word]:
+    """(Aligner thread) every piece's final text aligned with the piece's audio, as the job fed it to the
+    pipeline (``normalize_waveform``, then the piece's samples); times from the start of the file."""
+    audio = normalize_waveform(audio)
+    words: list[api.Word] = []
+    for final, (start, end) in zip(result.finals, result.pieces):
+        text = final.get("text") or ""
+        if not text.strip():
+            continue
+        clip = audio[int(round(start * SAMPLE_RATE)):int(round(end * SAMPLE_RATE))]
+        for w in host.align(clip, text, final.get("language")):
+            words.append(api.Word(w["word"], round(start + w["start"], 3), round(start + w["end"], 3)))
+    return words
 
 
 def declared_duration(path: str) -> float | None:

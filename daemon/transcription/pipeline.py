@@ -84,7 +84,7 @@ class Pipeline:
     """Utterances in, events out. ``emit(source, event)`` is called on the decoder worker thread."""
 
     def __init__(self, backend: EngineBackend, emit: Emit, max_queued_blocks: int = 1000,
-                 on_audio: Callable[[str, np.ndarray], None] | None = None) -> None:
+                 on_audio: Callable[[str, np.ndarray, str], None] | None = None) -> None:
         self._backend = backend
         self._emit = emit
         self._on_audio = on_audio
@@ -235,7 +235,7 @@ class Pipeline:
     def _encode(self, utt: _Utterance, pcm: np.ndarray, t_s: float | None, partial: bool) -> None:
         stream = self._open_stream(utt, t_s)
         if self._on_audio is not None:
-            self._on_audio(utt.id, pcm)
+            self._on_audio(utt.id, pcm, utt.source)
         stream.encode(pcm)
         utt.audio_s += pcm.size / SAMPLE_RATE
         if partial:

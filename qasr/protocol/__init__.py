@@ -11,7 +11,8 @@ Nothing here does I/O. The modules, by job:
   ``ProtocolError`` (with a ``code`` from ``ErrorCode``); the returned dict is normalised (defaults filled
   in). ``client_message()`` builds a request.
 - ``builders``: ``hello / state / vad / partial / final / error / warning / ack / pong`` build server events
-  as dicts; the daemon builds its transcript events with ``partial()`` and ``final()``.
+  as dicts; the daemon builds its transcript events with ``partial()`` and ``final()`` (``word_times``:
+  a final's optional ``words``).
 - ``events``: the same server events as typed objects (``Hello``, ``Final``, ...) and
   ``parse_server_message`` / ``parse_event`` for clients.
 - ``json_text``: ``encode`` a message; ``decode_object`` one text frame (bad or absurdly nested JSON is a
@@ -21,7 +22,7 @@ Nothing here does I/O. The modules, by job:
   ``encode_pcm`` is the client's side.
 """
 
-from qasr.protocol.builders import ack, error, final, hello, partial, pong, state, vad, warning
+from qasr.protocol.builders import ack, error, final, hello, partial, pong, state, vad, warning, word_times
 from qasr.protocol.client_messages import client_message, parse_client_message
 from qasr.protocol.constants import (
     CLIENT_TYPES,
@@ -77,5 +78,5 @@ __all__ = [
     "Pong", "ProtocolError", "State", "Unknown", "Vad", "Warning",
     "ack", "client_message", "decode_object", "decode_pcm", "encode", "encode_pcm", "error", "final",
     "frame_bytes", "hello", "parse_client_message", "parse_event", "parse_server_message", "partial",
-    "pcm_to_float32_16k", "pong", "state", "vad", "warning",
+    "pcm_to_float32_16k", "pong", "state", "vad", "warning", "word_times",
 ]

@@ -96,10 +96,12 @@ def final(
     audio_end: float,
     timings: dict[str, float] | None = None,
     sink: str | None = None,
+    words: list | None = None,
     **info: Any,
 ) -> dict:
-    """Last event of an utterance. ``sink`` names the text output that delivered it (null: none)."""
-    return {
+    """Last event of an utterance. ``sink`` names the text output that delivered it (null: none).
+    ``words`` (word timestamps, optional): ``[{"word", "start", "end"}]``, seconds from ``audio_start``."""
+    event = {
         "type": "final",
         "utterance_id": str(utterance_id),
         "seq": int(seq),
@@ -112,6 +114,18 @@ def final(
         "sink": sink,
         **info,
     }
+    if words is not None:
+        event["words"] = word_times(words)
+    return event
+
+
+def word_times(words: list) -> list[dict]:
+    """``final.words``: each ``{"word", "start", "end"}`` (a dict or an object with those attributes)."""
+    out = []
+    for w in words:
+        get = w.get if isinstance(w, dict) else (lambda key, w=w: getattr(w, key))
+        out.append({"word": str(get("word")), "start": _seconds(get("start")), "end": _seconds(get("end"))})
+    return out
 
 
 def error(code: str, message: str, request_id: Any = None, command: str | None = None) -> dict:

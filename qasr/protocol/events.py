@@ -96,6 +96,7 @@ class Partial(Event):
 @dataclass(frozen=True)
 class Final(Event):
     TYPE: ClassVar[str] = "final"
+    OMITTED_WHEN_NONE: ClassVar[tuple[str, ...]] = ("words",)
 
     utterance_id: str = ""
     seq: int = 0
@@ -106,6 +107,7 @@ class Final(Event):
     audio_end: float = 0.0
     timings: dict = field(default_factory=dict)
     sink: str | None = None
+    words: list | None = None  # word timestamps, when the daemon adds them: [{"word", "start", "end"}]
 
 
 @dataclass(frozen=True)
