@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from qasr.engine.encoder import default_threads
+from qasr.engine.llama_runtime import Batch as _Batch
 from qasr.engine.llama_runtime import flag_reader, install_log_callback, last_error_line
+from qasr.engine.token_table import open_token_table
 from qasr.engine.output import complete_utf8_prefix
 from qasr.errors import QasrError
 
@@ -42,54 +44,7 @@ class DecoderOptions:
     # llama.cpp repacks quantized weights at load; with mmap the file pages stay resident too (+200 MB)
     use_mmap: bool = False
     n_gpu_layers: int = 0  # layers offloaded to a GPU backend (engine.device.plan_device); 0 = CPU only
-
-
-class _Batch:
-    """A reusable llama_batch for token ids or embeddings (sequence 0, set once), filled through numpy
-    views of its C arrays (a Python loop over ctypes pointers cost ~4 ms for 130 audio positions)."""
-
-    def __init__(self, capacity: int, n_embd: int):
-        import llama_cpp
-
-        self.capacity = capacity
-        self.n_embd = n_embd
-        self.batch = llama_cpp.llama_batch_init(capacity, n_embd, 1)
-        self._free = llama_cpp.llama_batch_free
-        b = self.batch
-        self._pos = np.ctypeslib.as_array(b.pos, shape=(capacity,))
-        self._logits = np.ctypeslib.as_array(b.logits, shape=(capacity,))
-        np.ctypeslib.as_array(b.n_seq_id, shape=(capacity,))[:] = 1
-        for i in range(capacity):
-            b.seq_id[i][0] = 0
-        if n_embd:
-            self._embd = np.ctypeslib.as_array(b.embd, shape=(capacity, n_embd))
-        else:
-            self._token = np.ctypeslib.as_array(b.token, shape=(capacity,))
-
-    def fill(self, start_pos: int, n: int, want_last_logits: bool, token_ids=None, embeds=None) -> None:
-        b = self.batch
-        b.n_tokens = n
-        if n == 1 and token_ids is not None:  # a greedy step: plain ctypes stores beat numpy's slicing
-            b.token[0] = int(token_ids[0])
-            b.pos[0] = start_pos
-            b.logits[0] = 1 if want_last_logits else 0
-            return
-        if token_ids is not None:
-            self._token[:n] = token_ids
-        else:
-            self._embd[:n] = embeds
-        self._pos[:n] = np.arange(start_pos, start_pos + n, dtype=np.int32)
-        self._logits[:n] = 0
-        if want_last_logits:
-            self._logits[n - 1] = 1
-
-    def want_logits(self, rows) -> None:
-        self._logits[rows] = 1
-
-    def close(self) -> None:
-        if self.batch is not None:
-            self._free(self.batch)
-            self.batch = None
+    one_pass_prompt: bool = True  # feed_prompt: text + audio in one decode where the token table allows it
 
 
 class Decoder:
@@ -135,6 +90,9 @@ class Decoder:
         self._token_prefix: list[int] = []
         self._stale = False
         self._piece_cache: dict[tuple[int, bool], bytes] = {}
+        # token embedding rows for prompts fed in one decode with the audio (None: k-quant table, or
+        # DecoderOptions.one_pass_prompt off -> token ids in decodes of their own)
+        self._token_table = open_token_table(path) if options.one_pass_prompt else None
         # interrupt(): another thread sets the flag byte; llama_decode then returns 2 at the next node
         self.interruptible = False  # only decodes run while this is True may be interrupted
         self._abort_flag = ctypes.create_string_buffer(2)
@@ -390,6 +348,26 @@ class Decoder:
             self._note_tokens(part)
         return self.logits() if want_logits else None
 
+    def feed_prompt(self, before_ids, embeds: np.ndarray, after_ids, want_logits: bool = True) -> np.ndarray | None:
+        """Append text ids, audio embeddings, text ids; returns the logits of the last position. One decode
+        when the token table is readable (the text as its embedding rows: a small decode costs a whole pass
+        over the weights, ~1 generated token); a head cached since reset() is kept as with feed_tokens."""
+        if self._token_table is None:
+            self.feed_tokens(before_ids, want_logits=False)
+            self.feed_embeddings(embeds)
+            return self.feed_tokens(after_ids, want_logits)
+        head = list(before_ids)
+        if self._stale:
+            self._settle(head)
+            head = head[self.n_past :]
+        head_is_prefix = len(self._token_prefix) == self.n_past
+        rows = [self._token_table.rows(head)] if head else []
+        rows += [np.asarray(embeds, dtype=np.float32), self._token_table.rows(list(after_ids))]
+        logits = self.feed_embeddings(np.concatenate(rows), want_logits)
+        if head_is_prefix:  # the head's positions hold what a token feed puts there: reusable after reset()
+            self._token_prefix.extend(int(t) for t in head)
+        return logits
+
     def feed_embeddings(self, embeds: np.ndarray, want_logits: bool = False) -> np.ndarray | None:
         """Append float embeddings [n, n_embd] (audio) at n_past."""
         embeds = np.asarray(embeds, dtype=np.float32)
@@ -453,6 +431,15 @@ class Decoder:
             self._note_tokens(part)
             best.extend(self.argmax(i) for i in wanted)
         return best
+
+    def step(self, token: int) -> int:
+        """Feed one token, return the greedy next one (the logits are read in place, never copied)."""
+        self._settle()
+        self._ensure_room(1)
+        self._token_batch.fill(self.n_past, 1, True, token_ids=(token,))
+        self._decode(self._token_batch)
+        self._note_tokens((token,))
+        return self.argmax(0)
 
     def logits_view(self, i: int = -1) -> np.ndarray:
         """Logits of output row `i` of the last decode (-1: the last one), float32 [n_vocab], a view of

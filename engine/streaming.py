@@ -421,9 +421,8 @@ class StreamingSession:
         timings.prefill_ms += (t1 - t0) * 1000.0
         extra = 0
         while not done and (max_beyond_draft is None or extra < max_beyond_draft):
-            logits = dec.feed_tokens([ids[-1]])
             extra += 1
-            if self._accept(ids, int(np.argmax(logits)), cap, hyp):
+            if self._accept(ids, dec.step(ids[-1]), cap, hyp):
                 break
         timings.decode_ms += (time.perf_counter() - t1) * 1000.0
         hyp.ids = ids

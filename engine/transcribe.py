@@ -218,28 +218,25 @@ class Transcriber:
     def prompt(self, n_audio: int) -> Prompt:
         return build_prompt(self.decoder.tokenize, n_audio, self.options.context, self.language)
 
-    def prefill(self, embeds: np.ndarray) -> np.ndarray:
-        """Reset the decoder and feed the whole prompt; returns the logits for the first new token."""
+    def prefill(self, embeds: np.ndarray, want_logits: bool = True) -> np.ndarray | None:
+        """Reset the decoder and feed the whole prompt (one decode: Decoder.feed_prompt); returns the logits
+        for the first new token (a copy; without `want_logits` read them with decoder.argmax())."""
         prompt = self.prompt(embeds.shape[0])
-        dec = self.decoder
-        dec.reset()
-        dec.feed_tokens(prompt.before_ids, want_logits=False)
-        dec.feed_embeddings(embeds)
-        return dec.feed_tokens(prompt.after_ids)
+        self.decoder.reset()
+        return self.decoder.feed_prompt(prompt.before_ids, embeds, prompt.after_ids, want_logits)
 
     def generate(self, embeds: np.ndarray, max_new_tokens: int) -> tuple[list[int], str, int, float, float]:
         """Greedy decoding: (ids, stop_reason, cut, prefill_ms, decode_ms). ids[:cut] is the text to show."""
         t0 = time.perf_counter()
-        logits = self.prefill(embeds)
+        self.prefill(embeds, want_logits=True)  # one copy; the steps read llama.cpp's buffer in place
+        token = self.decoder.argmax()
         t1 = time.perf_counter()
         ids: list[int] = []
         while True:
-            reason, cut = out.accept_greedy_token(
-                ids, int(np.argmax(logits)), max_new_tokens, self.stop_ids, self.options.loop_guard
-            )
+            reason, cut = out.accept_greedy_token(ids, token, max_new_tokens, self.stop_ids, self.options.loop_guard)
             if reason is not None:
                 break
-            logits = self.decoder.feed_tokens([ids[-1]])
+            token = self.decoder.step(ids[-1])
         t2 = time.perf_counter()
         return ids, reason, (len(ids) if cut is None else cut), (t1 - t0) * 1000.0, (t2 - t1) * 1000.0
 

@@ -116,3 +116,49 @@ def test_verification_equals_token_by_token_greedy(decoder):
         if i >= 2:
             single.append(int(np.argmax(logits)))
     assert batched == single
+
+
+@pytest.mark.parametrize("precision", ["f32", "q8_0"])
+def test_token_table_rows_give_the_logits_token_ids_give(bundle_factory, precision):
+    """llama.cpp's input layer and the numpy token table agree bit for bit (f32 and q8_0 tables)."""
+    path = load_bundle(bundle_factory("fp32", precision)).path("decoder")
+    with Decoder(path, DecoderOptions(n_ctx=256, n_batch=64, threads=1)) as dec:
+        assert dec._token_table is not None
+        ids = dec.tokenize("<|im_start|>system\nZoë and the quick brown fox<|im_end|>")
+        dec.reset()
+        dec._settle()
+        want = dec.feed_tokens(ids)
+        dec.reset()
+        dec._settle()
+        got = dec.feed_embeddings(dec._token_table.rows(ids), want_logits=True)
+        assert np.array_equal(got, want)
+
+
+def test_the_prompt_goes_in_one_decode_and_keeps_its_head(decoder, monkeypatch):
+    rng = np.random.default_rng(9)
+    embeds = rng.standard_normal((37, decoder.n_embd)).astype(np.float32)
+    prompt = build_prompt(decoder.tokenize, 37)
+    want = _prefill(decoder, prompt, embeds)  # head, audio, tail: three decodes
+    decoder.reset()
+    decoder._settle()
+    calls = _count_decodes(decoder, monkeypatch)
+    got = decoder.feed_prompt(prompt.before_ids, embeds, prompt.after_ids)
+    assert calls == [prompt.n_tokens]
+    assert decoder._token_prefix == list(prompt.before_ids)  # reusable after reset()
+    assert np.abs(got - want).max() < 1e-4
+    assert decoder.argmax() == int(np.argmax(want))
+    decoder.reset()
+    calls.clear()
+    again = decoder.feed_prompt(prompt.before_ids, embeds, prompt.after_ids)
+    assert calls == [embeds.shape[0] + len(prompt.after_ids)]  # the head stayed in the cache
+    assert np.abs(again - want).max() < 1e-4
+
+
+def test_step_is_greedy_feed_tokens(decoder):
+    ids = decoder.tokenize("<|im_start|>user\nhello")
+    decoder.reset()
+    decoder._settle()
+    decoder.feed_tokens(ids[:-1], want_logits=False)
+    token = decoder.step(ids[-1])
+    decoder.truncate(len(ids) - 1)
+    assert token == int(np.argmax(decoder.feed_tokens(ids[-1:])))

@@ -5,10 +5,11 @@
 Per round, in turn: llama-bench (`-p 148 -n 0`: prompt processing of 148 positions in one batch, and
 `-p 0 -n 40 -d 148`: 40 single-token steps after 148 cached positions) and qasr's `Decoder` on the same work:
 - `pp`: 148 token ids in one feed (what llama-bench's pp148 does);
-- `prompt`: the ASR prompt as qasr feeds it (9 head tokens, 133 audio embeddings, 6 tail tokens =
-  148 positions, three decodes), cold (`prompt_cold`) and with the head kept from the previous
-  utterance (`prompt_warm`, what `reset()` + the same head does);
-- `tg`: 40 greedy steps (feed one token, argmax over the vocabulary) after the prompt.
+- `prompt`: the ASR prompt (9 head tokens, 133 audio embeddings, 6 tail tokens = 148 positions) as
+  qasr feeds it (`Decoder.feed_prompt`: one decode, the text as token embedding rows), cold
+  (`prompt_cold`) and with the head kept from the previous utterance (`prompt_warm`, what `reset()` +
+  the same head does); `prompt_3dec_cold`: the same in three decodes (head, audio, tail), as before;
+- `tg`: 40 greedy steps (`Decoder.step`: feed one token, argmax on llama.cpp's buffer) after the prompt.
 Medians over rounds; ratios qasr / llama-bench (1.00 = same speed; > 1 = qasr slower). llama-bench is
 the one built from the llama-cpp-python sdist qasr runs (`peer_tools`), so both run the same kernels.
 """
@@ -56,23 +57,25 @@ def qasr_round(decoder, prompt: int, gen: int, rng: np.random.Generator) -> dict
     decoder.reset()
     decoder._settle()
     t2 = time.perf_counter()
+    decoder.feed_prompt(head, audio, tail, want_logits=False)
+    t3 = time.perf_counter()
+    decoder.reset()
+    decoder._settle()
+    t3b = time.perf_counter()
     decoder.feed_tokens(head, want_logits=False)
     decoder.feed_embeddings(audio)
     decoder.feed_tokens(tail)
-    t3 = time.perf_counter()
+    t3c = time.perf_counter()
     decoder.reset()  # the head stays cached, as between two utterances
     t4 = time.perf_counter()
-    decoder.feed_tokens(head, want_logits=False)
-    decoder.feed_embeddings(audio)
-    decoder.feed_tokens(tail)
+    decoder.feed_prompt(head, audio, tail)
     t5 = time.perf_counter()
     token = decoder.argmax()
     for _ in range(gen):
-        decoder.feed_tokens([token])
-        token = decoder.argmax()
+        token = decoder.step(token)
     t6 = time.perf_counter()
-    return {"pp_ms": (t1 - t0) * 1e3, "prompt_cold_ms": (t3 - t2) * 1e3, "prompt_warm_ms": (t5 - t4) * 1e3,
-            "tg_ms_per_token": (t6 - t5) * 1e3 / gen}
+    return {"pp_ms": (t1 - t0) * 1e3, "prompt_cold_ms": (t3 - t2) * 1e3, "prompt_3dec_cold_ms": (t3c - t3b) * 1e3,
+            "prompt_warm_ms": (t5 - t4) * 1e3, "tg_ms_per_token": (t6 - t5) * 1e3 / gen}
 
 
 def run(gguf: Path, threads: int, rounds: int, prompt: int = 148, gen: int = 40, binary: Path | None = None,

@@ -70,10 +70,11 @@ def offline_worker(bundle: Path, audio_s: float, new_tokens: int, threads: int, 
         t_start = time.perf_counter()
         embeds = engine.encode(audio)
         t_enc = time.perf_counter()
-        logits = engine.prefill(embeds)
+        engine.prefill(embeds)
         t_pre = time.perf_counter()
-        for _ in range(new_tokens):  # exactly `new_tokens`, stop tokens ignored
-            logits = engine.decoder.feed_tokens([int(np.argmax(logits))])
+        token = engine.decoder.argmax()
+        for _ in range(new_tokens):  # exactly `new_tokens`, stop tokens ignored; as Transcriber.generate
+            token = engine.decoder.step(token)
         t_end = time.perf_counter()
         runs.append(
             {

@@ -184,7 +184,7 @@ def print_summary(s: dict) -> None:
     print(f"qasr vs official: {s.get('speedup_vs_official')}× (goal ≥ 3×); vs llama.cpp's pipeline: "
           f"{s.get('speedup_vs_llama_cpp')}× (goal ≥ 1.6×)")
     print(f"decoder vs llama-bench (same GGUF, same threads; >1 = qasr slower): pp148 {d.get('ratio_pp_ms')}, "
-          f"tg {d.get('ratio_tg_ms_per_token')}, qasr's 3-decode prompt with the head kept vs pp148 "
+          f"tg {d.get('ratio_tg_ms_per_token')}, qasr's prompt (one decode) with the head kept vs pp148 "
           f"{d.get('ratio_prompt_warm_vs_pp')}")
 
 
