@@ -79,6 +79,8 @@ class FinalWords:
             self._samples.pop(utterance_id, None)
         if not chunks or not self.wanted(source):
             return None
+        if self.host.closing:  # the daemon is stopping: the final goes out at once, without words
+            return None
         audio = np.concatenate(chunks)
         if abs(audio.size / SAMPLE_RATE - audio_s) > SPAN_TOLERANCE_S:
             log.info("final #%s goes out without words: only %.2f s of its %.2f s of audio were kept",

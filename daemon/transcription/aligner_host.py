@@ -83,6 +83,10 @@ class AlignerHost:
     def loaded(self) -> bool:
         return self._aligner is not None
 
+    @property
+    def closing(self) -> bool:
+        return self._stopping
+
     def warn_unavailable(self) -> None:
         """Say once why there are no word timestamps."""
         if self.error is not None and not self._warned:
