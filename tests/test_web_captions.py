@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from qasr import protocol
 from qasr.daemon.server import web_pages
 from qasr.daemon.server.ws_server import BaseServerHandler
 from tests.test_captions_overlay import FakeDaemon, final_event, partial_event, wait_for
@@ -180,6 +181,16 @@ def test_page_in_chromium_shows_events_and_reconnects(tmp_path):
             shown = state(await page.evaluate(CAPTION_STATE))
             assert shown["text"] == "First sentence, finished. Streaming world, <b>done</b>."
             assert await page.evaluate("document.querySelector('#text b')") is None  # text, never markup
+
+            # a final with word timestamps: its words become spans carrying their times on the stream clock
+            daemon.publish(protocol.final("3", 2, "Timed words.", "English", [1], 5.0, 6.0, words=[
+                {"word": "Timed", "start": 0.1, "end": 0.4}, {"word": "words", "start": 0.4, "end": 0.9}]))
+            assert await page.wait_for("document.querySelectorAll('#text .word').length === 2", 30)
+            words = await page.evaluate("JSON.stringify([...document.querySelectorAll('#text .word')]"
+                                        ".map(e => [e.textContent, e.dataset.start, e.dataset.end, e.title]))")
+            assert json.loads(words) == [["Timed", "5.100", "5.400", "5.10–5.40 s"], ["words", "5.400", "5.900", "5.40–5.90 s"]]
+            shown = state(await page.evaluate(CAPTION_STATE))
+            assert shown["text"] == "First sentence, finished. Streaming world, <b>done</b>. Timed words."
 
             # the daemon restarts (same port, as with the default server.port): the page reconnects
             daemon.stop()

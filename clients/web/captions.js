@@ -46,6 +46,7 @@
   const HISTORY_CHARS = 2000;
   let finished = "";
   const live = new Map(); // utterance id -> {committed, tentative}
+  let timed = null; // the newest final's word timestamps: {text, words: [{word, start, end}]}, stream seconds
   let fadeTimer = null;
 
   function separator(left, right) {
@@ -73,12 +74,35 @@
     return out;
   }
 
+  // The newest final's words (when the daemon sends `words`) become spans with their times on the
+  // stream's clock: data-start / data-end and a tooltip.
+  function fill(span, text) {
+    const at = timed && finished.endsWith(timed.text) ? finished.length - timed.text.length : -1;
+    if (at < 0 || !text.startsWith(finished)) { span.textContent = text; return; }
+    const nodes = [];
+    let cursor = at;
+    for (const w of timed.words) {
+      const found = text.indexOf(w.word, cursor);
+      if (!w.word || found < 0 || found + w.word.length > finished.length) break;
+      const word = document.createElement("span");
+      word.className = "word";
+      word.textContent = w.word;
+      word.dataset.start = w.start.toFixed(3);
+      word.dataset.end = w.end.toFixed(3);
+      word.title = `${w.start.toFixed(2)}–${w.end.toFixed(2)} s`;
+      nodes.push(document.createTextNode(text.slice(cursor, found)), word);
+      cursor = found + w.word.length;
+    }
+    span.replaceChildren(document.createTextNode(text.slice(0, at)), ...nodes, document.createTextNode(text.slice(cursor)));
+  }
+
   function render() {
     const parts = spans();
-    textEl.replaceChildren(...parts.map(([style, text]) => {
+    textEl.replaceChildren(...parts.map(([style, text], index) => {
       const span = document.createElement("span");
       span.className = style;
-      span.textContent = text;
+      if (index === 0 && finished) fill(span, text);
+      else span.textContent = text;
       return span;
     }));
     box.classList.toggle("empty", parts.length === 0);
@@ -108,6 +132,11 @@
         live.delete(String(event.utterance_id));
         const text = (event.text || "").trim();
         if (text) finished = join(finished, text).slice(-HISTORY_CHARS);
+        const base = Number(event.audio_start) || 0;
+        timed = text && Array.isArray(event.words) && event.words.length ? {
+          text, words: event.words.map(w => ({ word: String(w.word || ""), start: base + (Number(w.start) || 0),
+                                               end: base + (Number(w.end) || 0) })),
+        } : null;
         break;
       }
       case "vad":
