@@ -7,6 +7,7 @@ WebSocket server → microphone → hotkey. Every option comes from ``component_
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -364,7 +365,7 @@ class Components:
                 self.microphone.set_segmenter_options(self.segmenter_options())
         if new.journal != old.journal:
             self.router.journal = Journal(opts.journal_options(new))
-        if new.output != old.output:
+        if replace(new.output, word_timestamps=False) != replace(old.output, word_timestamps=False):
             self._make_output()
         if new.shaping != old.shaping:
             self._make_shaper()

@@ -38,8 +38,17 @@ def daemon_status(daemon: Any) -> dict[str, Any]:
         "desktop": dict(getattr(p, "desktop", {})),
         "profile": p.router.profile_status(),
         "save_audio_dir": s.debug.save_audio_dir or None,
+        "word_timestamps": _words(s, p),
         "warnings": list(p.warnings),
     }
+
+
+def _words(s: Any, p: Any) -> dict[str, Any]:
+    """[output] word_timestamps and the aligner behind them (also the OpenAI endpoint's word granularity)."""
+    host = getattr(p, "aligner", None)
+    return {"on": s.output.word_timestamps, "aligner": str(host.path) if host is not None and host.path else None,
+            "loaded": bool(host is not None and host.loaded), "error": host.error if host is not None else None,
+            "aligned": host.aligned if host is not None else 0, "failed": host.failed if host is not None else 0}
 
 
 def hello_info(daemon: Any) -> dict[str, Any]:

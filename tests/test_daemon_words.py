@@ -151,6 +151,15 @@ def test_mic_final_is_typed_before_its_words_and_later_events_wait_behind_it(tmp
     router("mic", final("1", "hello big world", 1.5))
     assert [text for _, text in output.typed] and "hello big world" in output.typed[0][1]  # typed already
     router("mic", partial("2"))  # the next utterance's partial must not overtake the final
+    jobs: list = []
+
+    class Jobs:
+        def deliver(self, utterance_id, message, outcome):
+            jobs.append((utterance_id, outcome))
+
+    router.add_route("openai", Jobs())
+    router("openai:1", final("3", "a request", 1.0))  # goes to its own request: never waits for words
+    assert jobs == [("3", "final")]
     time.sleep(0.1)
     assert published == []
     fake.gate.set()
@@ -267,6 +276,7 @@ def test_finals_get_the_aligners_words_only_when_asked(tmp_path, tiny_bundle, ti
         plain = ws_final(env)
         assert "words" not in plain and plain["text"].strip(), plain
         assert "forced aligner loaded" not in env.log()
+        assert env.status()["word_timestamps"]["loaded"] is False
 
         env.write_config(config_text(True, tiny_aligner_bundle))
         env.control("reload")
@@ -277,6 +287,9 @@ def test_finals_get_the_aligners_words_only_when_asked(tmp_path, tiny_bundle, ti
         assert all(0 <= w["start"] <= w["end"] <= timed["audio_end"] - timed["audio_start"] for w in timed["words"])
         assert timed["timings"]["align_ms"] > 0
         assert env.log().count("forced aligner loaded") == 1
+        words_status = env.status()["word_timestamps"]
+        assert words_status["on"] and words_status["loaded"] and words_status["aligned"] >= 1
+        assert words_status["aligner"] == str(tiny_aligner_bundle) and words_status["error"] is None
 
         import openai
 

@@ -42,8 +42,14 @@ class FinalWords:
         self._audio: dict[str, list[np.ndarray] | None] = {}  # None: over MAX_AUDIO_S
         self._samples: dict[str, int] = {}
 
+    @staticmethod
+    def ordered(source: str) -> bool:
+        """Events of this source keep their order behind finals waiting for words (the WebSocket's
+        subscribers and streams); OpenAI and Wyoming results go to their own requests and never wait."""
+        return source.partition(":")[0] in WORD_SOURCES
+
     def wanted(self, source: str) -> bool:
-        return source.partition(":")[0] in WORD_SOURCES and self.host.available and bool(self.enabled())
+        return self.ordered(source) and self.host.available and bool(self.enabled())
 
     # -- encoder worker --------------------------------------------------------------------------
     def collect(self, utterance_id: str, pcm: np.ndarray, source: str) -> None:

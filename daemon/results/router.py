@@ -228,7 +228,7 @@ class ResultRouter:
             self.words.in_order(lambda: self._publish(message))
 
     def _send_route(self, source: str, utterance_id: str, message: dict | None, outcome: str | None) -> None:
-        if self.words is None:
+        if self.words is None or not self.words.ordered(source):  # OpenAI, Wyoming: never wait for words
             self._route(source, utterance_id, message, outcome)
         else:
             self.words.in_order(lambda: self._route(source, utterance_id, message, outcome))
@@ -240,7 +240,7 @@ class ResultRouter:
                                                       event.audio_end_s - event.audio_start_s)
         if audio is not None:
             words.attach(message, audio, send)
-        elif words is not None:
+        elif words is not None and words.ordered(source):
             words.in_order(lambda: send(message))
         else:
             send(message)

@@ -16,7 +16,8 @@ aligner, one llama.cpp context, not thread-safe) in two lanes: foreground (final
 WebSocket streams, in order) before background (OpenAI requests, whose files may be long).
 
 ``in_order(fn)`` keeps events in the order the pipeline made them: while finals wait for their words,
-later events (the next utterance's partials) queue behind them instead of overtaking them.
+later events of dictation and WebSocket streams (the next utterance's partials) queue behind them
+instead of overtaking them (OpenAI and Wyoming results go to their own requests and never wait).
 
 Failures: no bundle, or one that does not load → ONE warning line (what to run), and the host is
 unavailable from then on (finals go out without words); ``retry()`` (a reload that turns word
