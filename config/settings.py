@@ -155,7 +155,7 @@ class HotkeySettings:
     combo: str = _opt("<ctrl>+<alt>+space", restart=True)
     mode: str = _opt("auto", choices=("auto", "hold", "toggle"), restart=True)
     tap_threshold_s: float = _opt(0.3, min=0.0, max=5.0, restart=True)
-    release_tail_s: float = _opt(0.2, min=0.0, max=5.0, restart=True)
+    release_tail_s: float = _opt(0.2, min=0.0, max=5.0, restart=True)  # most audio after release while voiced
     cancel_key: str = _opt("<esc>", restart=True)
     paste_last_combo: str = _opt("", restart=True)  # "" = none; X11: deliver the last final again
     undo_combo: str = _opt("", restart=True)        # "" = none; X11: remove the last dictated text

@@ -46,7 +46,8 @@ def segmenter_options(s: Settings, mode: str | None = None) -> SegmenterOptions:
     v = s.vad
     return SegmenterOptions(mode=mode or v.mode, aggressiveness=v.aggressiveness, onset_ms=v.onset_ms,
                             hangover_ms=v.hangover_ms, preroll_ms=v.preroll_ms,
-                            max_utterance_s=s.engine.max_utterance_s)
+                            max_utterance_s=s.engine.max_utterance_s,
+                            release_voice_ms=int(round(s.hotkey.release_tail_s * 1000)))
 
 
 def capture_options(s: Settings) -> CaptureOptions:
@@ -74,7 +75,9 @@ def output_options(s: Settings) -> OutputOptions:
 def hotkey_options(s: Settings) -> HotkeyOptions:
     h = s.hotkey
     return HotkeyOptions(enabled=h.enabled, combo=h.combo, mode=h.mode, tap_threshold_s=h.tap_threshold_s,
-                         release_tail_s=h.release_tail_s, cancel_key=h.cancel_key, backend=h.backend,
+                         # the release tail is the segmenter's (release_voice_ms): it ends as soon as the
+                         # VAD hears no voice, where a timer here would always wait release_tail_s
+                         release_tail_s=0.0, cancel_key=h.cancel_key, backend=h.backend,
                          evdev_devices=tuple(h.evdev_devices))
 
 

@@ -44,8 +44,9 @@ Measurements
   mode, output.sink=type or paste, and a replacements.txt rule mapping every final to a fixed
   40-character string. F9 is pressed (XTEST), the speech is played, F9 is released at the end of the
   speech; the Tk helper timestamps every change of the Entry. ``release_to_last_char_ms`` = last
-  character visible − key release; the configured tails (hotkey release_tail_s, the segmenter's
-  250 ms ptt release tail, the hotkey's 40 ms release debounce) are part of it and reported apart.
+  character visible − key release; the fixed tails (the segmenter's 100 ms ptt release tail, the
+  hotkey's 40 ms release debounce; hotkey.release_tail_s only adds audio while the VAD still hears
+  voice) are part of it and reported apart, with ``release_to_end_ms`` (release → the pipeline's end()).
 - ``sink_speed``: each sink (type, paste) driven directly in this process (qasr.daemon.desktop.output) into
   the same Entry: ``cps`` = characters / (deliver call start → last character visible).
 """
@@ -148,7 +149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=20, help="subscribers in the many-clients run")
     p.add_argument("--hangover-ms", type=int, default=600, help="vad.hangover_ms of the daemon")
     p.add_argument("--onset-ms", type=int, default=150, help="vad.onset_ms of the daemon")
-    p.add_argument("--hotkey-tail-s", type=float, default=0.3, help="hotkey.release_tail_s of the typing daemon")
+    p.add_argument("--hotkey-tail-s", type=float, default=0.2, help="hotkey.release_tail_s of the typing daemon")
     p.add_argument("--sinks", default="type,paste", help="output sinks for the typing measurements")
     p.add_argument("--speech", choices=("espeak", "synthetic"), default="espeak",
                    help="espeak-ng speech (default) or qasr.daemon.bench.synthetic_audio")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -30,8 +31,10 @@ WAIT_S = 60.0
 class FakeStream:
     """Records the decoder's calls; a prepared final is used only if no audio came after it."""
 
-    def __init__(self, name: str, log: list, fail_prepare: bool = False, gate: threading.Event | None = None):
+    def __init__(self, name: str, log: list, fail_prepare: bool = False, gate: threading.Event | None = None,
+                 encode_gate: threading.Event | None = None):
         self.name, self.log, self.fail_prepare, self.gate = name, log, fail_prepare, gate
+        self.encode_gate = encode_gate
         self.utterance_id = "?"
         self.samples = 0
         self.prepared_at: int | None = None
@@ -39,6 +42,10 @@ class FakeStream:
         self.partials = 0
 
     def encode(self, pcm):
+        if self.encode_gate is not None:  # the first block waits for the gate, the next ones take a while
+            assert self.encode_gate.wait(WAIT_S)
+            if self.samples:
+                time.sleep(0.2)
         self.samples += len(pcm)
 
     def decode_partial(self):
@@ -175,6 +182,24 @@ def test_a_wanted_final_is_never_preceded_by_a_prepare_and_prepares_go_before_pa
     assert [f.prepares for f in fin.values()] == [0, 0, 1]
     order = [e.type for e in events if e.type in ("partial", "final")]
     assert order[:2] == ["final", "final"]
+
+
+def test_audio_still_queued_at_the_end_asks_for_no_partial_before_the_final():
+    """Push-to-talk release: the last blocks (voiced: partial=True) are still queued for the encoder when
+    end() comes; a partial started for them would run to its end before the final (it is not interrupted:
+    the interrupt came first), so none is started."""
+    gate = threading.Event()
+    backend = FakeBackend(a={"encode_gate": gate})
+
+    def script(p):
+        a = p.begin("mic")
+        p.audio(a, block(), partial=True)  # the encoder worker holds in here until the gate opens ...
+        p.audio(a, block(), partial=True)  # ... and the decoder would be free for a partial meanwhile
+        p.end(a)
+        gate.set()
+
+    (final,) = finals(run_pipeline(backend, script)).values()
+    assert backend.log == [("a", "final")] and final.token_ids == [3200]
 
 
 def test_a_failed_prepare_loses_nothing():

@@ -418,6 +418,36 @@ def test_ptt_release_before_the_tail_ends_without_a_pause():
     assert u.end.t_s - u.end.last_voice_s < 0.3  # the release came first: less silence than the tail
 
 
+def test_ptt_release_after_the_speech_ends_closes_after_the_release_tail_only():
+    """The voice hold costs nothing when the key is released after the last word (the usual case)."""
+    seg = Segmenter(SegmenterOptions(mode="ptt", tail_ms=300, release_tail_ms=90, release_voice_ms=300))
+    events = seg.start_utterance() + feed(seg, np.concatenate([voiced_burst(1.2), silence(0.12)]))
+    events += seg.stop_utterance()
+    after = 0
+    while "SpeechEnd" not in kinds(events):  # silence in frame-sized blocks until the utterance ends
+        events += seg.process(silence(FRAME_SAMPLES / SR))
+        after += FRAME_SAMPLES
+    (u,) = utterances(events)
+    assert u.end.reason == "stop"
+    assert after <= 90 * SR // 1000 + FRAME_SAMPLES
+
+
+def test_ptt_release_mid_word_records_on_while_the_voice_goes_on():
+    seg = Segmenter(SegmenterOptions(mode="ptt", tail_ms=300, release_tail_ms=90, release_voice_ms=300))
+    events = seg.start_utterance() + feed(seg, voiced_burst(1.0))
+    stopped_at = seg.samples_in
+    events += seg.stop_utterance() + feed(seg, np.concatenate([voiced_burst(0.2, seed=4), silence(0.5)]), seed=9)
+    (u,) = utterances(events)
+    assert u.end.reason == "stop"
+    assert u.end.last_voice_s * SR - stopped_at >= 0.15 * SR  # the word after the release is kept
+    assert u.end.t_s * SR - stopped_at <= (90 + 300) * SR // 1000 + FRAME_SAMPLES  # never beyond the hold
+    held = Segmenter(SegmenterOptions(mode="ptt", tail_ms=300, release_tail_ms=90, release_voice_ms=300))
+    events = held.start_utterance() + feed(held, voiced_burst(1.0)) + held.stop_utterance()
+    events += feed(held, voiced_burst(1.0, seed=4))  # talking on and on: the hold ends it
+    (u,) = utterances(events)
+    assert u.end.reason == "stop" and u.end.t_s <= 1.0 + (90 + 300 + 30) / 1000
+
+
 def test_ptt_speech_after_a_pause_continues_the_utterance():
     opts = SegmenterOptions(mode="ptt", tail_ms=300, release_tail_ms=0)
     seg = Segmenter(opts)
@@ -502,3 +532,8 @@ def test_options_follow_the_settings_file():
         settings.vad.mode, settings.vad.aggressiveness, settings.vad.onset_ms, settings.vad.hangover_ms,
         settings.vad.preroll_ms)
     assert opts.max_utterance_s == settings.engine.max_utterance_s
+    # the hotkey's release tail is the segmenter's voice hold; the hotkey itself stops at once
+    assert opts.release_voice_ms == round(settings.hotkey.release_tail_s * 1000) > 0
+    from qasr.daemon.component_options import hotkey_options
+
+    assert hotkey_options(settings).release_tail_s == 0.0

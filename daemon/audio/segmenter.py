@@ -31,7 +31,8 @@ Events, in stream order (times are stream seconds: samples given to ``process()`
 Modes. ``vad``: an utterance starts after ``onset_ms`` of consecutive voiced 30 ms frames (webrtcvad) and
 carries ``preroll_ms`` of audio before the first voiced frame; it ends after ``hangover_ms`` of silence,
 keeping ``tail_ms`` of that silence. ``ptt``/``toggle``: the utterance spans start → stop (plus
-``release_tail_ms`` of audio after the stop request, for audio still in flight); the VAD only trims
+``release_tail_ms`` of audio after the stop request, for audio still in flight, and up to ``release_voice_ms``
+more while the VAD still hears the voice: a key released mid-word); the VAD only trims
 leading silence beyond ``preroll_ms`` before the first voiced frame and trailing silence beyond
 ``tail_ms`` after the last one (so a release during a pause adds no audio after the ``SpeechPause``
 unless the voice comes back within the release tail). ``start_utterance()`` in vad mode does nothing; ``stop_utterance()``
@@ -72,6 +73,9 @@ from qasr.daemon.audio.segment_events import (
 
 FRAME_MS = 30
 FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
+# a stop request's voice check: voice within this much before the release tail's end means "still talking"
+# (webrtcvad marks a frame or two inside a word unvoiced; three frames of silence end a word)
+RELEASE_VOICE_GAP = 3 * FRAME_SAMPLES
 MODES = ("vad", "ptt", "toggle")
 
 
@@ -84,6 +88,9 @@ class SegmenterOptions:
     preroll_ms: int = 500  # audio kept before the first voiced frame
     tail_ms: int = 300  # trailing silence kept after the last voiced frame
     release_tail_ms: int = 100  # ptt/toggle: audio still in flight after a stop request (capture latency ~40 ms + a block)
+    # ptt/toggle: after the release tail, keep recording while a voiced frame came within RELEASE_VOICE_GAP_MS,
+    # at most this long (the hotkey's release_tail_s): a stop after the speech ends costs no extra wait
+    release_voice_ms: int = 0
     max_utterance_s: float = 30.0
     min_utterance_ms: int = 250  # voiced span below this → Cancelled("too_short") (vad mode)
 
@@ -92,7 +99,8 @@ class SegmenterOptions:
             raise ValueError(f"segmenter mode must be one of {MODES}, got {self.mode!r}")
         if not 0 <= self.aggressiveness <= 3:
             raise ValueError(f"VAD aggressiveness must be 0..3, got {self.aggressiveness}")
-        for name in ("onset_ms", "hangover_ms", "preroll_ms", "tail_ms", "release_tail_ms", "min_utterance_ms"):
+        for name in ("onset_ms", "hangover_ms", "preroll_ms", "tail_ms", "release_tail_ms", "release_voice_ms",
+                     "min_utterance_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.max_utterance_s * 1000 < 2 * FRAME_MS:
@@ -146,6 +154,7 @@ class Segmenter:
         self._tail = _ms_to_frames(self.options.tail_ms)
         self._min_voice = int(round(self.options.min_utterance_ms * SAMPLE_RATE / 1000))
         self._release_tail = int(round(self.options.release_tail_ms * SAMPLE_RATE / 1000))
+        self._release_voice = int(round(self.options.release_voice_ms * SAMPLE_RATE / 1000))
 
         self._partial = np.zeros(0, dtype=np.float32)
         self._framed = 0  # samples cut into frames so far
@@ -353,8 +362,14 @@ class Segmenter:
                     self._discard_frames([utt.lead.popleft()])
         else:
             self._add_to_utterance(frame)
-        if utt.stop_at is not None and frame.end >= utt.stop_at:
+        if utt.stop_at is not None and frame.end >= utt.stop_at and not self._voice_goes_on(utt, frame):
             self._close("stop")
+
+    def _voice_goes_on(self, utt: _Utterance, frame: _Frame) -> bool:
+        """The release tail is over but the speaker is still talking (stopped mid-word): record on, up to
+        ``release_voice_ms`` past the tail."""
+        return (utt.last_voice_end is not None and frame.end - utt.last_voice_end < RELEASE_VOICE_GAP
+                and frame.end < utt.stop_at + self._release_voice)
 
     def _cut_if_full(self, frame: _Frame) -> None:
         """Cut the utterance before ``frame`` would take it past ``max_utterance_s``."""

@@ -93,6 +93,7 @@ class Pipeline:
         self._cond = threading.Condition()
         self._active: dict[str, _Utterance] = {}  # insertion order = utterance order
         self._decoding: str | None = None
+        self._ending: set[str] = set()  # end() called, "end" not yet taken by the encoder worker: no partials
         self._stopping = False
         self._threads = [
             threading.Thread(target=self._encoder_loop, name="encoder", daemon=True),
@@ -131,6 +132,8 @@ class Pipeline:
         self._inbox.put(("pause", utterance_id, None))
 
     def end(self, utterance_id: str) -> None:
+        with self._cond:  # the audio still queued before the end asks for no partial: the final is next
+            self._ending.add(utterance_id)
         self._interrupt_partial(utterance_id)
         self._inbox.put(("end", utterance_id, time.monotonic()))
 
@@ -196,6 +199,8 @@ class Pipeline:
                     continue
                 utt = utterances.get(utterance_id)
                 if utt is None:
+                    with self._cond:
+                        self._ending.discard(utterance_id)
                     continue
                 if kind == "audio":
                     self._encode(utt, *arg)
@@ -208,12 +213,14 @@ class Pipeline:
                     self._open_stream(utt)
                     del utterances[utterance_id]
                     with self._cond:
+                        self._ending.discard(utterance_id)
                         utt.ended = arg
                         utt.final_wanted = True
                         self._cond.notify_all()
                 elif kind == "cancel":
                     del utterances[utterance_id]
                     with self._cond:
+                        self._ending.discard(utterance_id)
                         utt.cancelled = True
                         if self._decoding != utterance_id:
                             self._active.pop(utterance_id, None)
@@ -284,7 +291,7 @@ class Pipeline:
                 utt.prepare_wanted = False
                 utt.partial_wanted = False  # the prepared final covers the same audio
                 return utt, "prepare"
-            if utt.partial_wanted and utt.ended is None:
+            if utt.partial_wanted and utt.ended is None and utt.id not in self._ending:
                 utt.partial_wanted = False  # any later audio raises it again: skipped partials coalesce
                 return utt, "partial"
             if utt.ended is None:

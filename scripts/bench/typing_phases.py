@@ -18,7 +18,9 @@ from tests.harness.processes import stop_process
 TYPED_TEXT = "The quick brown fox jumps over a lazy dog"[:40]  # 40 characters, many distinct keys
 HOTKEY = "F9"
 HOTKEY_DEBOUNCE_MS = 40  # daemon/desktop/hotkey.py HotkeyOptions.release_debounce_s
-SEGMENTER_PTT_TAIL_MS = 250  # daemon/audio/segmenter.py SegmenterOptions.release_tail_ms (not configurable)
+SEGMENTER_PTT_TAIL_MS = 100  # daemon/audio/segmenter.py SegmenterOptions.release_tail_ms (not configurable)
+# hotkey.release_tail_s is the segmenter's voice hold (release_voice_ms): it adds audio only while the VAD still
+# hears voice after the two tails above, so it is not part of the fixed tails
 
 
 def typing_run(env, daemon: DaemonProcess, subs: Subscribers, speech: SpeechFile) -> dict:
@@ -72,6 +74,9 @@ def _typing_record(got: dict, tails_ms: int) -> dict:
                 typing_ms=r1((t_last - t_first) * 1000.0),
                 cps=round((len(TYPED_TEXT) - 1) / (t_last - t_first), 1) if t_last > t_first else None,
                 entry_changes=n_changes, configured_tails_ms=tails_ms,
+                # key release -> the pipeline's end(): the tails as they ran (+ delivery's start)
+                release_to_end_ms=r1((t_first - t_up) * 1000.0 - timings["latency_ms"]) if timings.get("latency_ms")
+                else None,
                 daemon_latency_ms=r1(timings.get("latency_ms")), engine_final_ms=r1(engine_final_ms(timings)),
                 ws_final_after_release_ms=r1((t_final - t_up) * 1000.0) if t_final else None,
                 final_sink=final.get("sink"), held_s=round(t_up - got["t_down"], 2))
@@ -79,7 +84,7 @@ def _typing_record(got: dict, tails_ms: int) -> dict:
 
 def phase_typing(env, report: Reporter, speeches: list[SpeechFile], repeats: int, sinks: list[str],
                  hotkey_tail_s: float) -> None:
-    tails_ms = int(HOTKEY_DEBOUNCE_MS + hotkey_tail_s * 1000 + SEGMENTER_PTT_TAIL_MS)
+    tails_ms = int(HOTKEY_DEBOUNCE_MS + SEGMENTER_PTT_TAIL_MS)
     for sink in sinks:
         daemon = env.new_daemon(
             ["vad.mode=ptt", f"hotkey.combo=<{HOTKEY.lower()}>", "hotkey.mode=hold",
