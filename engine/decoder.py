@@ -432,6 +432,23 @@ class Decoder:
             best.extend(self.argmax(i) for i in wanted)
         return best
 
+    def feed_embeddings_tokens_argmax(self, embeds: np.ndarray, ids, first: int = 0) -> list[int]:
+        """feed_embeddings(embeds) then feed_tokens_argmax(ids, first), in one decode where the token table
+        allows it (the ids as their embedding rows): a streaming final's new audio, prompt tail and draft."""
+        embeds = np.asarray(embeds, dtype=np.float32).reshape(-1, self.n_embd)
+        ids = list(ids)
+        if self._token_table is None or not ids or len(embeds) + len(ids) > self.n_batch:
+            self.feed_embeddings(embeds)
+            return self.feed_tokens_argmax(ids, first)
+        n = len(embeds)
+        self._settle()
+        self._ensure_room(n + len(ids))
+        self._embd_batch.fill(self.n_past, n + len(ids), False, embeds=np.concatenate([embeds, self._token_table.rows(ids)]))
+        self._embd_batch.want_logits(slice(n + first, n + len(ids)))
+        self._decode(self._embd_batch)
+        self.n_past += n + len(ids)
+        return [self.argmax(i) for i in range(n + first, n + len(ids))]
+
     def step(self, token: int) -> int:
         """Feed one token, return the greedy next one (the logits are read in place, never copied)."""
         self._settle()

@@ -262,15 +262,14 @@ class StreamingSession:
         cap = out.new_token_cap(n_audio, self.options.max_new_tokens)
         window = self.engine.bundle.manifest.audio.window_tokens
         kept = min(kept, self._kv_audio_windows, self.encoder.changed_from_window)
-        self.decoder.truncate(self._head_len + kept * window)
-        self.decoder.feed_embeddings(embeds[kept * window :])
+        self.decoder.truncate(self._head_len + kept * window)  # the new audio goes in with the tail (_decode)
         self._kv_audio_windows, self._kv_open_audio = kept, 0
         if (self.options.reuse_open_audio and kept == len(self.encoder.finished_windows)
                 and self.encoder.n_samples >= self.encoder.min_samples):
             # the cache now holds the exact open window: later partial steps append after it
             self._kv_open_audio = embeds.shape[0] - kept * window
         timings.prefill_ms = (time.perf_counter() - t1) * 1000.0
-        hyp = self._decode(self._hyp.ids, cap, None, timings)
+        hyp = self._decode(self._hyp.ids, cap, None, timings, audio=embeds[kept * window :])
         self._hyp = hyp
         timings.final_ms = (time.perf_counter() - t0) * 1000.0
         self.compute_s += timings.final_ms / 1000.0
@@ -375,19 +374,13 @@ class StreamingSession:
         self.decoder.feed_embeddings(open_embeds[self._kv_open_audio :])
         self._kv_open_audio = open_embeds.shape[0] if self.options.reuse_open_audio else 0
 
-    def _decode(
-        self,
-        draft: list[int],
-        cap: int,
-        max_beyond_draft: int | None,
-        timings: StepTimings | FinalTimings,
-        trusted: int = 0,
-        parked: int = 0,
-    ) -> _Hypothesis:
+    def _decode(self, draft: list[int], cap: int, max_beyond_draft: int | None, timings: StepTimings | FinalTimings,
+                trusted: int = 0, parked: int = 0, audio: np.ndarray | None = None) -> _Hypothesis:
         """Prompt tail + draft verification + greedy continuation, with offline's stop/cap/loop rules.
 
         `parked`: the prompt tail and the first `parked` draft tokens are in the cache already (see
-        `_park_committed`); they are committed tokens and taken as they are."""
+        `_park_committed`); they are committed tokens and taken as they are. `audio`: embeddings that go
+        in first, in the same decode as the tail and the draft (the final's new audio: one weight pass)."""
         t0 = time.perf_counter()
         dec = self.decoder
         draft = list(draft[: max(0, cap)])
@@ -400,9 +393,14 @@ class StreamingSession:
             predictions = draft[: parked + 1] + dec.feed_tokens_argmax(draft[parked:])
         else:
             trusted = min(trusted, len(draft))
-            base = dec.n_past + len(self._after_ids)
-            predictions = draft[:trusted] + dec.feed_tokens_argmax([*self._after_ids, *draft],
-                                                                   first=len(self._after_ids) - 1 + trusted)
+            first = len(self._after_ids) - 1 + trusted
+            if audio is None:
+                base = dec.n_past + len(self._after_ids)
+                predictions = draft[:trusted] + dec.feed_tokens_argmax([*self._after_ids, *draft], first=first)
+            else:
+                base = dec.n_past + len(audio) + len(self._after_ids)
+                predictions = draft[:trusted] + dec.feed_embeddings_tokens_argmax(audio, [*self._after_ids, *draft],
+                                                                                  first=first)
         accepted = 0
         done = False
         for i, token in enumerate(predictions):

@@ -162,3 +162,19 @@ def test_step_is_greedy_feed_tokens(decoder):
     token = decoder.step(ids[-1])
     decoder.truncate(len(ids) - 1)
     assert token == int(np.argmax(decoder.feed_tokens(ids[-1:])))
+
+
+def test_audio_tail_and_draft_in_one_decode_equal_two_decodes(decoder, monkeypatch):
+    rng = np.random.default_rng(10)
+    head = decoder.tokenize("<|im_start|>user\n")
+    audio = rng.standard_normal((23, decoder.n_embd)).astype(np.float32)
+    ids = decoder.tokenize("<|im_end|>\n<|im_start|>assistant\nthe quick brown fox")
+    decoder.reset()
+    decoder.feed_tokens(head, want_logits=False)
+    decoder.feed_embeddings(audio)
+    want = decoder.feed_tokens_argmax(ids, first=3)
+    decoder.truncate(len(head))
+    calls = _count_decodes(decoder, monkeypatch)
+    got = decoder.feed_embeddings_tokens_argmax(audio, ids, first=3)
+    assert calls == [len(audio) + len(ids)] and got == want
+    assert decoder.n_past == len(head) + len(audio) + len(ids)

@@ -365,17 +365,22 @@ def test_partials_verify_only_what_is_not_committed(engines):
     engine = engines("English")
     audio = make_test_audio(12.0, seed=42)
     firsts: list[tuple[int, int]] = []
-    real = engine.decoder.feed_tokens_argmax
+    real, real_final = engine.decoder.feed_tokens_argmax, engine.decoder.feed_embeddings_tokens_argmax
 
     def recording(ids, first=0):
         firsts.append((len(ids), first))
         return real(ids, first=first)
 
+    def recording_final(embeds, ids, first=0):  # the final: its new audio, the tail and the draft in one decode
+        firsts.append((len(ids), first))
+        return real_final(embeds, ids, first=first)
+
     engine.decoder.feed_tokens_argmax = recording
+    engine.decoder.feed_embeddings_tokens_argmax = recording_final
     try:
         session, events, final = stream(engine, audio, 0.25, StreamingOptions(language="English", rtf_budget=100.0))
     finally:
-        del engine.decoder.feed_tokens_argmax
+        del engine.decoder.feed_tokens_argmax, engine.decoder.feed_embeddings_tokens_argmax
     tail = len(session._after_ids)
     assert any(first > tail - 1 for _, first in firsts[:-1])  # some step trusted committed tokens
     assert firsts[-1][1] == tail - 1  # the final verifies every draft token
