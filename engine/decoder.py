@@ -90,9 +90,7 @@ class Decoder:
         self._token_prefix: list[int] = []
         self._stale = False
         self._piece_cache: dict[tuple[int, bool], bytes] = {}
-        # token embedding rows for prompts fed in one decode with the audio (None: k-quant table, or
-        # DecoderOptions.one_pass_prompt off -> token ids in decodes of their own)
-        self._token_table = open_token_table(path) if options.one_pass_prompt else None
+        self._token_table = ... if options.one_pass_prompt else None  # token_table.TokenTable, read at first use
         # interrupt(): another thread sets the flag byte; llama_decode then returns 2 at the next node
         self.interruptible = False  # only decodes run while this is True may be interrupted
         self._abort_flag = ctypes.create_string_buffer(2)
@@ -348,11 +346,17 @@ class Decoder:
             self._note_tokens(part)
         return self.logits() if want_logits else None
 
+    def _table(self):
+        if self._token_table is ...:
+            self._token_table = open_token_table(self._path)
+        return self._token_table
+
     def feed_prompt(self, before_ids, embeds: np.ndarray, after_ids, want_logits: bool = True) -> np.ndarray | None:
         """Append text ids, audio embeddings, text ids; returns the logits of the last position. One decode
         when the token table is readable (the text as its embedding rows: a small decode costs a whole pass
         over the weights, ~1 generated token); a head cached since reset() is kept as with feed_tokens."""
-        if self._token_table is None:
+        table = self._table()
+        if table is None:
             self.feed_tokens(before_ids, want_logits=False)
             self.feed_embeddings(embeds)
             return self.feed_tokens(after_ids, want_logits)
@@ -361,8 +365,8 @@ class Decoder:
             self._settle(head)
             head = head[self.n_past :]
         head_is_prefix = len(self._token_prefix) == self.n_past
-        rows = [self._token_table.rows(head)] if head else []
-        rows += [np.asarray(embeds, dtype=np.float32), self._token_table.rows(list(after_ids))]
+        rows = [table.rows(head)] if head else []
+        rows += [np.asarray(embeds, dtype=np.float32), table.rows(list(after_ids))]
         logits = self.feed_embeddings(np.concatenate(rows), want_logits)
         if head_is_prefix:  # the head's positions hold what a token feed puts there: reusable after reset()
             self._token_prefix.extend(int(t) for t in head)
@@ -437,13 +441,14 @@ class Decoder:
         allows it (the ids as their embedding rows): a streaming final's new audio, prompt tail and draft."""
         embeds = np.asarray(embeds, dtype=np.float32).reshape(-1, self.n_embd)
         ids = list(ids)
-        if self._token_table is None or not ids or len(embeds) + len(ids) > self.n_batch:
+        table = self._table()
+        if table is None or not ids or len(embeds) + len(ids) > self.n_batch:
             self.feed_embeddings(embeds)
             return self.feed_tokens_argmax(ids, first)
         n = len(embeds)
         self._settle()
         self._ensure_room(n + len(ids))
-        self._embd_batch.fill(self.n_past, n + len(ids), False, embeds=np.concatenate([embeds, self._token_table.rows(ids)]))
+        self._embd_batch.fill(self.n_past, n + len(ids), False, embeds=np.concatenate([embeds, table.rows(ids)]))
         self._embd_batch.want_logits(slice(n + first, n + len(ids)))
         self._decode(self._embd_batch)
         self.n_past += n + len(ids)

@@ -79,7 +79,15 @@ class TokenTable:
 
 
 def open_token_table(gguf_path: str | Path, name: str = "token_embd.weight") -> TokenTable | None:
-    """The table of `gguf_path`, or None when its type has no exact numpy twin here (or it is missing)."""
+    """The table of `gguf_path`, or None when its type has no exact numpy twin here (or it is missing, or
+    the file is not a GGUF this reader follows: the caller then feeds token ids)."""
+    try:
+        return _open(gguf_path, name)
+    except (OSError, ValueError, KeyError, IndexError, OverflowError, struct.error):
+        return None
+
+
+def _open(gguf_path: str | Path, name: str) -> TokenTable | None:
     mm = np.memmap(gguf_path, dtype=np.uint8, mode="r")
     r = _Reader(memoryview(mm))
     if bytes(r.data[:4]) != _GGUF_MAGIC:

@@ -123,14 +123,14 @@ def test_token_table_rows_give_the_logits_token_ids_give(bundle_factory, precisi
     """llama.cpp's input layer and the numpy token table agree bit for bit (f32 and q8_0 tables)."""
     path = load_bundle(bundle_factory("fp32", precision)).path("decoder")
     with Decoder(path, DecoderOptions(n_ctx=256, n_batch=64, threads=1)) as dec:
-        assert dec._token_table is not None
+        assert dec._table() is not None
         ids = dec.tokenize("<|im_start|>system\nZoë and the quick brown fox<|im_end|>")
         dec.reset()
         dec._settle()
         want = dec.feed_tokens(ids)
         dec.reset()
         dec._settle()
-        got = dec.feed_embeddings(dec._token_table.rows(ids), want_logits=True)
+        got = dec.feed_embeddings(dec._table().rows(ids), want_logits=True)
         assert np.array_equal(got, want)
 
 
@@ -178,3 +178,13 @@ def test_audio_tail_and_draft_in_one_decode_equal_two_decodes(decoder, monkeypat
     got = decoder.feed_embeddings_tokens_argmax(audio, ids, first=3)
     assert calls == [len(audio) + len(ids)] and got == want
     assert decoder.n_past == len(head) + len(audio) + len(ids)
+
+
+def test_a_file_the_table_reader_does_not_follow_gives_no_table(tmp_path):
+    from qasr.engine.token_table import open_token_table
+
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 40)
+    assert open_token_table(bad) is None
+    bad.write_bytes(b"not a gguf")
+    assert open_token_table(bad) is None

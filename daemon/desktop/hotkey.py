@@ -2,7 +2,8 @@
 
 Modes
 - `auto` (default): a press shorter than `tap_threshold_s` toggles (tap to start, tap again to stop);
-  a longer press is hold-to-talk: release stops after `release_tail_s` (the last word is not clipped).
+  a longer press is hold-to-talk: release stops after `release_tail_s` (the daemon gives 0 here: its
+  segmenter keeps recording after the release only while the VAD hears voice, see SegmenterOptions).
 - `hold`: every press is hold-to-talk.   - `toggle`: every press toggles.
 While an utterance is recording, the cancel key (Escape) cancels it.
 
@@ -54,7 +55,7 @@ class HotkeyOptions:
     combo: str = "<ctrl>+<alt>+space"   # pynput syntax; bare names allowed: "ctrl+alt+space", "<f9>", "f9"
     mode: str = "auto"                  # auto | hold | toggle
     tap_threshold_s: float = 0.3        # auto mode: a shorter press is a tap (toggle)
-    release_tail_s: float = 0.2         # hold: keep recording this long after release
+    release_tail_s: float = 0.2         # hold: keep recording this long after release (the daemon: 0)
     cancel_key: str = "<esc>"           # "" disables cancelling from the keyboard
     release_debounce_s: float = 0.04    # a release followed by a press within this is X autorepeat
     backend: str = "auto"               # auto | x11 | evdev | none (see evdev_hotkey.choose_backend)
