@@ -212,3 +212,14 @@ def test_paste_last_and_undo_combos_fire_once_per_press_with_exactly_their_modif
     press(k, e.KEY_Z)  # z alone: nothing
     release(k, e.KEY_Z)
     assert rec.calls == ["paste-last", "undo"]
+
+
+def test_a_release_is_acted_on_without_the_x11_debounce():
+    """Kernel autorepeat is a repeat event, never a release/press pair: evdev needs no release debounce."""
+    k, rec = keys("<f9>", mode="hold")
+    assert k.logic.options.release_debounce_s == 0.0
+    press(k, e.KEY_F9)
+    k.handle(ev(e.KEY_F9, 2))  # autorepeat while held
+    time.sleep(0.4)  # past the tap threshold: hold-to-talk
+    release(k, e.KEY_F9)
+    assert rec.wait(2) == ["start", "stop"]

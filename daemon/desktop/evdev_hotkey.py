@@ -19,6 +19,7 @@ import logging
 import os
 import selectors
 import threading
+from dataclasses import replace
 from typing import Any, Callable
 
 from qasr.errors import QasrError
@@ -81,7 +82,10 @@ class EvdevKeys:
         sided = {t for t in combo if t.rsplit("_", 1)[0] + ">" in GENERIC_MODIFIERS and t not in GENERIC_MODIFIERS}
         generic_used = {t.rsplit("_", 1)[0] + ">" for t in sided}
         others = GENERIC_MODIFIERS - generic_used
-        self.logic = HotkeyLogic(options, combo, cancel, others, on_start, on_stop, on_cancel)
+        # The kernel reports autorepeat as repeat events (ignored below), never as the release/press pairs X
+        # sends: a release is real at once, no debounce (X11's 40 ms) between it and the stop.
+        self.logic = HotkeyLogic(replace(options, release_debounce_s=0.0), combo, cancel, others, on_start, on_stop,
+                                 on_cancel)
         self._down: dict[int, int] = {}  # key code -> how many devices hold it
 
     def handle(self, event: Any) -> None:
