@@ -48,20 +48,17 @@ def run(asr_dir: str, aligner_dir: str, threads: int, rounds: int) -> dict:
     rss_start = peak_rss_mb()
     aligner = ForcedAligner(aligner_dir, AlignerOptions(threads=threads))
     results: dict = {"cpu": cpu_model(), "threads": threads, "rounds": rounds, "cases": []}
-    transcribers = {}
-    for seconds, n_words in CASES:
-        transcribers[seconds] = Transcriber(asr_dir, TranscribeOptions(
-            threads=threads, max_new_tokens=int(1.3 * n_words), max_piece_s=30.0, language="English"))
+    transcriber = Transcriber(asr_dir, TranscribeOptions(threads=threads, max_piece_s=30.0, language="English"))
     for seconds, n_words in CASES:
         audio = bench_audio(seconds)
         words = split_words(text_of(n_words), "English")
-        transcriber = transcribers[seconds]
+        transcriber.set_prompt("English", "", max_new_tokens=int(1.3 * n_words))
         aligner.align(audio[:16000], "warm up", "English")
         timings: dict[str, list[float]] = {"align_encoder_ms": [], "align_decoder_ms": [], "align_total_ms": [],
                                            "transcribe_ms": []}
         for _ in range(rounds):
             t0 = time.perf_counter()
-            embeds = aligner.encode(audio if seconds <= aligner.options.max_seconds else audio)
+            embeds = aligner.encode(audio)
             t1 = time.perf_counter()
             aligner.align(audio, " ".join(words), "English")
             t2 = time.perf_counter()
