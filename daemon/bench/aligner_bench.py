@@ -18,7 +18,6 @@ import platform
 import statistics
 import time
 
-import numpy as np
 
 WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "while", "we", "talk", "about",
          "weather", "tomorrow", "morning", "meeting", "notes", "and", "send", "them")
