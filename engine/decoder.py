@@ -18,7 +18,7 @@ import numpy as np
 
 from qasr.engine.encoder import default_threads
 from qasr.engine.llama_runtime import Batch as _Batch
-from qasr.engine.llama_runtime import flag_reader, install_log_callback, last_error_line
+from qasr.engine.llama_runtime import flag_reader, install_log_callback, last_error_line, tokenize
 from qasr.engine.token_table import open_token_table
 from qasr.engine.output import complete_utf8_prefix
 from qasr.errors import QasrError
@@ -170,17 +170,10 @@ class Decoder:
     # --- tokens <-> text ------------------------------------------------------------------------
 
     def tokenize(self, text: str, parse_special: bool = True) -> list[int]:
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        buf = (self._ll.llama_token * cap)()
-        n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, cap, False, parse_special)
-        if n < 0:  # buffer too small: -n is the size needed
-            cap = -n
-            buf = (self._ll.llama_token * cap)()
-            n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, cap, False, parse_special)
-        if n < 0:
+        ids = tokenize(self._vocab, text, parse_special)
+        if ids is None:
             raise DecoderError("tokenization failed")
-        return list(buf[:n])
+        return ids
 
     def token_bytes(self, token: int, render_control: bool = False) -> bytes:
         """Raw bytes of one token; may be part of a UTF-8 character.

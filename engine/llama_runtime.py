@@ -111,3 +111,18 @@ class Batch:
         if self.batch is not None:
             self._free(self.batch)
             self.batch = None
+
+
+def tokenize(vocab, text: str, parse_special: bool) -> list[int] | None:
+    """Token ids of `text` with a llama.cpp vocabulary (no BOS added); None if llama.cpp fails."""
+    import llama_cpp
+
+    data = text.encode("utf-8")
+    cap = len(data) + 8
+    buf = (llama_cpp.llama_token * cap)()
+    n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, cap, False, parse_special)
+    if n < 0:  # buffer too small: -n is the size needed
+        cap = -n
+        buf = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, cap, False, parse_special)
+    return list(buf[:n]) if n >= 0 else None

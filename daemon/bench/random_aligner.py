@@ -17,12 +17,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from qasr.daemon.bench.random_checkpoint import (
-    PRESETS, AudioShape, CheckpointError, Preset, _config_json, _generation_config, _preprocessor_config,
-    _reinitialise, _write_json, official_classes,
+    PRESETS, AudioShape, CheckpointError, Preset, _config_json, _reinitialise, build_official_model, write_hf_files,
 )
-from qasr.daemon.bench.random_tokenizer import (
-    ALIGNER_ADDED_TOKENS, CHAT_TEMPLATE, _tokenizer_config, special_ids, train_tokenizer,
-)
+from qasr.daemon.bench.random_tokenizer import ALIGNER_ADDED_TOKENS, _tokenizer_config, special_ids, train_tokenizer
 from qasr.errors import QasrError
 
 CLASSIFY_NUM = 5000
@@ -69,25 +66,8 @@ def make_aligner_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int
     config["timestamp_segment_time"] = TIMESTAMP_SEGMENT_TIME_MS
     config["qasr_random_checkpoint"] = {"preset": spec.name}
 
-    _write_json(out / "config.json", config)
-    _write_json(out / "preprocessor_config.json", _preprocessor_config())
-    _write_json(out / "tokenizer_config.json", _tokenizer_config(ids, ALIGNER_ADDED_TOKENS))
-    _write_json(out / "vocab.json", vocab)
-    (out / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(f"{left} {right}\n" for left, right in merges), encoding="utf-8"
-    )
-    _write_json(out / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
-    _write_json(out / "generation_config.json", _generation_config(ids))
-
-    config_cls, model_cls, _ = official_classes()
-    hf_config = config_cls(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
-    previous = torch.get_default_dtype()
-    torch.manual_seed(seed)
-    try:
-        torch.set_default_dtype(torch.float32)
-        model = model_cls(hf_config).eval()
-    finally:
-        torch.set_default_dtype(previous)
+    write_hf_files(out, config, ids, vocab, merges, _tokenizer_config(ids, ALIGNER_ADDED_TOKENS))
+    model = build_official_model(config, seed)
     if tuple(model.thinker.lm_head.weight.shape) != (classify_num, spec.text.hidden_size):
         raise CheckpointError("the official model class did not build a forced-aligner head; qwen-asr changed")
     _reinitialise(model, spec, ids, n_tokens, seed)

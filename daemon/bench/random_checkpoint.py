@@ -338,7 +338,6 @@ def make_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0, dt
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    import torch
     from safetensors.torch import save_file
 
     vocab, merges = train_tokenizer(spec.tokenizer_vocab)
@@ -351,9 +350,21 @@ def make_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0, dt
     config = _config_json(spec, ids, vocab_size)
     config["thinker_config"]["user_token_id"] = vocab.get("user", 0)
 
+    write_hf_files(out, config, ids, vocab, merges, _tokenizer_config(ids))
+    model = build_official_model(config, seed)
+    _reinitialise(model, spec, ids, n_tokens, seed)
+    tensors = _state_dict_for_file(model, spec.dtype)
+    del model
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def write_hf_files(out: Path, config: dict[str, Any], ids: dict[str, int], vocab: dict[str, int],
+                   merges: list, tokenizer_config: dict[str, Any]) -> None:
+    """Every file of the Hugging Face layout but the weights."""
     _write_json(out / "config.json", config)
     _write_json(out / "preprocessor_config.json", _preprocessor_config())
-    _write_json(out / "tokenizer_config.json", _tokenizer_config(ids))
+    _write_json(out / "tokenizer_config.json", tokenizer_config)
     _write_json(out / "vocab.json", vocab)
     (out / "merges.txt").write_text(
         "#version: 0.2\n" + "".join(f"{left} {right}\n" for left, right in merges), encoding="utf-8"
@@ -361,20 +372,20 @@ def make_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0, dt
     _write_json(out / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
     _write_json(out / "generation_config.json", _generation_config(ids))
 
+
+def build_official_model(config: dict[str, Any], seed: int) -> Any:
+    """The official model class built in float32 from a config.json dict (default init, seeded)."""
+    import torch
+
     config_cls, model_cls, _ = official_classes()
     hf_config = config_cls(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
     previous = torch.get_default_dtype()
     torch.manual_seed(seed)
     try:
         torch.set_default_dtype(torch.float32)
-        model = model_cls(hf_config).eval()
+        return model_cls(hf_config).eval()
     finally:
         torch.set_default_dtype(previous)
-    _reinitialise(model, spec, ids, n_tokens, seed)
-    tensors = _state_dict_for_file(model, spec.dtype)
-    del model
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    return out
 
 
 def _write_json(path: Path, data: Any) -> None:

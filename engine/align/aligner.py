@@ -33,6 +33,7 @@ from qasr.engine.device import resolve_device
 from qasr.engine.encoder import EncoderOptions, EncoderRunner
 from qasr.engine.features import log_mel_features
 from qasr.engine.segmentation import SegmentationOptions, cut_points
+from qasr.engine.transcribe import normalize_waveform
 from qasr.errors import QasrError
 
 MIN_AUDIO_S = 0.5  # shorter audio is zero-padded to this, as the official transcribe() pads its pieces
@@ -178,12 +179,8 @@ class ForcedAligner:
 
 
 def _normalize(audio: np.ndarray) -> np.ndarray:
-    """As the official loader: mono float32, divided by its peak only if that exceeds 1, clipped."""
-    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-    if peak > 1.0:
-        audio = audio / peak
-    return np.clip(audio, -1.0, 1.0)
+    """As the official loader: `normalize_waveform` (divided by its peak only if that exceeds 1), clipped."""
+    return np.clip(normalize_waveform(audio), -1.0, 1.0)
 
 
 def _share_words(words: list[str], lengths: list[int]) -> list[list[str]]:

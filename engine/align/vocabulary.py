@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qasr.engine.llama_runtime import install_log_callback, last_error_line
+from qasr.engine.llama_runtime import install_log_callback, last_error_line, tokenize
 from qasr.errors import QasrError
 
 
@@ -30,13 +30,10 @@ class Vocabulary:
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of plain text (special-token text is not parsed: a word is only ever text)."""
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        buf = (self._ll.llama_token * cap)()
-        n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, cap, False, False)
-        if n < 0:
-            raise VocabularyError(f"tokenization of {len(data)} bytes failed")
-        return list(buf[:n])
+        ids = tokenize(self._vocab, text, parse_special=False)
+        if ids is None:
+            raise VocabularyError(f"tokenization of {len(text.encode('utf-8'))} bytes failed")
+        return ids
 
     def close(self) -> None:
         if getattr(self, "_model", None):
