@@ -44,10 +44,38 @@ PY=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip wheel setuptools
 
-# llama.cpp is compiled from the llama-cpp-python sdist (~4 min on 2 cores; pip caches the wheel).
-# AMX is off: machines that advertise AMX but trap its instructions crash in ggml's AMX kernels.
-# Set CMAKE_ARGS yourself to build for your CPU (e.g. "-DGGML_NATIVE=ON").
-export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON}"
+# llama.cpp is compiled from the llama-cpp-python sdist (~8 min on 2 cores) for the instruction sets this
+# CPU reports: a build with AVX-512 dies with SIGILL on an AVX2-only CPU (AMD EPYC Zen 2/3). AMX stays off:
+# machines that advertise AMX but trap its instructions crash in ggml's AMX kernels.
+# The wheel is kept per flag set (pip's own cache ignores CMAKE_ARGS and would hand back a wheel built for
+# another CPU). Set CMAKE_ARGS yourself to build for another target (e.g. "-DGGML_NATIVE=ON").
+LLAMA_CPP_VERSION=$(sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
+if [[ -z "${CMAKE_ARGS:-}" ]]; then
+    cpu_flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+    has() { [[ "$cpu_flags" == *" $1 "* ]]; }
+    CMAKE_ARGS="-DGGML_NATIVE=OFF"
+    for f in avx avx2 fma f16c bmi2; do has "$f" && CMAKE_ARGS+=" -DGGML_${f^^}=ON" || CMAKE_ARGS+=" -DGGML_${f^^}=OFF"; done
+    if has avx512f && has avx512bw && has avx512vl; then
+        CMAKE_ARGS+=" -DGGML_AVX512=ON"
+        has avx512_vnni && CMAKE_ARGS+=" -DGGML_AVX512_VNNI=ON"
+        has avx512_bf16 && CMAKE_ARGS+=" -DGGML_AVX512_BF16=ON"
+    else
+        CMAKE_ARGS+=" -DGGML_AVX512=OFF"
+        has avx_vnni && CMAKE_ARGS+=" -DGGML_AVX_VNNI=ON"
+    fi
+fi
+export CMAKE_ARGS
+LLAMA_WHEELS="${XDG_CACHE_HOME:-$HOME/.cache}/qasr/llama-cpp-wheels/$LLAMA_CPP_VERSION-$(printf '%s' "$CMAKE_ARGS" | sha1sum | cut -c1-12)"
+built_for=".venv/.llama-cpp-cmake-args"
+if ! ls "$LLAMA_WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    echo "==> building llama-cpp-python $LLAMA_CPP_VERSION ($CMAKE_ARGS)"
+    .venv/bin/python -m pip wheel -q --no-deps --no-cache-dir -w "$LLAMA_WHEELS" "llama-cpp-python==$LLAMA_CPP_VERSION"
+fi
+if [[ "$(cat "$built_for" 2>/dev/null)" != "$CMAKE_ARGS" ]]; then
+    .venv/bin/python -m pip install -q --force-reinstall --no-deps "$LLAMA_WHEELS"/llama_cpp_python-*.whl
+    .venv/bin/python -m pip install -q "$LLAMA_WHEELS"/llama_cpp_python-*.whl  # its own dependencies
+    printf '%s' "$CMAKE_ARGS" > "$built_for"
+fi
 
 if [[ $DEV -eq 1 ]]; then
     .venv/bin/python -m pip install -q -e ".[dev]"
@@ -70,6 +98,7 @@ if [[ -n "$GPU" ]]; then
     echo "==> building llama-cpp-python with $flag"
     CMAKE_ARGS="$CMAKE_ARGS $flag" .venv/bin/python -m pip install -q --force-reinstall --no-deps --no-cache-dir \
         "llama-cpp-python==$(.venv/bin/python -c 'import llama_cpp; print(llama_cpp.__version__)')"
+    printf '%s' "$CMAKE_ARGS $flag" > "$built_for"
     if [[ "$GPU" == cuda ]]; then  # the encoder's CUDA provider; same module name as the CPU package
         .venv/bin/python -m pip uninstall -q -y onnxruntime && .venv/bin/python -m pip install -q onnxruntime-gpu
     fi
