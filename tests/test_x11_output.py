@@ -95,7 +95,7 @@ class TkEntry:
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                      encoding="utf-8")
         assert self.proc.stdout.readline().strip() == "READY"
-        self.window_id = int(_xdotool("search", "--sync", "--name", f"^{title}$").split()[0])
+        self.window_id = int(_xdotool("search", "--sync", "--onlyvisible", "--name", f"^{title}$").split()[0])
 
     def _ask(self, command: str) -> str:
         self.proc.stdin.write(command + "\n")
@@ -132,7 +132,7 @@ class XtermLine:
             ["xterm", "-u8", "-T", title, "-fa", "Noto Sans Mono CJK SC", "-e", sys.executable, str(script), str(out)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        self.window_id = int(_xdotool("search", "--sync", "--name", f"^{title}$").split()[0])
+        self.window_id = int(_xdotool("search", "--sync", "--onlyvisible", "--name", f"^{title}$").split()[0])
         time.sleep(0.3)  # the child process must be reading before keys arrive
 
     def focus(self) -> None:

@@ -5,10 +5,16 @@ server is synced, and the key is pressed and released with XTEST. Clients see a 
 look the keysym up in the new mapping, so accents, CJK, emoji and Cyrillic come out exactly, in
 xterm too (which ignores synthetic SendEvent input).
 
-Race to avoid: a client re-reads the keymap only when it handles the MappingNotify, which may be after
-we remapped the same keycode again. So a pool of spare keycodes is used round-robin (a keycode is
-remapped again only after every other one was used), already-mapped characters are reused, and the
-keymap is restored only after a short delay once typing ends.
+Races to avoid:
+- a client re-reads the keymap only when it handles the MappingNotify, which may be after we remapped the
+  same keycode again. So a pool of spare keycodes is used least-recently-pressed first (a keycode is
+  remapped only `reuse_guard_s` after its last press), already-mapped characters are reused, and the
+  keymap is restored only after a short delay once typing ends;
+- Xlib's XKB code loses a map change that arrives while it is fetching the previous one (it clears its
+  pending flag when the fetch returns): with one remap per character, Tk under load typed a stale
+  keysym for 1 text in 4. So the characters of the next stretch of text are mapped in one burst, the
+  server is synced, clients get `settle_s` to read the burst as one refresh, and only then are the keys
+  pressed; no remap happens between key presses.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from qasr.errors import QasrError
 # Keysyms for characters that have a named key rather than a Unicode keysym.
 _POOL_PROPERTY = "_QASR_XTEST_KEYCODES"
 _SPECIAL_KEYSYMS = {"\n": 0xFF0D, "\r": 0xFF0D, "\t": 0xFF09, "\b": 0xFF08}
+# (display, keycode) -> when this process last pressed it: a new typer (after a reload, or the next test)
+# keeps the reuse guard of the one before it instead of remapping a keycode a client may still be reading.
+_LAST_PRESS: dict[tuple[str, int], float] = {}
 
 
 @dataclass
@@ -29,6 +38,7 @@ class TypingOptions:
     char_delay_s: float = 0.002      # pause after each character; below ~2 ms some clients drop keys
     reuse_guard_s: float = 0.3       # a spare keycode is remapped only this long after its last press
     max_spare_keycodes: int = 64     # size of the least-recently-used pool (all spare keycodes, usually)
+    settle_s: float = 0.03           # after a burst of remaps, before the first key press that needs them
 
 
 def keysym_for_char(ch: str) -> int:
@@ -63,7 +73,9 @@ class XTestTyper:
         self._pool: list[int] = spare[: max(1, self.options.max_spare_keycodes)]
         self._record_pool()
         self._mapped: dict[int, int] = {}      # keycode -> keysym we put there
-        self._last_press: dict[int, float] = {kc: 0.0 for kc in self._pool}
+        self._display_name = str(disp.get_display_name())
+        self._last_press: dict[int, float] = {kc: _LAST_PRESS.get((self._display_name, kc), 0.0)
+                                              for kc in self._pool}
 
     def _find_spare_keycodes(self) -> list[int]:
         """Unmapped keycodes, plus ones an earlier qasr (maybe crashed) borrowed and never gave back.
@@ -106,17 +118,54 @@ class XTestTyper:
         from Xlib.ext import xtest
 
         self._forget_stale_mappings()
+        keysyms = [keysym_for_char(ch) for ch in text]
         sent = 0
-        for ch in text:
-            keycode = self._keycode_for(keysym_for_char(ch))
-            xtest.fake_input(self.disp, X.KeyPress, keycode)
-            xtest.fake_input(self.disp, X.KeyRelease, keycode)
-            self.disp.sync()
-            self._last_press[keycode] = time.monotonic()
-            sent += 1
-            if self.options.char_delay_s > 0:
-                time.sleep(self.options.char_delay_s)
+        while sent < len(keysyms):
+            end = self._stretch_end(keysyms, sent)
+            keycodes = self._map_burst(keysyms[sent:end])
+            for keysym in keysyms[sent:end]:
+                keycode = keycodes[keysym]
+                xtest.fake_input(self.disp, X.KeyPress, keycode)
+                xtest.fake_input(self.disp, X.KeyRelease, keycode)
+                self.disp.sync()
+                self._pressed(keycode)
+                sent += 1
+                if self.options.char_delay_s > 0:
+                    time.sleep(self.options.char_delay_s)
         return sent
+
+    def _pressed(self, keycode: int) -> None:
+        now = time.monotonic()
+        self._last_press[keycode] = _LAST_PRESS[(self._display_name, keycode)] = now
+
+    def _stretch_end(self, keysyms: list[int], start: int) -> int:
+        """End of the longest stretch from `start` whose distinct keysyms fit in the pool at once."""
+        seen: set[int] = set()
+        for end in range(start, len(keysyms)):
+            if keysyms[end] not in seen and len(seen) == len(self._pool):
+                return end
+            seen.add(keysyms[end])
+        return len(keysyms)
+
+    def _map_burst(self, keysyms: list[int]) -> dict[int, int]:
+        """keysym → keycode for every keysym of a stretch, remapping the missing ones in one burst."""
+        by_keysym = {keysym: keycode for keycode, keysym in self._mapped.items()}
+        missing = [k for k in dict.fromkeys(keysyms) if k not in by_keysym]
+        if not missing:
+            return by_keysym
+        wanted = set(keysyms)
+        free = sorted((kc for kc in self._pool if self._mapped.get(kc) not in wanted),
+                      key=lambda kc: self._last_press.get(kc, 0.0))[: len(missing)]
+        wait = max(self._last_press.get(kc, 0.0) for kc in free) + self.options.reuse_guard_s - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        for keycode, keysym in zip(free, missing):
+            self.disp.change_keyboard_mapping(keycode, [(keysym,) * self._width])
+            self._mapped[keycode] = keysym
+            by_keysym[keysym] = keycode
+        self.disp.sync()
+        time.sleep(self.options.settle_s)
+        return by_keysym
 
     def press_keysyms(self, keysyms: list[int]) -> None:
         """Press the keys in order and release them in reverse (a shortcut such as Ctrl+Shift+V)."""
@@ -132,7 +181,7 @@ class XTestTyper:
         for keycode in reversed(keycodes):
             xtest.fake_input(self.disp, X.KeyRelease, keycode)
             self.disp.sync()
-            self._last_press[keycode] = time.monotonic()
+            self._pressed(keycode)
             time.sleep(self.options.char_delay_s)
 
     def _keycode_for(self, keysym: int) -> int:
@@ -147,6 +196,7 @@ class XTestTyper:
         self.disp.change_keyboard_mapping(keycode, [(keysym,) * self._width])
         self.disp.sync()
         self._mapped[keycode] = keysym
+        time.sleep(self.options.settle_s)
         return keycode
 
     def _forget_stale_mappings(self) -> None:
@@ -167,3 +217,4 @@ class XTestTyper:
             self.disp.change_keyboard_mapping(keycode, [(0,) * self._width])
         self._mapped.clear()
         self.disp.sync()
+        time.sleep(self.options.settle_s)  # the next burst (this typer's or another's) must not land in its refresh
