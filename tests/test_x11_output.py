@@ -387,8 +387,16 @@ def test_auto_types_into_terminals_and_pastes_elsewhere(tk_app, xterm_app, xdisp
 
 
 @NEEDS_X
-@pytest.mark.parametrize("sink", ["type", "paste"])
-def test_a_newline_never_reaches_a_terminal_as_enter(xterm_app, xdisp, clipboard, make_output, sink):
+def test_a_typed_newline_never_reaches_a_terminal_as_enter(xterm_app, xdisp, clipboard, make_output):
+    _newline_into_xterm(xterm_app, xdisp, make_output, "type")
+
+
+@NEEDS_X
+def test_a_pasted_newline_never_reaches_a_terminal_as_enter(xterm_app, xdisp, clipboard, make_output):
+    _newline_into_xterm(xterm_app, xdisp, make_output, "paste")
+
+
+def _newline_into_xterm(xterm_app, xdisp, make_output, sink: str) -> None:
     """Typed or pasted into xterm, a final's newlines arrive as spaces: no Enter runs the line early."""
     xterm_app.focus()
     output = make_output(sink=sink, restore_delay_s=30)
