@@ -167,3 +167,31 @@ def test_history_escapes_control_characters_for_the_terminal():
     assert "\\x1b[2J" in line and "\\x9b1m" in line and "⏎next\\tcol\\x7f" in line and "foot\\x1b]0;x\\x07" in line
     as_json = json_line(entry)
     assert _no_unsafe(as_json) and json.loads(as_json) == entry
+
+
+# -- the random model end to end: offline and streaming --------------------------------------------
+
+def test_random_model_transcripts_and_partials_hold_only_visible_text(tiny_transcriber):
+    """Random weights write control characters, markers and cut characters freely: none reaches a
+    transcript, a partial or a final, and committed text only grows."""
+    from qasr.engine.streaming import StreamingOptions, StreamingSession
+    from tests.audio_samples import make_test_audio
+
+    markers = [text for text, _ in ADDED_TOKENS]
+    for seed in (5,):  # its raw text holds U+FFFD, VT, NAK and SI
+        audio = make_test_audio(6.0, seed=seed)
+        result = tiny_transcriber.transcribe(audio)
+        texts = [result.text, result.language, *(s.text for s in result.segments)]
+        session = StreamingSession(tiny_transcriber, StreamingOptions(), utterance_id="u")
+        committed = ""
+        for i in range(0, audio.shape[0], 16000):
+            for event in session.feed(audio[i : i + 16000]):
+                if hasattr(event, "committed"):
+                    assert event.committed.startswith(committed)
+                    committed = event.committed
+                    texts += [event.committed, event.tentative]
+        final = session.finish()
+        assert final.token_ids == result.token_ids and final.text == result.text
+        texts.append(final.text)
+        for text in texts:
+            assert _no_unsafe(text) and not any(m in text for m in markers), repr(text)
