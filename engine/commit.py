@@ -8,8 +8,9 @@ Policy (LocalAgreement-n with rollback), applied to the generated token ids of e
 - commits are append-only: the committed ids never change or shrink within an utterance. A hypothesis
   that contradicts committed tokens commits nothing new until hypotheses extend the committed prefix again;
 - committed *text* is the text after the ``language X<asr_text>`` header, decoded from the committed
-  token bytes, with any incomplete trailing UTF-8 sequence held back — so committed text is always
-  valid text that can be typed and never needs a backspace.
+  token bytes (the model's markers give none), with any incomplete trailing UTF-8 sequence held back
+  and control characters removed (`safe_text.safe_text`) — so committed text is always valid text
+  that can be typed and never needs a backspace.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from qasr.engine.output import LANGUAGE_PREFIX, complete_utf8_prefix
+from qasr.engine.safe_text import safe_text
 
 
 @dataclass(frozen=True)
@@ -40,12 +42,13 @@ def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
 
 
 class TextOfTokens:
-    """Turns generated ids into user text the way `output.parse_output` does, but safe mid-generation:
-    the ``language X<asr_text>`` header (finished or not) is never shown."""
+    """Turns generated ids into user text the way `output.transcript_of_ids` does, but safe mid-generation:
+    the ``language X<asr_text>`` header (finished or not) is never shown. `speech_bytes`: a token's bytes,
+    b"" for the model's markers (`Decoder.speech_bytes`)."""
 
-    def __init__(self, token_bytes: Callable[[int], bytes], asr_text_id: int, forced_language: bool):
-        self._token_bytes = token_bytes
-        self._asr_text_id = asr_text_id
+    def __init__(self, speech_bytes: Callable[[int], bytes], asr_text_id: int, forced_language: bool):
+        self._token_bytes = speech_bytes
+        self.asr_text_id = asr_text_id
         self._forced = forced_language
 
     def _bytes(self, ids: Sequence[int]) -> bytes:
@@ -56,8 +59,8 @@ class TextOfTokens:
         ids = list(ids)
         if self._forced:
             return ids
-        if self._asr_text_id in ids:
-            return ids[ids.index(self._asr_text_id) + 1 :]
+        if self.asr_text_id in ids:
+            return ids[ids.index(self.asr_text_id) + 1 :]
         head = self._bytes(ids).decode("utf-8", errors="replace").lstrip()[: len(LANGUAGE_PREFIX)].lower()
         if LANGUAGE_PREFIX.startswith(head) or head.startswith(LANGUAGE_PREFIX):
             return []  # "language Xxx" without its tag yet
@@ -67,7 +70,7 @@ class TextOfTokens:
         data = self._bytes(self.body_ids(ids))
         if complete_only:
             data = complete_utf8_prefix(data)
-        return data.decode("utf-8", errors="replace").lstrip()
+        return safe_text(data.decode("utf-8", errors="replace")).lstrip()
 
 
 class CommitTracker:

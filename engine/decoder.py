@@ -18,7 +18,7 @@ import numpy as np
 
 from qasr.engine.encoder import default_threads
 from qasr.engine.llama_runtime import Batch as _Batch
-from qasr.engine.llama_runtime import flag_reader, install_log_callback, last_error_line, tokenize
+from qasr.engine.llama_runtime import flag_reader, install_log_callback, is_added_token, last_error_line, tokenize
 from qasr.engine.token_table import open_token_table
 from qasr.engine.output import complete_utf8_prefix
 from qasr.errors import QasrError
@@ -90,6 +90,7 @@ class Decoder:
         self._token_prefix: list[int] = []
         self._stale = False
         self._piece_cache: dict[tuple[int, bool], bytes] = {}
+        self._speech: dict[int, bytes] = {}
         self._token_table = ... if options.one_pass_prompt else None  # token_table.TokenTable, read at first use
         # interrupt(): another thread sets the flag byte; llama_decode then returns 2 at the next node
         self.interruptible = False  # only decodes run while this is True may be interrupted
@@ -196,6 +197,13 @@ class Decoder:
             size = -n
         self._piece_cache[key] = piece
         return piece
+
+    def speech_bytes(self, token: int) -> bytes:
+        """A token's bytes as transcript text: b"" for the model's markers (`llama_runtime.is_added_token`)."""
+        token = int(token)
+        if token not in self._speech:
+            self._speech[token] = b"" if is_added_token(self._vocab, token) else self.token_bytes(token)
+        return self._speech[token]
 
     def detokenize(self, ids, render_control: bool = False) -> str:
         return b"".join(self.token_bytes(t, render_control) for t in ids).decode("utf-8", errors="replace")

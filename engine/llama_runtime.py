@@ -126,3 +126,12 @@ def tokenize(vocab, text: str, parse_special: bool) -> list[int] | None:
         buf = (llama_cpp.llama_token * cap)()
         n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, cap, False, parse_special)
     return list(buf[:n]) if n >= 0 else None
+
+
+def is_added_token(vocab, token: int) -> bool:
+    """An added token (control or user-defined: <|im_end|>, <think>, <tool_call>, <asr_text>, [PAD…]): the
+    model's own markup, never speech. Normal and byte tokens are text."""
+    import llama_cpp
+
+    text = llama_cpp.LLAMA_TOKEN_ATTR_NORMAL | llama_cpp.LLAMA_TOKEN_ATTR_BYTE
+    return not int(llama_cpp.llama_vocab_get_attr(vocab, int(token))) & text

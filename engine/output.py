@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from qasr.engine.prompt import ASR_TEXT_TAG
+from qasr.engine.safe_text import safe_text
 
 LANGUAGE_PREFIX = "language "
 # A substring of 1-20 characters repeated more than 20 times in a row collapses to one copy, as the
@@ -57,6 +58,28 @@ def parse_output(raw: str, forced_language: str | None = None) -> ParsedOutput:
                 language = normalize_language_name(value)
             break
     return ParsedOutput(language, text)
+
+
+def transcript_of_ids(ids: Sequence[int], speech_bytes: Callable[[int], bytes], asr_text_id: int,
+                      forced_language: str | None = None) -> ParsedOutput:
+    """(language, text) of generated ids: the official rendering (skip_special_tokens, then `parse_output`)
+    made safe to type. `speech_bytes` gives b"" for the model's markers (every added token: <think>,
+    <tool_call>, a second <asr_text> ...); the first <asr_text> still ends the language header. The text
+    ends on a whole character and holds no control character (`safe_text`)."""
+    ids = list(ids)
+    if not forced_language and asr_text_id in ids:
+        i = ids.index(asr_text_id)
+        header = _decode(ids[:i], speech_bytes) + ASR_TEXT_TAG
+        ids = ids[i + 1 :]
+    else:
+        header = ""
+    language, text = parse_output(header + _decode(ids, speech_bytes, whole_characters=True), forced_language)
+    return ParsedOutput(safe_text(language).strip(), safe_text(text).strip())
+
+
+def _decode(ids: Sequence[int], speech_bytes: Callable[[int], bytes], whole_characters: bool = False) -> str:
+    data = b"".join(speech_bytes(t) for t in ids)
+    return (complete_utf8_prefix(data) if whole_characters else data).decode("utf-8", errors="replace")
 
 
 def visible_text(raw: str, forced_language: str | None = None) -> str:

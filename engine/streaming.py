@@ -94,7 +94,7 @@ class StreamingSession:
         self.encoder = IncrementalEncoder(engine.encoder, engine.feature_params, options.min_audio_s)
         self.decoder = engine.decoder
         self.stop_ids = frozenset(manifest.stop_token_ids)
-        self.text_of = TextOfTokens(self.decoder.token_bytes, manifest.tokens["asr_text"], self.language is not None)
+        self.text_of = TextOfTokens(self.decoder.speech_bytes, manifest.tokens["asr_text"], self.language is not None)
         self.commits = CommitTracker(options.commit)
         self.seq = 0
         self.compute_s = 0.0  # every step's compute, for the budget
@@ -455,7 +455,7 @@ class StreamingSession:
 
     def _final(self, ids, reason, cut, committed, timings, was_cut: bool = False) -> FinalEvent:
         visible = ids if cut is None else ids[:cut]
-        parsed = out.parse_output(self.decoder.detokenize(visible), self.language)
+        parsed = out.transcript_of_ids(visible, self.decoder.speech_bytes, self.text_of.asr_text_id, self.language)
         return FinalEvent(
             utterance_id=self.utterance_id,
             seq=self.seq,

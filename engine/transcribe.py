@@ -264,7 +264,8 @@ class Transcriber:
         segment.encoder_ms = (time.perf_counter() - t0) * 1000.0
         cap = out.new_token_cap(audio.shape[0] / rate, self.options.max_new_tokens)
         ids, reason, cut, segment.prefill_ms, segment.decode_ms = self.generate(embeds, cap)
-        parsed = out.parse_output(self.decoder.detokenize(ids[:cut]), self.language)
+        parsed = out.transcript_of_ids(ids[:cut], self.decoder.speech_bytes, self.bundle.manifest.tokens["asr_text"],
+                                       self.language)
         segment.language, segment.text = parsed.language, parsed.text
         segment.token_ids = ids
         segment.stop_reason = reason

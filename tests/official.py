@@ -264,6 +264,19 @@ class OfficialReference:
         """(language, text) by the official parser from generated ids."""
         return self.utils.parse_asr_output(self.decode(ids), user_language=self._language(language))
 
+    def safe_parse(self, ids: list[int], language: str | None = None) -> tuple[str, str]:
+        """`parse` made safe to type, as qasr renders a transcript (engine/output.transcript_of_ids): the
+        model's markers (every added token but the <asr_text> that ends the header) left out, then no
+        control character or U+FFFD (engine/safe_text). Equal to `parse` where that has none of them."""
+        from qasr.engine.safe_text import safe_text
+
+        markers = set(self.tokenizer.added_tokens_decoder)
+        tag = self.tokenizer.convert_tokens_to_ids("<asr_text>")
+        header_end = ids.index(tag) if tag in ids and not language else -1
+        kept = [t for i, t in enumerate(ids) if t not in markers or i == header_end]
+        lang, text = self.parse(kept, language)
+        return safe_text(lang).strip(), safe_text(text).strip()
+
     def transcribe(self, audio: np.ndarray, language: str | None = None, context: str = "",
                    max_new_tokens: int = 64, windowed: bool = True) -> tuple[str, str]:
         """(language, text) for one clip, as the official transcribe() returns them."""

@@ -359,7 +359,7 @@ def test_each_utterance_keeps_the_window_it_started_in(desk, clipboard):
     from qasr.daemon.desktop.output import TextOutput
 
     term = desk.xterm("second")
-    output = TextOutput(OutputOptions(sink="type"))
+    output = TextOutput(OutputOptions(sink="type", terminal_newlines=True))  # the newline ends the xterm's line
     try:
         desk.tk.focus()
         desk.tk.clear()

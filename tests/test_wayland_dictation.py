@@ -6,9 +6,9 @@ sink as its microphone. Push-to-talk goes through the control commands a composi
 (`start-utterance` on press, `stop-utterance` on release) while espeak-ng speech plays into the
 microphone; what the focused foot terminal / GTK entry received is compared with the `final` event.
 
-As in tests/test_desktop_dictation.py, replacement rules shape the random model's text: control
-characters are removed, and ``(?s)^.*$ = <fixed text>`` puts known Latin accents, CJK and emoji through
-exactly the code path that delivers a dictated final.
+The random model's own finals are typed as they come (the engine keeps control characters and its
+markers out of them; foot's raw ``cat`` would record any); ``(?s)^.*$ = <fixed text>`` puts known Latin
+accents, CJK and emoji, or a newline, through exactly the code path that delivers a dictated final.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import time
 
 import pytest
 
+from qasr.daemon.bench.random_tokenizer import ADDED_TOKENS
 from qasr.daemon.results.text_shaping import ShapingOptions, TextShaper
+from qasr.engine.safe_text import is_unsafe
 from tests.harness.daemon import DaemonProcess
 from tests.harness.events import Subscribers
 from tests.harness.speech import espeak_wav
@@ -69,7 +71,7 @@ class WaylandDesk:
         assert final is not None, f"no final: {self.subscriber.since(mark)}\n{self.env.log_tail(30)}"
         return final
 
-    def reload(self, extra_output: str = "", rules: str = NO_CONTROLS_RULE) -> None:
+    def reload(self, extra_output: str = "", rules: str = "") -> None:
         self.replacements.write_text(rules, encoding="utf-8")
         self.env.write_config(config_text(self.replacements, extra_output))
         result = self.env.cli("reload", timeout=60)
@@ -88,7 +90,7 @@ def wdesk(pulse_server, tiny_bundle, tmp_path_factory):
     sway = Sway()
     sway.start()
     replacements = tmp / "replacements.txt"
-    replacements.write_text(NO_CONTROLS_RULE, encoding="utf-8")
+    replacements.write_text("", encoding="utf-8")
     env = DaemonProcess(tmp / "daemon", extra_env={**pulse_server.client_env, **sway.client_env})
     assert "DISPLAY" not in env.env
     env.write_config(config_text(replacements))
@@ -132,8 +134,29 @@ def test_push_to_talk_types_the_final_into_foot(wdesk):
         assert final["sink"] == "type"
         assert term.wait_text(shaped(final["text"])) == shaped(final["text"])
         assert "(wtype)" in wdesk.env.log()  # the log names the tool that delivered it
+        # nothing but visible text: no control character, no marker of the model
+        assert not any(is_unsafe(c) for c in term.text()), repr(term.text())
+        assert not any(marker in term.text() for marker, _ in ADDED_TOKENS), repr(term.text())
     finally:
         term.close()
+
+
+@pytest.mark.parametrize("sink", ["type", "paste"])
+def test_a_newline_into_foot_arrives_as_a_space_unless_terminal_newlines(wdesk, sink):
+    """A replacement rule's newline typed or pasted into foot (a terminal by its app_id): never Enter by
+    default; with `terminal_newlines = true` it is."""
+    term = wdesk.foot(f"newline-{sink}", app_id="foot")
+    try:
+        term.focus()
+        for setting, expected in (("false", "echo one echo two "), ("true", "echo one\necho two ")):
+            term.clear()
+            wdesk.reload(f'sink = "{sink}"\nterminal_newlines = {setting}\n', rules="(?s)^.*$ = echo one\\necho two\n")
+            final = wdesk.final_after(wdesk.dictate())
+            assert final["sink"] == sink
+            assert term.wait_text(expected) == expected, setting
+    finally:
+        term.close()
+        wdesk.reload()
 
 
 def test_accents_cjk_and_emoji_are_typed_exactly_into_foot_and_a_gtk_entry(wdesk):

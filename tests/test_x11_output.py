@@ -373,16 +373,39 @@ def test_paste_into_xterm_uses_primary_and_restores_both(xterm_app, xdisp, clipb
 
 @NEEDS_X
 def test_auto_types_into_terminals_and_pastes_elsewhere(tk_app, xterm_app, xdisp, clipboard, make_output):
-    output = make_output(sink="auto", restore_delay_s=30)
+    output = make_output(sink="auto", restore_delay_s=30, terminal_newlines=True)
     xterm_app.focus()
     output.begin_utterance()
     assert output.deliver("auto in xterm\n").sink == "type"
-    assert xterm_app.line() == "auto in xterm\n"
+    assert xterm_app.line() == "auto in xterm\n"  # terminal_newlines = true: the newline is Enter
     tk_app.focus()
     tk_app.clear()
     output.begin_utterance()
     assert output.deliver("auto in Tk").sink == "paste"
     assert tk_app.wait_text("auto in Tk") == "auto in Tk"
+    output.flush()
+
+
+@NEEDS_X
+def test_a_typed_newline_never_reaches_a_terminal_as_enter(xterm_app, xdisp, clipboard, make_output):
+    _newline_into_xterm(xterm_app, xdisp, make_output, "type")
+
+
+@NEEDS_X
+def test_a_pasted_newline_never_reaches_a_terminal_as_enter(xterm_app, xdisp, clipboard, make_output):
+    _newline_into_xterm(xterm_app, xdisp, make_output, "paste")
+
+
+def _newline_into_xterm(xterm_app, xdisp, make_output, sink: str) -> None:
+    """Typed or pasted into xterm, a final's newlines arrive as spaces: no Enter runs the line early."""
+    xterm_app.focus()
+    output = make_output(sink=sink, restore_delay_s=30)
+    output.begin_utterance()
+    assert output.deliver("echo one\necho two\r\n").delivered
+    assert xterm_app.line(timeout_s=1.0) is None  # nothing submitted the line
+    time.sleep(0.3)
+    XTestTyper(xdisp).type("\n")  # the user's own Enter
+    assert xterm_app.line() == "echo one echo two \n"
     output.flush()
 
 

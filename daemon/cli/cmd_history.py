@@ -7,7 +7,6 @@ search, `--copy`, `--clear`) also works without a daemon, straight from the jour
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -75,10 +74,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.clear:
         print(f"history cleared ({cleared} file{'s' if cleared != 1 else ''} deleted)")
         return 0
-    from qasr.daemon.results.history import format_entry
+    from qasr.daemon.results.history import format_entry, json_line
 
     for entry in entries:
-        print(json.dumps(entry, ensure_ascii=False) if args.json else format_entry(entry))
+        print(json_line(entry) if args.json else format_entry(entry))
     if not entries and not args.json:
         print("no matching entries" if args.search else "the history is empty", file=sys.stderr)
     return 0

@@ -19,6 +19,10 @@ Sinks
   handle remapped keycodes poorly).
 - `none`: deliver nothing (captions/clients only).
 
+Newlines: typed or pasted into a terminal (`terminal_classes`, as for the paste keys; also a window the
+desktop cannot name) a newline is Enter and runs the command line, so there it becomes a space unless
+`terminal_newlines` (`text_for_window`). Every sink sends what `text_for_window` gives.
+
 Focus safety (where the desktop can tell the focused window: X11, sway, Hyprland; elsewhere the text
 goes to whatever has focus and status says so): `begin_utterance()` records the focused window and returns an `UtteranceTarget`; the
 final of that utterance is delivered with `deliver(text, target)`, and the focused window must still be
@@ -49,7 +53,8 @@ from .clipboard import CLIPBOARD, PRIMARY, ClipboardSnapshot
 from .undo import Delivered
 from .x11_backend import SinkFailed, X11Backend, parse_key_combo
 
-__all__ = ["DeliveryResult", "OutputOptions", "TextOutput", "UtteranceTarget", "parse_key_combo", "make_backend"]
+__all__ = ["DeliveryResult", "OutputOptions", "TextOutput", "UtteranceTarget", "parse_key_combo", "make_backend",
+           "text_for_window"]
 
 log = logging.getLogger("qasr.output")
 
@@ -73,6 +78,7 @@ class OutputOptions:
     paste_keys: str = "ctrl+v"
     terminal_paste_keys: str = "ctrl+shift+v"
     paste_key_rules: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PASTE_KEY_RULES))
+    terminal_newlines: bool = False          # False: a newline into a terminal arrives as a space, not Enter
     restore_clipboard: bool = True
     restore_delay_s: float = 1.0             # apps read the clipboard asynchronously after the keystroke
     focus_check: bool = True
@@ -150,6 +156,15 @@ def _matches(window: x11.WindowInfo | None, pattern: str) -> bool:
 
 def is_terminal(window: x11.WindowInfo | None, options: OutputOptions) -> bool:
     return any(_matches(window, p) for p in options.terminal_classes)
+
+
+def text_for_window(text: str, window: x11.WindowInfo | None, options: OutputOptions, focus_known: bool) -> str:
+    """What may be sent to `window`: no newline (Enter) into a terminal, or into a window that may be one."""
+    if options.terminal_newlines or ("\n" not in text and "\r" not in text):
+        return text
+    if is_terminal(window, options) or (window is None and not focus_known):
+        return text.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+    return text
 
 
 def resolve_sink(window: x11.WindowInfo | None, options: OutputOptions, session_default: str = "") -> str:
@@ -258,7 +273,7 @@ class TextOutput:
             utt.live_failed = "modifier keys held"
             return None
         try:
-            typed = self.backend.type_text(delta)
+            typed = self.backend.type_text(self._text_for(delta, utt))
         except SinkFailed as exc:
             utt.live_failed = "no typing tool worked"
             return DeliveryResult("none", False, target=utt.window, focused=focused,
@@ -305,6 +320,9 @@ class TextOutput:
             return utt.sink
         return resolve_sink(utt.window, replace(self.options, sink="auto"), self.backend.auto_sink)
 
+    def _text_for(self, text: str, utt: UtteranceTarget) -> str:
+        return text_for_window(text, utt.window, self.options, self.focus_known)
+
     def _focus_moved(self, utt: UtteranceTarget, focused: x11.WindowInfo | None) -> bool:
         return self.options.focus_check and self.focus_known and not _same_window(utt, focused)
 
@@ -319,7 +337,7 @@ class TextOutput:
         if utt.live_failed:
             return self._to_clipboard(text, utt, focused, utt.live_failed == "focus moved",
                                       f"live typing stopped ({utt.live_failed}); the whole text is on the clipboard")
-        rest = text[len(typed):]
+        rest = self._text_for(text[len(typed):], utt)
         sink = self._utt_sink(utt)
         if sink == "none" or not rest:
             return DeliveryResult(sink, False, 0, target=utt.window, focused=focused)

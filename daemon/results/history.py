@@ -7,10 +7,13 @@ daemon's ``history`` commands and the CLI (when no daemon runs) share them.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
 from qasr.daemon.results.journal import read_entries
+from qasr.engine.safe_text import is_unsafe
 from qasr.errors import QasrError
 
 DEFAULT_COUNT = 20
@@ -79,4 +82,19 @@ def format_entry(entry: dict) -> str:
         where = f"{where} [{entry['profile']}]".strip()
     sink = entry.get("sink") or "none"
     text = entry.get("text", "").replace("\n", "⏎")
-    return f"{entry['n']:>4}  {when}  {duration:>7}  {where or '-'}  {sink}  {text}"
+    return printable(f"{entry['n']:>4}  {when}  {duration:>7}  {where or '-'}  {sink}  {text}")
+
+
+def json_line(entry: dict) -> str:
+    """One entry as a JSON line a terminal shows as text: DEL and C1 controls escaped too (json escapes C0)."""
+    return _C1.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(entry, ensure_ascii=False))
+
+
+_C1 = re.compile(r"[\x7f-\x9f]")
+
+
+def printable(line: str) -> str:
+    """`line` with every control character written as its escape (``\\x1b``, ``\\t``): a journal's text
+    is shown in the user's terminal, where ESC or a newline would act as keys."""
+    return "".join(c.encode("unicode_escape").decode("ascii") if is_unsafe(c) and c != "\ufffd" else c
+                   for c in line)

@@ -11,6 +11,8 @@ their modification time or size changes, so edits apply to the next utterance wi
 - hotwords.txt: one word or phrase per line (`#` comments); joined into the context prompt that biases
   the model toward these spellings (names, jargon).
 - spoken/<Language>.txt: spoken formatting ("new line", "comma", "句号"; spoken_formatting.py), when on.
+
+What they produce keeps no control character but a newline or tab (`engine.safe_text`, ``keep=ON_PURPOSE``).
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from pathlib import Path
 from typing import Callable
 
 from qasr.daemon.results.spoken_formatting import Formatted, SpokenFormatter
+from qasr.engine.safe_text import safe_text
 
 log = logging.getLogger("qasr.text_shaping")
 
+# The only control characters a final may hold: those replacement rules and spoken formatting put there.
+ON_PURPOSE = "\n\t"
 _SEPARATOR = re.compile(r"\s=(?:\s|$)")
 _GROUP_REF = re.compile(r"\\(\d+)|\\g<([^>]*)>")
 _FINAL_PERIOD = re.compile(r"(?<![.。])[.。](\s*)$")
@@ -197,12 +202,16 @@ class TextShaper:
     def format_spoken(self, text: str, language: str | None, enabled: bool | None = None) -> Formatted:
         """Spoken formatting of already replaced text (``enabled`` None: the option decides)."""
         on = self.options.spoken_formatting if enabled is None else enabled
-        return self.spoken.apply(text, language) if on and text else Formatted(text)
+        if not (on and text):
+            return Formatted(text)
+        formatted = self.spoken.apply(text, language)
+        formatted.text = safe_text(formatted.text, keep=ON_PURPOSE)
+        return formatted
 
     def shape(self, text: str, language: str | None = None, spoken: bool | None = None,
               trailing_space: bool | None = None) -> str:
         """Final text of one utterance as it should be delivered (None: the options decide)."""
-        text = self.format_spoken(self.apply_replacements(text), language, spoken).text
+        text = safe_text(self.format_spoken(self.apply_replacements(text), language, spoken).text, keep=ON_PURPOSE)
         limit = self.options.strip_final_period_max_words
         if limit > 0 and word_count(text) <= limit:
             text = _FINAL_PERIOD.sub(r"\1", text)
