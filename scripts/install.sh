@@ -50,20 +50,7 @@ PY=${PYTHON:-python3}
 # The wheel is kept per flag set (pip's own cache ignores CMAKE_ARGS and would hand back a wheel built for
 # another CPU). Set CMAKE_ARGS yourself to build for another target (e.g. "-DGGML_NATIVE=ON").
 LLAMA_CPP_VERSION=$(sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
-if [[ -z "${CMAKE_ARGS:-}" ]]; then
-    cpu_flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
-    has() { [[ "$cpu_flags" == *" $1 "* ]]; }
-    CMAKE_ARGS="-DGGML_NATIVE=OFF"
-    for f in avx avx2 fma f16c bmi2; do has "$f" && CMAKE_ARGS+=" -DGGML_${f^^}=ON" || CMAKE_ARGS+=" -DGGML_${f^^}=OFF"; done
-    if has avx512f && has avx512bw && has avx512vl; then
-        CMAKE_ARGS+=" -DGGML_AVX512=ON"
-        has avx512_vnni && CMAKE_ARGS+=" -DGGML_AVX512_VNNI=ON"
-        has avx512_bf16 && CMAKE_ARGS+=" -DGGML_AVX512_BF16=ON"
-    else
-        CMAKE_ARGS+=" -DGGML_AVX512=OFF"
-        has avx_vnni && CMAKE_ARGS+=" -DGGML_AVX_VNNI=ON"
-    fi
-fi
+CMAKE_ARGS="${CMAKE_ARGS:-$(python3 daemon/bench/cpu_build_flags.py)}"
 export CMAKE_ARGS
 LLAMA_WHEELS="${XDG_CACHE_HOME:-$HOME/.cache}/qasr/llama-cpp-wheels/$LLAMA_CPP_VERSION-$(printf '%s' "$CMAKE_ARGS" | sha1sum | cut -c1-12)"
 built_for=".venv/.llama-cpp-cmake-args"

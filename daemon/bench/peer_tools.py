@@ -23,11 +23,10 @@ import sys
 import tarfile
 from pathlib import Path
 
+from qasr.daemon.bench import cpu_build_flags
+
 RUNTIME_VERSION = "0.3.16"  # the llama-cpp-python qasr depends on (pyproject.toml)
 PIPELINE_VERSION = "0.3.36"  # the first one we found with Qwen3-ASR in its vendored llama.cpp
-# as scripts/install.sh builds llama-cpp-python (AMX off: machines that advertise it may trap it)
-DEFAULT_CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON "
-                      "-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON")
 TARGETS = {RUNTIME_VERSION: ("llama-bench",), PIPELINE_VERSION: ("llama-bench", "llama-mtmd-cli", "llama-quantize")}
 
 
@@ -75,7 +74,8 @@ def build(version: str, jobs: int = 0) -> dict[str, Path]:
     if all(p.is_file() for p in found.values()):
         return found
     src = fetch_source(version)
-    flags = shlex.split(os.environ.get("CMAKE_ARGS") or DEFAULT_CMAKE_ARGS)
+    # as scripts/install.sh builds llama-cpp-python: this CPU's instruction sets, AMX off
+    flags = shlex.split(os.environ.get("CMAKE_ARGS", "")) or cpu_build_flags.cmake_args()
     configure = ["cmake", "-S", str(src), "-B", str(build_dir(version)), "-DCMAKE_BUILD_TYPE=Release",
                  "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
                  "-DLLAMA_BUILD_SERVER=OFF", "-DBUILD_SHARED_LIBS=OFF", *flags]
