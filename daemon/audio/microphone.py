@@ -86,22 +86,27 @@ class Microphone:
         with self.lock:
             self.paused = False
             self.feed.handle(self.segmenter.start_utterance())
-            return {"recording": self.recording}
+            return self._recording()
 
     def stop_utterance(self) -> dict:
         with self.lock:
             self.feed.handle(self.segmenter.stop_utterance())
-            return {"recording": self.recording}
+            return self._recording()
 
     def toggle(self) -> dict:
         with self.lock:
             if self.segmenter.mode != "vad":
                 self.feed.handle(self.segmenter.toggle())
-                return {"recording": self.recording}
+                return self._recording()
             self.paused = not self.paused  # vad mode: toggle pauses / resumes listening
             if self.paused:
                 self.feed.handle(self.segmenter.stop_utterance())
             return {"paused": self.paused}
+
+    def _recording(self) -> dict:
+        if self.segmenter.ending:  # stopped: only the release tail is still taken, then the final comes
+            return {"recording": False, "ending": True}
+        return {"recording": self.recording}
 
     def cancel(self) -> dict:
         with self.lock:
