@@ -61,6 +61,8 @@ from qasr.engine.audio_constants import SAMPLE_RATE
 log = logging.getLogger("qasr.capture")
 
 STATES = ("starting", "running", "retrying", "no-device", "stopped")
+SUPERVISE_S = 0.5  # how often a running stream is checked for a stall (stall_timeout_s is 3 s)
+
 
 @dataclass(frozen=True)
 class CaptureOptions:
@@ -376,7 +378,7 @@ class AudioCapture:
                     if self.state != "running" and self._last_callback > self._opened_at:
                         attempt = 0
                         self._set_state("running", f"capturing from {self.device['name']}")
-                    self._wake.wait(0.1)
+                    self._wake.wait(SUPERVISE_S)  # a finished stream wakes it at once
                     self._wake.clear()
                     continue
                 log.warning("audio input lost: %s", problem)

@@ -28,7 +28,7 @@ class Microphone:
         self.capture = AudioCapture(capture_options, on_state=on_capture_state)
         self._segmenter_options = segmenter_options
         self._on_failure = on_failure
-        self._on_audio = on_audio  # after each block: the daemon's state may have changed
+        self._on_audio = on_audio  # an utterance began or ended: the daemon's state changed
         self.lock = threading.RLock()  # segmenter and feed
         self.feed = UtteranceFeed(pipeline, "mic", Segmenter(segmenter_options), on_vad=on_vad,
                                   on_begin=on_begin, on_end=on_end)
@@ -75,11 +75,14 @@ class Microphone:
             with self.lock:
                 if self.paused:
                     continue
+                was_recording = self.segmenter.in_utterance
                 self.feed.process(pcm)
-                if self._pending_options is not None and not self.segmenter.in_utterance:
+                recording = self.segmenter.in_utterance
+                if self._pending_options is not None and not recording:
                     self.feed.segmenter = Segmenter(self._pending_options)
                     self._pending_options = None
-            self._on_audio()
+            if recording != was_recording:  # not every block: an idle daemon should sleep between them
+                self._on_audio()
 
     # -- controls ------------------------------------------------------------------------------
     def start_utterance(self) -> dict:
