@@ -127,7 +127,7 @@ class Daemon:
 
     def _main_loop(self) -> None:
         while not self._terminate.is_set():
-            self._wake.wait(0.25)
+            self._wake.wait(1.0)  # state changes, signals and commands wake it at once
             self._wake.clear()
             if self._reload_requested.is_set():
                 self._reload_requested.clear()

@@ -16,8 +16,11 @@ from qasr.daemon.audio.segment_events import VadState
 from qasr.daemon.audio.segmenter import Segmenter, SegmenterOptions
 from qasr.daemon.transcription.pipeline import Pipeline
 from qasr.daemon.transcription.utterance_feed import UtteranceFeed
+from qasr.engine.audio_constants import SAMPLE_RATE
 
 log = logging.getLogger("qasr.microphone")
+
+IDLE_BLOCKS = 1.5  # samples an idle read waits for, in capture blocks: two blocks (a block is never exact)
 
 
 class Microphone:
@@ -61,9 +64,14 @@ class Microphone:
             self._pending_options = options
 
     def _loop(self) -> None:
+        # Between utterances the audio is taken two blocks at a time: half the wake-ups of an idle daemon,
+        # for at most one block (60 ms) later speech onset (the pre-roll keeps the audio before it);
+        # inside an utterance every block at once, so its end and the final are never later.
+        idle_samples = int(IDLE_BLOCKS * self.capture.options.block_ms * SAMPLE_RATE / 1000)
         while not self._stop.is_set():
             try:
-                pcm = self.capture.read(timeout=0.1)
+                idle = not self.segmenter.in_utterance
+                pcm = self.capture.read(timeout=0.5, min_samples=idle_samples if idle else 1)
             except Exception as exc:
                 log.exception("capture failed")
                 with self.lock:
