@@ -118,6 +118,10 @@ def test_status_and_log_say_which_session_sinks_and_hotkey_and_why(wdesk):
     # no readable keyboard here: no hotkey, and the warning says what to bind instead
     assert desktop["hotkey"]["backend"] == "none"
     assert any("start-utterance" in w for w in status["warnings"]), status["warnings"]
+    human = wdesk.env.cli("status", timeout=60).stdout  # plain status has the same lines as --json
+    assert "      desktop: Wayland (sway" in human and "         sink: auto\n" in human, human
+    assert "\n typing tools: wtype" in human and "\n    clipboard: wl-clipboard\n" in human, human
+    assert "\n        focus: sway IPC" in human and "\n       hotkey: none (" in human, human
     log = wdesk.env.log()
     assert "desktop session: Wayland (sway" in log and "hotkey back-end: none" in log
     assert "text output: sink auto, typing wtype" in log
