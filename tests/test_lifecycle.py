@@ -50,6 +50,13 @@ def test_bad_config_names_key_and_line_before_starting(daemon_env):
     assert f"{daemon_env.config_file}:line 5: vad.mode = 'sometimes'" in result.stderr
     check = daemon_env.cli("config", "check")
     assert check.returncode == 2 and "line 5" in check.stderr
+    daemon_env.write_config('[vad]\nmdoe = "ptt"\naggressiveness = 9\n[engine]\nthreads = "two"\n')
+    every = daemon_env.cli("config", "check")  # every problem of the file, one line each
+    assert every.returncode == 2 and "Traceback" not in every.stderr
+    lines = every.stderr.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("qasr-daemon: error: "), lines
+    assert "line 2: unknown key vad.mdoe; did you mean vad.mode?" in lines[0]
+    assert "line 3: vad.aggressiveness" in lines[1] and "line 5: engine.threads" in lines[2]
     daemon_env.write_config('[engine]\nlanguage = "English"\n')
     assert daemon_env.cli("config", "check").returncode == 0
     bad_set = daemon_env.cli("config", "check", "--set", "server.prot=1")
