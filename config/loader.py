@@ -1,14 +1,15 @@
 """Load config.toml over the defaults, apply ``--set section.key=value`` overrides, validate.
 
-Every error is a ``ConfigError`` whose one line names the file, the line number and the key, and
-says what is allowed (unknown keys get a "did you mean" suggestion).
+Every problem is one line that names the file, the line number and the key, and says what is allowed
+(unknown keys get a "did you mean" suggestion). A file is checked whole: the ``ConfigError`` lists every
+problem found, one per line (``errors``), not only the first.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-import tomllib
+import sys
 import typing
 from dataclasses import fields, replace
 from importlib import resources
@@ -19,9 +20,37 @@ from qasr.config import paths
 from qasr.config.settings import PROFILE_SINKS, ProfileSettings, Settings, section_types
 from qasr.errors import QasrError
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, published as tomli (a dependency there, see pyproject.toml)
+    import tomli as tomllib
+
 
 class ConfigError(QasrError):
     exit_code = 2
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = list(errors) if errors else [message]
+
+
+class _Problems:
+    """Every problem of one load, so that a file with three mistakes is reported with three lines."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def check(self, step, *args: Any) -> Any:
+        """``step(*args)``, or None with its ConfigError recorded."""
+        try:
+            return step(*args)
+        except ConfigError as exc:
+            self.errors.extend(exc.errors)
+            return None
+
+    def raise_any(self) -> None:
+        if self.errors:
+            raise ConfigError("\n".join(self.errors), self.errors)
 
 
 def default_toml_text() -> str:
@@ -39,15 +68,18 @@ def load_settings(config_file: str | Path | None = None, overrides: list[str] | 
         explicit = config_file is not None
     path = Path(config_file).expanduser() if config_file is not None else paths.config_file()
     settings = Settings()
+    problems = _Problems()
     if path.is_file():
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-        settings = apply_toml(settings, text, source=str(path))
+        settings = _apply_toml(settings, text, str(path), problems)
     elif explicit:
         raise ConfigError(f"config file {path} does not exist; create it (`qasr-daemon config init`) or drop --config")
-    return apply_overrides(settings, overrides), path
+    settings = _apply_overrides(settings, overrides, problems)
+    problems.raise_any()
+    return settings, path
 
 
 def load_daemon_settings(config_file: str | Path | None, overrides: tuple[str, ...] = (), *,
@@ -66,24 +98,40 @@ def _toml_string(value: str) -> str:
 
 
 def apply_toml(settings: Settings, text: str, source: str = "<config>") -> Settings:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
-    locate = _KeyLocator(text)
-    return _merge(settings, data, lambda section, key=None: f"{source}:{locate(section, key)}")
+    problems = _Problems()
+    settings = _apply_toml(settings, text, source, problems)
+    problems.raise_any()
+    return settings
 
 
 def apply_overrides(settings: Settings, overrides: list[str] | tuple[str, ...]) -> Settings:
     """Apply ``section.key=value`` strings; value is TOML (``42``, ``true``, ``"x"``, ``["a"]``) or bare text."""
+    problems = _Problems()
+    settings = _apply_overrides(settings, overrides, problems)
+    problems.raise_any()
+    return settings
+
+
+def _apply_toml(settings: Settings, text: str, source: str, problems: _Problems) -> Settings:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:  # the parser stops at the first: one problem
+        problems.errors.append(f"{source}: not valid TOML: {exc}")
+        return settings
+    locate = _KeyLocator(text)
+    return _merge(settings, data, lambda section, key=None: f"{source}:{locate(section, key)}", problems)
+
+
+def _apply_overrides(settings: Settings, overrides: list[str] | tuple[str, ...], problems: _Problems) -> Settings:
     for item in overrides:
         name, sep, raw = item.partition("=")
         name = name.strip()
         if not sep or name.count(".") != 1:
-            raise ConfigError(f"--set {item!r}: write it as section.key=value (e.g. engine.language=English)")
+            problems.errors.append(f"--set {item!r}: write it as section.key=value (e.g. engine.language=English)")
+            continue
         section, key = name.split(".")
         value = _parse_value(raw.strip())
-        settings = _merge(settings, {section: {key: value}}, lambda s, k=None, _i=item: f"--set {_i}")
+        settings = _merge(settings, {section: {key: value}}, lambda s, k=None, _i=item: f"--set {_i}", problems)
     return settings
 
 
@@ -94,17 +142,23 @@ def _parse_value(raw: str) -> Any:
         return raw  # bare text such as English or /tmp/x
 
 
-def _merge(settings: Settings, data: dict[str, Any], where) -> Settings:
+def _merge(settings: Settings, data: dict[str, Any], where, problems: _Problems) -> Settings:
+    """``settings`` with every valid value of ``data``; each invalid one is a problem and is left out."""
     sections = section_types()
     updates: dict[str, Any] = {}
     for section, table in data.items():
         if section == "profile":
-            updates["profiles"] = _profiles(table, where)
+            found = problems.check(_profiles, table, where)
+            if found is not None:
+                updates["profiles"] = found
             continue
         if section not in sections:
-            raise ConfigError(f"{where(section)}: unknown section [{section}]{_suggest(section, sections)}")
+            problems.errors.append(f"{where(section)}: unknown section [{section}]{_suggest(section, sections)}")
+            continue
         if not isinstance(table, dict):
-            raise ConfigError(f"{where(section)}: {section} must be a table ([{section}]), not a {_toml_type(table)}")
+            problems.errors.append(
+                f"{where(section)}: {section} must be a table ([{section}]), not a {_toml_type(table)}")
+            continue
         cls = sections[section]
         known = {f.name: f for f in fields(cls)}
         hints = typing.get_type_hints(cls)
@@ -112,10 +166,14 @@ def _merge(settings: Settings, data: dict[str, Any], where) -> Settings:
         changes: dict[str, Any] = {}
         for key, value in table.items():
             if key not in known:
-                raise ConfigError(
+                problems.errors.append(
                     f"{where(section, key)}: unknown key {section}.{key}{_suggest(key, known, prefix=section + '.')}"
                 )
-            changes[key] = _check(f"{section}.{key}", value, hints[key], known[key].metadata, where(section, key))
+                continue
+            checked = problems.check(_check, f"{section}.{key}", value, hints[key], known[key].metadata,
+                                     where(section, key))
+            if checked is not None:  # TOML has no null: None is a recorded problem
+                changes[key] = checked
         updates[section] = replace(current, **changes)
     return replace(settings, **updates)
 
@@ -126,21 +184,29 @@ def _profiles(tables: Any, where) -> tuple[ProfileSettings, ...]:
         raise ConfigError(f"{where('profile')}: write profiles as [[profile]] tables, got {_show(tables)}")
     known = {f.name: f for f in fields(ProfileSettings)}
     hints = typing.get_type_hints(ProfileSettings)
+    problems = _Problems()
     profiles = []
     for number, table in enumerate(tables, start=1):
         here = f"{where('profile', f'#{number}')} (profile {number})"
         values: dict[str, Any] = {}
         for key, value in table.items():
             if key not in known:
-                raise ConfigError(f"{here}: unknown key profile.{key}{_suggest(key, known, prefix='profile.')}")
+                problems.errors.append(
+                    f"{here}: unknown key profile.{key}{_suggest(key, known, prefix='profile.')}")
+                continue
             if key in ("trailing_space", "spoken_formatting") and isinstance(value, bool):
                 value = "true" if value else "false"
             meta = {"choices": {"sink": PROFILE_SINKS, "trailing_space": ("", "true", "false"),
                                 "spoken_formatting": ("", "true", "false")}.get(key)}
-            values[key] = _check(f"profile.{key}", value, hints[key], meta, here)
+            checked = problems.check(_check, f"profile.{key}", value, hints[key], meta, here)
+            if checked is not None:
+                values[key] = checked
         if not values.get("match"):
-            raise ConfigError(f"{here}: a profile needs match = [\"window class or app_id glob\", ...]")
+            if "match" in values or "match" not in table:  # not there or empty (a bad one is reported above)
+                problems.errors.append(f"{here}: a profile needs match = [\"window class or app_id glob\", ...]")
+            continue
         profiles.append(ProfileSettings(**values))
+    problems.raise_any()
     return tuple(profiles)
 
 

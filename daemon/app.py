@@ -59,6 +59,7 @@ class Daemon:
         self.state = "starting"
         self.started_at = time.time()
         self.log_file: Path | None = None
+        self.reload_error = ""  # why the last reload was refused
         self.parts = Components(self)
         self.commands = CommandHandler(self, on_change=self.wake)
         self._lock = lifecycle.InstanceLock()
@@ -126,7 +127,7 @@ class Daemon:
 
     def _main_loop(self) -> None:
         while not self._terminate.is_set():
-            self._wake.wait(0.25)
+            self._wake.wait(1.0)  # state changes, signals and commands wake it at once
             self._wake.clear()
             if self._reload_requested.is_set():
                 self._reload_requested.clear()
@@ -189,14 +190,17 @@ class Daemon:
         self._wake.set()
 
     def reload(self) -> bool:
-        """SIGHUP: re-read the config file (+ the same --set overrides); apply what can change live."""
+        """SIGHUP: re-read the config file (+ the same --set overrides); apply what can change live.
+        False when the file is refused (the reason is logged and in ``reload_error``)."""
         try:
             new, _ = self._load_settings()
             self.parts.check_language(new.engine.language)
         except QasrError as exc:
-            log.error("reload refused, keeping the running settings: %s", exc)
+            self.reload_error = f"reload refused, keeping the running settings: {exc}"
+            log.error("%s", self.reload_error)
             self.parts.publish_warning("config", f"reload refused: {exc}")
             return False
+        self.reload_error = ""
         changes = changed_options(self.settings, new)
         restart = [name for name, needs in changes if needs]
         if restart:

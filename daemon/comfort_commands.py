@@ -54,8 +54,6 @@ def run(parts: Any, name: str, args: dict[str, Any]) -> dict[str, Any]:
                 text = history.entry(router.journal.path, 1)["text"]  # after a restart: the journal's last
             except QasrError:
                 text = None
-            if text and router.shaper is not None:
-                text = router.shaper.shape_live_final(text)  # the trailing space, as when it was delivered
         result = router.paste_last(text)
         return {"delivered": result.delivered, "sink": result.sink, "chars": result.chars,
                 "window": _window(result.target), "message": result.message}

@@ -41,7 +41,9 @@ class CommandHandler:
             d.request_stop()
             return {"stopping": True, "pid": os.getpid()}
         if name == "reload":
-            return {"reloaded": d.reload()}
+            if not d.reload():  # the CLI prints the reason and exits non-zero
+                raise QasrError(d.reload_error or "reload refused; see the log")
+            return {"reloaded": True}
         if name == "set":
             return d.set_engine(language=args.get("language"), context=args.get("context"))
         if name in comfort_commands.NAMES:

@@ -16,6 +16,7 @@ from qasr.daemon.server.openai_bridge import OpenAIOptions
 from qasr.daemon.server.wyoming_server import WyomingOptions
 from qasr.daemon.server.ws_server import ServerOptions
 from qasr.daemon.transcription.aligner_host import AlignerHostOptions
+from qasr.daemon.transcription.engine_host import EngineHostOptions
 from qasr.daemon.results.text_shaping import ShapingOptions
 from qasr.engine.streaming import StreamingOptions
 from qasr.engine.transcribe import TranscribeOptions
@@ -34,12 +35,19 @@ def transcribe_options(s: Settings) -> TranscribeOptions:
                              context_reserve_bytes=CONTEXT_RESERVE_BYTES, device=e.device)
 
 
-def streaming_options(s: Settings, language: str | None, context: str) -> StreamingOptions:
-    """One utterance's session: ``language`` None = the daemon's; ``context`` already resolved."""
+def streaming_options(s: Settings) -> StreamingOptions:
+    """Each utterance's session (the engine host fills in the utterance's language and context)."""
     e = s.engine
-    return StreamingOptions(language=language or e.language or None, context=context, rtf_budget=e.rtf_budget,
+    return StreamingOptions(language=e.language or None, context=e.context, rtf_budget=e.rtf_budget,
                             max_new_tokens=e.max_new_tokens,
                             max_utterance_s=e.max_utterance_s + SESSION_CUT_MARGIN_S)
+
+
+def engine_host_options(s: Settings) -> EngineHostOptions:
+    return EngineHostOptions(model_path=s.model.resolved_path(), verify=s.model.verify,
+                             transcribe=transcribe_options(s), streaming=streaming_options(s),
+                             stream=s.engine.streaming, context=s.engine.context,
+                             context_limit_bytes=CONTEXT_RESERVE_BYTES)
 
 
 def segmenter_options(s: Settings, mode: str | None = None) -> SegmenterOptions:

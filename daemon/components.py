@@ -73,7 +73,8 @@ class Components:
     # ------------------------------------------------------------------ start-up
     def start(self) -> None:
         s = self.settings
-        self.engine = EngineHost(lambda: self.daemon.settings, self._hotwords, self.router.final_text)
+        self.engine = EngineHost(lambda: opts.engine_host_options(self.daemon.settings), self._hotwords,
+                                 self.router.final_text)
         if s.debug.save_audio_dir:
             self.router.saver = UtteranceAudioSaver(Path(s.debug.save_audio_dir).expanduser())
         self.router.on_done = self.daemon.wake

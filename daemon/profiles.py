@@ -77,6 +77,6 @@ def describe(profile: ProfileSettings | None, window: Any, focus_known: bool) ->
         return {"name": None, "window": where, "why": "no [[profile]] matches the focused window"}
     overrides = {k: v for k, v in (("sink", profile.sink), ("language", profile.language),
                                    ("context", profile.context), ("hotwords", list(profile.hotwords)),
-                                   ("trailing_space", profile.trailing_space),
-                                   ("spoken_formatting", profile.spoken_formatting)) if v}
+                                   ("trailing_space", _flag(profile.trailing_space)),
+                                   ("spoken_formatting", _flag(profile.spoken_formatting))) if v or v is False}
     return {"name": profile.label, "window": where, "overrides": overrides}

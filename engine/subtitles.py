@@ -95,12 +95,14 @@ def word_cues(
 
 
 def _cue_text(text: str) -> str:
-    # A blank line would end the cue early in both formats.
-    return "\n".join(line for line in text.strip().splitlines() if line.strip())
+    """A cue's lines: a blank line would end the cue early in both formats, so blank lines are dropped,
+    and "-->" (a timing line's arrow, not allowed in a cue) becomes "->"."""
+    return "\n".join(line.replace("-->", "->") for line in text.strip().splitlines() if line.strip())
 
 
 def format_srt(cues: Iterable[Cue]) -> str:
-    """SubRip text: numbered blocks separated by a blank line; cues without text are left out."""
+    """SubRip text: numbered blocks separated by a blank line; cues without text are left out
+    (no cue at all: the empty string)."""
     blocks = []
     for cue in cues:
         text = _cue_text(cue.text)
@@ -109,11 +111,17 @@ def format_srt(cues: Iterable[Cue]) -> str:
     return "\n".join(blocks)
 
 
+def _vtt_escape(text: str) -> str:
+    # WebVTT cue text is markup: "<b>" would be bold and "&amp;" an entity.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def format_vtt(cues: Iterable[Cue]) -> str:
-    """WebVTT text: the WEBVTT header, then the cues; cues without text are left out."""
-    blocks = ["WEBVTT\n"]
+    """WebVTT text: the WEBVTT header and a blank line, then the cues, text escaped; cues without text are
+    left out (no cue at all: "WEBVTT\\n\\n", a valid empty file)."""
+    blocks = []
     for cue in cues:
         text = _cue_text(cue.text)
         if text:
-            blocks.append(f"{vtt_time(cue.start)} --> {vtt_time(cue.end)}\n{text}\n")
-    return "\n".join(blocks)
+            blocks.append(f"{vtt_time(cue.start)} --> {vtt_time(cue.end)}\n{_vtt_escape(text)}\n")
+    return "WEBVTT\n\n" + "\n".join(blocks)

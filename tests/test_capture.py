@@ -267,6 +267,33 @@ def test_device_by_index(pulse_server):
 
 
 @pytest.mark.system
+def test_a_reader_can_wait_for_several_blocks_at_once(pulse_server):
+    """read(min_samples=...) (the idle microphone's read): the reader is woken once that much audio is there,
+    not at every block; at the timeout it gets whatever came; nothing is lost or reordered."""
+    cap = AudioCapture(CaptureOptions(block_ms=50))
+    cap.start()
+    try:
+        assert _wait_state(cap, "running", 10)
+        _drain(cap)
+        before = cap.frames_delivered
+        block = int(0.05 * SR)
+        got, wakes, t0 = [], 0, time.monotonic()
+        while time.monotonic() - t0 < 1.5:
+            pcm = cap.read(timeout=2.0, min_samples=3 * block)
+            assert pcm is not None and len(pcm) >= 3 * block - 5, len(pcm)  # the resampler's edge: ±a few
+            got.append(pcm)
+            wakes += 1
+        assert wakes <= 1.5 / 0.15 + 2  # one wake per three 50 ms blocks, not one per block
+        partial = cap.read(timeout=0.06, min_samples=100 * block)  # the timeout comes first: what is there
+        assert partial is not None and 0 < len(partial) < 100 * block
+        got.append(partial)
+        got.append(_drain(cap))
+        assert sum(map(len, got)) == cap.frames_delivered - before and cap.frames_dropped == 0
+    finally:
+        cap.stop()
+
+
+@pytest.mark.system
 def test_unknown_device_name_is_a_clear_error(pulse_server):
     cap = AudioCapture(CaptureOptions(device="no-such-microphone"))
     with pytest.raises(AudioDeviceError, match="no audio input device matches 'no-such-microphone'"):

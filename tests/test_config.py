@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import re
-import tomllib
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +32,7 @@ def test_defaults_load_without_a_config_file(xdg):
 
 def test_default_toml_documents_exactly_the_settings_with_their_defaults():
     text = loader.default_toml_text()
-    data = tomllib.loads(text)
+    data = loader.tomllib.loads(text)
     expected = Settings().to_dict()
     assert set(data) == set(expected)
     for section, options in expected.items():
@@ -103,6 +104,47 @@ def test_bad_values_name_the_key_and_the_line(xdg, text, line, words):
     assert f"{cfg}:line {line}:" in message
     for word in words:
         assert word in message
+
+
+def test_every_problem_of_a_file_is_reported_not_only_the_first(xdg):
+    cfg = xdg / "several.toml"
+    cfg.write_text('[vad]\nmdoe = "ptt"\naggressiveness = 9\n\n[engine]\nthreads = "two"\nlanguage = "English"\n'
+                   '[enigne]\nx = 1\n\n[[profile]]\nmatch = ["a"]\nsink = "shout"\n[[profile]]\nname = "x"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, ["server.prot=1", "engine.threads=1"])
+    lines = str(err.value).splitlines()
+    assert lines == err.value.errors and len(lines) == 7, lines
+    expected = [f"{cfg}:line 2: unknown key vad.mdoe; did you mean vad.mode?",
+                f"{cfg}:line 3: vad.aggressiveness = 9 is out of range",
+                f"{cfg}:line 6: engine.threads must be an integer",
+                f"{cfg}:line 8: unknown section [enigne]",
+                f"{cfg}:line 11 (profile 1): profile.sink = 'shout'",
+                f"{cfg}:line 14 (profile 2): a profile needs match",
+                "--set server.prot=1: unknown key server.prot; did you mean server.port?"]
+    for line, start in zip(lines, expected):
+        assert line.startswith(start), (line, start)
+    # the good values around the bad ones still load where nothing is wrong
+    cfg.write_text('[engine]\nlanguage = "English"\n')
+    assert load_settings(cfg, ["engine.threads=1"])[0].engine.threads == 1
+
+
+def test_python_3_10_reads_toml_with_tomli():
+    """pyproject says Python >= 3.10; tomllib is 3.11+: every import of it in the package is guarded, with
+    tomli (a dependency below 3.11) in its place."""
+    root = Path(__file__).resolve().parent.parent
+    project = loader.tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["requires-python"] == ">=3.10"
+    assert "tomli>=2.0; python_version < '3.11'" in project["dependencies"]
+    for folder in ("qasr", "engine", "daemon", "clients", "config"):
+        for path in (root / folder).rglob("*.py"):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            guarded = {id(node) for test in ast.walk(tree) if isinstance(test, ast.If)
+                       and "version_info" in ast.unparse(test.test) for node in ast.walk(test)}
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                    if "tomllib" in names:
+                        assert id(node) in guarded, f"{path}:{node.lineno}: tomllib without the tomli fallback"
 
 
 def test_invalid_toml_is_reported_with_the_file(xdg):

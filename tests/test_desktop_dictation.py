@@ -418,6 +418,11 @@ def test_profiles_match_class_instance_or_app_id_and_title_and_override_the_engi
     assert profiles.engine_overrides(None, "engine ctx", "hot", None, "asked") == (None, "asked")
     assert profiles.Delivery.of(vim) == profiles.Delivery("*term*", "type", False, None)
     assert profiles.Delivery.of(mail).spoken_formatting is True and profiles.Delivery.of(None) == profiles.Delivery()
+    # status shows the overrides with their types: booleans, not the strings the config keeps
+    shown = profiles.describe(vim, WindowInfo(2, "xterm", "XTerm", "vim notes.txt"), True)["overrides"]
+    assert shown == {"sink": "type", "trailing_space": False}
+    shown = profiles.describe(mail, WindowInfo(1, "Mail", "Thunderbird-ESR", "Inbox"), True)["overrides"]
+    assert shown == {"language": "English", "context": "email", "hotwords": ["Qwen", "qasr"], "spoken_formatting": True}
 
 
 def test_undo_is_refused_unless_it_is_safe():
@@ -555,6 +560,16 @@ def test_profile_for_the_tk_window_and_spoken_formatting_with_the_spoken_undo(de
             term.focus()
             status = desk.env.status()
             assert status["profile"]["name"] is None and "XTerm" in status["profile"]["window"]
+            # dictated into the xterm (with its trailing space), then paste-last into Tk: Tk's profile says
+            # trailing_space = false, so the space of the first delivery does not come along
+            desk.replacements.write_text(NO_CONTROLS_RULE + "(?s)^.*$ = spaced out\n", encoding="utf-8")
+            final = desk.final_after(desk.dictate())
+            assert final["text"] == "spaced out" and final["sink"] == "type"
+            desk.tk.focus()
+            desk.tk.clear()
+            pasted = desk.env.cli("paste-last", timeout=60)
+            assert pasted.returncode == 0, pasted.stderr
+            assert desk.tk.wait_text("spaced out") == "spaced out"
         finally:
             term.close()
     finally:

@@ -266,6 +266,15 @@ def test_layering(modules, source, targets):
     assert not offenders, f"{source} must not import {' / '.join(targets)}:\n  " + "\n  ".join(offenders)
 
 
+def test_clients_take_from_config_only_the_daemon_discovery(modules):
+    """Clients speak the protocol; of ``qasr.config`` they use only ``runtime`` (the running daemon's info and
+    token files) and what it needs (docs/architecture.md)."""
+    allowed = {"qasr.config", "qasr.config.runtime", "qasr.config.paths"}
+    offenders = [f"{name} imports {target}" for name, module in sorted(modules.items()) if _in(name, "qasr.clients")
+                 for target in module.imports if _in(target, "qasr.config") and target not in allowed]
+    assert not offenders, "\n  ".join(offenders)
+
+
 def test_no_importlib_loading_of_qasr_modules(modules):
     offenders = [
         f"{module.path.relative_to(ROOT)} {call}" for module in modules.values() for call in module.dynamic

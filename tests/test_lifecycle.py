@@ -50,6 +50,13 @@ def test_bad_config_names_key_and_line_before_starting(daemon_env):
     assert f"{daemon_env.config_file}:line 5: vad.mode = 'sometimes'" in result.stderr
     check = daemon_env.cli("config", "check")
     assert check.returncode == 2 and "line 5" in check.stderr
+    daemon_env.write_config('[vad]\nmdoe = "ptt"\naggressiveness = 9\n[engine]\nthreads = "two"\n')
+    every = daemon_env.cli("config", "check")  # every problem of the file, one line each
+    assert every.returncode == 2 and "Traceback" not in every.stderr
+    lines = every.stderr.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("qasr-daemon: error: "), lines
+    assert "line 2: unknown key vad.mdoe; did you mean vad.mode?" in lines[0]
+    assert "line 3: vad.aggressiveness" in lines[1] and "line 5: engine.threads" in lines[2]
     daemon_env.write_config('[engine]\nlanguage = "English"\n')
     assert daemon_env.cli("config", "check").returncode == 0
     bad_set = daemon_env.cli("config", "check", "--set", "server.prot=1")
@@ -77,6 +84,8 @@ def test_start_status_double_start_stop(daemon_env, tiny_bundle):
 
     human = daemon_env.cli("status")
     assert human.returncode == 0 and "state:" in human.stdout and str(pid) in human.stdout
+    # the desktop lines --json has (no desktop session in this environment)
+    assert "      desktop: no desktop session\n" in human.stdout and "         sink: " in human.stdout
 
     stopped = daemon_env.cli("stop")
     assert stopped.returncode == 0 and f"pid {pid}" in stopped.stdout
@@ -130,6 +139,18 @@ def test_sighup_reloads_the_config(daemon_env, tiny_bundle):
     assert daemon_env.status()["language"] == "Chinese"
     assert daemon_env.status()["pid"] == pid
 
+    # `qasr-daemon reload`: a refused file prints every reason and exits non-zero
+    daemon_env.write_config('[vad]\nmdoe = "ptt"\n\n[engine]\nthreads = "two"\n')
+    refused = daemon_env.cli("reload", timeout=60)
+    assert refused.returncode == 1 and refused.stdout == "" and "Traceback" not in refused.stderr
+    assert "reload refused, keeping the running settings" in refused.stderr
+    assert "line 2: unknown key vad.mdoe; did you mean vad.mode?" in refused.stderr
+    assert "line 5: engine.threads must be an integer" in refused.stderr
+    daemon_env.write_config('[engine]\nlanguage = "English"\n')
+    reloaded = daemon_env.cli("reload", timeout=60)
+    assert reloaded.returncode == 0 and reloaded.stdout.strip() == "reloaded: True", reloaded.stderr
+    assert daemon_env.status()["language"] == "English"
+
 
 def test_sigterm_mid_utterance_finishes_it(tmp_path, tiny_bundle, pulse_server):
     from tests.fixtures.desktop import espeak_wav
@@ -141,8 +162,14 @@ def test_sigterm_mid_utterance_finishes_it(tmp_path, tiny_bundle, pulse_server):
         status = env.wait_status(lambda s: s["state"] == "listening")
         assert status["state"] == "listening", status
         pid = env.pid()
+        # a stop takes the release tail and then ends: the CLI says so rather than "recording: True"
+        # (this one hears no speech, so it ends without a final)
+        started = env.cli("start-utterance")
+        assert started.returncode == 0 and started.stdout.strip() == "recording: True"
+        stopped = env.cli("stop-utterance")
+        assert stopped.returncode == 0 and stopped.stdout.strip() == "recording: False, ending: True"
+        assert env.wait_status(lambda s: s["state"] == "listening")["state"] == "listening"
         assert env.cli("start-utterance").returncode == 0
-        assert env.status()["state"] == "recording"
         pulse_server.play(espeak_wav("the quick brown fox jumps over the lazy dog"))
         os.kill(pid, signal.SIGTERM)
         assert wait_for_exit(pid, 120), env.log()
@@ -164,3 +191,16 @@ def test_install_service_points_at_this_python(daemon_env):
     written = daemon_env.cli("install-service")
     unit = daemon_env.root / "config" / "systemd" / "user" / "qasr.service"
     assert written.returncode == 0 and unit.read_text() == printed.stdout
+    assert "WAYLAND_DISPLAY" in unit.read_text()  # the unit's comment says what to import on Wayland
+
+
+def test_install_service_names_the_session_variables_to_import():
+    from qasr.daemon.cli.cmd_lifecycle import session_variables
+
+    sway = {"WAYLAND_DISPLAY": "wayland-1", "SWAYSOCK": "/run/sway.sock", "XDG_CURRENT_DESKTOP": "sway",
+            "DISPLAY": ":0", "HOME": "/h"}
+    assert session_variables(sway) == ["WAYLAND_DISPLAY", "XDG_CURRENT_DESKTOP", "SWAYSOCK", "DISPLAY"]
+    hypr = {"WAYLAND_DISPLAY": "wayland-1", "HYPRLAND_INSTANCE_SIGNATURE": "abc"}
+    assert session_variables(hypr) == ["WAYLAND_DISPLAY", "HYPRLAND_INSTANCE_SIGNATURE"]
+    assert session_variables({"DISPLAY": ":1", "XAUTHORITY": "/x"}) == ["DISPLAY", "XAUTHORITY"]
+    assert session_variables({}) == ["DISPLAY", "XAUTHORITY"]

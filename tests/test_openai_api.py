@@ -18,6 +18,7 @@ import pytest
 from qasr.daemon.server import openai_api as api
 from qasr.daemon.server.http_front import goes_to_front
 from qasr.daemon.server.multipart import FormError, parse_form
+from qasr.engine.subtitles import Cue, format_srt, format_vtt
 from tests.harness.daemon import DaemonProcess
 
 SR = 16000
@@ -109,6 +110,16 @@ def test_formats_render_segments():
     assert srt == "1\n00:00:00,000 --> 00:00:01,500\nHello there.\n\n2\n00:00:01,500 --> 00:00:03,250\nBye.\n"
     vtt = api.vtt(segments)
     assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHello there.\n")
+    # one writer: engine/subtitles.py (its edge cases: tests/test_subtitles.py)
+    odd = [api.Segment(0.0, 1.5, "Hello\n\nthere.", [1]), api.Segment(1.5, 2.0, " ", []),
+           api.Segment(2.0, 3.25, "a <b>", [2])]
+    cues = [Cue(s.start, s.end, s.text) for s in odd]
+    assert api.srt(odd) == format_srt(cues) and api.vtt(odd) == format_vtt(cues)
+    assert api.vtt(odd).count("\n\n") == 2  # header, one cue, the other: no blank line inside a cue
+    silent = api.Transcript("", "", 2.0, [])
+    for fmt, body, kind in (("vtt", "WEBVTT\n\n", "text/vtt"), ("srt", "", "application/x-subrip")):
+        response = api.render(api.parse_transcription(*form({"response_format": fmt}), LANGS), silent)
+        assert response.body.decode() == body and response.content_type.startswith(kind)
     verbose = json.loads(api.render(api.parse_transcription(*form({"response_format": "verbose_json"}), LANGS),
                                     result).body)
     assert verbose["language"] == "english" and verbose["duration"] == 3.25

@@ -247,9 +247,12 @@ def test_ptt_utterance_spans_press_to_release_with_preroll(fox):
     events += seg.start_utterance()
     events += feed(seg, fox[int(0.3 * SR):int(2.0 * SR)], seed=1)
     release_t = seg.t_s  # released while the last word is still being said
+    assert seg.in_utterance and not seg.ending
     events += seg.stop_utterance()
+    assert seg.in_utterance and seg.ending  # released: only the release tail is still taken
     events += feed(seg, fox[int(2.0 * SR):], seed=2)
     events += feed(seg, silence(1.5), seed=4)
+    assert not seg.in_utterance and not seg.ending
     utts = utterances(events)
     assert len(utts) == 1
     u = utts[0]

@@ -148,6 +148,10 @@ def state(raw: str | None) -> dict:
     return json.loads(raw) if raw else {}
 
 
+BADGE = "JSON.stringify([getComputedStyle(document.getElementById('status')).display, " \
+        "document.getElementById('status-text').textContent])"
+
+
 def test_page_in_chromium_shows_events_and_reconnects(tmp_path):
     runtime = Path(tempfile.mkdtemp(prefix="qasr-web-"))
     handler = PagesHandler()
@@ -162,6 +166,12 @@ def test_page_in_chromium_shows_events_and_reconnects(tmp_path):
         async with browser as page:
             assert await page.wait_for("document.body.dataset.connection === 'connected'", 90), \
                 await page.evaluate(CAPTION_STATE)
+            # nothing said yet: a quiet badge says the daemon is listening (not a blank page)
+            display, text = json.loads(await page.evaluate(BADGE))
+            assert display != "none" and text == "listening", (display, text)
+            daemon.publish(protocol.state("paused"))
+            assert await page.wait_for("document.getElementById('status-text').textContent === 'paused'", 30)
+            daemon.publish(protocol.state("listening"))
             daemon.publish(final_event("1", "First sentence, finished."))
             daemon.publish(partial_event("2", "streaming wor", "ld 你好"))
             assert await page.wait_for("document.querySelector('#text .tentative') !== null", 30)
@@ -169,6 +179,7 @@ def test_page_in_chromium_shows_events_and_reconnects(tmp_path):
             assert shown["text"] == "First sentence, finished. streaming world 你好"
             assert shown["committed"] == "First sentence, finished. streaming wor"
             assert shown["tentative"] == "ld 你好"
+            assert json.loads(await page.evaluate(BADGE))[0] == "none"  # status=auto: captions on screen
             assert shown["committedColour"] == "rgb(255, 238, 170)"
             assert shown["tentativeColour"] == "rgb(128, 128, 128)"
             assert shown["background"] == "rgb(0, 0, 0)"
@@ -200,6 +211,14 @@ def test_page_in_chromium_shows_events_and_reconnects(tmp_path):
             daemon.publish(final_event("1", "After the restart."))
             assert await page.wait_for("document.getElementById('text').textContent.endsWith('After the restart.')", 30)
             await page.screenshot(tmp_path / "captions-restarted.png")
+
+            # status=always keeps the badge over the captions
+            await page.call("Page.navigate", url=web_pages.captions_url(daemon.server.http_url, token, status="always"))
+            assert await page.wait_for("document.body.dataset.connection === 'connected' && "
+                                       "location.search.includes('status=always')", 60)
+            daemon.publish(final_event("4", "Badge stays."))
+            assert await page.wait_for("document.getElementById('text').textContent === 'Badge stays.'", 30)
+            assert json.loads(await page.evaluate(BADGE)) == ["block", "listening"]
 
     try:
         asyncio.run(script())
@@ -252,6 +271,7 @@ def test_running_daemon_serves_the_page_and_chromium_shows_its_transcript(tmp_pa
         async def script():
             async with browser as page:
                 assert await page.wait_for("document.body.dataset.connection === 'connected'", 90)
+                assert json.loads(await page.evaluate(BADGE))[1] == "listening"  # the daemon's own state
                 player = threading.Thread(target=pulse_server.play, args=(speech,))
                 player.start()
                 try:

@@ -106,6 +106,7 @@
       return span;
     }));
     box.classList.toggle("empty", parts.length === 0);
+    document.body.dataset.captions = parts.length ? "shown" : "empty";
   }
 
   function activity() {
@@ -143,7 +144,10 @@
         if (event.speech) activity();
         return;
       case "hello":
-        setConnection("connected", "connected");
+        setConnection("connected", daemonState(event.state));
+        return;
+      case "state":
+        if (document.body.dataset.connection === "connected") statusText.textContent = daemonState(event.state);
         return;
       default:
         return;
@@ -153,6 +157,12 @@
   }
 
   // ---- connection ----------------------------------------------------------------------------
+  // While nothing is shown, the badge says what the daemon is doing ("listening"), so an empty page
+  // reads as waiting for speech rather than broken (status=auto; always: also over captions; never).
+  function daemonState(state) {
+    const names = { "no-device": "no microphone", starting: "starting…", stopping: "stopping…" };
+    return names[state] || (state ? String(state) : "listening");
+  }
   function setConnection(state, text) {
     document.body.dataset.connection = state;
     statusText.textContent = text;

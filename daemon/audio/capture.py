@@ -61,6 +61,8 @@ from qasr.engine.audio_constants import SAMPLE_RATE
 log = logging.getLogger("qasr.capture")
 
 STATES = ("starting", "running", "retrying", "no-device", "stopped")
+SUPERVISE_S = 0.5  # how often a running stream is checked for a stall (stall_timeout_s is 3 s)
+
 
 @dataclass(frozen=True)
 class CaptureOptions:
@@ -132,6 +134,7 @@ class AudioCapture:
         ring_s = max(self.options.ring_s, self.options.preroll_s + 1.0)
         self._ring = _Ring(int(ring_s * SAMPLE_RATE))
         self._data_ready = threading.Event()
+        self._wake_at = 1  # the callback wakes the reader once this many samples wait (read's min_samples)
         self._stop = threading.Event()
         self._wake = threading.Event()  # supervisor: something happened (finished callback, stop)
         self._state_lock = threading.Lock()
@@ -197,23 +200,28 @@ class AudioCapture:
         self._close_stream()
         self._set_state("stopped", "capture stopped")
 
-    def read(self, timeout: float | None = None, max_samples: int | None = None) -> np.ndarray | None:
-        """The next samples (16 kHz mono float32) in order; None after ``timeout`` seconds or when stopped."""
+    def read(self, timeout: float | None = None, max_samples: int | None = None,
+             min_samples: int = 1) -> np.ndarray | None:
+        """The next samples (16 kHz mono float32) in order; None after ``timeout`` seconds or when stopped.
+
+        ``min_samples``: wait until that many are there (the callback wakes the reader only then), so a
+        reader that can take audio in bigger pieces wakes less often; at the timeout, whatever is there."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._read_lock:
             while True:
-                got = self._take(max_samples)
-                if got is not None:
-                    return got
+                if self.pending >= min_samples:
+                    got = self._take(max_samples)
+                    if got is not None:
+                        return got
                 if self._stop.is_set():
                     return None
+                self._wake_at = min_samples
                 self._data_ready.clear()
-                got = self._take(max_samples)
-                if got is not None:
-                    return got
+                if self.pending >= min_samples:
+                    continue
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    return None
+                    return self._take(max_samples)
                 self._data_ready.wait(remaining)
 
     def preroll(self, seconds: float | None = None) -> np.ndarray:
@@ -280,7 +288,8 @@ class AudioCapture:
                 self.device_frames += frames
                 ring.write(resampler.process(indata))
                 self._last_callback = time.monotonic()
-                ready.set()
+                if ring.write_pos - ring.read_pos >= self._wake_at:
+                    ready.set()
             except Exception:  # an exception would abort the stream; count it instead
                 self.callback_errors += 1
 
@@ -376,7 +385,7 @@ class AudioCapture:
                     if self.state != "running" and self._last_callback > self._opened_at:
                         attempt = 0
                         self._set_state("running", f"capturing from {self.device['name']}")
-                    self._wake.wait(0.1)
+                    self._wake.wait(SUPERVISE_S)  # a finished stream wakes it at once
                     self._wake.clear()
                     continue
                 log.warning("audio input lost: %s", problem)

@@ -16,8 +16,11 @@ from qasr.daemon.audio.segment_events import VadState
 from qasr.daemon.audio.segmenter import Segmenter, SegmenterOptions
 from qasr.daemon.transcription.pipeline import Pipeline
 from qasr.daemon.transcription.utterance_feed import UtteranceFeed
+from qasr.engine.audio_constants import SAMPLE_RATE
 
 log = logging.getLogger("qasr.microphone")
+
+IDLE_BLOCKS = 1.5  # samples an idle read waits for, in capture blocks: two blocks (a block is never exact)
 
 
 class Microphone:
@@ -28,7 +31,7 @@ class Microphone:
         self.capture = AudioCapture(capture_options, on_state=on_capture_state)
         self._segmenter_options = segmenter_options
         self._on_failure = on_failure
-        self._on_audio = on_audio  # after each block: the daemon's state may have changed
+        self._on_audio = on_audio  # an utterance began or ended: the daemon's state changed
         self.lock = threading.RLock()  # segmenter and feed
         self.feed = UtteranceFeed(pipeline, "mic", Segmenter(segmenter_options), on_vad=on_vad,
                                   on_begin=on_begin, on_end=on_end)
@@ -61,9 +64,14 @@ class Microphone:
             self._pending_options = options
 
     def _loop(self) -> None:
+        # Between utterances the audio is taken two blocks at a time: half the wake-ups of an idle daemon,
+        # for at most one block (60 ms) later speech onset (the pre-roll keeps the audio before it);
+        # inside an utterance every block at once, so its end and the final are never later.
+        idle_samples = int(IDLE_BLOCKS * self.capture.options.block_ms * SAMPLE_RATE / 1000)
         while not self._stop.is_set():
             try:
-                pcm = self.capture.read(timeout=0.1)
+                idle = not self.segmenter.in_utterance
+                pcm = self.capture.read(timeout=0.5, min_samples=idle_samples if idle else 1)
             except Exception as exc:
                 log.exception("capture failed")
                 with self.lock:
@@ -75,33 +83,41 @@ class Microphone:
             with self.lock:
                 if self.paused:
                     continue
+                was_recording = self.segmenter.in_utterance
                 self.feed.process(pcm)
-                if self._pending_options is not None and not self.segmenter.in_utterance:
+                recording = self.segmenter.in_utterance
+                if self._pending_options is not None and not recording:
                     self.feed.segmenter = Segmenter(self._pending_options)
                     self._pending_options = None
-            self._on_audio()
+            if recording != was_recording:  # not every block: an idle daemon should sleep between them
+                self._on_audio()
 
     # -- controls ------------------------------------------------------------------------------
     def start_utterance(self) -> dict:
         with self.lock:
             self.paused = False
             self.feed.handle(self.segmenter.start_utterance())
-            return {"recording": self.recording}
+            return self._recording()
 
     def stop_utterance(self) -> dict:
         with self.lock:
             self.feed.handle(self.segmenter.stop_utterance())
-            return {"recording": self.recording}
+            return self._recording()
 
     def toggle(self) -> dict:
         with self.lock:
             if self.segmenter.mode != "vad":
                 self.feed.handle(self.segmenter.toggle())
-                return {"recording": self.recording}
+                return self._recording()
             self.paused = not self.paused  # vad mode: toggle pauses / resumes listening
             if self.paused:
                 self.feed.handle(self.segmenter.stop_utterance())
             return {"paused": self.paused}
+
+    def _recording(self) -> dict:
+        if self.segmenter.ending:  # stopped: only the release tail is still taken, then the final comes
+            return {"recording": False, "ending": True}
+        return {"recording": self.recording}
 
     def cancel(self) -> dict:
         with self.lock:

@@ -187,6 +187,11 @@ class Segmenter:
         return self._utt is not None
 
     @property
+    def ending(self) -> bool:
+        """Released (ptt/toggle): the open utterance only takes its release tail before it ends."""
+        return self._utt is not None and self._utt.stop_at is not None
+
+    @property
     def silence_s(self) -> float:
         """Seconds since the open utterance's last voiced frame (0 outside an utterance or before its voice)."""
         utt = self._utt

@@ -31,7 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# numpy and the engine are imported inside the functions: `qasr-daemon` builds this command's parser
+# for every subcommand, `toggle` too.
 
 DEFAULT_CONFIGS = ("fp32/f32", "fp16/f16", "int8/q8_0", "int8/q4_k")
 SAMPLE_RATE = 16000
@@ -166,6 +167,8 @@ def _stream_in_real_time(session, audio: np.ndarray, start: float, realtime: boo
 def commit_stats(trace: list[tuple[float, int, int]], committed: list[int], final_ids: list[int]) -> dict:
     """How the commit policy did: tokens committed before the end, the audio time between a token position
     first appearing in a hypothesis and its commit (median), and whether the final kept the commits."""
+    import numpy as np
+
     lags = []
     for k in range(len(committed)):
         seen = next((t for t, n_hyp, _ in trace if n_hyp > k), None)
@@ -186,6 +189,8 @@ def _sleep_until(t: float) -> None:
 
 def streaming_worker(bundle: Path, audio_s: float, threads: int, rtf_budget: float, realtime: bool,
                      pause_tail_s: float = 0.3, hangover_s: float = 0.6) -> dict:
+    import numpy as np
+
     from qasr.engine.streaming import StreamingOptions, StreamingSession
     from qasr.engine.transcribe import TranscribeOptions, Transcriber
 
@@ -294,6 +299,8 @@ def official_recipe(engine, audio: np.ndarray, chunk_s: float = 2.0, rollback: i
                     max_new: int = 32) -> dict:
     """The official streaming recipe on our engine: every chunk re-encodes ALL audio so far and
     re-decodes with the previous output minus its last `rollback` tokens as a forced prefix."""
+    import numpy as np
+
     from qasr.engine import output as out
 
     chunk = int(chunk_s * SAMPLE_RATE)

@@ -163,6 +163,36 @@ def _profile_line(profile: dict[str, Any]) -> str:
     return f"none ({profile.get('why', 'no [[profile]] tables')}; {profile.get('profiles', 0)} defined)"
 
 
+def _desktop_rows(desktop: dict[str, Any], sink: str | None) -> list[tuple[str, Any]]:
+    """The desktop session, the sink, the typing tools and the hotkey the daemon chose (``--json``: ``desktop``)."""
+    session = desktop.get("session") or {}
+    kind = session.get("kind")
+    if kind == "wayland":
+        where = f"Wayland ({session.get('compositor') or 'unknown compositor'}"
+        where += ", XWayland available)" if session.get("xwayland") else ")"
+    elif kind == "x11":
+        where = f"X11 ({session.get('display')})"
+    else:
+        where = "no desktop session"
+    output = desktop.get("output") or {}
+    rows: list[tuple[str, Any]] = [("desktop", where), ("sink", sink or output.get("sink") or "none")]
+    if output.get("why"):
+        rows.append(("output", f"off: {output['why']}"))
+    if "typing" in output:
+        tools = ", ".join(output["typing"]) or "none"
+        unusable = "; ".join(f"{name}: {why}" for name, why in (output.get("unusable") or {}).items())
+        rows.append(("typing tools", f"{tools}{f' (not usable: {unusable})' if unusable else ''}"))
+    if output.get("clipboard"):
+        rows.append(("clipboard", output["clipboard"]))
+    if output.get("focus") or session.get("focus_note"):
+        rows.append(("focus", output.get("focus") or f"none: {session.get('focus_note')}"))
+    hotkey = desktop.get("hotkey")
+    if hotkey:
+        rows.append(("hotkey", f"{hotkey.get('backend')} ({hotkey.get('why')})" if hotkey.get("why")
+                     else hotkey.get("backend")))
+    return rows
+
+
 def _format_status(status: dict[str, Any]) -> str:
     rows = [
         ("state", status.get("state")),
@@ -179,6 +209,7 @@ def _format_status(status: dict[str, Any]) -> str:
         ("log", status.get("log_file")),
         ("journal", status.get("journal_file") or "off"),
         ("profile", _profile_line(status.get("profile") or {})),
+        *_desktop_rows(status.get("desktop") or {}, status.get("output")),
     ]
     lines = [f"{name:>13}: {value}" for name, value in rows]
     lines += [f"{'warning':>13}: {w}" for w in status.get("warnings") or ()]
@@ -278,5 +309,17 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text, encoding="utf-8")
     print(f"wrote {target}")
-    print("enable it with: systemctl --user daemon-reload && systemctl --user enable --now qasr")
+    print(f"first, in your session: systemctl --user import-environment {' '.join(session_variables())}")
+    print("then enable it with: systemctl --user daemon-reload && systemctl --user enable --now qasr")
     return 0
+
+
+SESSION_VARIABLES = ("WAYLAND_DISPLAY", "XDG_CURRENT_DESKTOP", "SWAYSOCK", "HYPRLAND_INSTANCE_SIGNATURE",
+                     "DISPLAY", "XAUTHORITY")
+
+
+def session_variables(env: dict[str, str] | None = None) -> list[str]:
+    """The desktop variables the service needs from this session (it picks Wayland or X11 by them)."""
+    env = os.environ if env is None else env
+    found = [name for name in SESSION_VARIABLES if env.get(name)]
+    return found or ["DISPLAY", "XAUTHORITY"]

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Callable, TextIO
 
-from qasr.engine.bundle import DECODER_PRECISIONS, ENCODER_PRECISIONS
+from qasr.daemon.models.catalogue import DECODER_CHOICES, ENCODER_CHOICES
 from qasr.errors import QasrError
 
 
@@ -35,10 +35,10 @@ def _add_convert(msub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("hf_dir", metavar="HF_DIR", help="folder with config.json, tokenizer files, model.safetensors")
     c.add_argument("out_dir", metavar="OUT_DIR", help="bundle folder to create")
-    c.add_argument("--encoder", choices=ENCODER_PRECISIONS, default="fp32",
+    c.add_argument("--encoder", choices=ENCODER_CHOICES, default="fp32",
                    help="audio encoder precision (default: fp32, the accuracy-first choice; int8 = int8-mixed "
                    "recipe: int8 weights, the front-end projection and output head in fp32)")
-    c.add_argument("--decoder", choices=DECODER_PRECISIONS, default="f32",
+    c.add_argument("--decoder", choices=DECODER_CHOICES, default="f32",
                    help="text decoder precision (default: f32; q4_k keeps the embedding/output head at q8_0)")
     c.add_argument("--force", action="store_true", help="replace OUT_DIR if it already holds files")
     c.set_defaults(func=cmd_convert)
@@ -89,7 +89,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 # (download and store logic: daemon/models/download.py, daemon/models/store.py)
 
 def _add_pull(msub: argparse._SubParsersAction) -> None:
-    from qasr.daemon.models.store import ALIGNER_DECODER, CATALOGUE, DEFAULT_DECODER, DEFAULT_ENCODER
+    from qasr.daemon.models.catalogue import ALIGNER_DECODER, CATALOGUE, DEFAULT_DECODER, DEFAULT_ENCODER
 
     c = msub.add_parser(
         "pull",
@@ -105,11 +105,11 @@ def _add_pull(msub: argparse._SubParsersAction) -> None:
     c.add_argument("--endpoint", metavar="URL", help="hub base URL (default: $HF_ENDPOINT or https://huggingface.co)")
     c.add_argument("--repo", metavar="OWNER/NAME", help="another repository with the same layout")
     c.add_argument("--revision", metavar="REV", help="branch, tag or commit (default: main)")
-    c.add_argument("--encoder", choices=ENCODER_PRECISIONS, default=None,
+    c.add_argument("--encoder", choices=ENCODER_CHOICES, default=None,
                    help=f"audio encoder precision (default: {DEFAULT_ENCODER}, the int8-mixed recipe: int8 weights "
                    "with the front-end projection and output head in fp32; "
                    "--encoder fp32 is the accuracy-first choice, no quantization error, slower)")
-    c.add_argument("--decoder", choices=DECODER_PRECISIONS, default=None,
+    c.add_argument("--decoder", choices=DECODER_CHOICES, default=None,
                    help=f"text decoder precision (default: {DEFAULT_DECODER}; {ALIGNER_DECODER} for the aligner)")
     c.add_argument("--keep-checkpoint", action="store_true",
                    help="keep a checkpoint this pull downloaded in the Hugging Face cache after converting "

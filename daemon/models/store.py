@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from qasr.config import paths
+from qasr.daemon.models.catalogue import (ALIGNER_DECODER, ALIGNER_KEY, CATALOGUE, DEFAULT_DECODER,  # noqa: F401
+                                          DEFAULT_ENCODER, CatalogueEntry, bundle_name, catalogue_entry)
 from qasr.daemon.models.download import (
     Snapshot,
     download_checkpoint,
@@ -30,56 +32,8 @@ from qasr.daemon.models.download import (
 from qasr.engine.bundle import MANIFEST_NAME, BundleError, load_bundle, write_manifest
 from qasr.errors import QasrError
 
-DEFAULT_ENCODER = "int8"
-DEFAULT_DECODER = "q4_k"
-
 ConvertProgress = Callable[[str, float], None]
 Notes = Callable[[str], None]
-
-
-# The aligner's decoder ends in a 5000-class timestamp head whose top classes are often within a
-# hair of each other: a 4-bit decoder flips such near-ties (a word moves by one or more 80 ms classes),
-# q8_0 keeps the argmax of the f32 model almost everywhere for half of f16's size.
-ALIGNER_DECODER = "q8_0"
-
-
-@dataclass(frozen=True)
-class CatalogueEntry:
-    key: str  # what the user types: "0.6b", "aligner"
-    repo: str  # Hugging Face repository id
-    download_gb: float  # approximate checkpoint size, for messages
-    name: str = ""  # bundle folder stem; default qwen3-asr-<key>
-    kind: str = "asr"  # "asr" or "aligner" (checkpoint_kind of the repository's checkpoint)
-    encoder: str = DEFAULT_ENCODER  # default precisions of a pull
-    decoder: str = DEFAULT_DECODER
-
-    @property
-    def stem(self) -> str:
-        return self.name or f"qwen3-asr-{self.key}"
-
-
-CATALOGUE: dict[str, CatalogueEntry] = {
-    "0.6b": CatalogueEntry("0.6b", "Qwen/Qwen3-ASR-0.6B", 1.9),
-    "1.7b": CatalogueEntry("1.7b", "Qwen/Qwen3-ASR-1.7B", 4.7),
-    "aligner": CatalogueEntry("aligner", "Qwen/Qwen3-ForcedAligner-0.6B", 1.8, name="qwen3-forcedaligner-0.6b",
-                              kind="aligner", decoder=ALIGNER_DECODER),
-}
-ALIGNER_KEY = "aligner"
-
-
-def catalogue_entry(key: str) -> CatalogueEntry:
-    entry = CATALOGUE.get(key.lower())
-    if entry is None:
-        raise QasrError(f"unknown model {key!r}; choose one of {', '.join(CATALOGUE)}")
-    return entry
-
-
-def bundle_name(entry: CatalogueEntry, encoder: str | None = None, decoder: str | None = None) -> str:
-    """The folder name: the stem for the entry's default precisions, else stem-<encoder>-<decoder>."""
-    encoder, decoder = encoder or entry.encoder, decoder or entry.decoder
-    if (encoder, decoder) == (entry.encoder, entry.decoder):
-        return entry.stem
-    return f"{entry.stem}-{encoder}-{decoder}"
 
 
 # ------------------------------------------------------------------ pull

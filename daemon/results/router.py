@@ -74,7 +74,7 @@ class ResultRouter:
         self._output_lock = threading.Lock()
         self._targets: dict[str, Any] = {}  # mic utterance id -> its output.UtteranceTarget
         self._final_texts: dict[str, str] = {}
-        self.last_text = ""  # the last mic final as delivered (paste-last)
+        self.last_text = ""  # the last mic final as delivered, without its trailing space (paste-last)
         self.profiles: tuple = ()  # [[profile]] settings (daemon/profiles.py)
         self.engine_context: Callable[[], str] = lambda: ""  # engine.context, for profiles with hot words
         self._deliveries: dict[str, profiles.Delivery] = {}  # mic utterance id -> its profile's overrides
@@ -275,9 +275,10 @@ class ResultRouter:
             shaped = text
             if self.shaper is not None:
                 # Live typing already typed committed text that cannot be rewritten: no replacements then.
-                shaped = self.shaper.shape_live_final(text) if self._live_typing() else \
-                    self.shaper.shape(text, language, delivery.spoken_formatting, delivery.trailing_space)
-            self.last_text = shaped
+                if not self._live_typing():
+                    text = self.shaper.shape(text, language, delivery.spoken_formatting, trailing_space=False)
+                shaped = self.shaper.with_trailing_space(text, delivery.trailing_space)
+            self.last_text = text  # paste-last adds the space the window it goes to wants
             try:
                 return self._output.deliver(shaped, target)
             except QasrError as exc:
@@ -293,7 +294,12 @@ class ResultRouter:
                 raise QasrError("text output is off (output.sink = \"none\" or no desktop); nothing to paste")
             if not text:
                 raise QasrError("nothing to paste: no final since the daemon started and the journal is empty")
-            result = self._output.deliver(text, self._output.begin_utterance())
+            target = self._output.begin_utterance()
+            delivery = profiles.Delivery.of(profiles.match(self.profiles, target.window))
+            target.sink = delivery.sink
+            if self.shaper is not None:
+                text = self.shaper.with_trailing_space(text, delivery.trailing_space)
+            result = self._output.deliver(text, target)
         self._publish_output_warning(result, None)
         return result
 

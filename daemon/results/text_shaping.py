@@ -215,7 +215,7 @@ class TextShaper:
         limit = self.options.strip_final_period_max_words
         if limit > 0 and word_count(text) <= limit:
             text = _FINAL_PERIOD.sub(r"\1", text)
-        return self._with_trailing_space(text, trailing_space)
+        return self.with_trailing_space(text, trailing_space)
 
     def shape_live_final(self, text: str) -> str:
         """Final text when live typing already sent the committed prefix unchanged: only the trailing space.
@@ -223,9 +223,10 @@ class TextShaper:
         Replacements and period removal would rewrite text that is already typed (it cannot be erased),
         so in live mode they are not applied to the typed output.
         """
-        return self._with_trailing_space(text)
+        return self.with_trailing_space(text)
 
-    def _with_trailing_space(self, text: str, on: bool | None = None) -> str:
+    def with_trailing_space(self, text: str, on: bool | None = None) -> str:
+        """``text`` with the space that keeps utterances apart (None: ``trailing_space`` decides)."""
         if (self.options.trailing_space if on is None else on) and text.strip() and not text[-1].isspace() \
                 and not _is_unspaced_script(text[-1]):
             return text + " "

@@ -7,6 +7,7 @@ Request ``{"cmd": "status"}`` (plus arguments), reply ``{"ok": true, "result": {
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -62,13 +63,15 @@ class ControlServer:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
         sock.listen(16)
-        sock.settimeout(0.25)
-        self._sock = sock
+        self._sock = sock  # accept() blocks (no polling while idle); stop() shuts it down to wake it
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._closing.set()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(timeout=2)
         if self._sock is not None:
@@ -84,9 +87,7 @@ class ControlServer:
         while not self._closing.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
+            except OSError:  # shut down by stop()
                 break
             threading.Thread(target=self._answer, args=(conn,), name="control-conn", daemon=True).start()
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from qasr.daemon.server.http_front import HttpResponse
 from qasr.daemon.server.multipart import FormError, Part, parse_form
+from qasr.engine.subtitles import Cue, format_srt, format_vtt
 
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
 MODELS_PATH = "/v1/models"
@@ -229,23 +230,12 @@ def _verbose_segment(index: int, segment: Segment) -> dict:
             "temperature": 0.0, "avg_logprob": 0.0, "compression_ratio": 0.0, "no_speech_prob": 0.0}
 
 
-def _stamp(seconds: float, sep: str) -> str:
-    ms = int(round(max(seconds, 0.0) * 1000))
-    h, rest = divmod(ms, 3_600_000)
-    m, rest = divmod(rest, 60_000)
-    s, ms = divmod(rest, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
-
-
 def srt(segments: list[Segment]) -> str:
-    blocks = [f"{n}\n{_stamp(s.start, ',')} --> {_stamp(s.end, ',')}\n{s.text}\n"
-              for n, s in enumerate((s for s in segments if s.text), 1)]
-    return "\n".join(blocks)
+    return format_srt(Cue(s.start, s.end, s.text) for s in segments)
 
 
 def vtt(segments: list[Segment]) -> str:
-    blocks = [f"{_stamp(s.start, '.')} --> {_stamp(s.end, '.')}\n{s.text}\n" for s in segments if s.text]
-    return "WEBVTT\n\n" + "\n".join(blocks)
+    return format_vtt(Cue(s.start, s.end, s.text) for s in segments)
 
 
 def sse(event: dict) -> bytes:

@@ -50,6 +50,6 @@ def http_response(path: str, query: dict[str, list[str]] | None = None) -> HttpR
 
 def captions_url(http_url: str, token: str, **appearance: str | int) -> str:
     """Address of the captions page with the token in the fragment; ``appearance`` becomes the query
-    (font, size, color, tentative, background, lines, align, fade)."""
+    (font, size, color, tentative, background, lines, align, fade, status)."""
     query = "&".join(f"{quote(str(k))}={quote(str(v))}" for k, v in appearance.items())
     return f"{http_url.rstrip('/')}{CAPTIONS_PATH}{'?' + query if query else ''}#token={quote(token, safe='')}"

@@ -30,12 +30,12 @@ from qasr.daemon.transcription.pipeline import Pipeline
 from qasr.daemon.transcription.utterance_feed import UtteranceFeed
 from qasr.engine.audio_constants import SAMPLE_RATE
 from qasr.engine.segmentation import SegmentationOptions, cut_points
-from qasr.engine.transcribe import normalize_waveform
+from qasr.engine.transcribe import TranscribeOptions, normalize_waveform
 
 log = logging.getLogger("qasr.jobs")
 
 FEED_BLOCK_S = 1.0  # a file goes to the encoder in blocks this long, so microphone audio interleaves
-MAX_PIECE_S = 30.0  # as the offline Transcriber (TranscribeOptions.max_piece_s)
+MAX_PIECE_S = TranscribeOptions.max_piece_s  # pieces as the offline Transcriber cuts them
 
 
 @dataclass

@@ -47,7 +47,7 @@ def hello(client_id: str, model: str | None, sample_rate: int = TARGET_SAMPLE_RA
 
 
 def state(state_name: str, **info: Any) -> dict:
-    """Daemon state change, e.g. ``loading``, ``idle``, ``recording``, ``finishing``, ``error``."""
+    """Daemon state change: ``listening``, ``recording``, ``transcribing``, ``paused``, ``no-device``, ``error``, …"""
     return {"type": "state", "state": str(state_name), **info}
 
 
