@@ -151,3 +151,23 @@ def test_options_are_checked():
         CaptionOptions(max_lines=0)
     with pytest.raises(ValueError):
         CaptionOptions(fade_after_s=0)
+
+
+def test_sources_pick_whose_words_are_shown_and_labels_say_whose_they_are():
+    def sourced(event, source):
+        return {**event, "source": source}
+
+    system_only = CaptionModel(CaptionOptions(sources=("system",)))
+    assert not system_only.apply(sourced(final("1", "typed by me"), "mic"), now=0)
+    assert system_only.apply(sourced(final("2", "the video says hi"), "system"), now=0)
+    assert not system_only.apply(final("3", "an old daemon's final is the microphone's"), now=0)
+    assert system_only.view(80, now=0.1).text == "the video says hi"
+
+    both = CaptionModel(CaptionOptions(max_lines=5, sources=("mic", "system"), labels=True))
+    both.apply(sourced(final("1", "Hello there."), "system"), now=0)
+    both.apply(sourced(final("2", "And again."), "system"), now=0)
+    both.apply(sourced(partial("3", "I can ", "hear"), "mic"), now=0)
+    assert both.view(200, now=0.1).text == "them: Hello there. And again. you: I can hear"
+    both.apply(sourced(final("3", "I can hear you."), "mic"), now=0.2)
+    both.apply(sourced(partial("4", "Good", ""), "system"), now=0.3)
+    assert both.view(200, now=0.4).text == "them: Hello there. And again. you: I can hear you. them: Good"
