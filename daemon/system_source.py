@@ -22,6 +22,7 @@ from qasr.errors import QasrError
 
 log = logging.getLogger("qasr.system_audio")
 
+NO_SYSTEM_AUDIO = "no system audio captions"
 SETTLE_S = 30.0  # record-call stop waits at most this long for finals (and their words) still on their way
 
 
@@ -61,14 +62,14 @@ class SystemSource:
         log.info("system audio captions off")
 
     def _on_state(self, state: str, message: str) -> None:
+        """One warning line while there is nothing to capture (status, log, subscribers), gone once there is."""
         if state == "no-device" and self._warned is None:
-            self._warned = message.split(" (retrying")[0]
-            note = f"system audio: {self._warned}; the microphone keeps working"
-            log.warning("%s", note)
-            self.parts.publish_warning("system_audio", note)
+            self._warned = f"{NO_SYSTEM_AUDIO}: {message.split(' (retrying')[0]}; the microphone keeps working"
+            self.parts._warn(self._warned)
+            self.parts.publish_warning("system_audio", self._warned)
         elif state == "running" and self._warned is not None:
+            self.parts.warnings = [w for w in self.parts.warnings if w != self._warned]
             self._warned = None
-            log.info("system audio: %s", message)
 
     def _clock_of(self, source: str) -> SourceClock | None:
         owner = self.source if source == SOURCE else self.parts.microphone

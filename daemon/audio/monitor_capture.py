@@ -44,21 +44,20 @@ def _env() -> dict[str, str]:
 def default_sink() -> str:
     """The sound server's default sink (NoMonitorError when there is no server or no sink)."""
     if shutil.which("pactl") is None or shutil.which("parec") is None:
-        raise NoMonitorError("system audio needs parec and pactl (install pulseaudio-utils); "
-                             "captions of system audio are off")
+        raise NoMonitorError("parec and pactl are missing (install pulseaudio-utils)")
     try:
         info = subprocess.run(["pactl", "info"], capture_output=True, text=True, env=_env(),
                               timeout=PACTL_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError) as exc:
-        raise NoMonitorError(f"no system audio: pactl failed ({exc})") from exc
+        raise NoMonitorError(f"pactl failed ({exc})") from exc
     if info.returncode != 0:
         why = (info.stderr.strip().splitlines() or ["no sound server"])[-1]
-        raise NoMonitorError(f"no system audio to capture: {why} (is PulseAudio/PipeWire running?)")
+        raise NoMonitorError(f"no sound server to capture from ({why}; is PulseAudio/PipeWire running?)")
     for line in info.stdout.splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "Default Sink" and value.strip() and value.strip() != "@DEFAULT_SINK@":
             return value.strip()
-    raise NoMonitorError("no system audio to capture: the sound server has no output (default sink)")
+    raise NoMonitorError("the sound server has no output (default sink) to capture")
 
 
 class MonitorCapture(AudioCapture):
@@ -86,10 +85,12 @@ class MonitorCapture(AudioCapture):
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=_env())
         except OSError as exc:
             raise NoMonitorError(f"cannot start parec: {exc}") from exc
-        self._parec = parec
+        self._parec = self._stream = parec
         self._sink_changed.clear()
         self._start_watcher(sink)
-        self._opened_at = self._last_callback = time.monotonic()
+        # "running" once parec records: a suspended (idle) sink's monitor may send nothing for hours
+        self._opened_at = time.monotonic()
+        self._last_callback = self._opened_at + 1e-3
         threading.Thread(target=self._pump, args=(parec, generation), name="qasr-parec", daemon=True).start()
         if self.sink is not None and sink != self.sink:
             self.sink_switches += 1
@@ -152,7 +153,7 @@ class MonitorCapture(AudioCapture):
             _end(watcher)
 
     def _close_stream(self) -> None:
-        parec, self._parec = self._parec, None
+        parec, self._parec, self._stream = self._parec, None, None
         self._generation += 1
         self._stop_watcher()
         if parec is not None:
