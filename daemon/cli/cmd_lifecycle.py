@@ -163,6 +163,14 @@ def _profile_line(profile: dict[str, Any]) -> str:
     return f"none ({profile.get('why', 'no [[profile]] tables')}; {profile.get('profiles', 0)} defined)"
 
 
+def _system_line(system: dict[str, Any]) -> str:
+    """``status``'s system audio captions: off, or the monitor recorded (and a call being recorded)."""
+    if not system.get("on"):
+        return "off"
+    where = system.get("monitor") if system.get("state") == "running" else system.get("state")
+    return f"{where}{' (recording a call)' if system.get('call') else ''}"
+
+
 def _format_status(status: dict[str, Any]) -> str:
     rows = [
         ("state", status.get("state")),
@@ -179,6 +187,7 @@ def _format_status(status: dict[str, Any]) -> str:
         ("log", status.get("log_file")),
         ("journal", status.get("journal_file") or "off"),
         ("profile", _profile_line(status.get("profile") or {})),
+        ("system audio", _system_line(status.get("system_audio") or {})),
     ]
     lines = [f"{name:>13}: {value}" for name, value in rows]
     lines += [f"{'warning':>13}: {w}" for w in status.get("warnings") or ()]

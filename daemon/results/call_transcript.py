@@ -30,7 +30,7 @@ log = logging.getLogger("qasr.call")
 MAX_TURNS = 100_000  # about a week of talk; more is refused rather than kept in memory
 
 
-def _clean(text: str) -> str:
+def clean_text(text: str) -> str:
     """Control characters never reach a file (line breaks become spaces)."""
     return " ".join("".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text).split())
 
@@ -61,7 +61,7 @@ class CallRecorder:
         if self._started is None or message.get("type") != "final":
             return
         source = message.get("source")
-        text = _clean(str(message.get("text") or ""))
+        text = clean_text(str(message.get("text") or ""))
         if source not in SPEAKERS or not text:
             return
         start_s, end_s = float(message.get("audio_start", 0.0)), float(message.get("audio_end", 0.0))
@@ -76,7 +76,7 @@ class CallRecorder:
             end = start + max(0.0, end_s - start_s)
             if end < 0:
                 return  # spoken before the recording began
-            words = tuple((_clean(str(w.get("word", ""))), start + float(w.get("start", 0.0)),
+            words = tuple((clean_text(str(w.get("word", ""))), start + float(w.get("start", 0.0)),
                            start + float(w.get("end", 0.0))) for w in message.get("words") or ())
             self._turns.append(Turn(SPEAKERS[source], source, max(0.0, start), end, text,
                                     message.get("language"), words, str(message.get("utterance_id", ""))))
