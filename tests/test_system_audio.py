@@ -4,7 +4,8 @@
 
 Every system final equals offline ``transcribe`` of the audio the daemon used (``debug.save_audio_dir``);
 speech into both at once gives both, dictation's final first (the LIVE lane waits for it); the call
-transcript holds both sides in audio-time order in every format; a muted output captions nothing; the
+transcript holds both sides in audio-time order in every format, with word timestamps (the aligner is
+installed: a call turns them on); a muted output captions nothing; the
 default output switching mid-session keeps captioning; without parec/pactl the microphone keeps working
 and system audio is one warning line."""
 
@@ -45,13 +46,13 @@ def pulse():
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory, tiny_bundle, pulse):
+def daemon(tmp_path_factory, tiny_bundle, tiny_aligner_bundle, pulse):
     root = tmp_path_factory.mktemp("system-audio")
     env = DaemonProcess(root, extra_env=pulse.client_env)
     env.saved = root / "saved"
     try:
         env.start(tiny_bundle, "--set", "audio.system=true", "--set", f"debug.save_audio_dir={env.saved}",
-                  "--set", "vad.hangover_ms=450")
+                  "--set", "vad.hangover_ms=450", "--set", f"model.aligner={tiny_aligner_bundle}")
         env.wait_status(lambda s: (s.get("system_audio") or {}).get("state") == "running", timeout=30)
         env.events = Subscribers.of(env)
         yield env
@@ -120,14 +121,26 @@ def test_both_at_once_gives_both_dictation_first_and_a_call_transcript_in_audio_
     doc = json.loads(files["json"].read_text(encoding="utf-8"))
     assert [(t["speaker"], t["source"], t["text"]) for t in doc["turns"]] == [
         ("them", "system", by_source["system"]), ("you", "mic", by_source["mic"])]
-    assert doc["turns"][0]["start"] < doc["turns"][1]["start"] < doc["turns"][0]["end"]
+    assert -1.0 < doc["turns"][0]["start"] < doc["turns"][1]["start"] < doc["turns"][0]["end"]
+    for turn, message in zip(doc["turns"], (finals[1], finals[0])):  # a call gets words (the aligner is installed)
+        assert turn["words"] and len(turn["words"]) == len(message["words"])
+        assert turn["words"][0]["start"] == pytest.approx(turn["start"] + message["words"][0]["start"], abs=0.0021)
+        assert all(turn["start"] - 0.002 <= w["start"] <= w["end"] <= turn["end"] + 0.002 for w in turn["words"])
     txt = files["txt"].read_text(encoding="utf-8").splitlines()[1:]
     assert [line.split("] ", 1)[1] for line in txt] == [f"them: {by_source['system']}", f"you: {by_source['mic']}"]
-    srt = files["srt"].read_text(encoding="utf-8")
-    assert srt.index(f"them: {by_source['system']}") < srt.index(f"you: {by_source['mic']}")
-    vtt = files["vtt"].read_text(encoding="utf-8")
-    assert vtt.startswith("WEBVTT") and vtt.index("<v them>") < vtt.index("<v you>")
+    for ext, marks in (("srt", ("them: ", "you: ")), ("vtt", ("<v them>", "<v you>"))):
+        cues = cue_texts(files[ext].read_text(encoding="utf-8"))  # word-timed cues, in time order
+        assert cues[0].startswith(marks[0]) and all(c.startswith(marks) for c in cues)
+        for mark, turn in zip(marks, doc["turns"]):
+            spoken = " ".join(c[len(mark):] for c in cues if c.startswith(mark)).split()
+            assert spoken == " ".join(w["word"] for w in turn["words"]).split()
     assert not daemon.status()["system_audio"]["call"]
+
+
+def cue_texts(subtitles: str) -> list[str]:
+    """The text of each SRT/WebVTT cue (the lines after its timing line), in file order."""
+    blocks = [b.splitlines() for b in subtitles.strip().split("\n\n")]
+    return [" ".join(b[i + 1:]) for b in blocks for i, line in enumerate(b) if "-->" in line]
 
 
 def test_switching_the_default_output_mid_session_keeps_captioning(daemon, pulse, tiny_transcriber):

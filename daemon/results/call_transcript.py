@@ -7,7 +7,8 @@
 
 Finals of the microphone and of system audio are collected as they are published (with ``words`` when
 the aligner gave them), placed on the call's clock through their source's ``SourceClock`` (each source's
-stream time → wall clock), and written at ``stop`` by ``transcript_files`` in audio-time order, with the
+stream time → wall clock; a turn spoken as the recording began may start a little before 0, by the VAD's
+pre-roll; subtitles show it at 0), and written at ``stop`` by ``transcript_files`` in audio-time order, with the
 echo rule applied. Nothing said, nothing written: a recording without turns leaves no files.
 """
 
@@ -78,7 +79,7 @@ class CallRecorder:
                 return  # spoken before the recording began
             words = tuple((clean_text(str(w.get("word", ""))), start + float(w.get("start", 0.0)),
                            start + float(w.get("end", 0.0))) for w in message.get("words") or ())
-            self._turns.append(Turn(SPEAKERS[source], source, max(0.0, start), end, text,
+            self._turns.append(Turn(SPEAKERS[source], source, start, end, text,
                                     message.get("language"), words, str(message.get("utterance_id", ""))))
 
     def stop(self, settle: Callable[[], None] = lambda: None) -> dict:

@@ -35,7 +35,7 @@ _WORD = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]|[^\W_]+", re.UNIC
 class Turn:
     speaker: str  # "you" (microphone) or "them" (system audio)
     source: str
-    start: float  # seconds from the start of the recording
+    start: float  # seconds from the start of the recording (a little below 0 for speech that began before it)
     end: float
     text: str
     language: str | None = None
@@ -81,12 +81,13 @@ def to_txt(turns: list[Turn], started: datetime) -> str:
 
 
 def cues(turns: list[Turn], label) -> list[Cue]:
-    """One cue per turn, or word-timed cues when the turn has words; ``label(speaker, text)`` marks each."""
+    """One cue per turn, or word-timed cues when the turn has words, in time order (overlapping speech
+    interleaves); ``label(speaker, text)`` marks each."""
     out = []
     for t in turns:
         pieces = word_cues(t.words) if t.words else [Cue(t.start, max(t.end, t.start + 0.001), t.text)]
         out += [Cue(c.start, c.end, label(t.speaker, c.text)) for c in pieces]
-    return out
+    return sorted(out, key=lambda c: (c.start, c.end))
 
 
 def to_srt(turns: list[Turn]) -> str:
