@@ -3,13 +3,15 @@
 
     .venv/bin/python scripts/bench_system_audio.py --model DIR [--rounds 3] [--idle-s 30] [--json]
 
-- ``idle``: both sources open (the microphone ``vsink.monitor`` and system audio ``speakers.monitor``),
-  nothing playing, for ``--idle-s`` seconds: CPU of the daemon and of its children (parec, pactl
-  subscribe) in % of one core, and the finals that came (must be 0).
+- ``idle``: nothing playing, for ``--idle-s`` seconds, first with the microphone alone (``vsink.monitor``),
+  then with system audio on too (``system-audio on``: ``speakers.monitor``): CPU of the daemon and of its
+  children (parec, pactl subscribe) in % of one core, and the events that came (must be 0).
 - ``system_final``: espeak-ng speech played into the default output ``speakers``; ``end_to_final_ms`` =
   arrival of the system ``final`` − end of the speech (paplay's exit − the file's trailing silence),
   alone and ``with_dictation`` (other speech played into the microphone at the same time, starting 0.4 s
-  later and ending after it: the LIVE lane waits for dictation's final). Medians over ``--rounds``.
+  later and ending after it: the LIVE lane waits for dictation's final). ``daemon_latency_ms`` = the final's
+  ``timings.latency_ms`` (the utterance's end, after the VAD hangover → final emitted; includes any wait
+  behind dictation); ``mic_latency_ms``: the same for dictation's final. Medians over ``--rounds``.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def family_cpu(pid: int) -> float:
     return total
 
 
-def run_round(daemon, events, pulse, with_dictation: bool) -> float | None:
+def run_round(daemon, events, pulse, with_dictation: bool) -> tuple[float, float, float] | None:
     system_wav, mic_wav = espeak_wav(SYSTEM_TEXT), espeak_wav(MIC_TEXT)
     mark = events.mark()
     player = pulse.play(system_wav, wait=False, sink="speakers")
@@ -69,12 +71,25 @@ def run_round(daemon, events, pulse, with_dictation: bool) -> float | None:
     player.wait(timeout=60)
     speech_end = time.monotonic() - trailing_silence_s(system_wav)
     final = events.wait(mark, "final", timeout_s=120, source="system")
+    mic_latency = float("nan")
     if dictation is not None:
         dictation.join()
-        events.wait(mark, "final", timeout_s=120, source="mic")
+        mic = events.wait(mark, "final", timeout_s=120, source="mic")
+        mic_latency = float((mic or {}).get("timings", {}).get("latency_ms", float("nan")))
     time.sleep(1.0)
     arrival = next((t for t, m in events.events() if m is final), None)
-    return None if arrival is None else (arrival - speech_end) * 1000.0
+    if arrival is None or len(events.since(mark, "final", source="system")) != 1:
+        return None  # no final, or the speech was cut in two: not this measurement
+    return (arrival - speech_end) * 1000.0, float(final["timings"].get("latency_ms", float("nan"))), mic_latency
+
+
+def idle(daemon, events, seconds: float, label: str) -> dict:
+    pid = daemon.pid()
+    mark, cpu0, t0 = events.mark(), family_cpu(pid), time.monotonic()
+    time.sleep(seconds)
+    wall = time.monotonic() - t0
+    return {"bench": "idle", "sources": label, "seconds": round(wall, 1),
+            "cpu_pct": round(100.0 * (family_cpu(pid) - cpu0) / wall, 2), "events": len(events.since(mark))}
 
 
 def main() -> int:
@@ -91,23 +106,24 @@ def main() -> int:
     try:
         pulse.start()
         daemon = DaemonProcess(root / "daemon", extra_env=pulse.client_env)
-        daemon.start(Path(args.model), "--set", "audio.system=true", "--set", "vad.hangover_ms=450")
-        daemon.wait_status(lambda s: (s.get("system_audio") or {}).get("state") == "running", timeout=60)
+        daemon.start(Path(args.model), "--set", "vad.hangover_ms=450")
+        daemon.wait_state(("listening",), timeout=60)
         events = Subscribers.of(daemon)
         time.sleep(3.0)
-        pid = daemon.pid()
-        mark, cpu0, t0 = events.mark(), family_cpu(pid), time.monotonic()
-        time.sleep(args.idle_s)
-        cpu = family_cpu(pid) - cpu0
-        results.append({"bench": "idle", "seconds": round(time.monotonic() - t0, 1),
-                        "cpu_pct": round(100.0 * cpu / (time.monotonic() - t0), 2),
-                        "finals": len(events.since(mark, "final")), "partials": len(events.since(mark, "partial"))})
+        results.append(idle(daemon, events, args.idle_s, "mic"))
+        daemon.control("system-audio", action="on")
+        daemon.wait_status(lambda s: (s.get("system_audio") or {}).get("state") == "running", timeout=60)
+        time.sleep(3.0)
+        results.append(idle(daemon, events, args.idle_s, "mic+system"))
         for with_dictation in (False, True):
-            latencies = [run_round(daemon, events, pulse, with_dictation) for _ in range(args.rounds)]
-            got = [x for x in latencies if x is not None]
+            runs = [run_round(daemon, events, pulse, with_dictation) for _ in range(args.rounds)]
+            got = [x for x in runs if x is not None]
             results.append({"bench": "system_final", "with_dictation": with_dictation,
-                            "end_to_final_ms": round(statistics.median(got), 1) if got else None,
-                            "runs_ms": [round(x, 1) for x in got]})
+                            "end_to_final_ms": round(statistics.median(x[0] for x in got), 1) if got else None,
+                            "daemon_latency_ms": round(statistics.median(x[1] for x in got), 1) if got else None,
+                            "mic_latency_ms": round(statistics.median(x[2] for x in got), 1) if with_dictation and got
+                            else None,
+                            "runs_ms": [round(float(x[0]), 1) for x in got], "cut_or_missing": len(runs) - len(got)})
     finally:
         if events is not None:
             events.close()
