@@ -12,10 +12,8 @@ and system audio is one warning line."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
