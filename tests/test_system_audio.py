@@ -167,6 +167,7 @@ def test_without_parec_the_microphone_keeps_working_and_system_audio_is_one_line
         notes = [w for w in status["warnings"] if "system audio" in w]
         assert notes == ["no system audio captions: parec and pactl are missing (install pulseaudio-utils); "
                          "the microphone keeps working"]
+        assert env.control("record-call", action="start")["recording"]  # a call records "you" at least
         events = Subscribers.of(env)
         try:
             mark = events.mark()
@@ -175,9 +176,12 @@ def test_without_parec_the_microphone_keeps_working_and_system_audio_is_one_line
             assert final is not None and final["source"] == "mic"
         finally:
             events.close()
-        assert "Traceback" not in env.log()
     finally:
-        env.stop()
+        env.stop()  # stopping the daemon ends the call: its transcript is written
+    assert "Traceback" not in env.log()
+    [written] = (env.root / "data" / "qasr" / "transcripts").glob("call-*.json")
+    turns = json.loads(written.read_text(encoding="utf-8"))["turns"]
+    assert [(t["speaker"], t["utterance_id"]) for t in turns] == [("you", final["utterance_id"])]
 
 
 def test_no_sound_server_is_a_clear_error(tmp_path, monkeypatch):
