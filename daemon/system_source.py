@@ -59,7 +59,13 @@ class SystemSource:
     def _close(self) -> None:
         source, self.source = self.source, None
         source.stop()
+        self._forget_warning()
         log.info("system audio captions off")
+
+    def _forget_warning(self) -> None:
+        if self._warned is not None:
+            self.parts.warnings = [w for w in self.parts.warnings if w != self._warned]
+            self._warned = None
 
     def _on_state(self, state: str, message: str) -> None:
         """One warning line while there is nothing to capture (status, log, subscribers), gone once there is."""
@@ -67,9 +73,8 @@ class SystemSource:
             self._warned = f"{NO_SYSTEM_AUDIO}: {message.split(' (retrying')[0]}; the microphone keeps working"
             self.parts._warn(self._warned)
             self.parts.publish_warning("system_audio", self._warned)
-        elif state == "running" and self._warned is not None:
-            self.parts.warnings = [w for w in self.parts.warnings if w != self._warned]
-            self._warned = None
+        elif state == "running":
+            self._forget_warning()
 
     def _clock_of(self, source: str) -> SourceClock | None:
         owner = self.source if source == SOURCE else self.parts.microphone
