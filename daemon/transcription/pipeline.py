@@ -10,9 +10,9 @@ dropped, and come out in utterance order); partials are a flag, not a queue, so 
 behind the intermediate partials are skipped and only the newest state is decoded.
 Lanes, served in this order: ``DICTATION`` (the microphone, WebSocket and Wyoming audio), ``LIVE``
 (system audio captions) and ``BACKGROUND`` (``begin(background=True)``: OpenAI requests). A lower lane
-runs only when no higher lane has work for the decoder; while a dictation utterance is being spoken its
-finals and prepares wait at most ``HOLD_S[lane]`` (a final once started is never stopped), and a live
-partial step in flight is interrupted when a dictation utterance pauses or ends.
+runs only when no higher lane has work for the decoder; while a dictation utterance is being spoken a
+lower lane's work waits at most ``HOLD_S[lane]`` (a final once started is never stopped; LIVE partial
+steps do not wait: one in flight is interrupted when a dictation utterance pauses or ends).
 
 Pauses: ``pause(utterance)`` (the speaker paused: the utterance's audio is complete unless speech
 resumes) asks the decoder to prepare the final now (``stream.prepare_final``), before any partial and
