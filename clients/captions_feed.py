@@ -8,6 +8,8 @@
 The daemon need not be running yet: the feed keeps trying with exponential back-off and reports each
 failed attempt as a ``disconnected`` event. Once connected, QasrClient itself reconnects (and re-reads the
 daemon's info file, so a restarted daemon on another port is found); a fresh ``hello`` means connected.
+With ``system_audio`` the feed asks the daemon for system audio captions at every (re)connection
+(``system_audio`` request) and gives the request back when it stops.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import threading
 from dataclasses import dataclass
 
 from qasr.errors import QasrError
+from qasr.protocol import client_message
 
 SUBSCRIBE = ("state", "vad", "partial", "final")
 
@@ -29,6 +32,7 @@ class FeedOptions:
     token: str | None = None  # None: the daemon's token file
     first_delay_s: float = 0.5
     max_delay_s: float = 5.0
+    system_audio: bool = False  # ask for captions of system audio while the feed runs
 
 
 class EventFeed:
@@ -76,6 +80,12 @@ class EventFeed:
             delay = o.first_delay_s
             try:
                 async for event in client:
+                    if o.system_audio and event.raw.get("type") == "hello":
+                        with contextlib.suppress(QasrError):
+                            await client.send(client_message("system_audio", enabled=True))
                     self.events.put(event.raw)
             finally:
+                if o.system_audio:
+                    with contextlib.suppress(Exception):
+                        await client.send(client_message("system_audio", enabled=False))
                 await client.close()

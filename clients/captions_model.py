@@ -8,6 +8,10 @@
             ...
     view.opacity                                         # 1.0 while speech is recent, down to 0.0 as it fades
 
+``sources`` picks whose words are shown (the microphone ``mic``, system audio ``system``: what the
+computer plays); with ``labels`` each utterance whose source differs from the one before it starts with
+``you:`` or ``them:``.
+
 Text flows like a teleprompter: finished utterances (finals) and the committed part of the utterance in
 progress are solid, its tentative tail is dimmed; wrapped to ``width`` (measured with ``measure``: pixels
 in the overlay, display columns by default) and only the newest ``max_lines`` lines are shown, so older
@@ -31,6 +35,16 @@ CONNECTED = "connected"
 RECONNECTING = "reconnecting"
 
 Measure = Callable[[str], float]
+LABELS = {"mic": "you:", "system": "them:"}  # other sources (WebSocket streams...) by their own name
+
+
+def source_of(event: dict) -> str:
+    """A partial's or final's source; a daemon from before sources were sent means the microphone."""
+    return str(event.get("source") or "mic")
+
+
+def label(source: str) -> str:
+    return LABELS.get(source, f"{source.partition(':')[0]}:")
 
 
 @dataclass(frozen=True)
@@ -39,6 +53,8 @@ class CaptionOptions:
     fade_after_s: float = 6.0  # seconds without transcript events before the captions fade
     fade_s: float = 1.0  # length of the fade-out
     history_chars: int = 2000  # finished text kept for wrapping; older text is dropped
+    sources: tuple[str, ...] = ()  # event sources shown ("mic", "system"...); empty: all
+    labels: bool = False  # mark whose words they are ("you:", "them:") where the source changes
 
     def __post_init__(self) -> None:
         if self.max_lines < 1:
@@ -92,7 +108,8 @@ class CaptionModel:
     def __init__(self, options: CaptionOptions | None = None) -> None:
         self.options = options or CaptionOptions()
         self._finished = ""  # text of finals still on screen
-        self._live: OrderedDict[str, tuple[str, str]] = OrderedDict()  # utterance id -> (committed, tentative)
+        self._live: OrderedDict[str, tuple[str, str, str]] = OrderedDict()  # id -> (committed, tentative, source)
+        self._finished_source: str | None = None  # whose words end the finished text
         self._last_activity: float | None = None
         self.connection = CONNECTING
         self.detail = ""
@@ -103,11 +120,13 @@ class CaptionModel:
         """Take one qasr.v1 event dict; True when what is shown may have changed."""
         self._expire(now)
         kind = event.get("type")
+        if kind in ("partial", "final") and self.options.sources and source_of(event) not in self.options.sources:
+            return False
         if kind == "partial":
             self.partial(str(event.get("utterance_id", "")), event.get("committed") or "",
-                         event.get("tentative") or "", now)
+                         event.get("tentative") or "", now, source_of(event))
         elif kind == "final":
-            self.final(str(event.get("utterance_id", "")), event.get("text") or "", now)
+            self.final(str(event.get("utterance_id", "")), event.get("text") or "", now, source_of(event))
         elif kind == "hello":
             self.set_connection(CONNECTED)
         elif kind == "disconnected":
@@ -120,30 +139,38 @@ class CaptionModel:
             return False
         return True
 
-    def partial(self, utterance_id: str, committed: str, tentative: str, now: float) -> None:
+    def partial(self, utterance_id: str, committed: str, tentative: str, now: float, source: str = "mic") -> None:
         self._expire(now)
-        self._live[utterance_id] = (committed, tentative)
+        self._live[utterance_id] = (committed, tentative, source)
         self._last_activity = now
 
-    def final(self, utterance_id: str, text: str, now: float) -> None:
+    def final(self, utterance_id: str, text: str, now: float, source: str = "mic") -> None:
         self._expire(now)
         self._live.pop(utterance_id, None)
         text = text.strip()
         if text:
-            self._finished = join_text(self._finished, text)[-self.options.history_chars:]
+            self._finish_text(text, source)
         self._last_activity = now
+
+    def _finish_text(self, text: str, source: str) -> None:
+        if self.options.labels and source != self._finished_source:
+            text = f"{label(source)} {text}"
+        self._finished_source = source
+        self._finished = join_text(self._finished, text)[-self.options.history_chars:]
 
     def set_connection(self, state: str, detail: str = "") -> None:
         self.connection = state
         self.detail = detail if state != CONNECTED else ""
         if state != CONNECTED:
             # Utterances in flight will never get their final from a lost connection: keep their text solid.
-            for committed, tentative in self._live.values():
-                self._finished = join_text(self._finished, (committed + tentative).strip())
+            for committed, tentative, source in self._live.values():
+                if (committed + tentative).strip():
+                    self._finish_text((committed + tentative).strip(), source)
             self._live.clear()
 
     def clear(self) -> None:
         self._finished = ""
+        self._finished_source = None
         self._live.clear()
         self._last_activity = None
 
@@ -176,12 +203,17 @@ class CaptionModel:
         text = self._finished
         if text:
             spans.append(Span(text, COMMITTED))
-        for committed, tentative in self._live.values():
+        shown_source = self._finished_source
+        for committed, tentative, source in self._live.values():
             first = True
             for piece, style in ((committed, COMMITTED), (tentative, TENTATIVE)):
                 if not piece:
                     continue
-                if first:  # a new utterance: separate it from what precedes it
+                if first:  # a new utterance: separate it from what precedes it (and say whose it is)
+                    if self.options.labels and source != shown_source:
+                        _append(spans, separator(text, "x") + label(source), COMMITTED)
+                        text += separator(text, "x") + label(source)
+                    shown_source = source
                     piece = separator(text, piece) + piece
                     first = False
                 text += piece

@@ -57,6 +57,9 @@ class OverlayOptions:
     hide_when_idle: bool = True  # no text and connected: the window is withdrawn
     url: str | None = None
     token: str | None = None
+    sources: tuple[str, ...] = ()  # whose words: "mic", "system" (what the computer plays); empty: all
+    labels: bool = False  # "you:" / "them:" where the source changes
+    system_audio: bool = False  # ask the daemon for system audio captions while the overlay runs
 
 
 def parse_position(text: str) -> str | tuple[int, int]:
@@ -146,7 +149,8 @@ class CaptionsOverlay:
             raise QasrError(f"--align must be left, center or right (got {self.options.align!r})")
         self.position = parse_position(self.options.position)
         self.model = cm.CaptionModel(cm.CaptionOptions(
-            max_lines=self.options.lines, fade_after_s=self.options.fade_after_s, fade_s=self.options.fade_s))
+            max_lines=self.options.lines, fade_after_s=self.options.fade_after_s, fade_s=self.options.fade_s,
+            sources=tuple(self.options.sources), labels=self.options.labels))
         self.events: queue.Queue = events if events is not None else queue.Queue()
         self.passive: dict[str, bool] = {}
         self._feed = None
@@ -286,7 +290,8 @@ class CaptionsOverlay:
         from qasr.clients.captions_feed import EventFeed, FeedOptions
 
         if follow_daemon:
-            self._feed = EventFeed(self.events, FeedOptions(url=self.options.url, token=self.options.token))
+            self._feed = EventFeed(self.events, FeedOptions(url=self.options.url, token=self.options.token,
+                                                            system_audio=self.options.system_audio))
             self._feed.start()
         previous = {sig: signal.signal(sig, self.request_quit) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:

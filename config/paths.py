@@ -29,6 +29,11 @@ def models_dir() -> Path:
     return data_dir() / "models"
 
 
+def transcripts_dir() -> Path:
+    """Call transcripts (`qasr-daemon record-call`): $XDG_DATA_HOME/qasr/transcripts."""
+    return data_dir() / "transcripts"
+
+
 def cache_dir() -> Path:
     return _xdg("XDG_CACHE_HOME", ".cache") / APP
 

@@ -67,6 +67,7 @@ class AudioSettings:
     block_ms: int = _opt(60, min=10, max=200, restart=True)
     preroll_s: float = _opt(1.0, min=0.0, max=10.0, restart=True)
     queue_s: float = _opt(30.0, min=1.0, max=600.0, restart=True)
+    system: bool = _opt(False)  # captions of what the computer plays (the default output's monitor)
 
 
 @dataclass(frozen=True)

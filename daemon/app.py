@@ -217,6 +217,7 @@ class Daemon:
         log.info("stopping")
         self._set_state("stopping")
         self.parts.stop_microphone(finish_utterance=True)
+        self.parts.system.shutdown()  # system audio off; a call being recorded is written (with the last finals)
         pipeline = self.parts.pipeline
         if pipeline is not None and not pipeline.drain(DRAIN_TIMEOUT_S):
             log.error("gave up waiting for pending finals after %.0f s", DRAIN_TIMEOUT_S)

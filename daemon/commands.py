@@ -2,6 +2,7 @@
 
     status  stop  reload  start-utterance  stop-utterance  toggle  cancel  set(language, context)
     history(count, search)  history-copy(n)  history-clear  paste-last  undo   (comfort_commands.py)
+    system-audio(action on|off|status)  record-call(action start|stop|status)   (system_commands.py)
 
 The WebSocket spells four of them the short way (``start``, ``stop``, ``toggle``, ``cancel``); the hotkey
 sends ``start``/``stop``/``cancel`` presses, which mean push-to-talk in ptt/toggle mode and
@@ -14,15 +15,15 @@ import logging
 import os
 from typing import Any, Callable
 
-from qasr.daemon import comfort_commands
+from qasr.daemon import comfort_commands, system_commands
 from qasr.errors import QasrError
 
 log = logging.getLogger("qasr.commands")
 
 COMMANDS = ("status", "stop", "reload", "start-utterance", "stop-utterance", "toggle", "cancel", "set",
-            *comfort_commands.NAMES)
+            *comfort_commands.NAMES, *system_commands.NAMES)
 WEBSOCKET_NAMES = {"start": "start-utterance", "stop": "stop-utterance", "toggle": "toggle", "cancel": "cancel",
-                   "set": "set", **comfort_commands.WEBSOCKET_NAMES}
+                   "set": "set", **comfort_commands.WEBSOCKET_NAMES, **system_commands.WEBSOCKET_NAMES}
 MIC_COMMANDS = ("start-utterance", "stop-utterance", "toggle", "cancel")
 
 
@@ -48,6 +49,8 @@ class CommandHandler:
             return d.set_engine(language=args.get("language"), context=args.get("context"))
         if name in comfort_commands.NAMES:
             return comfort_commands.run(d.parts, name, args)
+        if name in system_commands.NAMES:
+            return system_commands.run(d.parts, name, args)
         if name not in MIC_COMMANDS:
             raise QasrError(f"unknown command {name!r}; use one of {', '.join(COMMANDS)}")
         if d.state == "stopping":

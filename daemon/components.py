@@ -34,6 +34,7 @@ from qasr.daemon.server.control_socket import ControlServer
 from qasr.daemon.server.ws_server import EventServer
 from qasr.daemon.results.text_shaping import TextShaper
 from qasr.daemon.results.utterance_audio import UtteranceAudioSaver
+from qasr.daemon.system_source import SystemSource
 from qasr.errors import QasrError
 
 log = logging.getLogger("qasr.components")
@@ -50,6 +51,7 @@ class Components:
         self.pipeline: Pipeline | None = None
         self.router = ResultRouter(self.publish, live_typing=lambda: self.settings.output.live)
         self.microphone: Microphone | None = None
+        self.system = SystemSource(self)  # system audio captions and the call recorder
         self.server: EventServer | None = None
         self.server_handler: DaemonServerHandler | None = None
         self.control: ControlServer | None = None
@@ -92,6 +94,7 @@ class Components:
         self._start_server()
         self._start_wyoming()
         self.open_microphone()
+        self.system.update()
         self._start_hotkey()
         self._start_action_keys()
 
@@ -100,7 +103,8 @@ class Components:
         when words are wanted: at start with [output] word_timestamps, else at the first request for them."""
         s = self.settings
         self.aligner = AlignerHost(opts.aligner_path(s), opts.aligner_options(s), warn=self._warn)
-        self.router.words = FinalWords(self.aligner, lambda: self.daemon.settings.output.word_timestamps)
+        self.router.words = FinalWords(self.aligner, lambda: self.daemon.settings.output.word_timestamps
+                                       or self.system.recorder.recording)
         if s.output.word_timestamps:
             self._want_words()
 
@@ -346,6 +350,8 @@ class Components:
 
     # ------------------------------------------------------------------ publishing
     def publish(self, message: dict | None) -> None:
+        if message is not None:
+            self.system.observe(message)  # the call recorder
         if message is not None and self.server is not None:
             self.server.publish(message)
 
@@ -364,6 +370,8 @@ class Components:
         if new.vad != old.vad or new.engine.max_utterance_s != old.engine.max_utterance_s:
             if self.microphone is not None:  # replaced once no utterance is open
                 self.microphone.set_segmenter_options(self.segmenter_options())
+        if new.audio.system != old.audio.system:
+            self.system.update()
         if new.journal != old.journal:
             self.router.journal = Journal(opts.journal_options(new))
         if replace(new.output, word_timestamps=False) != replace(old.output, word_timestamps=False):
@@ -385,6 +393,7 @@ class Components:
             self.hotkey.stop()
             self.hotkey = None
         self.router.shaper = None
+        self.system.shutdown()
         self.stop_microphone(finish_utterance=False)
         if self.aligner is not None:
             self.aligner.close()  # after the finals that wait for their words went out

@@ -39,6 +39,7 @@ def daemon_status(daemon: Any) -> dict[str, Any]:
         "profile": p.router.profile_status(),
         "save_audio_dir": s.debug.save_audio_dir or None,
         "word_timestamps": _words(s, p),
+        "system_audio": p.system.status() if getattr(p, "system", None) is not None else None,
         "warnings": list(p.warnings),
     }
 

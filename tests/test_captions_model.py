@@ -1,4 +1,5 @@
-"""Caption state: committed/tentative merge, wrapping and scrolling, fading by time, connection state."""
+"""Caption state: committed/tentative merge, wrapping and scrolling, fading by time, connection state, sources
+and labels; the captions feed asking for system audio."""
 
 from __future__ import annotations
 
@@ -151,3 +152,52 @@ def test_options_are_checked():
         CaptionOptions(max_lines=0)
     with pytest.raises(ValueError):
         CaptionOptions(fade_after_s=0)
+
+
+def test_sources_pick_whose_words_are_shown_and_labels_say_whose_they_are():
+    def sourced(event, source):
+        return {**event, "source": source}
+
+    system_only = CaptionModel(CaptionOptions(sources=("system",)))
+    assert not system_only.apply(sourced(final("1", "typed by me"), "mic"), now=0)
+    assert system_only.apply(sourced(final("2", "the video says hi"), "system"), now=0)
+    assert not system_only.apply(final("3", "an old daemon's final is the microphone's"), now=0)
+    assert system_only.view(80, now=0.1).text == "the video says hi"
+
+    both = CaptionModel(CaptionOptions(max_lines=5, sources=("mic", "system"), labels=True))
+    both.apply(sourced(final("1", "Hello there."), "system"), now=0)
+    both.apply(sourced(final("2", "And again."), "system"), now=0)
+    both.apply(sourced(partial("3", "I can ", "hear"), "mic"), now=0)
+    assert both.view(200, now=0.1).text == "them: Hello there. And again. you: I can hear"
+    both.apply(sourced(final("3", "I can hear you."), "mic"), now=0.2)
+    both.apply(sourced(partial("4", "Good", ""), "system"), now=0.3)
+    assert both.view(200, now=0.4).text == "them: Hello there. And again. you: I can hear you. them: Good"
+
+
+def test_the_feed_asks_for_system_audio_while_it_runs_and_gives_it_back(tmp_path):
+    import queue
+
+    from qasr.clients.captions_feed import EventFeed, FeedOptions
+    from qasr.daemon.server.ws_server import BaseServerHandler
+    from tests.test_captions_overlay import FakeDaemon, wait_for
+
+    class Recorder(BaseServerHandler):
+        def __init__(self):
+            self.asked: list = []
+
+        def on_command(self, client_id, msg):
+            self.asked.append((msg["type"], msg.get("enabled")))
+            return {"on": bool(msg.get("enabled"))}
+
+    handler = Recorder()
+    daemon = FakeDaemon(tmp_path, handler)
+    feed = EventFeed(queue.Queue(), FeedOptions(url=daemon.server.ws_url, token=daemon.server.token,
+                                                system_audio=True))
+    feed.start()
+    try:
+        assert wait_for(lambda: handler.asked == [("system_audio", True)], 30)
+    finally:
+        feed.stop()
+        wait_for(lambda: len(handler.asked) == 2, 10)
+        daemon.stop()
+    assert handler.asked == [("system_audio", True), ("system_audio", False)]

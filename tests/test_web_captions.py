@@ -231,6 +231,34 @@ def test_page_in_chromium_shows_events_and_reconnects(tmp_path):
     assert all("token" not in query for _, query in handler.requests)  # the fragment never reaches the server
 
 
+def test_page_shows_the_sources_asked_for_and_labels_both(tmp_path):
+    runtime = Path(tempfile.mkdtemp(prefix="qasr-web-"))
+    daemon = FakeDaemon(runtime, PagesHandler())
+    url = web_pages.captions_url(daemon.server.http_url, daemon.server.token, source="both", lines=4)
+    browser = Browser(url, tmp_path / "profile")
+
+    def sourced(event: dict, source: str) -> dict:
+        return {**event, "source": source}
+
+    async def script():
+        async with browser as page:
+            assert await page.wait_for("document.body.dataset.connection === 'connected'", 90)
+            daemon.publish(sourced(final_event("1", "The video says hello."), "system"))
+            daemon.publish(sourced(final_event("2", "Not shown."), "ws:c1"))
+            daemon.publish(sourced(partial_event("3", "I ", "answer"), "mic"))
+            assert await page.wait_for("document.querySelector('#text .tentative') !== null", 30)
+            shown = state(await page.evaluate(CAPTION_STATE))
+            assert shown["text"] == "them: The video says hello. you: I answer"
+            assert shown["tentative"] == "answer"
+
+    try:
+        asyncio.run(script())
+    finally:
+        browser.close()
+        daemon.stop()
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
 def test_page_without_a_token_says_how_to_get_one(tmp_path):
     runtime = Path(tempfile.mkdtemp(prefix="qasr-web-"))
     daemon = FakeDaemon(runtime, PagesHandler())

@@ -31,6 +31,10 @@
   if (["left", "center", "right"].includes(align)) root.setProperty("--align", align);
   const fadeAfterMs = number("fade", 6, 0, 3600) * 1000;
   const statusMode = ["auto", "always", "never"].includes(params.get("status")) ? params.get("status") : "auto";
+  // whose words: ?source=mic | system (what the computer plays) | both (labelled "you:" / "them:"); default all
+  const sourceParam = params.get("source");
+  const shownSources = { mic: ["mic"], system: ["system"], both: ["mic", "system"] }[sourceParam] || null;
+  const labelled = sourceParam === "both";
 
   const box = document.getElementById("box");
   const captions = document.getElementById("captions");
@@ -45,7 +49,8 @@
   const WIDE = /[\u1100-\u115F\u2E80-\uA4CF\uAC00-\uD7A3\uF900-\uFAFF\uFE30-\uFE4F\uFF00-\uFF60\uFFE0-\uFFE6]/;
   const HISTORY_CHARS = 2000;
   let finished = "";
-  const live = new Map(); // utterance id -> {committed, tentative}
+  let finishedSource = null; // whose words end `finished`
+  const live = new Map(); // utterance id -> {committed, tentative, source}
   let timed = null; // the newest final's word timestamps: {text, words: [{word, start, end}]}, stream seconds
   let fadeTimer = null;
 
@@ -55,17 +60,30 @@
     return " ";
   }
   function join(left, right) { return left + separator(left, right) + right; }
+  function sourceOf(event) { return String(event.source || "mic"); }
+  function label(source) { return ({ mic: "you:", system: "them:" })[source] || source.split(":")[0] + ":"; }
+  function finish(text, source) {
+    if (labelled && source !== finishedSource) text = label(source) + " " + text;
+    finishedSource = source;
+    finished = join(finished, text).slice(-HISTORY_CHARS);
+  }
 
   function spans() {
     const out = [];
     let text = finished;
+    let shownSource = finishedSource;
     if (finished) out.push(["committed", finished]);
     for (const u of live.values()) {
       let first = true;
       for (const [piece0, style] of [[u.committed, "committed"], [u.tentative, "tentative"]]) {
         if (!piece0) continue;
         let piece = piece0;
-        if (first) { piece = separator(text, piece) + piece; first = false; }
+        if (first) {
+          if (labelled && u.source !== shownSource) piece = label(u.source) + " " + piece;
+          shownSource = u.source;
+          piece = separator(text, piece) + piece;
+          first = false;
+        }
         text += piece;
         if (out.length && out[out.length - 1][0] === style) out[out.length - 1][1] += piece;
         else out.push([style, piece]);
@@ -116,23 +134,25 @@
   }
   function fadeOut() {
     box.classList.add("faded");
-    fadeTimer = setTimeout(() => { finished = ""; live.clear(); render(); box.classList.remove("faded"); }, 1000);
+    fadeTimer = setTimeout(() => { finished = ""; finishedSource = null; live.clear(); render(); box.classList.remove("faded"); }, 1000);
   }
 
   function settleLive() { // a lost connection never delivers the finals of utterances in flight
-    for (const u of live.values()) finished = join(finished, (u.committed + u.tentative).trim());
+    for (const u of live.values()) if ((u.committed + u.tentative).trim()) finish((u.committed + u.tentative).trim(), u.source);
     live.clear();
   }
 
   function onEvent(event) {
+    if ((event.type === "partial" || event.type === "final") && shownSources && !shownSources.includes(sourceOf(event))) return;
     switch (event.type) {
       case "partial":
-        live.set(String(event.utterance_id), { committed: event.committed || "", tentative: event.tentative || "" });
+        live.set(String(event.utterance_id), { committed: event.committed || "", tentative: event.tentative || "",
+                                               source: sourceOf(event) });
         break;
       case "final": {
         live.delete(String(event.utterance_id));
         const text = (event.text || "").trim();
-        if (text) finished = join(finished, text).slice(-HISTORY_CHARS);
+        if (text) finish(text, sourceOf(event));
         const base = Number(event.audio_start) || 0;
         timed = text && Array.isArray(event.words) && event.words.length ? {
           text, words: event.words.map(w => ({ word: String(w.word || ""), start: base + (Number(w.start) || 0),

@@ -14,6 +14,7 @@ from typing import Callable
 from qasr.daemon.audio.capture import AudioCapture, CaptureOptions
 from qasr.daemon.audio.segment_events import VadState
 from qasr.daemon.audio.segmenter import Segmenter, SegmenterOptions
+from qasr.daemon.audio.source_clock import SourceClock
 from qasr.daemon.transcription.pipeline import Pipeline
 from qasr.daemon.transcription.utterance_feed import UtteranceFeed
 from qasr.engine.audio_constants import SAMPLE_RATE
@@ -35,6 +36,7 @@ class Microphone:
         self.lock = threading.RLock()  # segmenter and feed
         self.feed = UtteranceFeed(pipeline, "mic", Segmenter(segmenter_options), on_vad=on_vad,
                                   on_begin=on_begin, on_end=on_end)
+        self.clock = SourceClock()  # stream time → wall clock (the call transcript orders sources by it)
         self.paused = False
         self._pending_options: SegmenterOptions | None = None  # new settings, applied once no utterance is open
         self._stop = threading.Event()
@@ -86,6 +88,7 @@ class Microphone:
                 was_recording = self.segmenter.in_utterance
                 self.feed.process(pcm)
                 recording = self.segmenter.in_utterance
+                self.clock.mark(self.segmenter.t_s)
                 if self._pending_options is not None and not recording:
                     self.feed.segmenter = Segmenter(self._pending_options)
                     self._pending_options = None

@@ -1,6 +1,7 @@
 """`qasr-daemon captions`: live captions of the running daemon in an always-on-top overlay window.
 
-``--print-url`` prints the address of the web captions page instead (for a browser or an OBS browser
+``--system`` captions what the computer plays (the daemon captures the default output while the overlay
+runs); ``--both`` shows the microphone and system audio together, labelled. ``--print-url`` prints the address of the web captions page instead (for a browser or an OBS browser
 source); it carries the token in the URL fragment, which browsers never send to a server.
 """
 
@@ -31,6 +32,11 @@ def register(subparsers) -> None:
     parser.add_argument("--background", default="#101214", help="background colour (default #101214)")
     parser.add_argument("--fade", type=_positive_float, default=6.0,
                         help="seconds without speech before the captions fade out (default 6)")
+    parser.add_argument("--system", action="store_true",
+                        help="captions of what the computer plays (system audio) instead of the microphone; the "
+                        "daemon captures its default output while the overlay runs")
+    parser.add_argument("--both", action="store_true",
+                        help="captions of the microphone and system audio together, labelled you: / them:")
     parser.add_argument("--url", help="WebSocket address of the daemon (default: read from its server info file)")
     parser.add_argument("--print-url", action="store_true",
                         help="print the web captions page address (with its token) and exit")
@@ -64,7 +70,12 @@ def run(args: argparse.Namespace) -> int:
         from qasr.daemon.server.web_pages import captions_url
 
         info = discover()
-        print(captions_url(info.http_url or f"http://127.0.0.1:{info.port}", info.token))
+        appearance = {"source": "both" if args.both else "system"} if args.system or args.both else {}
+        if appearance:  # the page only shows what it gets: turn system audio on now (`system-audio off` ends it)
+            from qasr.daemon.server import control_socket
+
+            control_socket.request("system-audio", action="on")
+        print(captions_url(info.http_url or f"http://127.0.0.1:{info.port}", info.token, **appearance))
         return 0
 
     from qasr.clients.captions_overlay import CaptionsOverlay, OverlayOptions
@@ -73,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         lines=args.lines, font=args.font, font_size=args.font_size, position=args.position, width=args.width,
         opacity=args.opacity, align=args.align, foreground=args.color, tentative=args.tentative_color,
         background=args.background, fade_after_s=args.fade, url=args.url,
+        sources=("mic", "system") if args.both else ("system",) if args.system else (),
+        labels=args.both, system_audio=args.system or args.both,
     ))
     overlay.run()
     return 0

@@ -193,6 +193,14 @@ def _desktop_rows(desktop: dict[str, Any], sink: str | None) -> list[tuple[str, 
     return rows
 
 
+def _system_line(system: dict[str, Any]) -> str:
+    """``status``'s system audio captions: off, or the monitor recorded (and a call being recorded)."""
+    if not system.get("on"):
+        return "off"
+    where = system.get("monitor") if system.get("state") == "running" else system.get("state")
+    return f"{where}{' (recording a call)' if system.get('call') else ''}"
+
+
 def _format_status(status: dict[str, Any]) -> str:
     rows = [
         ("state", status.get("state")),
@@ -210,6 +218,7 @@ def _format_status(status: dict[str, Any]) -> str:
         ("journal", status.get("journal_file") or "off"),
         ("profile", _profile_line(status.get("profile") or {})),
         *_desktop_rows(status.get("desktop") or {}, status.get("output")),
+        ("system audio", _system_line(status.get("system_audio") or {})),
     ]
     lines = [f"{name:>13}: {value}" for name, value in rows]
     lines += [f"{'warning':>13}: {w}" for w in status.get("warnings") or ()]

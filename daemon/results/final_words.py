@@ -10,7 +10,8 @@ The audio is exactly what the engine got for the utterance (the pipeline's block
 the words' times are seconds from the final's ``audio_start``. A final whose audio is not all here (word
 timestamps turned on by a reload in mid-utterance, an utterance longer than MAX_AUDIO_S) goes out without
 words, and so does one whose alignment fails (one log line). OpenAI requests align their own pieces
-(``openai_bridge``) and Wyoming transcripts have no words, so only ``mic`` and ``ws`` audio is kept.
+(``openai_bridge``) and Wyoming transcripts have no words, so only ``mic``, ``ws`` and ``system`` audio is
+kept. ``enabled`` is true with ``[output] word_timestamps`` and while a call transcript is recorded.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from qasr.engine.audio_constants import SAMPLE_RATE
 
 log = logging.getLogger("qasr.words")
 
-WORD_SOURCES = ("mic", "ws")  # source kinds whose finals get words
+WORD_SOURCES = ("mic", "ws", "system")  # source kinds whose finals get words
 MAX_AUDIO_S = 600.0  # a longer utterance (a WebSocket stream with segment "none") is not kept
 MAX_OPEN = 32  # utterances whose audio is kept at once (ones never ended are dropped, oldest first)
 SPAN_TOLERANCE_S = 0.001  # the kept audio must span the final's audio_start..audio_end to this

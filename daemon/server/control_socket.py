@@ -22,7 +22,7 @@ from qasr.errors import QasrError
 log = logging.getLogger("qasr.control")
 
 COMMANDS = ("status", "stop", "toggle", "start-utterance", "stop-utterance", "cancel", "reload",
-            "history", "history-copy", "history-clear", "paste-last", "undo")
+            "history", "history-copy", "history-clear", "paste-last", "undo", "system-audio", "record-call")
 MAX_REQUEST_BYTES = 65536
 
 

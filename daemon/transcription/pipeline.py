@@ -8,8 +8,11 @@ The encoder worker consumes an utterance's audio while the person speaks (``stre
 decoder worker works on the oldest utterance first: a requested final always runs (finals are never
 dropped, and come out in utterance order); partials are a flag, not a queue, so when decoding falls
 behind the intermediate partials are skipped and only the newest state is decoded.
-Background utterances (``begin(background=True)``: OpenAI requests) are served only when no
-foreground utterance (dictation, WebSocket and Wyoming audio) has work for the decoder.
+Lanes, served in this order: ``DICTATION`` (the microphone, WebSocket and Wyoming audio), ``LIVE``
+(system audio captions) and ``BACKGROUND`` (``begin(background=True)``: OpenAI requests). A lower lane
+runs only when no higher lane has work for the decoder; while a dictation utterance is being spoken a
+lower lane's work waits at most ``HOLD_S[lane]`` (a final once started is never stopped; LIVE partial
+steps do not wait: one in flight is interrupted when a dictation utterance pauses or ends).
 
 Pauses: ``pause(utterance)`` (the speaker paused: the utterance's audio is complete unless speech
 resumes) asks the decoder to prepare the final now (``stream.prepare_final``), before any partial and
@@ -53,6 +56,12 @@ class UtteranceFailed:
     type: str = field(default="error", init=False)
 
 
+DICTATION, LIVE, BACKGROUND = 0, 1, 2  # decoder lanes, highest priority first
+# how long a lane's final/prepare waits at most for a dictation utterance being spoken
+HOLD_S = {LIVE: 2.0, BACKGROUND: 5.0}
+BACKGROUND_HOLD_S = HOLD_S[BACKGROUND]
+
+
 PipelineEvent = Union[PartialEvent, FinalEvent, UtteranceCancelled, UtteranceFailed]
 Emit = Callable[[str, PipelineEvent], None]  # (source, event)
 
@@ -62,8 +71,8 @@ class _Utterance:
     id: str
     source: str
     options: StreamOptions
-    background: bool = False  # served only when no foreground (dictation) utterance has work
-    held_since: float | None = None  # when a background job was first held back for a foreground utterance
+    lane: int = DICTATION  # DICTATION, LIVE or BACKGROUND
+    held_since: float | None = None  # when a lower lane's job was first held back for a dictation utterance
     stream: UtteranceStream | None = None  # opened with the first audio, whose time fixes audio_start
     ended: float | None = None  # monotonic time the audio ended (latency is measured from here)
     audio_s: float = 0.0
@@ -77,7 +86,6 @@ class _Utterance:
 
 
 _STOP = object()
-BACKGROUND_HOLD_S = 5.0  # background work waits at most this long for a foreground utterance being spoken
 
 
 class Pipeline:
@@ -108,13 +116,15 @@ class Pipeline:
             thread.start()
 
     def begin(self, source: str = "mic", audio_start: float = 0.0, language: str | None = None,
-              context: str | None = None, continues: str | None = None, background: bool = False) -> str:
+              context: str | None = None, continues: str | None = None, background: bool = False,
+              lane: int = DICTATION) -> str:
         """A new utterance; returns its id. ``continues``: the utterance whose cut speech this one goes on.
-        ``background`` (files, Wyoming, OpenAI requests): the decoder serves it only when no foreground
-        utterance has work, so live dictation never waits for a queued job (a final in flight still ends)."""
+        ``background`` (OpenAI requests; the same as ``lane=BACKGROUND``): the decoder serves it only when
+        no other utterance has work, so live dictation never waits for a queued job (a final in flight
+        still ends). ``lane=LIVE`` (system audio): after dictation, before background jobs."""
         utterance_id = str(next(self._ids))
         options = StreamOptions(utterance_id, float(audio_start), language, context, continues)
-        self._inbox.put(("begin", utterance_id, (source, options, background)))
+        self._inbox.put(("begin", utterance_id, (source, options, BACKGROUND if background else lane)))
         return utterance_id
 
     def audio(self, utterance_id: str, pcm: np.ndarray, t_s: float | None = None, partial: bool = True) -> None:
@@ -141,13 +151,15 @@ class Pipeline:
         self._inbox.put(("cancel", utterance_id, None))
 
     def _interrupt_partial(self, utterance_id: str) -> None:
-        """A partial step of this utterance in flight is now wasted work that delays its final: stop it."""
+        """A partial step of this utterance, or of a lower lane's, in flight now delays this final: stop it."""
         with self._cond:
             utt = self._active.get(utterance_id)
-            decoding = self._decoding == utterance_id
-        if utt is not None and utt.stream is not None and decoding:
+            running = self._active.get(self._decoding) if self._decoding is not None else None
+        if running is None or running.stream is None:
+            return
+        if running is utt or (utt is not None and running.lane > utt.lane):
             try:
-                utt.stream.interrupt()
+                running.stream.interrupt()
             except Exception:  # an engine without interrupt support just finishes the step
                 log.debug("interrupt failed", exc_info=True)
 
@@ -191,8 +203,8 @@ class Pipeline:
                     return
                 kind, utterance_id, arg = item
                 if kind == "begin":
-                    source, options, background = arg
-                    utt = _Utterance(utterance_id, source, options, background)
+                    source, options, lane = arg
+                    utt = _Utterance(utterance_id, source, options, lane)
                     utterances[utterance_id] = utt
                     with self._cond:
                         self._active[utterance_id] = utt
@@ -257,32 +269,36 @@ class Pipeline:
 
     # -- decoder worker ------------------------------------------------------------------------
     def _next_job(self) -> tuple[_Utterance, str] | None:
-        """Foreground utterances first, then background ones; within each, the oldest first. While a
-        foreground utterance is still being spoken, background work does not start (a final once started
-        is never stopped, and would delay the coming dictation final), unless it has waited
-        BACKGROUND_HOLD_S already."""
-        job = self._next_of(False)
-        if job is not None:
-            return job
-        job = self._next_of(True)
-        if job is not None and self._foreground_open():
-            now = time.monotonic()
-            if job[0].held_since is None:
-                job[0].held_since = now
-            if now - job[0].held_since < BACKGROUND_HOLD_S:
-                if job[1] == "partial":
-                    job[0].partial_wanted = True  # taken back: asked again once it may run
-                elif job[1] == "prepare":
-                    job[0].prepare_wanted = True
-                return None
-        return job
+        """The highest lane with work first; within a lane, the oldest utterance first. While a dictation
+        utterance is still being spoken, a lower lane's final or prepare does not start (once started it
+        is never stopped, and would delay the coming dictation final) until it has waited HOLD_S[lane];
+        a live partial step may start: it is interrupted when the dictation utterance pauses or ends."""
+        for lane in (DICTATION, LIVE, BACKGROUND):
+            job = self._next_of(lane)
+            if job is not None and not self._held(*job):
+                return job
+        return None
 
-    def _foreground_open(self) -> bool:
-        return any(not u.background and u.ended is None and not u.cancelled for u in self._active.values())
+    def _held(self, utt: _Utterance, kind: str) -> bool:
+        if utt.lane == DICTATION or (utt.lane == LIVE and kind == "partial") or not self._dictation_open():
+            return False
+        now = time.monotonic()
+        if utt.held_since is None:
+            utt.held_since = now
+        if now - utt.held_since >= HOLD_S[utt.lane]:
+            return False
+        if kind == "partial":
+            utt.partial_wanted = True  # taken back: asked again once it may run
+        elif kind == "prepare":
+            utt.prepare_wanted = True
+        return True
 
-    def _next_of(self, background: bool) -> tuple[_Utterance, str] | None:
+    def _dictation_open(self) -> bool:
+        return any(u.lane == DICTATION and u.ended is None and not u.cancelled for u in self._active.values())
+
+    def _next_of(self, lane: int) -> tuple[_Utterance, str] | None:
         for utt in self._active.values():  # oldest first
-            if utt.background != background:
+            if utt.lane != lane:
                 continue
             if utt.final_wanted:
                 utt.prepare_wanted = False  # the final itself is due: nothing to prepare
@@ -304,7 +320,7 @@ class Pipeline:
                 job = self._next_job()
                 while job is None and not self._stopping:
                     held = any(u.held_since is not None for u in self._active.values())
-                    self._cond.wait(BACKGROUND_HOLD_S / 4 if held else None)  # a held job falls due
+                    self._cond.wait(HOLD_S[LIVE] / 4 if held else None)  # a held job falls due
                     job = self._next_job()
                 if job is None:
                     return

@@ -21,7 +21,7 @@ from qasr.daemon.audio.segment_events import (
     Cancelled, SegmentEvent, SpeechAudio, SpeechEnd, SpeechPause, SpeechStart, VadState,
 )
 from qasr.daemon.audio.segmenter import Segmenter
-from qasr.daemon.transcription.pipeline import Pipeline
+from qasr.daemon.transcription.pipeline import DICTATION, Pipeline
 
 # Silence (s) after which partial steps pause until the voice resumes: a running step would delay the final.
 PARTIAL_PAUSE_S = 0.25
@@ -33,14 +33,15 @@ class UtteranceFeed:
     ``on_begin(utterance_id)`` and ``on_end(utterance_id, ended, more_follows)`` let the caller track
     its utterances (``ended`` False: cancelled; ``more_follows``: speech cut at max length goes on).
     ``background``: the pipeline serves these utterances after foreground ones (OpenAI requests);
-    ``partials`` False: no partial steps at all (a request that wants only the final)."""
+    ``partials`` False: no partial steps at all (a request that wants only the final); ``lane``: the
+    pipeline's lane for the others (``pipeline.LIVE``: system audio)."""
 
     def __init__(self, pipeline: Pipeline, source: str, segmenter: Segmenter | None = None,
                  language: str | None = None, context: str | None = None,
                  on_vad: Callable[[VadState], None] | None = None,
                  on_begin: Callable[[str], None] | None = None,
                  on_end: Callable[[str, bool, bool], None] | None = None,
-                 background: bool = False, partials: bool = True) -> None:
+                 background: bool = False, partials: bool = True, lane: int = DICTATION) -> None:
         self.pipeline = pipeline
         self.source = source
         self.segmenter = segmenter
@@ -51,6 +52,7 @@ class UtteranceFeed:
         self._on_end = on_end
         self.background = background
         self.partials = partials
+        self.lane = lane
         # (language, context) -> (language, context) at each utterance start (the mic: per-application profiles)
         self.choose: Callable[[str | None, str | None], tuple[str | None, str | None]] | None = None
         self._open: dict[int, str] = {}  # segmenter utterance id -> pipeline utterance id
@@ -108,7 +110,7 @@ class UtteranceFeed:
             language, context = self.choose(language, context)
         utterance = self.pipeline.begin(self.source, audio_start=t_s, language=language, context=context,
                                         continues=self._last if continued else None,
-                                        background=self.background)
+                                        background=self.background, lane=self.lane)
         self._open[segment_id] = self._last = self.current = utterance
         if self._on_begin is not None:
             self._on_begin(utterance)

@@ -15,6 +15,7 @@ from qasr.protocol.constants import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
     PCM_FORMAT_NAMES,
+    RECORD_CALL_ACTIONS,
     SEGMENT_MODES,
     SUBSCRIBABLE,
     ErrorCode,
@@ -114,8 +115,19 @@ def _validate_history_copy(msg: dict) -> None:
     _optional_int(msg, "n", 1, 1 << 31)
 
 
+def _validate_system_audio(msg: dict) -> None:
+    _require(msg.get("enabled") is None or isinstance(msg["enabled"], bool),
+             "'enabled' must be true, false or null (null: only the status)")
+
+
+def _validate_record_call(msg: dict) -> None:
+    msg.setdefault("action", "status")
+    _require(msg["action"] in RECORD_CALL_ACTIONS, f"'action' must be one of {', '.join(RECORD_CALL_ACTIONS)}")
+
+
 _VALIDATORS = {"set": _validate_set, "audio.start": _validate_audio_start, "subscribe": _validate_subscribe,
-               "history": _validate_history, "history.copy": _validate_history_copy}
+               "history": _validate_history, "history.copy": _validate_history_copy,
+               "system_audio": _validate_system_audio, "record_call": _validate_record_call}
 
 
 def client_message(mtype: str, request_id: Any = None, **fields: Any) -> dict[str, Any]:

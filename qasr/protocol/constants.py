@@ -19,7 +19,11 @@ MAX_LANGUAGE_CHARS = 64
 MAX_ID_CHARS = 128
 
 COMMANDS = ("start", "stop", "toggle", "cancel", "set", "history", "history.copy", "history.clear", "paste_last",
-            "undo")
+            "undo", "system_audio", "record_call")
+RECORD_CALL_ACTIONS = ("start", "stop", "status")
+# ``source`` of partial/final events: the microphone, system audio (what the computer plays), or
+# ``ws:<client>`` / ``openai:<n>`` / ``wyoming:<n>`` for streamed and uploaded audio
+SOURCES = ("mic", "system")
 MAX_HISTORY_COUNT = 10000
 MAX_SEARCH_CHARS = 1000
 CLIENT_TYPES = COMMANDS + ("audio.start", "audio.end", "audio.cancel", "subscribe", "ping")

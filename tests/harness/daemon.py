@@ -125,12 +125,13 @@ class DaemonProcess:
 
     # ------------------------------------------------------------------ the control socket, /metrics
 
-    def control(self, cmd: str, timeout: float = 30) -> dict:
-        """One command over the control socket; its result, or HarnessError if the daemon refuses it."""
+    def control(self, cmd: str, timeout: float = 30, **args) -> dict:
+        """One command (with its ``args``) over the control socket; its result, or HarnessError if the
+        daemon refuses it."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(str(self.qasr_runtime / "control.sock"))
-            sock.sendall((json.dumps({"cmd": cmd}) + "\n").encode())
+            sock.sendall((json.dumps({"cmd": cmd, **args}) + "\n").encode())
             data = b""
             while not data.endswith(b"\n"):
                 chunk = sock.recv(65536)

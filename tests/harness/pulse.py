@@ -1,6 +1,10 @@
 """A private PulseAudio server: null sink ``vsink`` whose monitor is the default source, so whatever is
 played into ``vsink`` is what the "microphone" hears. libpulse writes its cookie/config under the server's
-folder, never into $HOME, and never autospawns."""
+folder, never into $HOME, and never autospawns.
+
+``PulseServer(root, outputs=("speakers", "headset"))`` adds null sinks as the computer's outputs; the
+first is the default sink, so its monitor is what system audio captures (``play(path, sink)``,
+``set_default_sink(name)``)."""
 
 from __future__ import annotations
 
@@ -28,8 +32,9 @@ def no_pulse_env(root: Path) -> dict[str, str]:
 class PulseServer:
     """A private pulseaudio daemon (null sink ``vsink``) living in ``root``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, outputs: tuple[str, ...] = ()) -> None:
         self.root = root
+        self.outputs = tuple(outputs)
         self.runtime_dir = root / "xdg"
         self.pulse_dir = self.runtime_dir / "pulse"
         self.socket = self.pulse_dir / "native"
@@ -59,6 +64,7 @@ class PulseServer:
     def start(self) -> None:
         subprocess.run(["pulseaudio", "-D", "-n", "--exit-idle-time=-1", "--disallow-exit",
                         "-L", "module-native-protocol-unix", "-L", f"module-null-sink sink_name={SINK}",
+                        *[arg for name in self.outputs for arg in ("-L", f"module-null-sink sink_name={name}")],
                         "-L", "module-always-sink"],
                        env=self.server_env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        timeout=60)
@@ -68,7 +74,7 @@ class PulseServer:
             if time.monotonic() > deadline:
                 raise HarnessError("the private pulseaudio did not come up")
             time.sleep(0.1)
-        self.pactl("set-default-sink", SINK)
+        self.pactl("set-default-sink", self.outputs[0] if self.outputs else SINK)
         self.pactl("set-default-source", SOURCE)
         _refresh_portaudio()
 
@@ -110,9 +116,13 @@ class PulseServer:
         return subprocess.run(["pactl", *args], env=self.env, check=True, capture_output=True,
                               text=True, timeout=20).stdout
 
-    def play(self, path: str | Path, wait: bool = True) -> subprocess.Popen | None:
-        """``paplay`` a sound file into the virtual microphone; ``wait=False`` returns the player process."""
-        cmd = ["paplay", f"--device={SINK}", str(path)]
+    def set_default_sink(self, name: str) -> None:
+        self.pactl("set-default-sink", name)
+
+    def play(self, path: str | Path, wait: bool = True, sink: str = SINK) -> subprocess.Popen | None:
+        """``paplay`` a sound file into the virtual microphone (or ``sink``: one of the outputs);
+        ``wait=False`` returns the player process."""
+        cmd = ["paplay", f"--device={sink}", str(path)]
         if wait:
             subprocess.run(cmd, env=self.env, check=True, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, timeout=120)
