@@ -167,6 +167,7 @@ class HotkeySettings:
 class ImeSettings:
     enabled: bool = _opt(True, restart=True)            # accept input-method engines (IBus) on the control socket
     hotkey: str = _opt("", restart=True)                # "" = the same combo as [hotkey] combo
+    wayland: bool = _opt(False, restart=True)           # be the seat's input-method-v2 (sway, Hyprland, …)
     context_from_surrounding: bool = _opt(False)        # the text before the cursor is the utterance's context
     context_chars: int = _opt(200, min=0, max=2000)     # at most this many characters of it
     commit_timeout_s: float = _opt(2.0, min=0.1, max=30.0)  # an engine that does not confirm a commit by then

@@ -224,6 +224,14 @@ class Components:
             self._warn(f"[ime] is off: {exc}")
             return
         self.router.ime = self.ime
+        if self.settings.ime.wayland and self.session.wayland:
+            from qasr.daemon.desktop.wayland_ime import WaylandInputMethod
+
+            wayland = WaylandInputMethod(self.ime)
+            if wayland.start():
+                log.info("Wayland input method (input-method-v2) active on the seat")
+            else:
+                self._warn(f"Wayland input method off: {wayland.unavailable}")
 
     def _start_hotkey(self) -> None:
         h = self.settings.hotkey

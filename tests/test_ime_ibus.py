@@ -89,7 +89,7 @@ def ime(pulse_server, tiny_bundle, tmp_path_factory):
     gtk = desk = None
     try:
         ibus.start()
-        gtk = GtkEntries(ibus, tmp / "gtk_entries.py")
+        gtk = GtkEntries(ibus.env, tmp / "gtk_entries.py")
         gtk.focus(0)
         ibus.select()  # the engine starts now, before the daemon: it attaches once the daemon is up
         desk = ImeDesk(env, ibus, gtk, pulse_server, replacements)

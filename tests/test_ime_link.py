@@ -234,3 +234,54 @@ def test_context_helpers_and_key_specs():
     assert key_spec("<cmd>+d")["modifiers"] == ["super"] and key_spec("<cmd>+d")["char"] == "d"
     with pytest.raises(ValueError):
         key_spec("<ctrl>+<alt>")
+
+
+def test_ime_install_and_uninstall_for_the_user(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ET
+
+    from qasr.daemon.desktop.ime_install import bindings_problem
+
+    if bindings_problem():
+        pytest.skip("needs /usr/bin/python3 with python3-gi and gir1.2-ibus-1.0")
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
+           "XDG_DATA_HOME": str(tmp_path / "data"), "XDG_RUNTIME_DIR": str(tmp_path)}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "qasr", "ime", *args], env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    done = cli("install")
+    assert done.returncode == 0, done.stderr
+    component = tmp_path / "data" / "qasr" / "ibus" / "qasr.xml"
+    root = ET.parse(component).getroot()
+    assert root.findtext("engines/engine/name") == "qasr"
+    python, script, flag = root.findtext("exec").split()
+    assert python == "/usr/bin/python3" and flag == "--ibus" and script.endswith("clients/ime/ibus_engine.py")
+    env_file = tmp_path / "config" / "environment.d" / "60-qasr-ibus.conf"
+    assert f"IBUS_COMPONENT_PATH={component.parent}:/usr/share/ibus/component" in env_file.read_text()
+    assert "gsettings set org.gnome.desktop.input-sources sources" in done.stdout and "('ibus', 'qasr')" in done.stdout
+    status = cli("status", "--json")
+    assert json.loads(status.stdout)["installed"]["user_file"] == str(component)
+    gone = cli("uninstall")
+    assert gone.returncode == 0 and not component.exists() and not env_file.exists()
+    assert "('ibus', 'qasr')" not in gone.stdout.split("GNOME:")[1]
+
+
+def test_the_protocol_xml_gives_wlroots_opcodes_and_the_wire_round_trips():
+    from qasr.daemon.desktop.wayland_wire import decode_args, encode_args, load_interfaces
+
+    interfaces = load_interfaces("wayland-core-subset.xml", "input-method-unstable-v2.xml")
+    im = interfaces["zwp_input_method_v2"]
+    assert [m.name for m in im.requests] == ["commit_string", "set_preedit_string", "delete_surrounding_text",
+                                             "commit", "get_input_popup_surface", "grab_keyboard", "destroy"]
+    assert [m.name for m in im.events] == ["activate", "deactivate", "surrounding_text", "text_change_cause",
+                                           "content_type", "done", "unavailable"]
+    opcode, preedit = im.request("set_preedit_string")
+    assert opcode == 1
+    data = encode_args(preedit, ("Grüße 你好", 13, 13))
+    assert len(data) % 4 == 0 and decode_args(preedit, data) == ["Grüße 你好", 13, 13]
+    surrounding = im.events[2]
+    assert decode_args(surrounding, encode_args(surrounding, (None, 0, 0))) == [None, 0, 0]

@@ -170,9 +170,22 @@ def ime_checks(env: Mapping[str, str] | None = None) -> list[Check]:
         checks.append(Check("input method", "Fcitx5", UNSUPPORTED,
                             "Fcitx5 holds the input method here and cannot load qasr's Python engine; the other "
                             "sinks (type/paste) deliver", "im-config -n ibus  (then log out and in) to use IBus"))
-    checks.append(Check("input method", "Wayland input-method-v2", NOT_IMPLEMENTED,
-                        "sway/Hyprland without IBus: not offered yet; the type/paste sinks deliver there"))
+    checks.append(_input_method_v2(env))
     return checks
+
+
+def _input_method_v2(env: dict) -> Check:
+    name = "Wayland input-method-v2"
+    if not env.get("WAYLAND_DISPLAY"):
+        return Check("input method", name, UNSUPPORTED, "not a Wayland session")
+    from .wayland_ime import offered
+
+    ok, why = offered(env)
+    if not ok:
+        return Check("input method", name, UNSUPPORTED, f"{why}; use the IBus engine or the type/paste sinks")
+    return Check("input method", name, WORKS, "offered by the compositor: the daemon is the seat's input method "
+                 "with [ime] wayland = true (unless IBus/Fcitx5 holds the seat)",
+                 "set [ime] wayland = true in config.toml, then: qasr-daemon stop && qasr-daemon start")
 
 
 def _attached_engines() -> Check:

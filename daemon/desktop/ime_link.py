@@ -116,6 +116,12 @@ class EngineSession:
         finally:
             self._acks.pop(commit_id, None)
 
+    def close(self) -> None:
+        try:
+            self.conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     def answered(self, message: dict) -> None:
         waiter = self._acks.get(str(message.get("id")))
         if waiter is not None:
@@ -156,12 +162,7 @@ class ImeLink:
             return
         session = EngineSession(conn, name)
         conn.settimeout(None)
-        with self._lock:
-            self._sessions.append(session)
-            recording = self._recording
-        log.info("input method %s attached", name)
-        session.send(self._welcome)
-        session.send({"type": "state", "recording": recording})
+        self.attach(session)
         try:
             self._read(session)
         except ImeProtocolError as exc:
@@ -169,13 +170,33 @@ class ImeLink:
         except OSError:
             pass
         finally:
-            with self._lock:
-                session.closed = True
+            self.detach(session)
+
+    def attach(self, session: Any) -> None:
+        """An engine (a connection, or the daemon's own Wayland input method) joins."""
+        with self._lock:
+            self._sessions.append(session)
+            recording = self._recording
+        log.info("input method %s attached", session.name)
+        session.send(self._welcome)
+        session.send({"type": "state", "recording": recording})
+
+    def detach(self, session: Any) -> None:
+        with self._lock:
+            session.closed = True
+            if session in self._sessions:
                 self._sessions.remove(session)
-                last = not self._sessions
-            if last:
-                self.keys.key_up("hotkey")  # an engine gone while its key was held: the key is up
-            log.info("input method %s detached", name)
+            last = not self._sessions
+        if last:
+            self.keys.key_up("hotkey")  # an engine gone while its key was held: the key is up
+        log.info("input method %s detached", session.name)
+
+    def focus(self, session: Any, focused: bool, serial: int, before: str | None) -> None:
+        """An engine's focus changed (``serial`` counts its focus-ins)."""
+        self._handle(session, {"type": "focus", "focused": focused, "serial": serial, "before": before})
+
+    def key(self, key: str, down: bool) -> None:
+        self._handle(None, {"type": "key", "key": key, "down": down})
 
     def _read(self, session: EngineSession) -> None:
         buffer, window_start, lines = b"", time.monotonic(), 0
@@ -327,10 +348,7 @@ class ImeLink:
         with self._lock:
             sessions = list(self._sessions)
         for session in sessions:
-            try:
-                session.conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            session.close()
         self.keys.close()
 
 

@@ -6,7 +6,8 @@ component file, and GTK 3 windows using the IBus IM module (``GTK_IM_MODULE=ibus
   children killed by pid in ``stop()``. The engine process ibus-daemon starts inherits its environment:
   ``XDG_RUNTIME_DIR`` = the daemon's runtime folder, so it finds the daemon's control socket.
 - ``GtkEntries``: a GTK 3 window with two entries (system python3-gi) reporting ``preedit-changed``,
-  text changes and focus as JSON lines; commands on stdin.
+  text changes and focus as JSON lines; commands on stdin. With the IBus session's ``env`` it uses the
+  IBus IM module; with a Wayland ``env`` plus ``GDK_BACKEND=wayland GTK_IM_MODULE=wayland``, text-input-v3.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def emit(**event):
     sys.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
     sys.stdout.flush()
 
+GLib.set_prgname(sys.argv[1] if len(sys.argv) > 1 else "qasr-ime-gtk")  # the Wayland app_id
 Gtk.Settings.get_default().set_property("gtk-entry-select-on-focus", False)
 window = Gtk.Window(title="qasr ime test")
 box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL)
@@ -154,11 +156,11 @@ class IBusSession:
 class GtkEntries:
     """A GTK 3 window with two entries under the IBus IM module; every event it reports is kept."""
 
-    def __init__(self, session: IBusSession, script: Path) -> None:
+    def __init__(self, env: dict[str, str], script: Path) -> None:
         script.write_text(GTK_ENTRIES, encoding="utf-8")
         self.events: list[dict] = []
         self._lock = threading.Lock()
-        self.proc = subprocess.Popen([SYSTEM_PYTHON, str(script)], env=session.env, stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([SYSTEM_PYTHON, str(script)], env=env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, encoding="utf-8")
         threading.Thread(target=self._read, daemon=True).start()
         if self.wait(lambda e: e["ev"] == "ready", 30) is None:
