@@ -156,11 +156,11 @@ class IBusSession:
 class GtkEntries:
     """A GTK 3 window with two entries under the IBus IM module; every event it reports is kept."""
 
-    def __init__(self, env: dict[str, str], script: Path) -> None:
+    def __init__(self, env: dict[str, str], script: Path, name: str = "qasr-ime-gtk") -> None:
         script.write_text(GTK_ENTRIES, encoding="utf-8")
         self.events: list[dict] = []
         self._lock = threading.Lock()
-        self.proc = subprocess.Popen([SYSTEM_PYTHON, str(script)], env=env, stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([SYSTEM_PYTHON, str(script), name], env=env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, encoding="utf-8")
         threading.Thread(target=self._read, daemon=True).start()
         if self.wait(lambda e: e["ev"] == "ready", 30) is None:
