@@ -138,10 +138,12 @@ class Controller:
     # -- the engine's events -------------------------------------------------------------------
     def focus_in(self, engine: QasrEngine) -> None:
         self.engine, self.serial, self.before = engine, self.serial + 1, None
-        self.hot_down = self.cancel_down = False
         self._send_focus(True)
 
     def focus_out(self, engine: QasrEngine) -> None:
+        if self.hot_down:  # its release may go to a window without IBus: the hold ends here
+            self.hot_down = False
+            self.link.send({"type": "key", "key": "hotkey", "down": False})
         if self.engine is engine:
             self.engine = None
             self._send_focus(False)
