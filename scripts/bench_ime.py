@@ -61,7 +61,8 @@ def run_once(ibus: IBusSession, gtk: GtkEntries, subs: Subscribers, pulse: Pulse
     mark, gtk_mark = subs.mark(), gtk.mark()
     ibus.xdotool("keydown", "F9")
     if subs.wait(mark, "state", 20, state="recording") is None:
-        raise RuntimeError("the key press started no utterance")
+        ibus.xdotool("keyup", "F9")
+        raise RuntimeError(f"the key press in {gtk.name} started no utterance")
     started = time.monotonic()
     pulse.play(speech)
     ibus.xdotool("keyup", "F9")
@@ -105,10 +106,12 @@ def main() -> int:
                    GtkEntries(simple, root / "w2.py", "qasr-paste")]
         windows[0].focus(0)
         ibus.select()
+        print(f"# desktop: starting the daemon", file=sys.stderr)
         daemon.start(Path(args.model), "--set", "vad.mode=ptt", "--set", "engine.language=English",
                      "--set", "journal.enabled=false")
         daemon.wait_status(lambda s: s["state"] == "listening" and (s.get("ime") or {}).get("engines"), 120)
         subs = Subscribers.of(daemon)
+        print(f"# hotkey: {daemon.status()['desktop'].get('hotkey')}", file=sys.stderr)
         pid = engine_pid()
         time.sleep(2)
         c0, t0 = cpu_s(pid), time.monotonic()
@@ -120,10 +123,14 @@ def main() -> int:
         ibus.xdotool("type", "--delay", "10", "a" * 200)
         per_key_ms = (cpu_s(pid) - c0) / 400 * 1000  # 200 presses + 200 releases
         results = []
-        for seconds, speech in speeches.items():
-            for _ in range(args.runs):
-                for window in windows:
-                    window.focus(0)
+        for window in windows:  # the IBus window first; closing it ends its input context (focus out)
+            if window is windows[1]:
+                windows[0].close()
+                state = daemon.wait_status(lambda st: not (st.get("ime") or {}).get("active"), 10)
+                print(f"# IBus window closed: ime {state.get('ime')}", file=sys.stderr)
+            window.focus(0)
+            for seconds, speech in speeches.items():
+                for _ in range(args.runs):
                     results.append(run_once(ibus, window, subs, pulse, speech, seconds))
         summary = {}
         for seconds in speeches:

@@ -201,6 +201,17 @@ def test_escape_cancels_the_utterance_and_is_not_typed(ime):
     assert ime.subscriber.since(mark, "final") == [] and ime.gtk.texts() == ["", ""]
 
 
+def test_without_a_focused_ibus_field_the_input_method_is_not_the_sink(ime, tmp_path):
+    """A closed window leaves the focus with ibus-daemon's own "fake" context: no field of ours."""
+    other = GtkEntries(ime.ibus.env, tmp_path / "other.py", "qasr-other")
+    other.focus(0)
+    other.close()
+    status = ime.env.wait_status(lambda s: not s["ime"]["active"], timeout=10)
+    assert not status["ime"]["active"] and status["ime"]["engines"], status
+    ime.ibus.xdotool("search", "--name", "qasr ime test", "windowfocus", "--sync", "%1")  # no WM to do it
+    refocus(ime, 0)
+
+
 def test_the_daemon_dying_mid_utterance_clears_the_preedit_and_keys_keep_passing(ime):
     """Last: it kills the daemon (SIGKILL: a crash; a graceful `qasr-daemon stop` finishes the utterance)."""
     ime.rules("")

@@ -195,8 +195,8 @@ CONTROLLER = Controller()
 class QasrEngine(IBus.Engine):
     __gtype_name__ = "QasrIBusEngine"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **props: object) -> None:
+        super().__init__(**props)
         self._surrounding = False
 
     def do_process_key_event(self, keyval: int, keycode: int, state: int) -> bool:
@@ -204,6 +204,18 @@ class QasrEngine(IBus.Engine):
 
     def do_set_capabilities(self, caps: int) -> None:
         self._surrounding = bool(caps & IBus.Capabilite.SURROUNDING_TEXT)
+
+    def do_focus_in_id(self, _object_path: str, client: str) -> None:
+        """IBus 1.5.27+: the focused context names its client; "fake" is ibus-daemon's own context, which
+        has the focus whenever no IBus client has it: no field of ours, the other sinks deliver."""
+        log.debug("focus in: %s", client)
+        if client == "fake":
+            CONTROLLER.focus_out(self)
+        else:
+            self.do_focus_in()
+
+    def do_focus_out_id(self, _object_path: str) -> None:
+        CONTROLLER.focus_out(self)
 
     def do_focus_in(self) -> None:
         CONTROLLER.focus_in(self)
@@ -236,6 +248,21 @@ class QasrEngine(IBus.Engine):
         self.update_preedit_text_with_mode(preedit, len(text), True, IBus.PreeditFocusMode.CLEAR)
 
 
+def _engine_factory(bus: IBus.Bus):
+    """Engines made with ``has-focus-id`` (IBus 1.5.27+), so focus-in names the client; plain ones before."""
+    count = [0]
+
+    def create(_factory: IBus.Factory, name: str) -> QasrEngine:
+        count[0] += 1
+        props = {"engine_name": name, "object_path": f"/org/freedesktop/IBus/Engine/Qasr/{count[0]}",
+                 "connection": bus.get_connection()}
+        try:
+            return QasrEngine(**props, has_focus_id=True)
+        except TypeError:
+            return QasrEngine(**props)
+    return create
+
+
 def component() -> IBus.Component:
     """The component registered at run time (``--register``: no component file needed)."""
     comp = IBus.Component(name=BUS_NAME, description="qasr dictation", version="1", license="Apache-2.0",
@@ -252,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--register", action="store_true", help="register at run time (no component file)")
     args = parser.parse_args(argv)
     level = logging.DEBUG if os.environ.get("QASR_IME_DEBUG") else logging.INFO
-    logging.basicConfig(level=level, format="qasr-ibus: %(message)s")
+    logging.basicConfig(level=level, format="qasr-ibus: %(message)s", filename=os.environ.get("QASR_IME_LOG"))
     IBus.init()
     bus = IBus.Bus()
     if not bus.is_connected():
@@ -261,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     loop = GLib.MainLoop()
     bus.connect("disconnected", lambda *_: loop.quit())
     factory = IBus.Factory.new(bus.get_connection())
-    factory.add_engine(ENGINE_NAME, GObject.type_from_name("QasrIBusEngine"))
+    factory.connect("create-engine", _engine_factory(bus))
     if args.ibus:
         bus.request_name(BUS_NAME, 0)
     else:

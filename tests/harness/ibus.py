@@ -99,11 +99,13 @@ class IBusSession:
         self.env = {**os.environ, "DISPLAY": display, "HOME": str(root), "XDG_CONFIG_HOME": str(root / "config"),
                     "XDG_CACHE_HOME": str(root / "cache"), "XDG_RUNTIME_DIR": str(runtime),
                     "IBUS_COMPONENT_PATH": str(components), "NO_AT_BRIDGE": "1",
+                    "QASR_IME_LOG": str(root / "engine.log"),
                     "GTK_IM_MODULE": "ibus", "XMODIFIERS": "@im=ibus", "QT_IM_MODULE": "ibus"}
         self.env.pop("WAYLAND_DISPLAY", None)
         self.dbus: subprocess.Popen | None = None
         self.ibus: subprocess.Popen | None = None
         self.log = root / "ibus.log"
+        self.engine_log = root / "engine.log"
 
     def start(self, timeout_s: float = 30) -> None:
         self.dbus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--print-address=1"],
@@ -158,6 +160,7 @@ class GtkEntries:
 
     def __init__(self, env: dict[str, str], script: Path, name: str = "qasr-ime-gtk") -> None:
         script.write_text(GTK_ENTRIES, encoding="utf-8")
+        self.name = name
         self.events: list[dict] = []
         self._lock = threading.Lock()
         self.proc = subprocess.Popen([SYSTEM_PYTHON, str(script), name], env=env, stdin=subprocess.PIPE,
