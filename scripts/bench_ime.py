@@ -68,7 +68,7 @@ def run_once(ibus: IBusSession, gtk: GtkEntries, subs: Subscribers, pulse: Pulse
     ibus.xdotool("keyup", "F9")
     released = time.monotonic()
     final = subs.wait(mark, "final", 120)
-    done = gtk.wait(lambda e: e["ev"] == "changed" and e["text"] == TEXT, 30, gtk_mark)
+    done = gtk.wait(lambda e: e["ev"] == "changed" and e["text"].strip() == TEXT, 30, gtk_mark)  # type/paste: + " "
     if final is None or done is None:
         raise RuntimeError(f"no text: final {final}, entry {gtk.texts()}")
     preedits = [e for e in gtk.since(gtk_mark, "preedit") if e["text"] and e["t"] < done["t"]]
