@@ -166,6 +166,16 @@ class HotkeySettings:
 
 
 @dataclass(frozen=True)
+class ImeSettings:
+    enabled: bool = _opt(True, restart=True)            # accept input-method engines (IBus) on the control socket
+    hotkey: str = _opt("", restart=True)                # "" = the same combo as [hotkey] combo
+    wayland: bool = _opt(False, restart=True)           # be the seat's input-method-v2 (sway, Hyprland, …)
+    context_from_surrounding: bool = _opt(False)        # the text before the cursor is the utterance's context
+    context_chars: int = _opt(200, min=0, max=2000)     # at most this many characters of it
+    commit_timeout_s: float = _opt(2.0, min=0.1, max=30.0)  # an engine that does not confirm a commit by then
+
+
+@dataclass(frozen=True)
 class ShapingSettings:
     replacements_file: str = _opt("replacements.txt")  # relative: inside the config folder
     hotwords_file: str = _opt("hotwords.txt")
@@ -237,6 +247,7 @@ class Settings:
     wyoming: WyomingSettings = field(default_factory=WyomingSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
     hotkey: HotkeySettings = field(default_factory=HotkeySettings)
+    ime: ImeSettings = field(default_factory=ImeSettings)
     shaping: ShapingSettings = field(default_factory=ShapingSettings)
     journal: JournalSettings = field(default_factory=JournalSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)

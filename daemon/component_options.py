@@ -89,6 +89,15 @@ def hotkey_options(s: Settings) -> HotkeyOptions:
                          evdev_devices=tuple(h.evdev_devices))
 
 
+def ime_options(s: Settings):
+    from qasr.daemon.desktop.ime_link import ImeOptions
+
+    i, h = s.ime, s.hotkey
+    return ImeOptions(hotkey=i.hotkey or h.combo, cancel_key=h.cancel_key, hotkey_mode=h.mode,
+                      tap_threshold_s=h.tap_threshold_s, context_from_surrounding=i.context_from_surrounding,
+                      context_chars=i.context_chars, commit_timeout_s=i.commit_timeout_s)
+
+
 def shaping_options(s: Settings) -> ShapingOptions:
     sh = s.shaping
     return ShapingOptions(replacements_file=sh.replacements_file, hotwords_file=sh.hotwords_file,

@@ -57,6 +57,7 @@ class Components:
         self.control: ControlServer | None = None
         self.hotkey: Any = None  # desktop.hotkey.HotkeyListener (X11) or evdev_hotkey.EvdevHotkeyListener
         self.action_keys: Any = None  # desktop.action_keys.ActionKeys: paste-last / undo keys (X11)
+        self.ime: Any = None  # desktop.ime_link.ImeLink: input-method engines on the control socket
         self.session = desktop_session.detect()
         self.desktop: dict[str, Any] = {"session": self.session.as_dict()}  # what status shows, and why
         self._runner: ServerRunner | None = None
@@ -89,7 +90,9 @@ class Components:
         self.router.engine_context = lambda: self.daemon.settings.engine.context
         self._make_shaper()
         self._make_output()
-        self.control = ControlServer(self.daemon.commands.control)
+        self._start_ime()
+        self.control = ControlServer(self.daemon.commands.control,
+                                     streams={"ime": self.ime.serve} if self.ime is not None else None)
         self.control.start()
         self._start_server()
         self._start_wyoming()
@@ -215,6 +218,26 @@ class Components:
             raise
         self._wyoming_runner = runner
 
+    def _start_ime(self) -> None:
+        if not self.settings.ime.enabled:
+            return
+        from qasr.daemon.desktop.ime_link import ImeLink
+
+        try:
+            self.ime = ImeLink(opts.ime_options(self.settings), self.daemon.commands.hotkey)
+        except (QasrError, ValueError) as exc:
+            self._warn(f"[ime] is off: {exc}")
+            return
+        self.router.ime = self.ime
+        if self.settings.ime.wayland and self.session.wayland:
+            from qasr.daemon.desktop.wayland_ime import WaylandInputMethod
+
+            wayland = WaylandInputMethod(self.ime)
+            if wayland.start():
+                log.info("Wayland input method (input-method-v2) active on the seat")
+            else:
+                self._warn(f"Wayland input method off: {wayland.unavailable}")
+
     def _start_hotkey(self) -> None:
         h = self.settings.hotkey
         if not h.enabled:
@@ -229,8 +252,10 @@ class Components:
                 self._warn(why)
             return
         actions = self._action_combos() if backend == "evdev" else None  # X11: _start_action_keys
-        listener = make_hotkey(backend, options, (lambda: hotkey("start"), lambda: hotkey("stop"),
-                                                  lambda: hotkey("cancel")), options.evdev_devices, actions)
+        shared = self.ime is not None and opts.ime_options(self.settings).hotkey == h.combo
+        press = lambda name: None if shared and self.ime.active else hotkey(name)  # noqa: E731  the engine has it
+        listener = make_hotkey(backend, options, (lambda: press("start"), lambda: press("stop"),
+                                                  lambda: press("cancel")), options.evdev_devices, actions)
         if listener.start():
             self.hotkey = listener
             log.info("hotkey %s (%s, %s)", h.combo, h.mode, backend)
@@ -302,7 +327,7 @@ class Components:
         except QasrError as exc:  # NoInputDeviceError and friends
             self._no_device(str(exc))
             return
-        mic.feed.choose = self.router.choose_engine_options  # per-application profiles
+        mic.feed.choose = self._choose_engine_options
         self.microphone = mic
         self.input_device = mic.device_name or self.settings.audio.device or "default"
         self.device_error = None
@@ -337,14 +362,23 @@ class Components:
         self.device_error = message
         self.daemon.capture_failed(message)
 
+    def _choose_engine_options(self, language: str | None, context: str | None) -> tuple:
+        """Per-application profiles, then the text before an input method's cursor (utterance start)."""
+        language, context = self.router.choose_engine_options(language, context)
+        return self.ime.choose_context(language, context) if self.ime is not None else (language, context)
+
     def _mic_utterance_began(self, utterance_id: str) -> None:
         self.router.begin_output(utterance_id)
+        if self.ime is not None:
+            self.ime.recording(True)
         if self.hotkey is not None and self.settings.vad.mode != "vad":
             self.hotkey.notify_started()
 
     def _mic_utterance_ended(self, utterance_id: str, ended: bool, more_follows: bool) -> None:
         mic = self.microphone
         idle = mic is None or not mic.feed.in_utterance
+        if self.ime is not None and idle and not more_follows:
+            self.ime.recording(False)
         if self.hotkey is not None and idle and not more_follows and self.settings.vad.mode != "vad":
             self.hotkey.notify_stopped()  # ended by other means (CLI, cancel): the hotkey state follows
 
@@ -411,6 +445,8 @@ class Components:
             self._wyoming_runner, self.wyoming = None, None
         if self.openai is not None:
             self.openai.close()
+        if self.ime is not None:
+            self.ime.close()
         if self.control is not None:
             self.control.stop()
             self.control = None

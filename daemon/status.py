@@ -36,6 +36,7 @@ def daemon_status(daemon: Any) -> dict[str, Any]:
         "journal_file": str(journal.path) if journal is not None and journal.enabled else None,
         "output": s.output.sink if p.router.output is not None else "none",
         "desktop": dict(getattr(p, "desktop", {})),
+        "ime": p.ime.describe() if getattr(p, "ime", None) is not None else None,
         "profile": p.router.profile_status(),
         "save_audio_dir": s.debug.save_audio_dir or None,
         "word_timestamps": _words(s, p),

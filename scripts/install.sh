@@ -20,10 +20,12 @@ while (($#)); do
 done
 [[ -z "$GPU" || "$GPU" == cuda || "$GPU" == vulkan ]] || { echo "--gpu takes cuda or vulkan, not '$GPU'" >&2; exit 2; }
 
-RUNTIME_APT=(libportaudio2 pulseaudio-utils xclip xsel wtype wl-clipboard)
+RUNTIME_APT=(libportaudio2 pulseaudio-utils xclip xsel wtype wl-clipboard
+             python3-gi gir1.2-ibus-1.0)  # the IBus engine runs under /usr/bin/python3 (qasr-daemon ime install)
 DEV_APT=(pulseaudio libasound2-plugins espeak-ng sox ffmpeg xvfb xdotool xterm x11-utils x11-xserver-utils
          fonts-noto-cjk imagemagick chromium python3-tk tk
-         sway foot xwayland grim python3-gi gir1.2-gtk-3.0)  # Wayland tests: headless sway, foot, a GTK entry
+         sway foot xwayland grim python3-gi gir1.2-gtk-3.0   # Wayland tests: headless sway, foot, a GTK entry
+         ibus ibus-gtk3 dbus dbus-x11 x11-xkb-utils)  # input-method tests: ibus-daemon + GTK 3 under Xvfb
 # Wayland typing through /dev/uinput (GNOME, KDE): ydotool, where the distribution packages it.
 WHERE_PACKAGED_APT=(ydotool)
 

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Mapping
 
 from . import session as sessions
@@ -23,7 +24,7 @@ WORKS, MISSING, PERMISSION, UNSUPPORTED, NOT_RUNNING, NOT_IMPLEMENTED = (
 
 @dataclass(frozen=True)
 class Check:
-    area: str          # session | typing | clipboard | focus | hotkey
+    area: str          # session | typing | clipboard | focus | hotkey | input method
     name: str
     state: str
     detail: str = ""
@@ -127,7 +128,80 @@ def run_checks(env: Mapping[str, str] | None = None) -> tuple[sessions.Session, 
     checks.append(Check("focus", "focused window", WORKS if focus else UNSUPPORTED,
                         focus or f"{session.focus_note}: no focus safety, text goes to whatever has the focus"))
     checks += _hotkey_checks(session)
+    checks += ime_checks(env)
     return session, checks
+
+
+def _running(name: str) -> bool:
+    """A process of this user named ``name`` (reads /proc; nothing is started)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == name and entry.stat().st_uid == os.getuid():
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def ime_checks(env: Mapping[str, str] | None = None) -> list[Check]:
+    """The input method: IBus engine registration, the daemon's attached engines, Fcitx5 holding the seat."""
+    from . import ime_install
+
+    env = dict(os.environ if env is None else env)
+    checks = []
+    where = ime_install.installed()
+    problem = ime_install.bindings_problem() if shutil.which("ibus") else "IBus is not installed; sudo apt install ibus"
+    if problem:
+        checks.append(Check("input method", "IBus engine qasr", MISSING, problem,
+                            "sudo apt install ibus python3-gi gir1.2-ibus-1.0"))
+    elif not (where["user_file"] or where["system_file"]):
+        checks.append(Check("input method", "IBus engine qasr", NOT_RUNNING, "not installed",
+                            "qasr-daemon ime install"))
+    else:
+        files = ", ".join(f for f in (where["system_file"], where["user_file"]) if f)
+        seen = where["system_file"] or where["component_path_active"]
+        detail = files + ("" if seen else "; IBUS_COMPONENT_PATH does not name it in this session yet: log out and in")
+        ibus = "ibus-daemon running" if _running("ibus-daemon") else "ibus-daemon is not running"
+        checks.append(Check("input method", "IBus engine qasr", WORKS if seen else NOT_RUNNING,
+                            f"{detail}; {ibus}", ime_install.gnome_sources(add=True)))
+    checks.append(_attached_engines())
+    if _running("fcitx5"):
+        checks.append(Check("input method", "Fcitx5", UNSUPPORTED,
+                            "Fcitx5 holds the input method here and cannot load qasr's Python engine; the other "
+                            "sinks (type/paste) deliver", "im-config -n ibus  (then log out and in) to use IBus"))
+    checks.append(_input_method_v2(env))
+    return checks
+
+
+def _input_method_v2(env: dict) -> Check:
+    name = "Wayland input-method-v2"
+    if not env.get("WAYLAND_DISPLAY"):
+        return Check("input method", name, UNSUPPORTED, "not a Wayland session")
+    from .wayland_ime import offered
+
+    ok, why = offered(env)
+    if not ok:
+        return Check("input method", name, UNSUPPORTED, f"{why}; use the IBus engine or the type/paste sinks")
+    return Check("input method", name, WORKS, "offered by the compositor: the daemon is the seat's input method "
+                 "with [ime] wayland = true (unless IBus/Fcitx5 holds the seat)",
+                 "set [ime] wayland = true in config.toml, then: qasr-daemon stop && qasr-daemon start")
+
+
+def _attached_engines() -> Check:
+    from qasr.daemon.server.control_socket import request
+
+    try:
+        ime = request("status", timeout_s=3).get("ime")
+    except Exception as exc:  # not running, or too old to say
+        return Check("input method", "daemon link", NOT_RUNNING, str(exc).split(";")[0])
+    if not ime:
+        return Check("input method", "daemon link", UNSUPPORTED, "[ime] enabled = false in the daemon's config")
+    engines = ", ".join(f"{e['name']}{' (focused field)' if e['focused'] else ''}" for e in ime["engines"])
+    if not engines:
+        return Check("input method", "daemon link", NOT_RUNNING, "the daemon runs; no engine attached (select "
+                     "`Dictation (qasr)` as the input source)", "ibus engine qasr")
+    return Check("input method", "daemon link", WORKS, f"attached: {engines}")
 
 
 def _hotkey_checks(session: sessions.Session) -> list[Check]:

@@ -79,6 +79,7 @@ class ResultRouter:
         self.engine_context: Callable[[], str] = lambda: ""  # engine.context, for profiles with hot words
         self._deliveries: dict[str, profiles.Delivery] = {}  # mic utterance id -> its profile's overrides
         self.words: FinalWords | None = None  # word timestamps on finals (None: never)
+        self.ime: Any = None  # desktop/ime_link.ImeLink: an input method of ours, first in the chain
 
     # -- components ----------------------------------------------------------------------------
     @property
@@ -117,6 +118,8 @@ class ResultRouter:
 
     def begin_output(self, utterance_id: str) -> None:
         """Record the focused window for this utterance: its text goes there or to the clipboard."""
+        if self.ime is not None:
+            self.ime.begin_utterance(utterance_id)  # a focused input-method field takes it first
         with self._output_lock:
             if self._output is None:
                 return
@@ -157,7 +160,8 @@ class ResultRouter:
             self._final(source, event)
         elif isinstance(event, PartialEvent):
             if source == "mic":
-                self._live_type(event)
+                if self.ime is None or not self.ime.preedit(event.utterance_id, event.committed, event.tentative):
+                    self._live_type(event)
                 self._send(partial_message(event, source))
             else:
                 self._send_route(source, event.utterance_id, partial_message(event, source), None)
@@ -210,9 +214,12 @@ class ResultRouter:
                 self.undo()
                 return
             event = replace(event, text=spoken.text)
+        context = self.ime.context_of(event.utterance_id) if self.ime is not None else None
         result = self._deliver(event.utterance_id, raw, language, delivery)
         sink = _delivered_by(result)
         message = final_message(event, source, sink)
+        if context:
+            message["context"] = context  # the field's text the model was given (input method)
         self._journal(message, {**_where(result), "profile": delivery.name})
         log.info("final #%s (%.2f s audio, %s ms, sink %s): %s", event.utterance_id,
                  event.audio_end_s - event.audio_start_s, event.timings.latency_ms, sink or "none", event.text)
@@ -270,6 +277,8 @@ class ResultRouter:
         """Type/paste a mic final into the window its utterance started in."""
         with self._output_lock:
             target = self._targets.pop(utterance_id, None)
+            if self.ime is not None and self.ime.owns(utterance_id):
+                return self._deliver_ime(utterance_id, text, language, delivery, target)
             if self._output is None or not text:
                 return None
             shaped = text
@@ -284,6 +293,18 @@ class ResultRouter:
             except QasrError as exc:
                 log.warning("text output failed: %s", exc)
                 return DeliveryResult("none", False, message=f"text output failed: {exc}")
+
+    def _deliver_ime(self, utterance_id: str, text: str, language: str | None, delivery: profiles.Delivery,
+                     target: Any) -> DeliveryResult | None:
+        """The input method commits it (no trailing space: it joins the next dictation to the field's text)."""
+        shaped = self.shaper.shape(text, language, delivery.spoken_formatting, False) if self.shaper and text \
+            else text
+        output = self._output
+        if output is not None and target is not None:
+            output.cancel_utterance(target)
+        self.last_text = shaped or self.last_text
+        clipboard = output.backend.clipboard() if output is not None and output.backend is not None else None
+        return self.ime.deliver(utterance_id, shaped, clipboard)
 
     # -- commands: paste-last, undo ------------------------------------------------------------
     def paste_last(self, text: str | None = None) -> DeliveryResult:
@@ -340,6 +361,8 @@ class ResultRouter:
         with self._output_lock:
             target = self._targets.pop(utterance_id, None)
             self._deliveries.pop(utterance_id, None)
+            if self.ime is not None:
+                self.ime.cancel(utterance_id)
             if self._output is not None and target is not None:
                 self._output.cancel_utterance(target)
 

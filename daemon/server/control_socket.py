@@ -3,6 +3,8 @@
 Request ``{"cmd": "status"}`` (plus arguments), reply ``{"ok": true, "result": {...}}`` or
 ``{"ok": false, "error": "one line"}``. One request per connection. Used by the CLI's
 ``stop / status / toggle / start-utterance / stop-utterance / cancel / reload``.
+A *stream* command (``ime``: an input-method engine attaching, see daemon/desktop/ime_link.py) keeps
+the connection: its handler owns it from the first line on.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class ControlCommandError(QasrError):
 
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+StreamHandler = Callable[[socket.socket, dict[str, Any]], None]
 
 
 class ControlServer:
@@ -43,9 +46,11 @@ class ControlServer:
     The handler raises QasrError (or ValueError) for a request it refuses; the message goes back as the error.
     """
 
-    def __init__(self, handler: Handler, path: Path | None = None) -> None:
+    def __init__(self, handler: Handler, path: Path | None = None,
+                 streams: dict[str, StreamHandler] | None = None) -> None:
         self.path = path or paths.control_socket()
         self._handler = handler
+        self._streams = dict(streams or {})
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
@@ -96,6 +101,9 @@ class ControlServer:
             conn.settimeout(5)
             try:
                 request = json.loads(_read_line(conn))
+                if isinstance(request, dict) and request.get("cmd") in self._streams:
+                    self._streams[request["cmd"]](conn, request)
+                    return
                 if not isinstance(request, dict) or request.get("cmd") not in COMMANDS:
                     raise ValueError(f"unknown command; use one of {', '.join(COMMANDS)}")
                 reply = {"ok": True, "result": self._handler(request)}
