@@ -104,7 +104,7 @@ class StreamingSession:
         self._hyp = _Hypothesis()
         self._last_step_audio_s = 0.0
         self._step_cost_s = 0.0  # running average of a partial step's compute
-        self._steps_compute_s = 0.0  # compute_s spent in partial steps (the rest is not optional)
+        self.steps_compute_s = 0.0  # compute_s spent in partial steps (the rest is not optional)
         self._sync_s_per_position = 0.006  # measured cost of putting finished-window audio into the cache
         self._kv_audio_windows = 0  # finished windows whose embeddings sit in the KV cache
         self._kv_open_audio = 0  # open-window audio positions after them (reuse_open_audio)
@@ -187,7 +187,7 @@ class StreamingSession:
             self._drop_open_audio()
             elapsed = time.perf_counter() - t0
             self.compute_s += elapsed
-            self._steps_compute_s += elapsed
+            self.steps_compute_s += elapsed
             self.interrupted += 1
             return None
         self._hyp = hyp
@@ -195,7 +195,7 @@ class StreamingSession:
         timings.step_ms = (elapsed + sync_s) * 1000.0
         timings.sync_ms = sync_s * 1000.0
         self.compute_s += elapsed
-        self._steps_compute_s += elapsed
+        self.steps_compute_s += elapsed
         self._step_cost_s = elapsed if self.steps == 0 else 0.5 * (self._step_cost_s + elapsed)
         self.steps += 1
         visible = hyp.ids if hyp.cut is None else hyp.ids[: hyp.cut]
@@ -312,7 +312,7 @@ class StreamingSession:
         # Partial steps get the share of the budget that the other work leaves (encoder pushes, finished
         # windows entering the cache, prepared finals), as measured so far in this utterance, less 10 %
         # headroom so that the running total stays under the budget and seldom blocks a step.
-        other_rate = (self.compute_s - self._steps_compute_s) / max(self.audio_s, 1e-6)
+        other_rate = (self.compute_s - self.steps_compute_s) / max(self.audio_s, 1e-6)
         share = max(0.9 * o.rtf_budget - other_rate, 0.25 * o.rtf_budget, 1e-6)
         interval = max(o.step_s, self._step_cost_s / share)
         # A step that first puts finished windows into the cache starts earlier by what that costs, so

@@ -206,10 +206,10 @@ def test_budget_skips_partials_but_never_the_final(engines):
     assert len(tight) < len(generous)
     assert tight_session.skipped > 0
     assert final.token_ids == engine.transcribe(audio).token_ids
-    # sustained compute stays near the budget: at most one step over it
+    # the optional work (partial steps) stays within the budget, at most one step over it; the encoder's
+    # share is not optional and may alone exceed so tight a budget on a slow host
     step_cost = max((e.timings.step_ms for e in tight), default=0.0) / 1000.0
-    partial_compute = tight_session.compute_s - final.timings.final_ms / 1000.0
-    assert partial_compute <= budget * 10.0 + step_cost + 0.05
+    assert tight_session.steps_compute_s <= budget * 10.0 + step_cost + 0.05
 
 
 def test_long_speech_is_cut_into_utterances_with_context(engines):
