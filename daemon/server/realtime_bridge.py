@@ -153,7 +153,10 @@ class RealtimeEndpoint:
         except ConnectionClosed:
             pass
         finally:
-            await link.run(stream.close)
+            try:
+                await link.run(stream.close)
+            except Exception:  # the server is stopping: its worker threads are gone
+                stream.close()
             log.info("realtime %s: closed", link.id)
 
     async def _carry_out(self, link: Any, session: RealtimeSession, stream: "_Stream", request) -> "_Stream":
@@ -209,6 +212,7 @@ class _Stream:
         self._feed: UtteranceFeed | None = None
         self._uids: dict[int, str] = {}  # segmenter utterance id -> pipeline utterance id
         self._segment = 0  # the segmenter utterance being begun
+        self._offset = offset
         self._offset_s = offset / SAMPLE_RATE
         if config.turn_detection is not None:
             td = config.turn_detection
@@ -274,7 +278,7 @@ class _Stream:
         for event in events:
             if isinstance(event, SpeechStart):
                 self._segment = event.utterance_id
-                self._start = int(round(event.t_s * SAMPLE_RATE)) + round(self._offset_s * SAMPLE_RATE)
+                self._start = self._offset + int(round(event.t_s * SAMPLE_RATE))
             elif isinstance(event, (SpeechEnd, Cancelled)):
                 uid = self._uids.pop(event.utterance_id, None)
                 if uid is not None:

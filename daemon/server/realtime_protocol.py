@@ -299,6 +299,16 @@ def committed(ids: EventIds, item_id: str, previous_item_id: str | None) -> dict
             "item_id": item_id}
 
 
+def item_event(ids: EventIds, name: str, item_id: str, previous_item_id: str | None,
+               transcript: str | None = None) -> dict:
+    """``conversation.item.added`` / ``.done`` (GA), ``conversation.item.created`` (beta): the user item of
+    the committed audio (its ``transcript`` once known)."""
+    item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "user",
+            "status": "completed" if transcript is not None else "in_progress",
+            "content": [{"type": "input_audio", "transcript": transcript}]}
+    return {"type": name, "event_id": ids(), "previous_item_id": previous_item_id, "item": item}
+
+
 def cleared(ids: EventIds) -> dict:
     return {"type": "input_audio_buffer.cleared", "event_id": ids()}
 

@@ -11,9 +11,10 @@ what to do with the stream. Time is passed in (``now``: seconds on a monotonic c
     session.result(message, now)                     # a qasr.v1 partial/final/error of one of its utterances
 
 Items: each utterance is one conversation item (``item_<utterance id>``). With ``server_vad`` the VAD
-starts and ends them (``speech_started``, ``speech_stopped`` + ``committed``); without, the first audio
-after a commit starts one and ``input_audio_buffer.commit`` ends it. Partials' committed text goes out as
-append-only ``delta``s, then the rest of the final, then ``completed`` with the final's text.
+starts and ends them (``speech_started``, ``speech_stopped``); without, the first audio after a commit
+starts one and ``input_audio_buffer.commit`` ends it. An ended item is ``committed`` (and
+``conversation.item.added``, beta ``.created``); partials' committed text goes out as append-only
+``delta``s, then the rest of the final, then ``completed`` with the final's text (GA: ``item.done``).
 
 Limits, as for a ``qasr.v1`` client: audio (appends) is paced at ``audio_bytes_per_second``, never
 refused; every other frame counts against ``commands_per_second`` (one ``error`` a second while they are
@@ -64,6 +65,7 @@ class _Item:
     id: str
     sent: str = ""  # transcript text already sent as deltas
     ended_at: float | None = None  # when the item's audio ended (commit / speech end)
+    previous: str | None = None  # the item committed before it
 
 
 class RealtimeSession:
@@ -222,7 +224,10 @@ class RealtimeSession:
             del self._items[utterance_id]
             return
         item.ended_at = now
+        item.previous = self._previous
         self._out.append(rt.committed(self.ids, item.id, self._previous))
+        name = "conversation.item.created" if self.config.beta else "conversation.item.added"
+        self._out.append(rt.item_event(self.ids, name, item.id, self._previous))
         self._previous = item.id
         self.metrics.count("realtime_items")
 
@@ -239,6 +244,8 @@ class RealtimeSession:
             self._extend(item, text)
             seconds = float(message.get("audio_end_s") or 0.0) - float(message.get("audio_start_s") or 0.0)
             self._out.append(rt.completed(self.ids, item.id, text, seconds))
+            if not self.config.beta:
+                self._out.append(rt.item_event(self.ids, "conversation.item.done", item.id, item.previous, text))
             self._done(message, item, now)
         elif kind == "error":
             self._out.append(rt.failed(self.ids, item.id, message.get("message") or "transcription failed"))
