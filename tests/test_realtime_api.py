@@ -256,9 +256,14 @@ async def stream(connection, data: bytes, rate: int, chunk_s: float = 0.1, real_
     return time.monotonic()
 
 
-def test_ga_client_streams_at_real_time_and_completed_equals_transcribe(daemon, speech, tiny_transcriber):
+def test_ga_client_streams_at_real_time_and_completed_equals_transcribe(daemon, tiny_transcriber):
     """16 kHz without turn detection: 100 ms appends at real time, deltas while the audio comes, one commit;
-    then the default 24 kHz on the same connection. Each transcript is ``transcribe`` of the same samples."""
+    then the default 24 kHz on the same connection. Each transcript is ``transcribe`` of the same samples.
+    (A one-second harmonic tone repeated: the random weights' hypotheses agree on it, so words are committed
+    while it streams; on speech they rarely are.)"""
+    from tests.test_openai_api import tone
+
+    speech = np.tile(tone(1.0, 1), 5)
     data16 = pcm16(speech)
     reference16 = tiny_transcriber.transcribe(np.frombuffer(data16, "<i2").astype(np.float32) / 32768.0)
     import soxr
@@ -295,9 +300,11 @@ def test_ga_client_streams_at_real_time_and_completed_equals_transcribe(daemon, 
     completed = first[-2]
     assert added.item.id == committed.item_id == first[-1].item.id
     assert completed.item_id == committed.item_id and completed.transcript == reference16.text
+    # deltas are committed words, append-only, all before `completed` (random weights may commit what the
+    # exact final then drops: `completed` is the final all the same)
     deltas = [e.delta for e in first if e.type == DELTA]
-    assert reference16.text.startswith("".join(deltas))  # append-only; the final's rest closes it
-    assert completed.usage.seconds == pytest.approx(3.0, abs=0.2)
+    assert all(deltas) and types.index(COMPLETED) > max(i for i, t in enumerate(types) if t == DELTA)
+    assert completed.usage.seconds == pytest.approx(5.0, abs=0.2)
     assert second[0].type == "session.updated" and second[-2].transcript == reference24.text
     assert second[-2].item_id != completed.item_id
     [committed2] = [e for e in second if e.type == "input_audio_buffer.committed"]
@@ -306,9 +313,7 @@ def test_ga_client_streams_at_real_time_and_completed_equals_transcribe(daemon, 
     assert metrics["counters"]["finals_realtime"] >= 2 and metrics["counters"]["realtime_connections"] >= 1
     journal = [json.loads(line) for line in daemon.journal_file.read_text().splitlines()] if reference16.text else []
     assert any(entry["source"].startswith("realtime:") for entry in journal) or not reference16.text
-    early = [t for t, e in timed if e.type == DELTA and t < last_sent]
-    if reference16.text:
-        assert early, "committed words should arrive while the audio is streamed"
+    assert [t for t, e in timed if e.type == DELTA and t < last_sent], "no committed words while streaming"
 
 
 def test_beta_client_server_vad_cuts_two_utterances(daemon, speech, tiny_transcriber):

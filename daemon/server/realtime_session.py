@@ -66,6 +66,8 @@ class _Item:
     sent: str = ""  # transcript text already sent as deltas
     ended_at: float | None = None  # when the item's audio ended (commit / speech end)
     previous: str | None = None  # the item committed before it
+    start_s: float = 0.0  # its audio in the session's audio (s)
+    end_s: float = 0.0
 
 
 class RealtimeSession:
@@ -205,7 +207,7 @@ class RealtimeSession:
     # ---- what the stream did ------------------------------------------------------------------
     def began(self, utterance_id: str, t_s: float) -> None:
         """An utterance (item) began at ``t_s`` seconds of the session's audio."""
-        item = self._items[utterance_id] = _Item(f"item_{utterance_id}")
+        item = self._items[utterance_id] = _Item(f"item_{utterance_id}", start_s=t_s)
         self._open = utterance_id
         if self.config.vad:
             self._out.append(rt.speech_started(self.ids, item.id, round(t_s * 1000)))
@@ -223,7 +225,7 @@ class RealtimeSession:
         if reason == "cancel" or reason == "too_short":
             del self._items[utterance_id]
             return
-        item.ended_at = now
+        item.ended_at, item.end_s = now, t_s
         item.previous = self._previous
         self._out.append(rt.committed(self.ids, item.id, self._previous))
         name = "conversation.item.created" if self.config.beta else "conversation.item.added"
@@ -242,8 +244,7 @@ class RealtimeSession:
         elif kind == "final":
             text = message.get("text") or ""
             self._extend(item, text)
-            seconds = float(message.get("audio_end_s") or 0.0) - float(message.get("audio_start_s") or 0.0)
-            self._out.append(rt.completed(self.ids, item.id, text, seconds))
+            self._out.append(rt.completed(self.ids, item.id, text, item.end_s - item.start_s))
             if not self.config.beta:
                 self._out.append(rt.item_event(self.ids, "conversation.item.done", item.id, item.previous, text))
             self._done(message, item, now)

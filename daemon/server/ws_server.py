@@ -122,6 +122,7 @@ class _Peer:
         self.conn = conn
         self.ws = ws
         self.wakeup = asyncio.Event()
+        self.broadcasts = True  # qasr.v1 broadcasts (state, vad, the microphone's transcripts); not for /v1/realtime
 
     @property
     def id(self) -> str:
@@ -295,7 +296,7 @@ class EventServer:
         self.metrics.observe_event(event)
         self.metrics.count(f"published_{etype.replace('.', '_')}")
         for peer in list(self._clients.values()):
-            if peer.conn.wants(etype):
+            if peer.broadcasts and peer.conn.wants(etype):
                 self._queue(peer, event, data)
 
     def _deliver(self, client_id: str, event: dict) -> None:
@@ -427,6 +428,7 @@ class EventServer:
         sender = asyncio.create_task(self._sender(peer))
         try:
             if self._is_realtime(ws.request.path):
+                peer.broadcasts = False
                 await self._realtime.serve(_Link(self, peer), ws)
                 return
             try:
