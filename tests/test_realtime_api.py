@@ -214,7 +214,9 @@ def speech():
 def aclient(env: DaemonProcess, key: str | None = None):
     import openai
 
-    return openai.AsyncOpenAI(base_url=env.server_info()["http_url"] + "/v1", api_key=key or env.token(), max_retries=0)
+    info = env.server_info()  # the beta client needs websocket_base_url (it would take wss:// from base_url)
+    return openai.AsyncOpenAI(base_url=info["http_url"] + "/v1", websocket_base_url=info["ws_url"].rstrip("/") + "/v1",
+                              api_key=key or env.token(), max_retries=0)
 
 
 def b64(data: bytes) -> str:
