@@ -6,7 +6,7 @@ The same clip is streamed in 100 ms chunks at real time through each, without tu
 ends the item: ``input_audio_buffer.commit`` / ``audio.end``):
 - ``end_to_final_ms``: the last chunk sent → ``...transcription.completed`` / ``final`` received;
 - ``first_delta_ms``: the first chunk sent (speech starts at once) → the first ``delta`` / the first
-  ``partial`` with committed text (None when the model committed nothing before the end).
+  ``partial`` with committed text (or the ``final``, when nothing was committed before it: a delta then).
 
     .venv/bin/python scripts/bench_realtime.py --model ~/.cache/qasr/bench/random-0.6b-int8-q4_k --repeats 3
 """
@@ -66,7 +66,8 @@ async def qasr_once(env: DaemonProcess, audio: np.ndarray) -> dict:
         async def receive() -> float:
             while True:
                 message = json.loads(await ws.recv())
-                if message["type"] == "partial" and message.get("committed") and not first_delta:
+                text = message.get("committed") if message["type"] == "partial" else message.get("text")
+                if text and not first_delta:  # as a delta: committed words, or the final's text
                     first_delta.append(time.perf_counter())
                 if message["type"] == "final":
                     return time.perf_counter()
@@ -128,15 +129,20 @@ def main() -> int:
     try:
         asyncio.run(qasr_once(env, tone(2.0, 9)))  # warm-up
         for seconds in args.lengths:
-            audio = tone(seconds, int(seconds))
+            # one second of a harmonic tone, repeated: random weights commit words on it while it streams
+            audio = np.tile(tone(1.0, 1), int(round(seconds)))
             runs: dict[str, list[dict]] = {"qasr_v1": [], "realtime_16k": [], "realtime_24k": []}
-            for _ in range(args.repeats):  # interleaved, so that load changes hit all three alike
-                runs["qasr_v1"].append(asyncio.run(qasr_once(env, audio)))
-                runs["realtime_16k"].append(asyncio.run(realtime_once(env, audio, 16000)))
-                runs["realtime_24k"].append(asyncio.run(realtime_once(env, audio, 24000)))
+            once = {"qasr_v1": lambda: qasr_once(env, audio), "realtime_16k": lambda: realtime_once(env, audio, 16000),
+                    "realtime_24k": lambda: realtime_once(env, audio, 24000)}
+            for i in range(args.repeats):  # interleaved, the order turned each round: load changes hit all alike
+                for name in (list(once) if i % 2 == 0 else list(reversed(once))):
+                    runs[name].append(asyncio.run(once[name]()))
             for name, values in runs.items():
                 results[f"{name}_{seconds:g}s"] = {key: median(values, key) for key in ("end_to_final_ms",
                                                                                        "first_delta_ms")}
+        series = env.metrics()["series"]
+        results["daemon_series"] = {name: series.get(name) for name in (
+            "final_latency_ms", "realtime_final_latency_ms", "realtime_end_to_completed_ms")}
     finally:
         env.stop()
     results["load_after"] = os.getloadavg()

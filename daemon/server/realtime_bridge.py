@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
@@ -135,7 +136,10 @@ class RealtimeEndpoint:
                 else:
                     session.stopped(*args, now)
                 flush()
-            loop.call_soon_threadsafe(apply)
+            try:
+                loop.call_soon_threadsafe(apply)
+            except RuntimeError:  # the server's loop is closed (shutting down): nobody to tell
+                pass
 
         stream = _Stream(self, link.id, config, post)
         link.metrics.count("realtime_connections")
@@ -212,8 +216,7 @@ class _Stream:
         self._feed: UtteranceFeed | None = None
         self._uids: dict[int, str] = {}  # segmenter utterance id -> pipeline utterance id
         self._segment = 0  # the segmenter utterance being begun
-        self._offset = offset
-        self._offset_s = offset / SAMPLE_RATE
+        self._offset_s = offset / SAMPLE_RATE  # the segmenter's clock starts here
         if config.turn_detection is not None:
             td = config.turn_detection
             options = replace(endpoint.parts.segmenter_options(mode="vad"), preroll_ms=td.prefix_padding_ms,
@@ -278,7 +281,7 @@ class _Stream:
         for event in events:
             if isinstance(event, SpeechStart):
                 self._segment = event.utterance_id
-                self._start = self._offset + int(round(event.t_s * SAMPLE_RATE))
+                self._start = int(round((self._offset_s + event.t_s) * SAMPLE_RATE))
             elif isinstance(event, (SpeechEnd, Cancelled)):
                 uid = self._uids.pop(event.utterance_id, None)
                 if uid is not None:
@@ -313,8 +316,6 @@ def _subprotocols(headers) -> list[str]:
 
 
 def _query(path: str, name: str) -> str | None:
-    from urllib.parse import parse_qs, urlsplit
-
     values = parse_qs(urlsplit(path).query).get(name)
     return values[0][:256] if values else None
 

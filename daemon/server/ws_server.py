@@ -358,6 +358,8 @@ class EventServer:
                 return None
             self.metrics.count(f"realtime_rejected_{refusal[0]}")
             return http_routes.http(refusal[0], refusal[1], "application/json")
+        if url.path.rstrip("/") == "/v1/realtime":  # served only beside the OpenAI endpoint
+            return http_routes.text(404, "OpenAI's Realtime API is off here; set openai.enabled = true")
         if not upgrade:
             return await self._app_page(request, url.path, query)
 
