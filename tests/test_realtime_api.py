@@ -420,4 +420,30 @@ def test_garbage_gets_error_events_and_the_session_keeps_working(daemon, speech,
         "input_audio_buffer.cleared", "input_audio_buffer.committed"]
     assert events[-2].transcript == reference.text
     assert "Traceback" not in daemon.log()
-    assert daemon.status()["state"] in ("no-device", "listening")
+    status = daemon.status()
+    assert status["state"] in ("no-device", "listening")
+    assert status["realtime_url"] == daemon.server_info()["ws_url"].rstrip("/") + "/v1/realtime"
+
+
+def test_handshake_refusals_are_openai_errors():
+    from websockets.datastructures import Headers
+
+    from qasr.daemon.server.realtime_bridge import RealtimeEndpoint, offered_key
+
+    endpoint = RealtimeEndpoint(parts=None, options=None, routes=None)
+
+    def refuse(headers, query=None, origin_ok=True, full=False, upgrade=True):
+        answer = endpoint.refuse(Headers(headers), query or {}, "tok", "/run/token", origin_ok, full, upgrade)
+        return None if answer is None else (answer[0], json.loads(answer[1])["error"]["code"])
+
+    bearer = {"Authorization": "Bearer tok"}
+    assert refuse(bearer) is None
+    assert refuse({"Sec-WebSocket-Protocol": "realtime, openai-insecure-api-key.tok"}) is None
+    assert refuse({}, {"token": ["tok"]}) is None
+    assert refuse({}) == (401, "invalid_api_key") and refuse({"Authorization": "Bearer x"}) == (401, "invalid_api_key")
+    assert refuse(bearer, origin_ok=False)[0] == 403
+    assert refuse(bearer, full=True) == (503, "too_many_clients")
+    assert refuse(bearer, upgrade=False) == (426, "upgrade_required")
+    assert offered_key(Headers({"Sec-WebSocket-Protocol": "openai-insecure-api-key.k1"}), {}) == "k1"
+    assert endpoint.select_subprotocol(["openai-insecure-api-key.tok", "realtime"]) == "realtime"
+    assert endpoint.select_subprotocol(["openai-insecure-api-key.tok"]) is None
