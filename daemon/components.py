@@ -27,6 +27,7 @@ from qasr.daemon.transcription.pipeline import Pipeline
 from qasr.daemon.results.router import ResultRouter
 from qasr.daemon.server.bridge import DaemonServerHandler, ServerRunner
 from qasr.daemon.server.openai_bridge import OpenAIEndpoint
+from qasr.daemon.server.realtime_bridge import RealtimeEndpoint, RealtimeOptions, RealtimeRoutes
 from qasr.daemon.server.wyoming_server import WyomingServer
 from qasr.daemon.transcription.aligner_host import AlignerHost
 from qasr.daemon.transcription.audio_jobs import JobRoutes
@@ -62,6 +63,7 @@ class Components:
         self.desktop: dict[str, Any] = {"session": self.session.as_dict()}  # what status shows, and why
         self._runner: ServerRunner | None = None
         self.openai: OpenAIEndpoint | None = None
+        self.realtime: RealtimeEndpoint | None = None  # /v1/realtime, beside the OpenAI endpoint
         self.wyoming: WyomingServer | None = None
         self._wyoming_runner: ServerRunner | None = None
         self.input_device: str | None = None
@@ -183,6 +185,10 @@ class Components:
             routes = JobRoutes()
             self.router.add_route("openai", routes, journal=True)
             self.openai = OpenAIEndpoint(self, opts.openai_options(self.settings), routes)
+            realtime_routes = RealtimeRoutes()
+            self.router.add_route("realtime", realtime_routes, journal=True)
+            self.realtime = RealtimeEndpoint(self, RealtimeOptions(self.settings.engine.max_utterance_s),
+                                             realtime_routes)
         self.server = EventServer(opts.server_options(self.settings), self.server_handler)
         self._runner = ServerRunner(self.server)
         try:

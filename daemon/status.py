@@ -25,6 +25,8 @@ def daemon_status(daemon: Any) -> dict[str, Any]:
         "language": s.engine.language or None,
         "ws_url": p.ws_url,
         "openai_url": f"{p.server.http_url}/v1" if p.server is not None and p.openai is not None else None,
+        "realtime_url": f"{p.server.ws_url.rstrip('/')}/v1/realtime" if p.server is not None and p.realtime is not None
+        else None,
         "wyoming_uri": f"tcp://{p.wyoming.host}:{p.wyoming.port}" if p.wyoming is not None else None,
         "token_file": str(paths.token_file()) if p.server is not None else None,
         "last_latency_ms": pipeline.last_latency_ms if pipeline else None,

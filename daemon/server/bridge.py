@@ -80,6 +80,10 @@ class DaemonServerHandler(BaseServerHandler):
         """Other HTTP requests on the port (``POST /v1/audio/transcriptions``): the OpenAI endpoint, if on."""
         return self.parts.openai
 
+    def realtime_app(self):
+        """WebSockets on ``/v1/realtime`` (OpenAI Realtime transcription), if the OpenAI endpoint is on."""
+        return self.parts.realtime
+
     def health_info(self) -> dict:
         return status.health_info(self.daemon)
 

@@ -4,7 +4,7 @@ The ``websockets`` server parses only ``GET`` requests (the WebSocket handshake,
 ``/metrics`` and the pages its ``process_request`` hook answers), but ``POST /v1/audio/transcriptions``
 must reach the same port. So every accepted connection starts as a ``FrontConnection`` (the
 ``websockets`` connection class, passed to ``serve(create_connection=...)``) that only *looks* at the
-request line: a ``GET`` outside ``/v1/`` carries on as the ordinary WebSocket connection, byte for byte
+request line: a ``GET`` outside ``/v1/`` (or of ``/v1/realtime``, a WebSocket) carries on as the ordinary WebSocket connection, byte for byte
 as before (the same object, fed the bytes it would have read); any other request is handed, with the
 bytes read so far, to an ``HttpProtocol`` (``transport.set_protocol``) that speaks HTTP/1.1 through
 ``h11`` and asks the ``HttpApp`` for the answer. No proxying, no second port, no copy of the WebSocket
@@ -98,12 +98,18 @@ class HttpApp(Protocol):
     def handle(self, request: HttpRequest) -> Awaitable[HttpResponse]: ...
 
 
+WEBSOCKET_PATHS = (b"/v1/realtime", b"/v1/realtime/")  # under /v1/ but served by the websockets server
+
+
 def goes_to_front(request_line: bytes) -> bool:
-    """Everything but a ``GET`` outside ``/v1/`` (WebSocket handshakes, /health, /metrics, pages)."""
+    """Everything but a ``GET`` outside ``/v1/`` (WebSocket handshakes, /health, /metrics, pages) or of
+    ``/v1/realtime`` (OpenAI's Realtime API: a WebSocket)."""
     parts = request_line.split(b" ")
     if len(parts) < 2 or parts[0] != b"GET":
         return True
     path = parts[1].split(b"?", 1)[0]
+    if path in WEBSOCKET_PATHS:
+        return False
     return path == b"/v1" or path.startswith(b"/v1/")
 
 

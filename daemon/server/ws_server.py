@@ -14,6 +14,10 @@ is how the app answers commands, takes streamed audio and serves pages. The app'
 (``?token=``) unless ``ServerOptions.http_requires_token`` is false (the daemon sets it false: its pages are
 static and carry the token in the URL fragment).
 
+A WebSocket on ``/v1/realtime`` (OpenAI's Realtime API) is handed to the handler's ``realtime_app()``
+(``realtime_bridge.RealtimeEndpoint``): it checks its own handshake, and gets the client's queue, limits
+and worker threads through ``_Link``.
+
 This module does only I/O: each client's decisions (queue, rate limits, subscriptions, ingestion) are made
 by its sans-I/O ``connection.Connection``; HTTP responses are built by ``http_routes``.
 
@@ -118,10 +122,35 @@ class _Peer:
         self.conn = conn
         self.ws = ws
         self.wakeup = asyncio.Event()
+        self.broadcasts = True  # qasr.v1 broadcasts (state, vad, the microphone's transcripts); not for /v1/realtime
 
     @property
     def id(self) -> str:
         return self.conn.id
+
+
+class _Link:
+    """What the ``/v1/realtime`` app gets of its client: the same queue, limits and worker threads as a
+    ``qasr.v1`` client."""
+
+    def __init__(self, server: "EventServer", peer: _Peer) -> None:
+        self._server, self._peer = server, peer
+        self.id = peer.id
+        self.limits = server.options.connection_limits()
+        self.metrics = server.metrics
+
+    @property
+    def closing(self) -> bool:
+        return self._peer.conn.closing
+
+    def send(self, event: dict) -> None:
+        self._server._queue(self._peer, event)
+
+    def close(self, code: int, reason: str) -> None:
+        self._server._close_client(self._peer, Close(code, reason))
+
+    async def run(self, fn, *args):
+        return await self._server._call(fn, *args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,6 +167,7 @@ class EventServer:
         self._tasks: set[asyncio.Task] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._front: HttpFront | None = None  # other HTTP requests (POST /v1/...): the handler's http_app()
+        self._realtime = None  # WebSockets on /v1/realtime: the handler's realtime_app() (realtime_bridge)
         self._next_id = 0
         self._token = ""
         self._port = 0
@@ -186,12 +216,14 @@ class EventServer:
         if app is not None:
             front = getattr(app, "front_options", FrontOptions())
             self._front = HttpFront(app, replace(front, max_connections=self.options.max_clients), self.metrics.count)
+        self._realtime = getattr(self.handler, "realtime_app", lambda: None)()
         try:
             self._server = await serve(
                 self._serve_connection,
                 self.options.host,
                 self.options.port,
                 process_request=self._process_request,
+                select_subprotocol=self._select_subprotocol,
                 max_size=self.options.max_message_bytes,
                 ping_interval=self.options.ping_interval,
                 ping_timeout=self.options.ping_timeout,
@@ -264,7 +296,7 @@ class EventServer:
         self.metrics.observe_event(event)
         self.metrics.count(f"published_{etype.replace('.', '_')}")
         for peer in list(self._clients.values()):
-            if peer.conn.wants(etype):
+            if peer.broadcasts and peer.conn.wants(etype):
                 self._queue(peer, event, data)
 
     def _deliver(self, client_id: str, event: dict) -> None:
@@ -316,11 +348,22 @@ class EventServer:
             app = await self._optional("metrics_info") or {}
             uptime = time.monotonic() - self._started
             return http_routes.metrics(request, query, app, self.metrics, uptime, len(self._clients))
-        if "websocket" not in request.headers.get("Upgrade", "").lower():
+        upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
+        origin = request.headers.get("Origin")
+        origin_ok = origin is None or origin.rstrip("/") in http_routes.allowed_origins(self._port, self.options.allowed_origins)
+        if self._is_realtime(url.path):
+            refusal = self._realtime.refuse(request.headers, query, self._token, str(self._token_path), origin_ok,
+                                            len(self._clients) >= self.options.max_clients, upgrade)
+            if refusal is None:
+                return None
+            self.metrics.count(f"realtime_rejected_{refusal[0]}")
+            return http_routes.http(refusal[0], refusal[1], "application/json")
+        if url.path.rstrip("/") == "/v1/realtime":  # served only beside the OpenAI endpoint
+            return http_routes.text(404, "OpenAI's Realtime API is off here; set openai.enabled = true")
+        if not upgrade:
             return await self._app_page(request, url.path, query)
 
-        origin = request.headers.get("Origin")
-        if origin is not None and origin.rstrip("/") not in http_routes.allowed_origins(self._port, self.options.allowed_origins):
+        if not origin_ok:
             self.metrics.count("rejected_origin")
             return http_routes.text(403, f"origin {origin} is not allowed; add it to server.allowed_origins")
         token_ok = http_routes.token_ok(request, query, self._token)
@@ -367,6 +410,14 @@ class EventServer:
 
     # ---- WebSocket side ------------------------------------------------------------------------
 
+    def _is_realtime(self, path: str) -> bool:
+        return self._realtime is not None and urlsplit(path).path.rstrip("/") == self._realtime.path
+
+    def _select_subprotocol(self, connection: ServerConnection, offered) -> str | None:
+        if self._is_realtime(connection.request.path):
+            return self._realtime.select_subprotocol(list(offered))
+        return None
+
     async def _serve_connection(self, ws: ServerConnection) -> None:
         if len(self._clients) >= self.options.max_clients:
             await ws.close(CloseCode.TRY_AGAIN_LATER, f"too many clients ({self.options.max_clients})")
@@ -378,6 +429,10 @@ class EventServer:
         self.metrics.count("connections")
         sender = asyncio.create_task(self._sender(peer))
         try:
+            if self._is_realtime(ws.request.path):
+                peer.broadcasts = False
+                await self._realtime.serve(_Link(self, peer), ws)
+                return
             try:
                 info = dict(await self._optional("hello_info") or {})
             except Exception:
