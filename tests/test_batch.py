@@ -234,7 +234,7 @@ def test_ray_actors_write_what_the_local_pool_writes_and_resume(ray_address, loc
     out = tmp_path / "ray-out"
     proc = batch(archive, "--out", out, "--model", tiny_bundle, "--format", "txt,json,srt,vtt", "--ray", ray_address,
                  "--workers", "2", *OPTIONS, check=1)
-    assert "2 workers × 1 threads" in proc.stderr and "batch: 5 done, 2 failed" in proc.stderr
+    assert "2 workers × 1 thread " in proc.stderr and "batch: 5 done, 2 failed" in proc.stderr
     for name in GOOD:
         for fmt in FORMATS:
             rel = Path(name).with_suffix(f".{fmt}")
@@ -269,14 +269,17 @@ def test_inputs_from_folders_globs_and_lists(tmp_path, monkeypatch):
 
 def test_worker_plan_from_cores_and_memory():
     gib = 1024**3
-    assert plan(8, 64 * gib, 2 * gib, 1000) == plan(8, 64 * gib, 2 * gib, 1000)
-    assert (plan(8, 64 * gib, 2 * gib, 1000).workers, plan(8, 64 * gib, 2 * gib, 1000).threads) == (4, 2)
-    assert (plan(8, 5 * gib, 2 * gib, 1000).workers, plan(8, 5 * gib, 2 * gib, 1000).threads) == (2, 4)
-    assert (plan(2, 64 * gib, 2 * gib, 1000).workers, plan(2, 64 * gib, 2 * gib, 1000).threads) == (1, 2)
-    assert (plan(8, 64 * gib, 2 * gib, 3).workers, plan(8, 64 * gib, 2 * gib, 3).threads) == (3, 2)
-    assert (plan(8, 64 * gib, 2 * gib, 1000, workers=3).workers, plan(8, 64 * gib, 2 * gib, 1000, workers=3).threads) \
-        == (3, 2)
-    assert (plan(8, 64 * gib, 2 * gib, 1000, threads=1).workers) == 8
+
+    def workers_threads(*args, **kwargs) -> tuple[int, int]:
+        chosen = plan(*args, **kwargs)
+        return chosen.workers, chosen.threads
+
+    assert workers_threads(8, 64 * gib, 2 * gib, 1000) == (8, 1)  # a worker per core
+    assert workers_threads(8, 5 * gib, 2 * gib, 1000) == (2, 4)  # memory for 2 models: the cores split
+    assert workers_threads(2, 64 * gib, 2 * gib, 3) == (2, 1)
+    assert workers_threads(8, 64 * gib, 2 * gib, 3) == (3, 2)  # no more workers than files
+    assert workers_threads(8, 64 * gib, 2 * gib, 1000, workers=3) == (3, 2)
+    assert workers_threads(8, 64 * gib, 2 * gib, 1000, threads=2) == (4, 2)
 
 
 def test_progress_bar_on_a_terminal_and_lines_otherwise():
@@ -299,3 +302,9 @@ def test_progress_bar_on_a_terminal_and_lines_otherwise():
             assert "done [" not in text
         else:
             assert "\r" not in text and "done [1/2] a.mp3 (3600.0 s audio in 60.0 s)\n" in text
+
+
+def test_ray_is_imported_only_for_a_ray_run():
+    code = ("import sys, qasr.daemon.app, qasr.daemon.cli.main, qasr.daemon.batch.runner, qasr.daemon.batch.local_pool, "
+            "qasr.daemon.batch.ray_pool; assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

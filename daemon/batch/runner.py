@@ -87,7 +87,8 @@ def _run(opts: BatchOptions, todo: list[InputFile], manifest: Manifest, skipped_
     tally = Tally(files=len(jobs), audio_s=sum(job.audio_s for job in jobs))
     progress = Progress(tally, stream, opts.tty)
     progress.note(f"batch: {len(jobs)} files ({hours(tally.audio_s)} of audio) on {where}: {plan.workers} "
-                  f"workers × {plan.threads} threads ({plan.reason}); {skipped_done} already done")
+                  f"worker{'s' * (plan.workers != 1)} × {plan.threads} thread{'s' * (plan.threads != 1)} "
+                  f"({plan.reason}); {skipped_done} already done")
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -2,9 +2,10 @@
 
 Every worker holds one model, so memory caps the count: a worker needs about its bundle files (mapped and
 read) plus `RUNTIME_BYTES` (Python, onnxruntime arenas, the KV cache, one file's audio). The cores are
-split between the workers; two threads each by default, since one decoder stream on many threads waits on
-memory and thread barriers while two streams on half the threads each keep the cores busy (see
-docs/benchmarks.md, "Batch transcription").
+split between the workers, one thread each while memory allows: a batch wants throughput, and one decoder
+stream per core keeps every core busy without thread barriers, which stall whenever the machine has other
+work (measured: docs/benchmarks.md, "Batch transcription"). When memory holds fewer models than there are
+cores, each worker gets more threads.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RUNTIME_BYTES = 400 * 1024**2
-THREADS_PER_WORKER = 2
+THREADS_PER_WORKER = 1
 MEMORY_SHARE = 0.8  # of the available memory, for the workers
 
 

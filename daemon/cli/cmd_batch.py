@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="txt, json, srt or vtt; repeat or comma-separate for several (default: txt)")
     add_transcription_options(p)
     p.add_argument("--workers", type=int, metavar="N",
-                   help="worker processes (Ray actors with --ray), each with its own model; default: from the "
-                   "cores (2 threads each) and the free memory")
+                   help="worker processes (Ray actors with --ray), each with its own model; default: one per "
+                   "core, as many as the free memory holds")
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="CPU threads per worker (default: the cores split between the workers)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
