@@ -174,6 +174,24 @@ def test_second_run_does_nothing_and_retry_failed_retries(local_run, tiny_bundle
     assert sorted(Path(line["file"]).name for line in retried) == sorted(BAD)
 
 
+def test_word_timestamps_equal_transcribes(tiny_bundle, tiny_aligner_bundle, archive, tmp_path, capsys):
+    from qasr.daemon.cli.main import main
+
+    files = [archive / "speech.wav", archive / "nested" / "talk.mp3"]  # named one by one: the tree below both
+    words = ("--timestamps", "word", "--aligner", str(tiny_aligner_bundle))
+    batch(*files, "--out", tmp_path, "--model", tiny_bundle, "--format", "json,srt,vtt", *words, "--workers", "1",
+          *OPTIONS, check=0)
+    for file, stem in zip(files, ["speech", "nested/talk"]):
+        for fmt in ("json", "srt", "vtt"):
+            assert main(["transcribe", str(file), "--model", str(tiny_bundle), "--format", fmt, *words, *OPTIONS]) == 0
+            expected, written = capsys.readouterr().out, (tmp_path / f"{stem}.{fmt}").read_text()
+            if fmt == "json":
+                assert "words" in json.loads(written)
+                assert without_timings(json.loads(written)) == without_timings(json.loads(expected))
+            else:
+                assert written == expected
+
+
 def _interrupt_when(proc: subprocess.Popen, out: Path, lines: int, sig: int) -> None:
     deadline = time.monotonic() + 240
     path = out / "batch.jsonl"
