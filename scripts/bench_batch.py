@@ -2,7 +2,7 @@
 """Batch throughput: audio hours per wall hour of `qasr-daemon batch` (1 and 2 local workers, and through a
 local Ray) against a shell loop of `qasr-daemon transcribe` over the same files, plus memory per worker.
 
-    .venv/bin/python scripts/bench_batch.py [--model DIR] [--files 50] [--ray] [--work DIR]
+    .venv/bin/python scripts/bench_batch.py [--model DIR] [--files 50] [--ray] [--runs 1x2,1x1,2x1] [--work DIR]
 
 Without --model it makes the tiny random bundle of the test suite (what it measures then is the per-file
 overhead a batch saves: model loads and process starts, not the speed of a real model). The files are
@@ -128,6 +128,8 @@ def main() -> int:
     parser.add_argument("--model", type=Path, help="bundle (default: the tiny random bundle, made here)")
     parser.add_argument("--files", type=int, default=50)
     parser.add_argument("--ray", action="store_true", help="also the same runs through a local Ray")
+    parser.add_argument("--runs", default="1x2,1x1,2x1", help="local WORKERSxTHREADS runs (default: 1x2,1x1,2x1); "
+                        "with --ray, 1x1 and 2x1 through Ray too")
     parser.add_argument("--work", type=Path, help="working folder (default: a temporary one)")
     args = parser.parse_args()
 
@@ -142,7 +144,8 @@ def main() -> int:
     print("| --- | --- | --- | --- | --- | --- |")
     loop_wall = timed_loop(work / "audio", work / "out-loop", model, threads=2)
     print(f"| shell loop of transcribe (--threads 2) | {loop_wall:.1f} | – | {audio_s / loop_wall:.1f} | 1.00 | – |")
-    runs = [(1, 2, False), (1, 1, False), (2, 1, False)] + ([(1, 1, True), (2, 1, True)] if args.ray else [])
+    local = [tuple(int(n) for n in run.split("x")) for run in args.runs.split(",") if run]
+    runs = [(w, t, False) for w, t in local] + ([(1, 1, True), (2, 1, True)] if args.ray else [])
     for workers, threads, ray in runs:
         out = work / f"out-{'ray' if ray else 'local'}-{workers}x{threads}"
         wall, first, peaks = timed_batch(work / "audio", out, model, workers, threads, ray)
