@@ -3,18 +3,21 @@
 #   scripts/install.sh          runtime + the `convert` extra (huggingface_hub, onnx, gguf, safetensors) to
 #                               pull and convert models: no torch, no transformers
 #   scripts/install.sh --dev    everything the test suite needs too (torch, transformers and the official
-#                               model code as test oracles, X/audio tools)
+#                               model code as test oracles, X/audio tools; Ray for the batch tests)
+#   scripts/install.sh --batch  also Ray, for `qasr-daemon batch --ray` (the `batch` extra)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEV=0
+BATCH=0
 GPU=""  # --gpu cuda|vulkan: llama.cpp with that GPU backend (the engine's `device` setting picks it up)
 while (($#)); do
     case "$1" in
         --dev) DEV=1 ;;
+        --batch) BATCH=1 ;;
         --gpu) GPU="${2:-}"; shift ;;
         --gpu=*) GPU="${1#--gpu=}" ;;
-        *) echo "usage: scripts/install.sh [--dev] [--gpu cuda|vulkan]" >&2; exit 2 ;;
+        *) echo "usage: scripts/install.sh [--dev] [--batch] [--gpu cuda|vulkan]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -67,9 +70,11 @@ if [[ "$(cat "$built_for" 2>/dev/null)" != "$CMAKE_ARGS" ]]; then
 fi
 
 if [[ $DEV -eq 1 ]]; then
-    .venv/bin/python -m pip install -q -e ".[dev]"
+    .venv/bin/python -m pip install -q -e ".[dev]"  # dev includes the batch extra
     # Official Qwen3-ASR model code: reference for the exactness tests only (its deps are not wanted).
     .venv/bin/python -m pip install -q --no-deps "qwen-asr==0.0.6"
+elif [[ $BATCH -eq 1 ]]; then
+    .venv/bin/python -m pip install -q -e ".[convert,batch]"
 else
     .venv/bin/python -m pip install -q -e ".[convert]"
 fi

@@ -6,15 +6,15 @@ import argparse
 import sys
 
 from qasr import __version__
-from qasr.daemon.cli import (cmd_align, cmd_bench, cmd_captions, cmd_doctor, cmd_history, cmd_ime, cmd_lifecycle,
-                             cmd_listen, cmd_models, cmd_system_audio, cmd_transcribe)
+from qasr.daemon.cli import (cmd_align, cmd_batch, cmd_bench, cmd_captions, cmd_doctor, cmd_history, cmd_ime,
+                             cmd_lifecycle, cmd_listen, cmd_models, cmd_system_audio, cmd_transcribe)
 from qasr.errors import QasrError
 
 # Modules that each provide `register(subparsers)`; handlers are set with `set_defaults(func=...)`
 # and return an exit code. Keep module imports light (`qasr-daemon toggle` runs from a key binding):
 # heavy imports belong inside the handlers.
-COMMAND_MODULES = (cmd_lifecycle, cmd_models, cmd_transcribe, cmd_align, cmd_bench, cmd_listen, cmd_captions,
-                   cmd_doctor, cmd_history, cmd_ime, cmd_system_audio)
+COMMAND_MODULES = (cmd_lifecycle, cmd_models, cmd_transcribe, cmd_batch, cmd_align, cmd_bench, cmd_listen,
+                   cmd_captions, cmd_doctor, cmd_history, cmd_ime, cmd_system_audio)
 
 
 def build_parser() -> argparse.ArgumentParser:
