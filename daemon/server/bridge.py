@@ -23,6 +23,7 @@ from qasr.daemon.audio.segmenter import Segmenter
 from qasr.daemon.server import web_pages
 from qasr.daemon.server.ws_server import BaseServerHandler, EventServer, IngestRequest
 from qasr.daemon.transcription.utterance_feed import UtteranceFeed
+from qasr.daemon.transcription.utterance_targets import UtteranceTargets
 from qasr.errors import QasrError
 from qasr.protocol import ErrorCode, ProtocolError
 
@@ -67,8 +68,7 @@ class DaemonServerHandler(BaseServerHandler):
     def __init__(self, daemon: Any, parts: Any) -> None:
         self.daemon = daemon
         self.parts = parts
-        self._lock = threading.Lock()
-        self._streams: dict[str, IngestStream] = {}  # utterance id -> the stream it belongs to
+        self._streams: UtteranceTargets[IngestStream] = UtteranceTargets()  # utterance id -> its stream
 
     def hello_info(self) -> dict:
         return status.hello_info(self.daemon)
@@ -107,15 +107,11 @@ class DaemonServerHandler(BaseServerHandler):
 
     # -- IngestRoutes: results of streamed audio (decoder thread) --------------------------------
     def register(self, utterance_id: str, stream: "IngestStream") -> None:
-        with self._lock:
-            self._streams[utterance_id] = stream
+        self._streams.register(utterance_id, stream)
 
     def deliver(self, utterance_id: str, message: dict | None, outcome: str | None) -> None:
         """An event of an ingested utterance: to its client; an outcome closes the utterance."""
-        with self._lock:
-            stream = self._streams.get(utterance_id)
-            if stream is not None and outcome is not None:
-                del self._streams[utterance_id]
+        stream = self._streams.lookup(utterance_id, outcome)
         if stream is None:
             return
         server = self.parts.server

@@ -22,7 +22,6 @@ import asyncio
 import hmac
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -37,6 +36,7 @@ from qasr.daemon.server.connection import Close
 from qasr.daemon.server.openai_api import ApiError, resolve_language
 from qasr.daemon.server.realtime_session import Clear, Commit, Feed, Reconfigure, RealtimeSession, with_defaults
 from qasr.daemon.transcription.utterance_feed import UtteranceFeed
+from qasr.daemon.transcription.utterance_targets import UtteranceTargets
 from qasr.engine.audio_constants import SAMPLE_RATE
 from qasr.errors import QasrError
 
@@ -52,22 +52,11 @@ class RealtimeOptions:
     max_item_s: float = 30.0  # without turn detection: the most audio one commit may hold (engine.max_utterance_s)
 
 
-class RealtimeRoutes:
+class RealtimeRoutes(UtteranceTargets["_Stream"]):
     """The router's route for ``realtime:*`` sources: each utterance's results to the stream that began it."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._streams: dict[str, _Stream] = {}
-
-    def register(self, utterance_id: str, stream: "_Stream") -> None:
-        with self._lock:
-            self._streams[utterance_id] = stream
-
     def deliver(self, utterance_id: str, message: dict | None, outcome: str | None) -> None:
-        with self._lock:
-            stream = self._streams.get(utterance_id)
-            if stream is not None and outcome is not None:
-                del self._streams[utterance_id]
+        stream = self.lookup(utterance_id, outcome)
         if stream is not None and message is not None:
             stream.post("result", message)
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from qasr.daemon.transcription.pipeline import Pipeline
 from qasr.daemon.transcription.utterance_feed import UtteranceFeed
+from qasr.daemon.transcription.utterance_targets import UtteranceTargets
 from qasr.engine.audio_constants import SAMPLE_RATE
 from qasr.engine.segmentation import SegmentationOptions, cut_points
 from qasr.engine.transcribe import TranscribeOptions, normalize_waveform
@@ -46,28 +47,13 @@ class JobResult:
     cancelled: bool = False
 
 
-class JobRoutes:
+class JobRoutes(UtteranceTargets["AudioJob"]):
     """The router's route for one source kind: results of each utterance to the job that began it."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._jobs: dict[str, AudioJob] = {}
-
-    def register(self, utterance_id: str, job: "AudioJob") -> None:
-        with self._lock:
-            self._jobs[utterance_id] = job
-
     def deliver(self, utterance_id: str, message: dict | None, outcome: str | None) -> None:
-        with self._lock:
-            job = self._jobs.get(utterance_id)
-            if job is not None and outcome is not None:
-                del self._jobs[utterance_id]
+        job = self.lookup(utterance_id, outcome)
         if job is not None:
             job._result(utterance_id, message, outcome)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._jobs)
 
 
 class AudioJob:
