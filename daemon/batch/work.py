@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qasr.daemon.batch.manifest import file_sha256
-from qasr.daemon.cli.file_outputs import CueOptions, render, transcribe_file
+from qasr.daemon.cli.file_outputs import CueOptions, load_transcriber, render, transcribe_file
 from qasr.errors import QasrError
 
 
@@ -50,7 +50,7 @@ class JobResult:
 
 class FileWorker:
     def __init__(self, spec: EngineSpec):
-        from qasr.engine.transcribe import TranscribeOptions, Transcriber
+        from qasr.engine.transcribe import TranscribeOptions
 
         model = Path(spec.model)
         if not model.is_dir():
@@ -59,7 +59,7 @@ class FileWorker:
         options = TranscribeOptions(language=spec.language, context=spec.context,
                                     max_new_tokens=spec.max_new_tokens, threads=spec.threads)
         self.spec = spec
-        self.transcriber = Transcriber(model, options)
+        self.transcriber = load_transcriber(model, options)
         self.aligner = None
         try:
             if spec.aligner:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from qasr.config.settings import DEFAULT_MODEL_NAME, ModelSettings
 from qasr.daemon.cli.cmd_align import add_cue_options, aligner_dir, check_cue_options, load_aligner
-from qasr.daemon.cli.file_outputs import FORMATS, render, transcribe_file
+from qasr.daemon.cli.file_outputs import FORMATS, load_transcriber, render, transcribe_file
 from qasr.errors import QasrError, UsageError
 
 TIMESTAMPS = ("segment", "word")
@@ -68,13 +68,13 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     words = args.timestamps == "word"
     if words and args.format == "text":
         raise UsageError("--timestamps word needs --format json, srt or vtt")
-    from qasr.engine.transcribe import TranscribeOptions, Transcriber
+    from qasr.engine.transcribe import TranscribeOptions
 
     options = TranscribeOptions(
         language=args.language, context=args.context or "", max_new_tokens=args.max_new_tokens, threads=args.threads
     )
     aligner_path = aligner_dir(args.aligner, "--aligner") if words else None  # before any model loads
-    transcriber = Transcriber(model_dir(args.model), options)
+    transcriber = load_transcriber(model_dir(args.model), options)
     aligner = None
     failed = 0
     try:

@@ -20,6 +20,22 @@ class CueOptions:
     max_seconds: float = 5.0
 
 
+def load_transcriber(model, options):
+    """A `Transcriber`, warmed up before its first file: on some builds (q4_k decoder, AVX2 llama.cpp) the
+    first prefill after loading gives other logits than every later one, so without the warm-up a file's
+    transcript would depend on whether it came first; with it, `transcribe FILE`, `transcribe A FILE` and a
+    batch worker that has done other files all give the same."""
+    from qasr.engine.transcribe import Transcriber
+
+    transcriber = Transcriber(model, options)
+    try:
+        transcriber.warm_up()
+    except BaseException:
+        transcriber.close()
+        raise
+    return transcriber
+
+
 def transcribe_file(transcriber, aligner, file: str):
     """A `TranscriptionResult` of one file; with an aligner, its segments carry word times."""
     if aligner is None:
