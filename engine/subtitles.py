@@ -19,6 +19,7 @@ class Cue:
     start: float  # seconds
     end: float
     text: str
+    voice: str = ""  # who speaks: a WebVTT voice span (<v voice>), "voice: " in SRT
 
 
 def _clock(seconds: float, separator: str) -> str:
@@ -107,6 +108,7 @@ def format_srt(cues: Iterable[Cue]) -> str:
     for cue in cues:
         text = _cue_text(cue.text)
         if text:
+            text = f"{cue.voice}: {text}" if cue.voice else text
             blocks.append(f"{len(blocks) + 1}\n{srt_time(cue.start)} --> {srt_time(cue.end)}\n{text}\n")
     return "\n".join(blocks)
 
@@ -123,5 +125,6 @@ def format_vtt(cues: Iterable[Cue]) -> str:
     for cue in cues:
         text = _cue_text(cue.text)
         if text:
-            blocks.append(f"{vtt_time(cue.start)} --> {vtt_time(cue.end)}\n{_vtt_escape(text)}\n")
+            voice = f"<v {_vtt_escape(cue.voice)}>" if cue.voice else ""
+            blocks.append(f"{vtt_time(cue.start)} --> {vtt_time(cue.end)}\n{voice}{_vtt_escape(text)}\n")
     return "WEBVTT\n\n" + "\n".join(blocks)

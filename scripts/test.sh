@@ -4,8 +4,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh --dev
 set +e
-.venv/bin/python -m pytest -ra "$@"
+# a temporary folder of this run's own: pytest prunes its shared /tmp/pytest-of-$USER to the last three runs,
+# so a second pytest on the machine (another checkout) would delete this run's fixtures under it
+base=$(mktemp -d /tmp/qasr-pytest-XXXXXX)
+.venv/bin/python -m pytest -ra --basetemp="$base" "$@"
 rc=$?
 set -e
 # pytest exit 5 = no tests collected: treat as failure so an empty suite never passes silently.
+rm -rf "$base"
 exit $rc

@@ -46,3 +46,9 @@ def test_times_round_to_milliseconds_and_never_go_negative():
     assert srt_time(3725.0074) == "01:02:05,007" and vtt_time(0.0006) == "00:00:00.001"
     assert srt_time(360000.0) == "100:00:00,000"
 
+
+
+def test_a_voice_is_a_vtt_span_and_an_srt_prefix_and_text_stays_text():
+    cue = Cue(0, 1, "a <b> & c", "them")
+    assert format_vtt([cue]) == "WEBVTT\n\n00:00:00.000 --> 00:00:01.000\n<v them>a &lt;b&gt; &amp; c\n"
+    assert format_srt([cue]) == "1\n00:00:00,000 --> 00:00:01,000\nthem: a <b> & c\n"

@@ -80,26 +80,22 @@ def to_txt(turns: list[Turn], started: datetime) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cues(turns: list[Turn], label) -> list[Cue]:
+def cues(turns: list[Turn]) -> list[Cue]:
     """One cue per turn, or word-timed cues when the turn has words, in time order (overlapping speech
-    interleaves); ``label(speaker, text)`` marks each."""
+    interleaves), each with its speaker as the voice."""
     out = []
     for t in turns:
         pieces = word_cues(t.words) if t.words else [Cue(t.start, max(t.end, t.start + 0.001), t.text)]
-        out += [Cue(c.start, c.end, label(t.speaker, c.text)) for c in pieces]
+        out += [Cue(c.start, c.end, c.text, t.speaker) for c in pieces]
     return sorted(out, key=lambda c: (c.start, c.end))
 
 
 def to_srt(turns: list[Turn]) -> str:
-    return format_srt(cues(turns, lambda speaker, text: f"{speaker}: {text}"))
+    return format_srt(cues(turns))
 
 
 def to_vtt(turns: list[Turn]) -> str:
-    return format_vtt(cues(turns, lambda speaker, text: f"<v {speaker}>{_vtt_escape(text)}"))
-
-
-def _vtt_escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return format_vtt(cues(turns))
 
 
 def to_json(turns: list[Turn], started: datetime, ended: datetime, echoes: int) -> str:

@@ -38,6 +38,7 @@ class PulseServer:
         self.runtime_dir = root / "xdg"
         self.pulse_dir = self.runtime_dir / "pulse"
         self.socket = self.pulse_dir / "native"
+        self.log = root / "pulseaudio.log"
         self.server = f"unix:{self.socket}"
         self.sink, self.source = SINK, SOURCE
         home, config = root / "home", root / "config"
@@ -59,15 +60,20 @@ class PulseServer:
 
     @property
     def server_env(self) -> dict[str, str]:
-        return dict(self.env, **self._server_env_extra)
+        # No session bus: with DISPLAY set, D-Bus autolaunches one bus per X display and a second server
+        # there fails with "D-Bus name org.PulseAudio1 already taken" (two servers under one Xvfb).
+        env = {k: v for k, v in self.env.items() if k != "DISPLAY"}
+        return dict(env, DBUS_SESSION_BUS_ADDRESS="disabled:", **self._server_env_extra)
 
     def start(self) -> None:
-        subprocess.run(["pulseaudio", "-D", "-n", "--exit-idle-time=-1", "--disallow-exit",
-                        "-L", "module-native-protocol-unix", "-L", f"module-null-sink sink_name={SINK}",
-                        *[arg for name in self.outputs for arg in ("-L", f"module-null-sink sink_name={name}")],
-                        "-L", "module-always-sink"],
-                       env=self.server_env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       timeout=60)
+        with open(self.log, "ab") as log:  # a file, not a pipe: the daemon keeps its stderr open
+            started = subprocess.run(["pulseaudio", "-D", "-n", "--exit-idle-time=-1", "--disallow-exit",
+                                      "-L", "module-native-protocol-unix", "-L", f"module-null-sink sink_name={SINK}",
+                                      *[a for name in self.outputs for a in ("-L", f"module-null-sink sink_name={name}")],
+                                      "-L", "module-always-sink", "--log-target=stderr", "-v"],
+                                     env=self.server_env, stdout=subprocess.DEVNULL, stderr=log, timeout=60)
+        if started.returncode != 0:
+            raise HarnessError(f"pulseaudio did not start: {self.log.read_text(errors='replace')[-1500:]}")
         deadline = time.monotonic() + 20
         while subprocess.run(["pactl", "info"], env=self.env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, timeout=20).returncode != 0:
