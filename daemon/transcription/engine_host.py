@@ -45,6 +45,9 @@ class EngineHost:
         self.bundle: Bundle = load_bundle(o.model_path, verify=o.verify)
         self.check_language(o.transcribe.language)
         self.transcriber = Transcriber(self.bundle, o.transcribe)
+        # as `transcribe` and `batch` do: a q4_k decoder's first prefill after loading was seen to differ from
+        # every later one (AVX2 build), so the first utterance would not equal `transcribe` of its audio
+        self.transcriber.warm_up()
 
     @property
     def model_name(self) -> str | None:
