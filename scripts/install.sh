@@ -37,7 +37,10 @@ if command -v apt-get >/dev/null 2>&1; then
     pkgs=("${RUNTIME_APT[@]}"); [[ $DEV -eq 1 ]] && pkgs+=("${DEV_APT[@]}")
     for p in "${WHERE_PACKAGED_APT[@]}"; do apt-cache show "$p" >/dev/null 2>&1 && pkgs+=("$p"); done
     missing=()
-    for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    # installed means "install ok installed": a package removed but not purged still answers dpkg -s
+    for p in "${pkgs[@]}"; do
+        [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" == "install ok installed" ]] || missing+=("$p")
+    done
     if ((${#missing[@]})); then
         echo "==> apt-get install ${missing[*]}"
         $SUDO apt-get update -q
