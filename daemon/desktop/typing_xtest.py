@@ -173,7 +173,7 @@ class XTestTyper:
         from Xlib.ext import xtest
 
         self._forget_stale_mappings()
-        keycodes = [self.disp.keysym_to_keycode(k) or self._keycode_for(k) for k in keysyms]
+        keycodes = [self.disp.keysym_to_keycode(k) or self._map_burst([k])[k] for k in keysyms]
         for keycode in keycodes:
             xtest.fake_input(self.disp, X.KeyPress, keycode)
             self.disp.sync()
@@ -183,21 +183,6 @@ class XTestTyper:
             self.disp.sync()
             self._pressed(keycode)
             time.sleep(self.options.char_delay_s)
-
-    def _keycode_for(self, keysym: int) -> int:
-        for keycode, mapped in self._mapped.items():
-            if mapped == keysym:
-                return keycode
-        # Least recently pressed keycode; wait until clients had time to read its previous keysym.
-        keycode = min(self._pool, key=lambda kc: self._last_press.get(kc, 0.0))
-        wait = self._last_press.get(keycode, 0.0) + self.options.reuse_guard_s - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        self.disp.change_keyboard_mapping(keycode, [(keysym,) * self._width])
-        self.disp.sync()
-        self._mapped[keycode] = keysym
-        time.sleep(self.options.settle_s)
-        return keycode
 
     def _forget_stale_mappings(self) -> None:
         """Drop cached keycodes that someone else (another typer, xmodmap) remapped since we used them."""
