@@ -34,6 +34,7 @@ class FinalTimings:
     draft_tokens: int = 0
     accepted_tokens: int = 0
     latency_ms: float | None = None  # end of the audio -> final out; the caller that knows the end sets it
+    wait_ms: float | None = None  # end of the audio -> this computation starting (set by that caller too)
 
 
 @dataclass

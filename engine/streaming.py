@@ -26,6 +26,7 @@ a step that is not due is skipped, never queued. Nothing carries over between ut
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -84,7 +85,12 @@ class StreamingSession:
         options: StreamingOptions = StreamingOptions(),
         utterance_id: str = "u0",
         start_s: float = 0.0,
+        encoder_guard: contextlib.AbstractContextManager | None = None,
     ):
+        # `encoder_guard` (a re-entrant lock) lets another thread push() while a step decodes: the encoder
+        # is read only under it, and a step decodes from what it read (the finished windows and the open
+        # window as they were), so audio arriving meanwhile never waits for the decoder.
+        self._guard = encoder_guard or contextlib.nullcontext()
         self.engine = engine
         self.options = options
         self.utterance_id = utterance_id
@@ -107,6 +113,8 @@ class StreamingSession:
         self.steps_compute_s = 0.0  # compute_s spent in partial steps (the rest is not optional)
         self._sync_s_per_position = 0.006  # measured cost of putting finished-window audio into the cache
         self._kv_audio_windows = 0  # finished windows whose embeddings sit in the KV cache
+        self._windows: list[np.ndarray] = []  # the encoder's finished windows as the last step read them
+        self._changed_from = 1 << 30  # ... and the first of them it recomputed since the cache took them
         self._kv_open_audio = 0  # open-window audio positions after them (reuse_open_audio)
         self._head_len = 0
         self._finished = False
@@ -133,18 +141,22 @@ class StreamingSession:
         caller that encodes on one thread and decodes on another: `feed(empty)` later steps when due."""
         if self._finished:
             raise RuntimeError("push() after finish() or cancel()")
-        t0 = time.perf_counter()
-        self.encoder.push(pcm)
-        self.compute_s += time.perf_counter() - t0
+        with self._guard:
+            t0 = time.perf_counter()
+            self.encoder.push(pcm)
+            self.compute_s += time.perf_counter() - t0
 
     def feed(self, pcm: np.ndarray) -> list[PartialEvent | FinalEvent]:
         """Add audio; returns the events it caused (a partial when one is due, a final on a length cut)."""
         self.push(pcm)
         events: list[PartialEvent | FinalEvent] = []
         if self.audio_s >= self.options.max_utterance_s:
-            events.append(self._cut_at_quiet_point())
+            with self._guard:
+                events.append(self._cut_at_quiet_point())
             return events
-        if self._step_due():
+        with self._guard:
+            due = self._step_due()
+        if due:
             event = self.step()
             if event is not None:
                 events.append(event)
@@ -152,18 +164,22 @@ class StreamingSession:
 
     def step(self) -> PartialEvent | None:
         """Decode a hypothesis for the audio so far and return a partial (None while silent)."""
-        audio = self.encoder.audio
-        self._last_step_audio_s = self.audio_s
+        t0 = time.perf_counter()
+        with self._guard:
+            audio_s = self._last_step_audio_s = self.audio_s
+            silent = self.encoder.n_samples == 0 or is_silent(self.encoder.audio, self.engine.feature_params.sample_rate)
+            self._read_windows()
+            open_embeds = None if silent else self.encoder.open_window()
+        encoder_s = time.perf_counter() - t0
         self._claim_decoder()
         # Finished windows (exact, never recomputed) enter the cache first; that work is not the step's
         # own and is accounted apart so it does not stretch the cadence (see _step_due).
         sync_s = self._sync_pending_windows()
-        if audio.size == 0 or is_silent(audio, self.engine.feature_params.sample_rate):
+        if open_embeds is None:
             return None
-        t0 = time.perf_counter()
         timings = StepTimings()
-        open_embeds = self.encoder.open_window()
         t1 = time.perf_counter()
+        t0 = t1 - encoder_s
         timings.encoder_ms = (t1 - t0) * 1000.0
         try:
             with self.decoder.interruptible_decodes():
@@ -177,7 +193,7 @@ class StreamingSession:
                     self.decoder.feed_tokens(self._after_ids, want_logits=False)
                     parked = self.decoder.unpark()
                 timings.prefill_ms = (time.perf_counter() - t1) * 1000.0
-                cap = out.new_token_cap(self.audio_s, self.options.max_new_tokens)
+                cap = out.new_token_cap(audio_s, self.options.max_new_tokens)
                 hyp = self._decode(self._hyp.ids, cap, self.options.max_new_tokens_per_step, timings, trusted,
                                    parked)
         except DecodeInterrupted:
@@ -185,17 +201,14 @@ class StreamingSession:
             self.decoder.drop_parked()
             self._kv_text = None
             self._drop_open_audio()
-            elapsed = time.perf_counter() - t0
-            self.compute_s += elapsed
-            self.steps_compute_s += elapsed
+            self._count_step(time.perf_counter() - t0)
             self.interrupted += 1
             return None
         self._hyp = hyp
         elapsed = time.perf_counter() - t0
         timings.step_ms = (elapsed + sync_s) * 1000.0
         timings.sync_ms = sync_s * 1000.0
-        self.compute_s += elapsed
-        self.steps_compute_s += elapsed
+        self._count_step(elapsed)
         self._step_cost_s = elapsed if self.steps == 0 else 0.5 * (self._step_cost_s + elapsed)
         self.steps += 1
         visible = hyp.ids if hyp.cut is None else hyp.ids[: hyp.cut]
@@ -211,9 +224,20 @@ class StreamingSession:
             committed=committed,
             tentative=tentative,
             audio_start_s=self.start_s,
-            audio_end_s=self.start_s + self.audio_s,
+            audio_end_s=self.start_s + audio_s,
             timings=timings,
         )
+
+    def _count_step(self, elapsed: float) -> None:
+        with self._guard:
+            self.compute_s += elapsed
+            self.steps_compute_s += elapsed
+
+    def _read_windows(self) -> None:
+        """Take the encoder's finished windows (and which of them it recomputed) for the decoder side."""
+        self._windows = self.encoder.finished_windows
+        self._changed_from = min(self._changed_from, self.encoder.changed_from_window)
+        self.encoder.changed_from_window = 1 << 30
 
     def prepare_final(self) -> FinalEvent:
         """Compute the final for the audio so far now, without ending the utterance.
@@ -224,8 +248,9 @@ class StreamingSession:
         """
         if self._finished:
             raise RuntimeError("prepare_final() after finish() or cancel()")
-        final = self._exact_final()
-        self._prepared = (self.encoder.n_samples, final)
+        with self._guard:  # audio pushed meanwhile waits: the final must cover exactly what it counts
+            final = self._exact_final()
+            self._prepared = (self.encoder.n_samples, final)
         return final
 
     def finish(self) -> FinalEvent:
@@ -234,11 +259,12 @@ class StreamingSession:
             raise RuntimeError("finish() called twice")
         self._finished = True
         prepared = self._prepared
-        if prepared is not None and prepared[0] == self.encoder.n_samples:
-            final = prepared[1]
-            final.prepared = True
-        else:
-            final = self._exact_final()
+        with self._guard:
+            if prepared is not None and prepared[0] == self.encoder.n_samples:
+                final = prepared[1]
+                final.prepared = True
+            else:
+                final = self._exact_final()
         self.seq += 1
         final.seq = self.seq
         self._release_decoder()
@@ -256,12 +282,13 @@ class StreamingSession:
             timings.compute_ms = self.compute_s * 1000.0
             return self._final([], "empty" if audio.size == 0 else "silence", None, committed, timings)
         embeds, kept = self.encoder.exact_embeddings()
+        self._read_windows()
         t1 = time.perf_counter()
         timings.encoder_ms = (t1 - t0) * 1000.0
         n_audio = max(self.encoder.n_samples, self.encoder.min_samples) / rate
         cap = out.new_token_cap(n_audio, self.options.max_new_tokens)
         window = self.engine.bundle.manifest.audio.window_tokens
-        kept = min(kept, self._kv_audio_windows, self.encoder.changed_from_window)
+        kept = min(kept, self._kv_audio_windows, self._changed_from)
         self.decoder.truncate(self._head_len + kept * window)  # the new audio goes in with the tail (_decode)
         self._kv_audio_windows, self._kv_open_audio = kept, 0
         if (self.options.reuse_open_audio and kept == len(self.encoder.finished_windows)
@@ -328,8 +355,8 @@ class StreamingSession:
 
     def _pending_positions(self) -> int:
         """Audio positions of finished windows that are not (or no longer) in the decoder cache."""
-        synced = min(self._kv_audio_windows, self.encoder.changed_from_window)
-        return (len(self.encoder.finished_windows) - synced) * self.engine.bundle.manifest.audio.window_tokens
+        synced = min(self._kv_audio_windows, self._changed_from)
+        return (len(self._windows) - synced) * self.engine.bundle.manifest.audio.window_tokens
 
     def _sync_pending_windows(self) -> float:
         """Sync finished windows into the cache now; returns the seconds it took (also added to compute_s)."""
@@ -348,11 +375,11 @@ class StreamingSession:
         """Put every finished window into the cache (exact; their positions never change again)."""
         window = self.engine.bundle.manifest.audio.window_tokens
         # windows the encoder recomputed (a new log-mel maximum) leave the cache too
-        if self.encoder.changed_from_window < self._kv_audio_windows:
-            self._kv_audio_windows = self.encoder.changed_from_window
+        if self._changed_from < self._kv_audio_windows:
+            self._kv_audio_windows = self._changed_from
             self._kv_open_audio = 0
-        self.encoder.changed_from_window = 1 << 30
-        new_windows = self.encoder.finished_windows[self._kv_audio_windows :]
+        self._changed_from = 1 << 30
+        new_windows = self._windows[self._kv_audio_windows :]
         if new_windows:
             self._kv_open_audio = 0  # stale open-window audio gives way to the exact finished window
         self.decoder.truncate(self._head_len + self._kv_audio_windows * window + self._kv_open_audio)

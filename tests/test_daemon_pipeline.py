@@ -240,8 +240,8 @@ def test_streaming_backend_gives_partials_and_offline_equal_finals(transcriber):
     from qasr.engine.streaming import StreamingOptions, StreamingSession
 
     events: list = []
-    backend = StreamingBackend(lambda options: StreamingSession(transcriber, StreamingOptions(rtf_budget=10.0),
-                                                                utterance_id=options.utterance_id))
+    backend = StreamingBackend(lambda options, guard: StreamingSession(
+        transcriber, StreamingOptions(rtf_budget=10.0), utterance_id=options.utterance_id, encoder_guard=guard))
     pipeline = Pipeline(backend, lambda source, event: events.append(event))
     pipeline.start()
     audios = [_tone_audio(3.0, 9), _tone_audio(1.5, 10)]

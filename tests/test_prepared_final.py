@@ -283,9 +283,9 @@ class SignallingBackend:
     def __init__(self, transcriber):
         from qasr.engine.streaming import StreamingOptions, StreamingSession
 
-        self.inner = StreamingBackend(lambda options: StreamingSession(
+        self.inner = StreamingBackend(lambda options, guard: StreamingSession(
             transcriber, StreamingOptions(rtf_budget=10.0), utterance_id=options.utterance_id,
-            start_s=options.audio_start))
+            start_s=options.audio_start, encoder_guard=guard))
         self.prepares = threading.Semaphore(0)
 
     def open_stream(self, options):

@@ -278,6 +278,7 @@ def _final_latency_bounds(engine, audio: np.ndarray, final_ids: list[int]) -> di
     def run(draft: list[int]):
         session = StreamingSession(engine, StreamingOptions(rtf_budget=1e9, step_s=1e9, first_step_s=1e9), "bound")
         _stream_in_real_time(session, audio, 0.0, realtime=False)
+        session._read_windows()
         session._sync_audio_into_kv(session.encoder.open_window())
         session._hyp.ids = list(draft)
         t0 = time.perf_counter()
@@ -408,6 +409,12 @@ def run_bench(args: argparse.Namespace) -> int:
     for config in configs:
         encoder, _, decoder = config.partition("/")
         bundle = ensure_bundle(checkpoint, work_dir, encoder, decoder)
+        if args.release:
+            result = run_worker(["release", str(bundle), ",".join(map(str, args.streaming_lengths)), str(threads),
+                                 str(args.rtf_budget), str(args.release_points), str(args.paused_points)])
+            result.update({"encoder": encoder, "decoder": decoder})
+            _print(result, args.json)
+            continue
         if args.streaming:
             for seconds in args.streaming_lengths:
                 result = run_worker(["streaming", str(bundle), str(seconds), str(threads), str(args.rtf_budget),
@@ -443,6 +450,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-official", dest="official", action="store_false", help="skip the transformers reference")
     p.add_argument("--streaming", action="store_true", help="the streaming workload instead of the offline one")
     p.add_argument("--streaming-lengths", type=float, nargs="+", default=[3.0, 10.0, 20.0])
+    p.add_argument("--release", action="store_true",
+                   help="key release -> final through the daemon's pipeline at --release-points random points")
+    p.add_argument("--release-points", type=int, default=20)
+    p.add_argument("--paused-points", type=int, default=10, help="utterances ended by the VAD (final prepared)")
     p.add_argument("--rtf-budget", type=float, default=0.5)
     p.add_argument("--no-realtime", dest="realtime", action="store_false", help="feed audio as fast as possible")
     p.add_argument("--json", action="store_true", help="one JSON object per configuration")
@@ -459,6 +470,12 @@ def worker_main(argv: list[str]) -> int:
     elif kind == "streaming":
         bundle, audio_s, threads, budget, realtime = rest
         result = streaming_worker(Path(bundle), float(audio_s), int(threads), float(budget), realtime == "1")
+    elif kind == "release":
+        from qasr.daemon.bench.release_bench import release_worker
+
+        bundle, lengths, threads, budget, points, paused = rest
+        result = release_worker(Path(bundle), [float(x) for x in lengths.split(",")], int(threads), float(budget),
+                                int(points), int(paused))
     else:
         raise SystemExit(f"unknown worker {kind}")
     print(json.dumps(result))

@@ -72,13 +72,13 @@ class EngineHost:
             return StreamingBackend(self._session)
         return WholeUtteranceBackend(self._transcribe)
 
-    def _session(self, options: StreamOptions) -> StreamingSession:
+    def _session(self, options: StreamOptions, encoder_guard=None) -> StreamingSession:
         """A streaming session for one utterance (decoder worker); the stream's options win over settings."""
         o = self._options()
         session = replace(o.streaming, language=options.language or o.streaming.language,
                           context=self.context(options, o))
         return StreamingSession(self.transcriber, session, utterance_id=options.utterance_id,
-                                start_s=options.audio_start)
+                                start_s=options.audio_start, encoder_guard=encoder_guard)
 
     def _transcribe(self, audio: np.ndarray, options: StreamOptions) -> TranscriptionResult:
         """Offline engine call (engine.streaming = false; decoder worker): the whole utterance."""

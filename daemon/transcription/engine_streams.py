@@ -136,21 +136,23 @@ class StreamingUtteranceStream:
     rebuilds its cache (``StreamingSession._claim_decoder``), so the pipeline may serve a newer utterance
     first. The session is created lazily on the decoder worker by the first ``decode_*`` call; until
     then ``encode`` buffers the audio, afterwards it pushes it into the session's encoder on the encoder
-    worker. A lock per stream serialises the two workers on the session; a lock per backend keeps a
-    ``close`` from another thread off the decoder while a decode runs.
+    worker. The stream's lock is the session's encoder guard: a partial step holds it only while it reads
+    the encoder, so audio keeps being encoded while the step decodes (no backlog when the key is released).
+    A lock per backend keeps a ``close`` from another thread off the decoder while a decode runs.
     """
 
-    def __init__(self, make_session: Callable[[], StreamingSession], decoder_lock: threading.Lock) -> None:
+    def __init__(self, make_session: Callable[[threading.RLock], StreamingSession],
+                 decoder_lock: threading.Lock) -> None:
         self._make_session = make_session
         self._decoder_lock = decoder_lock  # every stream of the backend: one decoder, one user at a time
         self._session: StreamingSession | None = None
         self._pending: list[np.ndarray] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._closed = False
 
     def _activate(self) -> StreamingSession:  # decoder worker, lock held
         if self._session is None:
-            self._session = self._make_session()
+            self._session = self._make_session(self._lock)
             for pcm in self._pending:
                 self._session.push(pcm)
             self._pending.clear()
@@ -166,11 +168,13 @@ class StreamingUtteranceStream:
                 self._session.push(pcm)
 
     def decode_partial(self) -> PartialEvent | None:
-        with self._decoder_lock, self._lock:
-            if self._closed:
-                return None
+        with self._decoder_lock:
+            with self._lock:
+                if self._closed:
+                    return None
+                session = self._activate()
             # feed() with no new audio runs a decoding step only when the cadence says one is due.
-            for event in self._activate().feed(np.zeros(0, np.float32)):
+            for event in session.feed(np.zeros(0, np.float32)):
                 if isinstance(event, PartialEvent):
                     return event
             return None
@@ -201,9 +205,9 @@ class StreamingUtteranceStream:
 class StreamingBackend:
     """Partials while the person speaks, and finals equal to offline transcription."""
 
-    def __init__(self, make_session: Callable[[StreamOptions], StreamingSession]) -> None:
-        self._make_session = make_session  # called on the decoder worker
+    def __init__(self, make_session: Callable[[StreamOptions, threading.RLock], StreamingSession]) -> None:
+        self._make_session = make_session  # (options, encoder guard), called on the decoder worker
         self._decoder_lock = threading.Lock()
 
     def open_stream(self, options: StreamOptions) -> StreamingUtteranceStream:
-        return StreamingUtteranceStream(lambda: self._make_session(options), self._decoder_lock)
+        return StreamingUtteranceStream(lambda guard: self._make_session(options, guard), self._decoder_lock)

@@ -360,12 +360,16 @@ class Pipeline:
         utt.seq += 1
 
     def _run_final(self, utt: _Utterance) -> None:
+        started = time.monotonic()
         final = utt.stream.decode_final()
         if utt.cancelled:
             return
-        latency_ms = round((time.monotonic() - utt.ended) * 1000.0, 1) if utt.ended is not None else None
+        latency_ms = wait_ms = None
+        if utt.ended is not None:
+            latency_ms = round((time.monotonic() - utt.ended) * 1000.0, 1)
+            wait_ms = round((started - utt.ended) * 1000.0, 1)
         final = replace(final, seq=utt.seq, prepares=utt.prepares,
-                        timings=replace(final.timings, latency_ms=latency_ms))
+                        timings=replace(final.timings, latency_ms=latency_ms, wait_ms=wait_ms))
         self.utterances_done += 1
         self.last_latency_ms = latency_ms
         self._emit(utt.source, final)
