@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -146,8 +147,9 @@ class StreamingSession:
             self.encoder.push(pcm)
             self.compute_s += time.perf_counter() - t0
 
-    def feed(self, pcm: np.ndarray) -> list[PartialEvent | FinalEvent]:
-        """Add audio; returns the events it caused (a partial when one is due, a final on a length cut)."""
+    def feed(self, pcm: np.ndarray, should_stop: Callable[[], bool] | None = None) -> list[PartialEvent | FinalEvent]:
+        """Add audio; returns the events it caused (a partial when one is due, a final on a length cut).
+        `should_stop`: the step gives up (no partial) once it says True, as after `interrupt()`."""
         self.push(pcm)
         events: list[PartialEvent | FinalEvent] = []
         if self.audio_s >= self.options.max_utterance_s:
@@ -157,13 +159,13 @@ class StreamingSession:
         with self._guard:
             due = self._step_due()
         if due:
-            event = self.step()
+            event = self.step(should_stop)
             if event is not None:
                 events.append(event)
         return events
 
-    def step(self) -> PartialEvent | None:
-        """Decode a hypothesis for the audio so far and return a partial (None while silent)."""
+    def step(self, should_stop: Callable[[], bool] | None = None) -> PartialEvent | None:
+        """Decode a hypothesis for the audio so far and return a partial (None while silent or stopped)."""
         t0 = time.perf_counter()
         with self._guard:
             audio_s = self._last_step_audio_s = self.audio_s
@@ -183,6 +185,8 @@ class StreamingSession:
         timings.encoder_ms = (t1 - t0) * 1000.0
         try:
             with self.decoder.interruptible_decodes():
+                if should_stop is not None and should_stop():  # an interrupt() before decodes could see it
+                    raise DecodeInterrupted("stopped before decoding")
                 # Committed tokens are not verified again in partials (their text never changes anyway;
                 # the final verifies everything): logits only where the hypothesis may still change.
                 committed = self.commits.committed

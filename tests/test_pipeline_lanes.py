@@ -67,7 +67,7 @@ class SlowPartialStream(FakeStream):
         self.in_partial = threading.Event()
         self.interrupted = threading.Event()
 
-    def decode_partial(self):
+    def decode_partial(self, should_stop=lambda: False):
         self.log.append((self.name, "partial"))
         self.in_partial.set()
         assert self.interrupted.wait(WAIT_S)

@@ -48,7 +48,7 @@ class FakeStream:
                 time.sleep(0.2)
         self.samples += len(pcm)
 
-    def decode_partial(self):
+    def decode_partial(self, should_stop=lambda: False):
         self.log.append((self.name, "partial"))
         self.partials += 1
         return PartialEvent("?", 0, committed="", tentative=f"p{self.partials}", audio_start_s=0.0,
@@ -374,7 +374,7 @@ class BlockingPartialStream(FakeStream):
         self.in_partial = threading.Event()
         self.interrupted = threading.Event()
 
-    def decode_partial(self):
+    def decode_partial(self, should_stop=lambda: False):
         self.log.append((self.name, "partial"))
         self.in_partial.set()
         assert self.interrupted.wait(WAIT_S), "the pause did not interrupt the partial step"
@@ -402,3 +402,40 @@ def test_a_pause_interrupts_the_partial_step_in_flight():
     (final,) = finals(events).values()
     assert final.prepared is True
     assert not [e for e in events if e.type == "partial"]
+
+
+class DeafPartialStream(FakeStream):
+    """A partial step still reading the encoder when the end comes: the engine's interrupt cannot reach it
+    yet, only the step's ``should_stop`` can."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.in_partial = threading.Event()
+
+    def decode_partial(self, should_stop=lambda: False):
+        self.log.append((self.name, "partial"))
+        self.in_partial.set()
+        deadline = time.monotonic() + WAIT_S
+        while not should_stop():
+            assert time.monotonic() < deadline, "the end did not stop the partial step"
+            time.sleep(0.005)
+        self.log.append((self.name, "stopped"))
+        return None
+
+    def interrupt(self):
+        pass  # missed: no decode in flight yet
+
+
+def test_the_end_stops_a_partial_step_before_its_decodes():
+    backend = FakeBackend()
+    backend.open_stream = lambda options: backend.streams.append(DeafPartialStream("a", backend.log)) or backend.streams[-1]
+
+    def script(p):
+        u = p.begin("mic")
+        p.audio(u, block(), partial=True)
+        assert p._inbox.join() is None and backend.streams[0].in_partial.wait(WAIT_S)
+        p.end(u)
+
+    events = run_pipeline(backend, script)
+    assert backend.log[:3] == [("a", "partial"), ("a", "stopped"), ("a", "final")]
+    assert len(finals(events)) == 1

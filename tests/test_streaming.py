@@ -361,6 +361,21 @@ def test_interrupt_stops_the_partial_step_in_flight_and_the_final_stays_exact(en
     assert final.token_ids == engine.transcribe(audio).token_ids
 
 
+def test_a_step_told_to_stop_gives_no_partial_and_changes_nothing(engines):
+    engine = engines()
+    audio = make_test_audio(3.0, seed=23)
+    stopped = StreamingSession(engine, StreamingOptions(rtf_budget=100.0), "u1")
+    stopped.push(audio)
+    assert stopped.step(should_stop=lambda: True) is None
+    assert stopped.interrupted == 1
+    partial = stopped.step()
+    fresh = StreamingSession(engine, StreamingOptions(rtf_budget=100.0), "u2")
+    fresh.push(audio)
+    expected = fresh.step()
+    assert (partial.committed, partial.tentative) == (expected.committed, expected.tentative)
+    assert stopped.finish().token_ids == engine.transcribe(audio).token_ids
+
+
 def test_partials_verify_only_what_is_not_committed(engines):
     engine = engines("English")
     audio = make_test_audio(12.0, seed=42)

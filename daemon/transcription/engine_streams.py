@@ -34,7 +34,8 @@ class UtteranceStream(Protocol):
 
     def encode(self, pcm: np.ndarray) -> None: ...
 
-    def decode_partial(self) -> PartialEvent | None: ...
+    def decode_partial(self, should_stop: Callable[[], bool] = lambda: False) -> PartialEvent | None:
+        """A partial when one is due; None when not, or once ``should_stop()`` says the step must yield."""
 
     def prepare_final(self) -> None:
         """Compute the final of the audio so far; ``decode_final`` returns it if no audio came since."""
@@ -67,7 +68,7 @@ class WholeUtteranceStream:
         with self._lock:
             self._chunks.append(np.asarray(pcm, dtype=np.float32).reshape(-1))
 
-    def decode_partial(self) -> PartialEvent | None:
+    def decode_partial(self, should_stop: Callable[[], bool] = lambda: False) -> PartialEvent | None:
         return None  # the offline path has no partials
 
     def audio(self) -> np.ndarray:
@@ -167,14 +168,14 @@ class StreamingUtteranceStream:
             else:
                 self._session.push(pcm)
 
-    def decode_partial(self) -> PartialEvent | None:
+    def decode_partial(self, should_stop: Callable[[], bool] = lambda: False) -> PartialEvent | None:
         with self._decoder_lock:
             with self._lock:
                 if self._closed:
                     return None
                 session = self._activate()
             # feed() with no new audio runs a decoding step only when the cadence says one is due.
-            for event in session.feed(np.zeros(0, np.float32)):
+            for event in session.feed(np.zeros(0, np.float32), should_stop):
                 if isinstance(event, PartialEvent):
                     return event
             return None

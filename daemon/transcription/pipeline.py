@@ -77,6 +77,7 @@ class _Utterance:
     ended: float | None = None  # monotonic time the audio ended (latency is measured from here)
     audio_s: float = 0.0
     partial_wanted: bool = False
+    stop_partial: bool = False  # the partial step running now must yield to a final (set under the lock)
     prepare_wanted: bool = False  # the speaker paused: compute the final ahead (pause())
     final_wanted: bool = False
     cancelled: bool = False
@@ -155,13 +156,16 @@ class Pipeline:
         with self._cond:
             utt = self._active.get(utterance_id)
             running = self._active.get(self._decoding) if self._decoding is not None else None
-        if running is None or running.stream is None:
-            return
-        if running is utt or (utt is not None and running.lane > utt.lane):
-            try:
-                running.stream.interrupt()
-            except Exception:  # an engine without interrupt support just finishes the step
-                log.debug("interrupt failed", exc_info=True)
+            if running is None or running.stream is None:
+                return
+            if running is not utt and (utt is None or running.lane <= utt.lane):
+                return
+            # also stops a step that has not reached its decodes yet (the engine's interrupt then misses it)
+            running.stop_partial = True
+        try:
+            running.stream.interrupt()
+        except Exception:  # an engine without interrupt support just finishes the step
+            log.debug("interrupt failed", exc_info=True)
 
     def busy(self) -> bool:
         """True while some utterance's final is still being produced."""
@@ -309,6 +313,7 @@ class Pipeline:
                 return utt, "prepare"
             if utt.partial_wanted and utt.ended is None and utt.id not in self._ending:
                 utt.partial_wanted = False  # any later audio raises it again: skipped partials coalesce
+                utt.stop_partial = False
                 return utt, "partial"
             if utt.ended is None:
                 break  # a newer utterance waits until this one's final is out
@@ -350,7 +355,7 @@ class Pipeline:
                     self._cond.notify_all()
 
     def _run_partial(self, utt: _Utterance) -> None:
-        partial = utt.stream.decode_partial()
+        partial = utt.stream.decode_partial(lambda: utt.stop_partial)
         if partial is None or utt.cancelled:
             return
         if utt.last_partial == (partial.committed, partial.tentative):
