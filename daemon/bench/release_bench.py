@@ -109,8 +109,9 @@ def release_worker(bundle: Path, lengths: list[float], threads: int, rtf_budget:
     options = StreamingOptions(rtf_budget=rtf_budget)
 
     def session(o, guard=None):
+        guarded = {"encoder_guard": guard} if guard is not None else {}  # (a checkout before the guard: none)
         return StreamingSession(engine, replace(options, language=o.language), utterance_id=o.utterance_id,
-                                start_s=o.audio_start, encoder_guard=guard)
+                                start_s=o.audio_start, **guarded)
 
     recorder = _Recorder()
     pipeline = Pipeline(StreamingBackend(session), recorder)
@@ -131,7 +132,7 @@ def release_worker(bundle: Path, lengths: list[float], threads: int, rtf_budget:
                 latency, final, first = _speak(pipeline, recorder, clip)
                 releases.append(latency)
                 own.append(final.timings.final_ms)
-                waits.append(final.timings.wait_ms or 0.0)
+                waits.append(getattr(final.timings, "wait_ms", None) or 0.0)
                 tokens.append(len(final.token_ids))
                 accepted.append(final.timings.accepted_tokens)
                 if first is not None:
@@ -164,3 +165,13 @@ def release_worker(bundle: Path, lengths: list[float], threads: int, rtf_budget:
         pipeline.stop()
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return result
+
+
+if __name__ == "__main__":  # python -m qasr.daemon.bench.release_bench BUNDLE 3,10 [POINTS PAUSED THREADS]
+    import json
+    import sys
+
+    args = sys.argv[1:]
+    print(json.dumps(release_worker(Path(args[0]), [float(x) for x in args[1].split(",")],
+                                    int(args[4]) if len(args) > 4 else 2, 0.5,
+                                    int(args[2]) if len(args) > 2 else 20, int(args[3]) if len(args) > 3 else 10)))
