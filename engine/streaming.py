@@ -166,6 +166,9 @@ class StreamingSession:
 
     def step(self, should_stop: Callable[[], bool] | None = None) -> PartialEvent | None:
         """Decode a hypothesis for the audio so far and return a partial (None while silent or stopped)."""
+        if should_stop is not None and should_stop():
+            self.interrupted += 1
+            return None
         t0 = time.perf_counter()
         with self._guard:
             audio_s = self._last_step_audio_s = self.audio_s
