@@ -51,7 +51,7 @@ CONTINUATION_CONTEXT_CHARS = 300
 class StreamingOptions:
     language: str | None = None
     context: str = ""
-    first_step_s: float = 0.5  # audio before the first partial
+    first_step_s: float = 0.3  # audio before the first partial (its step then ends ≤ 0.5 s after the start)
     step_s: float = 0.5  # least audio between partials
     rtf_budget: float = 0.5  # sustained compute / audio time the cadence aims under
     max_new_tokens_per_step: int = 4  # beyond the accepted draft, per partial step (~22 ms each at 0.6B;
