@@ -58,6 +58,14 @@ class ShapingOptions:
 
 
 @dataclass(frozen=True)
+class ShapedFinal:
+    replaced: str  # the replacement rules applied
+    text: str  # and spoken formatting
+    delivered: str  # as it is typed or committed (before the trailing space)
+    undo: bool = False  # "scratch that": remove the last dictation instead
+
+
+@dataclass(frozen=True)
 class ReplacementRule:
     pattern: re.Pattern[str]
     replacement: str
@@ -211,11 +219,19 @@ class TextShaper:
     def shape(self, text: str, language: str | None = None, spoken: bool | None = None,
               trailing_space: bool | None = None) -> str:
         """Final text of one utterance as it should be delivered (None: the options decide)."""
-        text = safe_text(self.format_spoken(self.apply_replacements(text), language, spoken).text, keep=ON_PURPOSE)
+        return self.with_trailing_space(self.shape_final(text, language, spoken).delivered, trailing_space)
+
+    def shape_final(self, text: str, language: str | None = None, spoken: bool | None = None) -> ShapedFinal:
+        """One pass over a dictated final: its text with the replacement rules, then spoken formatting, the
+        text to deliver (also without control characters but newline/tab, and the short final's period dropped)
+        and whether it was the spoken undo command."""
+        replaced = self.apply_replacements(text)
+        formatted = self.format_spoken(replaced, language, spoken)
+        delivered = safe_text(formatted.text, keep=ON_PURPOSE)
         limit = self.options.strip_final_period_max_words
-        if limit > 0 and word_count(text) <= limit:
-            text = _FINAL_PERIOD.sub(r"\1", text)
-        return self.with_trailing_space(text, trailing_space)
+        if limit > 0 and word_count(delivered) <= limit:
+            delivered = _FINAL_PERIOD.sub(r"\1", delivered)
+        return ShapedFinal(replaced, formatted.text, delivered, formatted.undo)
 
     def shape_live_final(self, text: str) -> str:
         """Final text when live typing already sent the committed prefix unchanged: only the trailing space.

@@ -1,0 +1,84 @@
+"""Pipeline events → their source's route, off the decoder thread.
+
+    dispatch = RouteDispatcher()
+    pipeline = Pipeline(backend, dispatch, delivered=dispatch.wait_idle)
+
+Each source kind has its own queue and thread (``route-mic``, ``route-stream``, …), started at its first
+event: typing, pasting, the journal's fsync or a slow requester never delay the next decode, and the
+microphone's delivery never waits behind a WebSocket client's. One kind's events keep the order the
+decoder made them in (so one utterance's do); nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Callable
+
+from qasr.daemon.transcription.routes import PipelineEvent, Source, hand_to
+
+log = logging.getLogger("qasr.routes")
+
+_STOP = object()
+
+
+class RouteDispatcher:
+    def __init__(self, after: Callable[[], None] = lambda: None) -> None:
+        self._after = after  # after each event (the daemon's state may have changed)
+        self._lock = threading.Lock()
+        self._queues: dict[str, queue.Queue] = {}
+        self._threads: list[threading.Thread] = []
+
+    def __call__(self, source: Source, event: PipelineEvent) -> None:
+        """Queue ``event`` for ``source.route`` (any thread, never blocks)."""
+        self._queue(source.kind).put((source, event))
+
+    def _queue(self, kind: str) -> queue.Queue:
+        with self._lock:
+            q = self._queues.get(kind)
+            if q is None:
+                q = self._queues[kind] = queue.Queue()
+                thread = threading.Thread(target=self._run, args=(q,), name=f"route-{kind}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            return q
+
+    def _run(self, q: queue.Queue) -> None:
+        while True:
+            item = q.get()
+            try:
+                if item is _STOP:
+                    return
+                source, event = item
+                hand_to(source.route, event)
+                self._after()
+            except Exception:
+                log.exception("route of %s: delivering %s failed", item[0].name, type(item[1]).__name__)
+            finally:
+                q.task_done()
+
+    def idle(self) -> bool:
+        with self._lock:
+            return all(q.unfinished_tasks == 0 for q in self._queues.values())
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until every event handed over so far was delivered; True if it was."""
+        deadline = time.monotonic() + timeout_s
+        while not self.idle():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Deliver what is queued, then end the threads."""
+        with self._lock:
+            queues, threads = list(self._queues.values()), list(self._threads)
+            self._queues.clear()
+            self._threads.clear()
+        for q in queues:
+            q.put(_STOP)
+        for thread in threads:
+            thread.join(timeout=timeout_s)
