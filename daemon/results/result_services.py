@@ -40,8 +40,10 @@ class ResultServices:
     def send_final(self, event: FinalEvent, source: str, message: dict, send: Callable[[dict], None]) -> None:
         """``send(message)``, with ``words`` when they are wanted (then on the aligner thread)."""
         words = self.words
-        audio = None if words is None else words.take(event.utterance_id, source,
-                                                      event.audio_end_s - event.audio_start_s)
+        if words is None:
+            send(message)
+            return
+        audio = words.take(event.utterance_id, source, event.audio_end_s - event.audio_start_s)
         if audio is not None:
             words.attach(message, audio, send)
         else:

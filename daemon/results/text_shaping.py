@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -143,12 +144,14 @@ def _template_problem(pattern: re.Pattern[str], replacement: str) -> str:
 
 
 class TextShaper:
-    """Applies the user's rules to final text; reloads the files when they change. One thread at a time."""
+    """Applies the user's rules to final text; reloads the files when they change. Thread-safe (the routes of
+    several sources, the engine host's hot words)."""
 
     def __init__(self, options: ShapingOptions | None = None,
                  on_warning: Callable[[str], None] | None = None) -> None:
         self.options = options or ShapingOptions()
         self._on_warning = on_warning
+        self._lock = threading.RLock()
         self._rules: list[ReplacementRule] = []
         self._hotwords: list[str] = []
         self._replacements = _WatchedFile(self._resolve(self.options.replacements_file))
@@ -170,6 +173,10 @@ class TextShaper:
 
     def refresh(self) -> bool:
         """Re-read whichever file changed since the last look; True if anything was reloaded."""
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> bool:
         changed = False
         if self._stale(self._replacements):
             text = self._read(self._replacements)
@@ -198,21 +205,23 @@ class TextShaper:
         return text
 
     def apply_replacements(self, text: str) -> str:
-        self.refresh()
-        for rule in list(self._rules):
-            try:
-                text = rule.pattern.sub(rule.replacement, text)
-            except (re.error, IndexError) as exc:  # a template problem the load-time check missed
-                self._warn(f"{rule.source}: replacement failed ({exc}); rule skipped")
-                self._rules.remove(rule)
-        return text
+        with self._lock:
+            self._refresh()
+            for rule in list(self._rules):
+                try:
+                    text = rule.pattern.sub(rule.replacement, text)
+                except (re.error, IndexError) as exc:  # a template problem the load-time check missed
+                    self._warn(f"{rule.source}: replacement failed ({exc}); rule skipped")
+                    self._rules.remove(rule)
+            return text
 
     def format_spoken(self, text: str, language: str | None, enabled: bool | None = None) -> Formatted:
         """Spoken formatting of already replaced text (``enabled`` None: the option decides)."""
         on = self.options.spoken_formatting if enabled is None else enabled
         if not (on and text):
             return Formatted(text)
-        formatted = self.spoken.apply(text, language)
+        with self._lock:
+            formatted = self.spoken.apply(text, language)
         formatted.text = safe_text(formatted.text, keep=ON_PURPOSE)
         return formatted
 

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Callable
 
-from qasr.daemon.transcription.routes import PipelineEvent, Source, hand_to
+from qasr.daemon.transcription.routes import PipelineEvent, Source, route_call
 
 log = logging.getLogger("qasr.routes")
 
@@ -33,7 +33,7 @@ class RouteDispatcher:
 
     def __call__(self, source: Source, event: PipelineEvent) -> None:
         """Queue ``event`` for ``source.route`` (any thread, never blocks)."""
-        self._queue(source.kind).put((source, event))
+        self._queue(source.kind).put((source.name, *route_call(source.route, event)))
 
     def _queue(self, kind: str) -> queue.Queue:
         with self._lock:
@@ -51,11 +51,11 @@ class RouteDispatcher:
             try:
                 if item is _STOP:
                     return
-                source, event = item
-                hand_to(source.route, event)
+                name, method, args = item
+                method(*args)
                 self._after()
             except Exception:
-                log.exception("route of %s: delivering %s failed", item[0].name, type(item[1]).__name__)
+                log.exception("route of %s: %s failed", item[0], item[1].__name__)
             finally:
                 q.task_done()
 

@@ -9,7 +9,7 @@ decoder thread), so nothing looks a route up by the source's name.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Union
+from typing import Callable, Protocol, Union
 
 from qasr.engine.events import FinalEvent, PartialEvent
 
@@ -64,13 +64,12 @@ class Source:
         return cls(kind, name, route, LANES.get(kind, DICTATION))
 
 
-def hand_to(route: Route, event: PipelineEvent) -> None:
-    """One event → the route's method for it."""
+def route_call(route: Route, event: PipelineEvent) -> tuple[Callable[..., None], tuple]:
+    """One event → the route's method for it and its arguments."""
     if isinstance(event, FinalEvent):
-        route.final(event)
-    elif isinstance(event, PartialEvent):
-        route.partial(event)
-    elif isinstance(event, UtteranceCancelled):
-        route.cancelled(event.utterance_id)
-    elif isinstance(event, UtteranceFailed):
-        route.failed(event.utterance_id, event.message)
+        return route.final, (event,)
+    if isinstance(event, PartialEvent):
+        return route.partial, (event,)
+    if isinstance(event, UtteranceCancelled):
+        return route.cancelled, (event.utterance_id,)
+    return route.failed, (event.utterance_id, event.message)
