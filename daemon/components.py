@@ -27,7 +27,7 @@ from qasr.daemon.results.journal import Journal
 from qasr.daemon.transcription.pipeline import Pipeline
 from qasr.daemon.results.desktop_delivery import DesktopDelivery
 from qasr.daemon.results.dictation_route import DictationRoute
-from qasr.daemon.results.requester_route import Deliver, RequesterRoute
+from qasr.daemon.results.requester_route import RequesterRoute
 from qasr.daemon.results.result_services import ResultServices
 from qasr.daemon.server.bridge import DaemonServerHandler, ServerRunner
 from qasr.daemon.server.openai_bridge import OpenAIEndpoint
@@ -35,7 +35,7 @@ from qasr.daemon.server.realtime_bridge import RealtimeEndpoint, RealtimeOptions
 from qasr.daemon.server.wyoming_server import WyomingServer
 from qasr.daemon.transcription.aligner_host import AlignerHost
 from qasr.daemon.transcription.route_dispatch import RouteDispatcher
-from qasr.daemon.transcription.routes import MIC, STREAM, Source
+from qasr.daemon.transcription.routes import MIC, STREAM, Deliver, Source
 from qasr.daemon.transcription.service import TranscriptionService
 from qasr.daemon.server.control_socket import ControlServer
 from qasr.daemon.server.ws_server import EventServer

@@ -12,9 +12,9 @@ from qasr.daemon.results.requester_route import RequesterRoute
 from qasr.daemon.results.result_services import ResultServices
 from qasr.daemon.transcription.audio_jobs import AudioJob
 from qasr.daemon.transcription.engine_streams import WholeUtteranceBackend
-from qasr.daemon.transcription.pipeline import BACKGROUND, Pipeline
+from qasr.daemon.transcription.pipeline import Pipeline
 from qasr.daemon.transcription.route_dispatch import RouteDispatcher
-from qasr.daemon.transcription.routes import OPENAI
+from qasr.daemon.transcription.routes import BACKGROUND, OPENAI
 from qasr.daemon.transcription.service import TranscriptionService
 from tests.test_openai_api import tone
 from tests.test_prepared_final import WAIT_S, FakeBackend, block, run_pipeline, src

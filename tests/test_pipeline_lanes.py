@@ -8,7 +8,7 @@ import threading
 import time
 
 from qasr.daemon.transcription import pipeline as pipeline_module
-from qasr.daemon.transcription.pipeline import BACKGROUND, LIVE
+from qasr.daemon.transcription.routes import BACKGROUND, LIVE
 from tests.test_prepared_final import WAIT_S, FakeBackend, FakeStream, block, run_pipeline, src
 
 

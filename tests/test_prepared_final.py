@@ -17,8 +17,8 @@ import pytest
 
 from qasr.daemon.audio.segmenter import Segmenter, SegmenterOptions, SpeechAudio, SpeechEnd, SpeechPause, SpeechStart
 from qasr.daemon.transcription.engine_streams import StreamingBackend, StreamOptions, WholeUtteranceStream
-from qasr.daemon.transcription.pipeline import DICTATION, Pipeline
-from qasr.daemon.transcription.routes import Source
+from qasr.daemon.transcription.pipeline import Pipeline
+from qasr.daemon.transcription.routes import DICTATION, Source
 from qasr.engine.events import FinalEvent, FinalTimings, PartialEvent, StepTimings
 from tests.test_segmenter import silence, voiced_burst
 

@@ -3,23 +3,21 @@ Wyoming request, a ``/v1/realtime`` session, or the system audio (whose requeste
 
 Each event becomes a ``qasr.v1`` message for ``deliver(utterance_id, message, outcome)``; ``outcome``
 (final/cancelled/error) ends the utterance. A final's text gets the replacement rules (never typed, so no
-spoken formatting); it is journaled for the kinds in ``routes.JOURNALED`` and counted by ``on_final(kind, message)``.
+spoken formatting); it is journaled for the kinds in ``routes.JOURNALED`` and counted by
+``on_final(kind, message)``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Callable
 
 from qasr import protocol
 from qasr.daemon.results.messages import final_message, partial_message
 from qasr.daemon.results.result_services import ResultServices
-from qasr.daemon.transcription.routes import JOURNALED
+from qasr.daemon.transcription.routes import JOURNALED, Deliver
 from qasr.engine.events import FinalEvent, PartialEvent
 
 log = logging.getLogger("qasr.results")
-
-Deliver = Callable[[str, "dict | None", "str | None"], None]
 
 
 class RequesterRoute:

@@ -4,10 +4,10 @@
   daemon stays synchronous (``publish``/``send_to`` are thread-safe).
 - ``DaemonServerHandler`` answers the server: hello/health/metrics facts, commands (the daemon's
   ``CommandHandler``), and audio streams.
-- ``AudioStream`` is one client's audio stream: an ``AudioJob`` (source kind ``stream``) fed through the
-  same ``UtteranceFeed`` as the microphone: VAD-delimited utterances (segment "vad") or the whole stream
-  as one utterance ("none"). Its results go to that client only; ``end()`` returns once the stream's last
-  final was sent.
+- ``ClientAudio`` is one client's audio (``audio.start`` … ``audio.end``): an ``AudioJob`` (source kind
+  ``stream``) fed through the same ``UtteranceFeed`` as the microphone: VAD-delimited utterances (segment
+  "vad") or all of it as one utterance ("none"). Its results go to that client only; ``end()`` returns
+  once its last final was sent.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class DaemonServerHandler(BaseServerHandler):
         except QasrError as exc:
             raise ProtocolError(ErrorCode.INVALID_STATE, str(exc)) from None
 
-    def open_ingest(self, client_id: str, request: IngestRequest) -> "AudioStream":
+    def open_ingest(self, client_id: str, request: IngestRequest) -> "ClientAudio":
         if request.language:
             try:
                 self.service.check_language(request.language)
@@ -108,11 +108,11 @@ class DaemonServerHandler(BaseServerHandler):
                 raise ProtocolError(ErrorCode.BAD_MESSAGE, str(exc)) from None
         job = AudioJob(self.service, STREAM, f"ws:{client_id}", language=request.language, context=request.context,
                        on_message=lambda message: self.send_to(client_id, message))
-        job.open_stream(segmenter=self.service.segmenter("vad") if request.segment == "vad" else None)
-        return AudioStream(job)
+        job.open_audio(segmenter=self.service.segmenter("vad") if request.segment == "vad" else None)
+        return ClientAudio(job)
 
 
-class AudioStream:
+class ClientAudio:
     """A client's ``audio.start`` … ``audio.end`` as the server's ingest sink: its ``AudioJob``, whose results
     go to that client only; ``end()`` returns once the stream's last final was sent."""
 

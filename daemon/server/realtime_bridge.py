@@ -6,12 +6,13 @@ handshake is checked here (the daemon token as the API key, in ``Authorization: 
 refusals in OpenAI's error JSON), then ``serve`` runs the session: ``realtime_session.RealtimeSession``
 makes every decision, this module carries them out.
 
-The audio goes the way of every other source: a ``_Stream`` (one per session, on the server's worker
-threads) feeds an ``UtteranceFeed`` (with the ``Segmenter`` under ``server_vad``) of source
-``realtime:<client>``, whose route hands the results to the session (``_Stream._result``); finals are
-journaled with their source and counted in ``/metrics`` (``finals_realtime``). Utterances are foreground work, like dictation: a person is talking.
+The audio goes the way of every other source: a ``_SessionAudio`` (one per session, on the server's
+worker threads) feeds an ``UtteranceFeed`` (with the ``Segmenter`` under ``server_vad``) of source
+``realtime:<client>``, whose route hands the results to the session (``_SessionAudio._result``);
+finals are journaled with their source and counted in ``/metrics`` (``finals_realtime``). Utterances are
+foreground work, like dictation: a person is talking.
 
-The stream reports what the VAD and the commits did (``began``/``stopped``) through the event loop before
+The session's audio reports what the VAD and the commits did (``began``/``stopped``) through the event loop before
 the pipeline hears of it, so a session always learns of an item before any of its results.
 """
 
@@ -120,7 +121,7 @@ class RealtimeEndpoint:
             except RuntimeError:  # the server's loop is closed (shutting down): nobody to tell
                 pass
 
-        stream = _Stream(self, link.id, config, post)
+        stream = _SessionAudio(self, link.id, config, post)
         link.metrics.count("realtime_connections")
         log.info("realtime %s: connected (%s names)", link.id, "beta" if beta else "GA")
         flush()
@@ -142,7 +143,8 @@ class RealtimeEndpoint:
                 stream.close()
             log.info("realtime %s: closed", link.id)
 
-    async def _carry_out(self, link: Any, session: RealtimeSession, stream: "_Stream", request) -> "_Stream":
+    async def _carry_out(self, link: Any, session: RealtimeSession, stream: "_SessionAudio",
+                         request) -> "_SessionAudio":
         if request is None:
             return stream
         if isinstance(request, Close):
@@ -161,7 +163,7 @@ class RealtimeEndpoint:
             elif isinstance(request, Reconfigure):
                 if request.rebuild:
                     await link.run(stream.close)
-                    return _Stream(self, link.id, request.config, stream.post, stream.position)
+                    return _SessionAudio(self, link.id, request.config, stream.post, stream.position)
                 stream.configure(request.config)
         except Exception as exc:  # the pipeline refused: the session goes on
             if not isinstance(exc, QasrError):
@@ -177,7 +179,7 @@ class RealtimeEndpoint:
             raise ValueError(exc.message) from None
 
 
-class _Stream:
+class _SessionAudio:
     """The session's audio into the pipeline (server worker threads, one call at a time).
 
     ``server_vad``: one ``Segmenter`` over the whole stream cuts it into utterances. Without: the first

@@ -227,7 +227,7 @@ class _Session:
 
     def _gone(self, otherwise: str) -> str:
         """The client closed (or reset) the connection: worth a line only if it left an utterance open."""
-        if self.job is not None and self.job.streaming:
+        if self.job is not None and self.job.audio_open:
             return "went away mid-audio; the utterance was dropped"
         return otherwise
 
@@ -263,7 +263,7 @@ class _Session:
 
     async def _audio_start(self, event: Event) -> None:
         fmt = self._format(event, "audio-start")
-        if self.job is not None and self.job.streaming:
+        if self.job is not None and self.job.audio_open:
             log.info("wyoming %s: audio-start inside an utterance: the open one is dropped", self.name)
             self._drop_stream()
         self.decoder = PcmDecoder(AudioFormat("s16le", fmt[0], fmt[2]))
@@ -272,13 +272,13 @@ class _Session:
         self.job = AudioJob(self.server.service, WYOMING, self.name, language=self.language,
                             context=self.context, partials=self.options.streaming,
                             on_message=lambda m: self.loop.call_soon_threadsafe(self._result, m))
-        await self.loop.run_in_executor(self.server._executor, self.job.open_stream)
+        await self.loop.run_in_executor(self.server._executor, self.job.open_audio)
         self.pending += 1
         if self.options.streaming:
             self._send(TranscriptStart(language=self._code(self.language)).event())
 
     async def _audio_chunk(self, event: Event) -> None:
-        if self.job is None or not self.job.streaming or self.decoder is None:
+        if self.job is None or not self.job.audio_open or self.decoder is None:
             raise Closing("audio-chunk before audio-start")
         if any(key in event.data for key in ("rate", "width", "channels")):
             if self._format(event, "audio-chunk") != self.format:
@@ -291,7 +291,7 @@ class _Session:
             await self.loop.run_in_executor(self.server._executor, self.job.feed, pcm)
 
     async def _audio_stop(self) -> None:
-        if self.job is None or not self.job.streaming or self.decoder is None:
+        if self.job is None or not self.job.audio_open or self.decoder is None:
             raise Closing("audio-stop before audio-start")
         tail = self.decoder.flush()
         job = self.job
@@ -316,7 +316,7 @@ class _Session:
         return rate, width, channels
 
     def _drop_stream(self) -> None:
-        if self.job is not None and self.job.streaming:
+        if self.job is not None and self.job.audio_open:
             self.job.cancel()
             self.pending = max(0, self.pending - 1)
         self.decoder = None

@@ -10,8 +10,8 @@ to it (``_result``, on the route's thread).
     result = job.wait(timeout_s)              # finals in order, or the error
 
     job = AudioJob(service, WYOMING, "wyoming:3", on_message=send)   # partials/finals as they come
-    job.open_stream(); job.feed(pcm) ...; job.finish(); job.wait(...)
-    job.open_stream(segmenter=vad)            # utterances where the segmenter cuts (WebSocket streams)
+    job.open_audio(); job.feed(pcm) ...; job.finish(); job.wait(...)
+    job.open_audio(segmenter=vad)            # utterances where the segmenter cuts (WebSocket streams)
 
 A file is cut exactly as ``Transcriber.transcribe`` cuts it (``engine.segmentation.cut_points`` on the
 same normalised waveform), and each piece is one utterance with the same language and context, so each
@@ -83,23 +83,23 @@ class AudioJob:
         for piece in cut_points(audio, SegmentationOptions(max_piece_s=MAX_PIECE_S, sample_rate=SAMPLE_RATE)):
             if self._cancelled:
                 return
-            self.open_stream(piece.start / SAMPLE_RATE)
+            self.open_audio(piece.start / SAMPLE_RATE)
             block = int(FEED_BLOCK_S * SAMPLE_RATE)
             for start in range(piece.start, piece.end, block):
                 self.feed(audio[start:min(start + block, piece.end)])
             self.finish()
 
-    # -- one streamed utterance ----------------------------------------------------------------
-    def open_stream(self, offset_s: float = 0.0, segmenter: Segmenter | None = None) -> None:
+    # -- audio as it comes -----------------------------------------------------------------------
+    def open_audio(self, offset_s: float = 0.0, segmenter: Segmenter | None = None) -> None:
         """One utterance from here to ``finish()``; with ``segmenter``, one per stretch of speech it finds."""
         if self._feed is not None:
-            raise RuntimeError("an utterance of this job is still open")
+            raise RuntimeError("audio of this job is still open")
         self._offset, self._fed = offset_s, 0
         self._feed = self.service.feed(self.source, segmenter, language=self.language, context=self.context,
                                        on_begin=self._began, partials=self.partials)
 
     @property
-    def streaming(self) -> bool:
+    def audio_open(self) -> bool:
         return self._feed is not None
 
     @property
@@ -108,13 +108,13 @@ class AudioJob:
 
     def feed(self, pcm: np.ndarray) -> None:
         if self._feed is None:
-            raise RuntimeError("no open utterance")
+            raise RuntimeError("no open audio")
         pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
         self._fed += pcm.size
         self._feed.process(pcm)
 
     def finish(self) -> None:
-        """End the open utterance: its final follows."""
+        """End the open audio: the final of its last utterance follows."""
         feed, self._feed = self._feed, None
         if feed is not None:
             uid = feed.current

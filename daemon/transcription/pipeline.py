@@ -45,10 +45,9 @@ import numpy as np
 
 from qasr.engine.audio_constants import SAMPLE_RATE
 from qasr.daemon.transcription.engine_streams import EngineBackend, StreamOptions, UtteranceStream
-from qasr.daemon.transcription.routes import (  # noqa: F401  (the lanes and events, named where they are used)
+from qasr.daemon.transcription.routes import (
     BACKGROUND, DICTATION, LIVE, PipelineEvent, Source, UtteranceCancelled, UtteranceFailed,
 )
-from qasr.engine.events import FinalEvent, PartialEvent
 
 log = logging.getLogger("qasr.pipeline")
 

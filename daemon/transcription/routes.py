@@ -34,6 +34,8 @@ class UtteranceFailed:
 
 
 PipelineEvent = Union[PartialEvent, FinalEvent, UtteranceCancelled, UtteranceFailed]
+# A requester's end of its route: (utterance_id, qasr.v1 message or None, outcome final/cancelled/error or None)
+Deliver = Callable[[str, "dict | None", "str | None"], None]
 
 
 class Route(Protocol):

@@ -12,10 +12,9 @@ from typing import Any, Callable
 
 from qasr.daemon.audio.segmenter import Segmenter, SegmenterOptions
 from qasr.daemon.transcription.pipeline import Pipeline
-from qasr.daemon.transcription.routes import Route, Source
+from qasr.daemon.transcription.routes import Deliver, Route, Source
 from qasr.daemon.transcription.utterance_feed import UtteranceFeed
 
-Deliver = Callable[[str, "dict | None", "str | None"], None]
 MakeRoute = Callable[[str, str, Deliver], Route]  # (kind, name, deliver) -> the source's route
 
 
