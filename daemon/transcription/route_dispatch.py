@@ -48,14 +48,15 @@ class RouteDispatcher:
     def _run(self, q: queue.Queue) -> None:
         while True:
             item = q.get()
+            if item is _STOP:
+                q.task_done()
+                return
+            name, method, args = item
             try:
-                if item is _STOP:
-                    return
-                name, method, args = item
                 method(*args)
                 self._after()
             except Exception:
-                log.exception("route of %s: %s failed", item[0], item[1].__name__)
+                log.exception("route of %s: %s failed", name, method.__name__)
             finally:
                 q.task_done()
 

@@ -63,6 +63,8 @@ class Source:
     @classmethod
     def of(cls, kind: str, name: str, route: Route) -> "Source":
         """A source in its kind's lane."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown source kind {kind!r}")
         return cls(kind, name, route, LANES.get(kind, DICTATION))
 
 
