@@ -95,7 +95,7 @@ class Components:
             self.results.saver = UtteranceAudioSaver(Path(s.debug.save_audio_dir).expanduser())
         self._start_aligner()
         self.pipeline = Pipeline(self.engine.backend(), self.dispatch, max_queued_blocks=opts.pipeline_queue_blocks(s),
-                                 on_audio=self._utterance_audio, delivered=self.dispatch.wait_idle)
+                                 on_audio=self._utterance_audio, delivery=self.dispatch)
         self.pipeline.start()
         self.service = TranscriptionService(self.pipeline, self.engine, self._route, self.segmenter_options,
                                             self.words_aligner)

@@ -68,7 +68,7 @@ def test_a_job_is_cut_and_routed_like_offline_transcribe(tiny_transcriber):
     results.on_final = lambda kind, message: seen.append(message)
     dispatch = RouteDispatcher()
     pipeline = Pipeline(WholeUtteranceBackend(lambda audio, options: tiny_transcriber.transcribe(audio)), dispatch,
-                        delivered=dispatch.wait_idle)
+                        delivery=dispatch)
     service = TranscriptionService(pipeline, None, lambda kind, name, deliver: RequesterRoute(kind, name, results,
                                                                                               deliver),
                                    segmenter_options=lambda mode: None)

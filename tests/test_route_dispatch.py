@@ -75,7 +75,7 @@ def test_each_kind_has_its_thread_and_keeps_its_order_and_a_failing_route_keeps_
     assert stream.events == [("cancelled", str(n)) if n % 2 else ("failed", str(n), "bad") for n in range(50)]
     assert broken.events == [("cancelled", "10")]
     assert mic.threads == {"route-mic"} and stream.threads == {"route-stream"}
-    assert len(woken) == 151  # after every delivered event (not the failed one)
+    assert len(woken) == 152  # after every event
 
 
 def test_a_slow_dictation_route_never_delays_the_next_decode_and_drain_waits_for_it():
@@ -83,7 +83,7 @@ def test_a_slow_dictation_route_never_delays_the_next_decode_and_drain_waits_for
     route = RecordingRoute(gate)
     dispatch = RouteDispatcher()
     backend = FakeBackend()
-    pipeline = Pipeline(backend, dispatch, delivered=dispatch.wait_idle)
+    pipeline = Pipeline(backend, dispatch, delivery=dispatch)
     pipeline.start()
     mic = Source.of(MIC, MIC, route)
     try:
@@ -96,8 +96,9 @@ def test_a_slow_dictation_route_never_delays_the_next_decode_and_drain_waits_for
             pass
         assert [kind for _, kind in backend.log].count("final") == 2  # both decoded while the route waits
         assert not pipeline.drain(0.3)  # the routes do not have them yet
+        assert pipeline.busy()  # the daemon says "transcribing" until the text is in the window
         gate.set()
-        assert pipeline.drain(WAIT_S)
+        assert pipeline.drain(WAIT_S) and not pipeline.busy()
     finally:
         pipeline.stop()
         dispatch.stop()

@@ -5,7 +5,8 @@
     decoder worker    ──(the engine's PartialEvent / FinalEvent, UtteranceCancelled / Failed)──► emit(source, event)
 
 ``emit`` hands the event over and returns (``route_dispatch.RouteDispatcher``: the source's route runs on a
-thread of its own); ``drain()`` also waits until ``delivered`` says the routes took every event.
+thread of its own); with ``delivery`` (the dispatcher), ``busy()`` holds until a final's route has it and
+``drain()`` until the routes took every event.
 
 The encoder worker consumes an utterance's audio while the person speaks (``stream.encode``). The
 decoder worker works on the oldest utterance first: a requested final always runs (finals are never
@@ -39,7 +40,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -58,6 +59,15 @@ BACKGROUND_HOLD_S = HOLD_S[BACKGROUND]
 
 
 Emit = Callable[[Source, PipelineEvent], None]
+
+
+class Delivery(Protocol):
+    """What ``emit`` handed over, as far as its routes got (``route_dispatch.RouteDispatcher``)."""
+
+    def wait_idle(self, timeout_s: float) -> bool: ...
+
+    def delivering_final(self) -> bool: ...
+
 KEPT_FINAL_TEXTS = 8  # finals remembered as context for an utterance that continues cut speech
 
 
@@ -84,15 +94,14 @@ _STOP = object()
 
 
 class Pipeline:
-    """Utterances in, events out. ``emit(source, event)`` is called on the worker threads and must not block;
-    ``delivered(timeout_s)`` waits until what it was given has reached the routes."""
+    """Utterances in, events out. ``emit(source, event)`` is called on the worker threads and must not block."""
 
     def __init__(self, backend: EngineBackend, emit: Emit, max_queued_blocks: int = 1000,
                  on_audio: Callable[[str, np.ndarray, str], None] | None = None,
-                 delivered: Callable[[float], bool] | None = None) -> None:
+                 delivery: Delivery | None = None) -> None:
         self._backend = backend
         self._emit = emit
-        self._delivered = delivered
+        self._delivery = delivery
         self._final_texts: dict[str, str] = {}
         self._on_audio = on_audio
         self._inbox: queue.Queue = queue.Queue(maxsize=max_queued_blocks)
@@ -165,9 +174,11 @@ class Pipeline:
                 log.debug("interrupt failed", exc_info=True)
 
     def busy(self) -> bool:
-        """True while some utterance's final is still being produced."""
+        """True while some utterance's final is still being produced or delivered."""
         with self._cond:
-            return any(u.final_wanted for u in self._active.values()) or not self._inbox.empty()
+            if any(u.final_wanted for u in self._active.values()) or not self._inbox.empty():
+                return True
+        return self._delivery is not None and self._delivery.delivering_final()
 
     def pending(self) -> int:
         with self._cond:
@@ -181,7 +192,7 @@ class Pipeline:
                 with self._cond:
                     done = not any(u.final_wanted or u.ended is not None for u in self._active.values())
                 if done:
-                    return self._delivered is None or self._delivered(max(0.0, deadline - time.monotonic()))
+                    return self._delivery is None or self._delivery.wait_idle(max(0.0, deadline - time.monotonic()))
                 with self._cond:
                     self._cond.wait(0.05)
                     continue

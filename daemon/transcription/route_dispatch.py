@@ -1,7 +1,7 @@
 """Pipeline events → their source's route, off the decoder thread.
 
     dispatch = RouteDispatcher()
-    pipeline = Pipeline(backend, dispatch, delivered=dispatch.wait_idle)
+    pipeline = Pipeline(backend, dispatch, delivery=dispatch)
 
 Each source kind has its own queue and thread (``route-mic``, ``route-stream``, …), started at its first
 event: typing, pasting, the journal's fsync or a slow requester never delay the next decode, and the
@@ -18,6 +18,7 @@ import time
 from typing import Callable
 
 from qasr.daemon.transcription.routes import PipelineEvent, Source, route_call
+from qasr.engine.events import FinalEvent
 
 log = logging.getLogger("qasr.routes")
 
@@ -30,10 +31,15 @@ class RouteDispatcher:
         self._lock = threading.Lock()
         self._queues: dict[str, queue.Queue] = {}
         self._threads: list[threading.Thread] = []
+        self._finals = 0  # finals handed over, not yet through their route
 
     def __call__(self, source: Source, event: PipelineEvent) -> None:
         """Queue ``event`` for ``source.route`` (any thread, never blocks)."""
-        self._queue(source.kind).put((source.name, *route_call(source.route, event)))
+        final = isinstance(event, FinalEvent)
+        if final:
+            with self._lock:
+                self._finals += 1
+        self._queue(source.kind).put((source.name, final, *route_call(source.route, event)))
 
     def _queue(self, kind: str) -> queue.Queue:
         with self._lock:
@@ -51,14 +57,21 @@ class RouteDispatcher:
             if item is _STOP:
                 q.task_done()
                 return
-            name, method, args = item
+            name, final, method, args = item
             try:
                 method(*args)
-                self._after()
             except Exception:
                 log.exception("route of %s: %s failed", name, method.__name__)
             finally:
+                if final:
+                    with self._lock:
+                        self._finals -= 1
                 q.task_done()
+            self._after()
+
+    def delivering_final(self) -> bool:
+        with self._lock:
+            return self._finals > 0
 
     def idle(self) -> bool:
         with self._lock:
