@@ -136,7 +136,7 @@ class OutputSettings:
     paste_keys: str = _opt("ctrl+v")
     terminal_paste_keys: str = _opt("ctrl+shift+v")
     paste_key_rules: dict[str, str] = _opt(PASTE_KEY_RULES)  # WM_CLASS glob -> paste keys
-    terminal_newlines: bool = _opt(False)  # a newline typed/pasted into a terminal is Enter (else a space)
+    terminal_newlines: bool = _opt(False)  # a newline/tab into a terminal is Enter/Tab (else a space)
     restore_clipboard: bool = _opt(True)
     restore_delay_s: float = _opt(1.0, min=0.0, max=60.0)
     focus_check: bool = _opt(True)

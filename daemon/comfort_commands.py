@@ -19,7 +19,7 @@ WEBSOCKET_NAMES = {"history": "history", "history.copy": "history-copy", "histor
 
 
 def _journal(parts: Any) -> Any:
-    journal = parts.router.journal
+    journal = parts.results.journal
     if journal is None or not journal.enabled:
         raise QasrError("the journal is off (journal.enabled = false): there is no history")
     return journal
@@ -32,7 +32,7 @@ def _window(window: Any) -> str | None:
 def run(parts: Any, name: str, args: dict[str, Any]) -> dict[str, Any]:
     from qasr.daemon.results import history
 
-    router = parts.router
+    desktop = parts.desktop_delivery
     if name == "history":
         journal = _journal(parts)
         found = history.entries(journal.path, args.get("count"), args.get("search"))
@@ -41,7 +41,7 @@ def run(parts: Any, name: str, args: dict[str, Any]) -> dict[str, Any]:
         return {"cleared_files": _journal(parts).clear()}
     if name == "history-copy":
         entry = history.entry(_journal(parts).path, args.get("n", 1))
-        output = router.output
+        output = desktop.output
         if output is None or output.backend is None:
             raise QasrError("no desktop clipboard (output.sink = \"none\" or no desktop session); "
                             "use `qasr-daemon history --json` instead")
@@ -49,16 +49,17 @@ def run(parts: Any, name: str, args: dict[str, Any]) -> dict[str, Any]:
         return {"copied": entry["n"], "chars": len(entry["text"])}
     if name == "paste-last":
         text = None
-        if not router.last_text and router.journal is not None and router.journal.enabled:
+        journal = parts.results.journal
+        if not desktop.last_text and journal is not None and journal.enabled:
             try:
-                text = history.entry(router.journal.path, 1)["text"]  # after a restart: the journal's last
+                text = history.entry(journal.path, 1)["text"]  # after a restart: the journal's last
             except QasrError:
                 text = None
-        result = router.paste_last(text)
+        result = desktop.paste_last(text)
         return {"delivered": result.delivered, "sink": result.sink, "chars": result.chars,
                 "window": _window(result.target), "message": result.message}
     if name == "undo":
-        undone = router.undo()
+        undone = desktop.undo()
         return {"removed": undone.removed, "chars": undone.chars, "text": undone.text,
                 "window": _window(undone.window), "message": undone.message}
     raise QasrError(f"unknown command {name!r}")

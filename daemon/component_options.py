@@ -69,7 +69,7 @@ def pipeline_queue_blocks(s: Settings) -> int:
 
 
 def output_options(s: Settings) -> OutputOptions:
-    """Every option of [output] is passed on (``live`` and ``word_timestamps`` are the router's)."""
+    """Every option of [output] is passed on (``live`` and ``word_timestamps`` are the dictation route's)."""
     o = s.output
     renamed = {"type_delay_ms": "char_delay_ms"}
     values = {renamed.get(f.name, f.name): getattr(o, f.name) for f in fields(o)

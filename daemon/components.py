@@ -1,7 +1,8 @@
 """The daemon's parts: built from its settings, kept, replaced on reload, closed at the end.
 
-Start order: model → pipeline → result router (journal, text shaping, desktop output) → control socket →
-WebSocket server → microphone → hotkey. Every option comes from ``component_options``.
+Start order: model → route dispatcher and pipeline → results (journal, text shaping, desktop output) →
+control socket → WebSocket server → microphone → hotkey. Every option comes from ``component_options``.
+The servers get the ``TranscriptionService``; each source gets its route here or from it.
 """
 
 from __future__ import annotations
@@ -24,13 +25,18 @@ from qasr.daemon.transcription.engine_host import EngineHost
 from qasr.daemon.results.final_words import FinalWords
 from qasr.daemon.results.journal import Journal
 from qasr.daemon.transcription.pipeline import Pipeline
-from qasr.daemon.results.router import ResultRouter
+from qasr.daemon.results.desktop_delivery import DesktopDelivery
+from qasr.daemon.results.dictation_route import DictationRoute
+from qasr.daemon.results.requester_route import RequesterRoute
+from qasr.daemon.results.result_services import ResultServices
 from qasr.daemon.server.bridge import DaemonServerHandler, ServerRunner
 from qasr.daemon.server.openai_bridge import OpenAIEndpoint
-from qasr.daemon.server.realtime_bridge import RealtimeEndpoint, RealtimeOptions, RealtimeRoutes
+from qasr.daemon.server.realtime_bridge import RealtimeEndpoint, RealtimeOptions
 from qasr.daemon.server.wyoming_server import WyomingServer
 from qasr.daemon.transcription.aligner_host import AlignerHost
-from qasr.daemon.transcription.audio_jobs import JobRoutes
+from qasr.daemon.transcription.route_dispatch import RouteDispatcher
+from qasr.daemon.transcription.routes import MIC, STREAM, Deliver, Source
+from qasr.daemon.transcription.service import TranscriptionService
 from qasr.daemon.server.control_socket import ControlServer
 from qasr.daemon.server.ws_server import EventServer
 from qasr.daemon.results.text_shaping import TextShaper
@@ -50,7 +56,12 @@ class Components:
         self.engine: EngineHost | None = None
         self.aligner: AlignerHost | None = None  # word timestamps (finals, OpenAI requests); loaded on demand
         self.pipeline: Pipeline | None = None
-        self.router = ResultRouter(self.publish, live_typing=lambda: self.settings.output.live)
+        self.results = ResultServices(self.publish)  # what every route shares
+        self.desktop_delivery = DesktopDelivery(self.results)
+        self.mic_source = Source.of(MIC, MIC, DictationRoute(self.results, self.desktop_delivery,
+                                                             live_typing=lambda: self.settings.output.live))
+        self.dispatch = RouteDispatcher(after=lambda: self.daemon.wake())
+        self.service: TranscriptionService | None = None
         self.microphone: Microphone | None = None
         self.system = SystemSource(self)  # system audio captions and the call recorder
         self.server: EventServer | None = None
@@ -79,17 +90,18 @@ class Components:
     def start(self) -> None:
         s = self.settings
         self.engine = EngineHost(lambda: opts.engine_host_options(self.daemon.settings), self._hotwords,
-                                 self.router.final_text)
+                                 lambda utterance_id: self.pipeline.final_text(utterance_id))
         if s.debug.save_audio_dir:
-            self.router.saver = UtteranceAudioSaver(Path(s.debug.save_audio_dir).expanduser())
-        self.router.on_done = self.daemon.wake
+            self.results.saver = UtteranceAudioSaver(Path(s.debug.save_audio_dir).expanduser())
         self._start_aligner()
-        self.pipeline = Pipeline(self.engine.backend(), self.router, max_queued_blocks=opts.pipeline_queue_blocks(s),
-                                 on_audio=self._utterance_audio)
+        self.pipeline = Pipeline(self.engine.backend(), self.dispatch, max_queued_blocks=opts.pipeline_queue_blocks(s),
+                                 on_audio=self._utterance_audio, delivery=self.dispatch)
         self.pipeline.start()
-        self.router.journal = Journal(opts.journal_options(s))
+        self.service = TranscriptionService(self.pipeline, self.engine, self._route, self.segmenter_options,
+                                            self.words_aligner)
+        self.results.journal = Journal(opts.journal_options(s))
         self._set_profiles(s.profiles)
-        self.router.engine_context = lambda: self.daemon.settings.engine.context
+        self.desktop_delivery.engine_context = lambda: self.daemon.settings.engine.context
         self._make_shaper()
         self._make_output()
         self._start_ime()
@@ -108,7 +120,7 @@ class Components:
         when words are wanted: at start with [output] word_timestamps, else at the first request for them."""
         s = self.settings
         self.aligner = AlignerHost(opts.aligner_path(s), opts.aligner_options(s), warn=self._warn)
-        self.router.words = FinalWords(self.aligner, lambda: self.daemon.settings.output.word_timestamps
+        self.results.words = FinalWords(self.aligner, lambda: self.daemon.settings.output.word_timestamps
                                        or self.system.recorder.recording)
         if s.output.word_timestamps:
             self._want_words()
@@ -128,10 +140,14 @@ class Components:
 
     def _utterance_audio(self, utterance_id: str, pcm, source: str) -> None:
         """Each block of an utterance's audio as the engine gets it (encoder worker)."""
-        if self.router.saver is not None:
-            self.router.saver.add(utterance_id, pcm)
-        if self.router.words is not None:
-            self.router.words.collect(utterance_id, pcm, source)
+        if self.results.saver is not None:
+            self.results.saver.add(utterance_id, pcm)
+        if self.results.words is not None:
+            self.results.words.collect(utterance_id, pcm, source)
+
+    def _route(self, kind: str, name: str, deliver: Deliver) -> RequesterRoute:
+        """The route of a requester's source (the service's ``source``)."""
+        return RequesterRoute(kind, name, self.results, deliver)
 
     @property
     def model_name(self) -> str | None:
@@ -139,6 +155,10 @@ class Components:
 
     def languages(self) -> list[str]:
         return self.engine.languages() if self.engine else []
+
+    def journal_file(self) -> str | None:
+        journal = self.results.journal
+        return str(journal.path) if journal is not None and journal.enabled else None
 
     def check_language(self, language: str | None) -> None:
         if self.engine is not None:
@@ -148,15 +168,15 @@ class Components:
         return opts.segmenter_options(self.settings, mode)
 
     def _hotwords(self) -> str:
-        shaper = self.router.shaper
+        shaper = self.results.shaper
         return shaper.context() if shaper is not None else ""
 
     def _make_shaper(self) -> None:
-        self.router.shaper = TextShaper(opts.shaping_options(self.settings),
+        self.results.shaper = TextShaper(opts.shaping_options(self.settings),
                                         on_warning=lambda message: self.publish_warning("shaping", message))
 
     def _make_output(self) -> None:
-        self.router.set_output(None)
+        self.desktop_delivery.set_output(None)
         log.info("desktop session: %s (%s)", self.session.describe(), "; ".join(self.session.reasons))
         if self.settings.output.sink == "none":
             self.desktop["output"] = {"sink": "none"}
@@ -167,7 +187,7 @@ class Components:
             self.desktop["output"] = {"sink": "none", "why": str(exc)}
             self._warn(f"desktop text output is off: {exc}")
             return
-        self.router.set_output(output)
+        self.desktop_delivery.set_output(output)
         self.desktop["output"] = info = output.describe()
         log.info("text output: sink %s, typing %s, clipboard %s, focus %s%s", info.get("sink"),
                  ", ".join(info.get("typing") or []) or "none", info.get("clipboard"), info.get("focus"),
@@ -179,17 +199,13 @@ class Components:
     def _start_server(self) -> None:
         if not self.settings.server.enabled:
             return
-        self.server_handler = DaemonServerHandler(self.daemon, self)
-        self.router.add_route("ws", self.server_handler)
+        self.server_handler = handler = DaemonServerHandler(self.daemon, self.service)
         if self.settings.openai.enabled:
-            routes = JobRoutes()
-            self.router.add_route("openai", routes, journal=True)
-            self.openai = OpenAIEndpoint(self, opts.openai_options(self.settings), routes)
-            realtime_routes = RealtimeRoutes()
-            self.router.add_route("realtime", realtime_routes, journal=True)
-            self.realtime = RealtimeEndpoint(self, RealtimeOptions(self.settings.engine.max_utterance_s),
-                                             realtime_routes)
-        self.server = EventServer(opts.server_options(self.settings), self.server_handler)
+            handler.openai = self.openai = OpenAIEndpoint(self.service, opts.openai_options(self.settings))
+            handler.realtime = self.realtime = RealtimeEndpoint(
+                self.service, RealtimeOptions(self.settings.engine.max_utterance_s))
+        self.server = EventServer(opts.server_options(self.settings), handler)
+        handler.send_to = self.server.send_to
         self._runner = ServerRunner(self.server)
         try:
             self._runner.start()
@@ -197,12 +213,12 @@ class Components:
             self.server, self._runner = None, None
             raise
         self.ws_url = self.server.ws_url
-        self.router.on_final = self._count_final
+        self.results.on_final = self._count_final
 
     def _count_final(self, kind: str, message: dict) -> None:
         """Finals of sources other than the microphone and WebSocket clients, in /metrics by kind."""
         metrics = self.server.metrics if self.server is not None else None
-        if metrics is None or kind == "ws":
+        if metrics is None or kind == STREAM:
             return  # WebSocket results are counted as the server sends them
         metrics.count(f"finals_{kind}")
         latency = (message.get("timings") or {}).get("latency_ms")
@@ -212,10 +228,8 @@ class Components:
     def _start_wyoming(self) -> None:
         if not self.settings.wyoming.enabled:
             return
-        routes = JobRoutes()
-        self.router.add_route("wyoming", routes, journal=True)
         metrics = self.server.metrics if self.server is not None else None
-        self.wyoming = WyomingServer(self, opts.wyoming_options(self.settings), routes, metrics)
+        self.wyoming = WyomingServer(self.service, opts.wyoming_options(self.settings), metrics)
         runner = ServerRunner(self.wyoming, name="wyoming")
         try:
             runner.start()
@@ -234,7 +248,7 @@ class Components:
         except (QasrError, ValueError) as exc:
             self._warn(f"[ime] is off: {exc}")
             return
-        self.router.ime = self.ime
+        self.desktop_delivery.ime = self.ime
         if self.settings.ime.wayland and self.session.wayland:
             from qasr.daemon.desktop.wayland_ime import WaylandInputMethod
 
@@ -270,7 +284,7 @@ class Components:
             self.warnings.append(listener.unavailable_reason)
 
     def _set_profiles(self, profiles: tuple) -> None:
-        """[[profile]] tables for the router; a language the model does not know is dropped with a warning."""
+        """[[profile]] tables for dictation; a language the model does not know is dropped with a warning."""
         from dataclasses import replace
 
         checked = []
@@ -282,7 +296,7 @@ class Components:
                     self._warn(f"[[profile]] {profile.label}: {exc}; its language is ignored")
                     profile = replace(profile, language="")
             checked.append(profile)
-        self.router.profiles = tuple(checked)
+        self.desktop_delivery.profiles = tuple(checked)
 
     def _action_combos(self) -> dict:
         """hotkey.paste_last_combo / undo_combo → callbacks running the command on a thread of its own."""
@@ -326,7 +340,7 @@ class Components:
     def open_microphone(self) -> None:
         try:
             mic = Microphone(opts.capture_options(self.settings), self.segmenter_options(), self.pipeline,
-                             on_capture_state=self._on_capture_state, on_failure=self._capture_failed,
+                             self.mic_source, on_capture_state=self._on_capture_state, on_failure=self._capture_failed,
                              on_vad=self._publish_vad, on_begin=self._mic_utterance_began,
                              on_end=self._mic_utterance_ended, on_audio=self.daemon.wake)
             mic.start()
@@ -370,11 +384,11 @@ class Components:
 
     def _choose_engine_options(self, language: str | None, context: str | None) -> tuple:
         """Per-application profiles, then the text before an input method's cursor (utterance start)."""
-        language, context = self.router.choose_engine_options(language, context)
+        language, context = self.desktop_delivery.choose_engine_options(language, context)
         return self.ime.choose_context(language, context) if self.ime is not None else (language, context)
 
     def _mic_utterance_began(self, utterance_id: str) -> None:
-        self.router.begin_output(utterance_id)
+        self.desktop_delivery.begin_output(utterance_id)
         if self.ime is not None:
             self.ime.recording(True)
         if self.hotkey is not None and self.settings.vad.mode != "vad":
@@ -413,7 +427,7 @@ class Components:
         if new.audio.system != old.audio.system:
             self.system.update()
         if new.journal != old.journal:
-            self.router.journal = Journal(opts.journal_options(new))
+            self.results.journal = Journal(opts.journal_options(new))
         if replace(new.output, word_timestamps=False) != replace(old.output, word_timestamps=False):
             self._make_output()
         if new.shaping != old.shaping:
@@ -432,7 +446,7 @@ class Components:
         if self.hotkey is not None:
             self.hotkey.stop()
             self.hotkey = None
-        self.router.shaper = None
+        self.results.shaper = None
         self.system.shutdown()
         self.stop_microphone(finish_utterance=False)
         if self.aligner is not None:
@@ -458,6 +472,7 @@ class Components:
             self.control = None
         if self.pipeline is not None:
             self.pipeline.stop()
-        self.router.set_output(None)
+        self.dispatch.stop()
+        self.desktop_delivery.set_output(None)
         if self.engine is not None:
             self.engine.close()

@@ -12,7 +12,7 @@ from qasr.config import paths
 
 def daemon_status(daemon: Any) -> dict[str, Any]:
     s, p = daemon.settings, daemon.parts
-    pipeline, journal = p.pipeline, p.router.journal
+    pipeline = p.pipeline
     return {
         "pid": os.getpid(),
         "version": __version__,
@@ -35,11 +35,11 @@ def daemon_status(daemon: Any) -> dict[str, Any]:
         "uptime_s": round(time.time() - daemon.started_at, 1),
         "config_file": str(daemon.config_path),
         "log_file": str(daemon.log_file) if daemon.log_file else None,
-        "journal_file": str(journal.path) if journal is not None and journal.enabled else None,
-        "output": s.output.sink if p.router.output is not None else "none",
+        "journal_file": p.journal_file(),
+        "output": s.output.sink if p.desktop_delivery.output is not None else "none",
         "desktop": dict(getattr(p, "desktop", {})),
         "ime": p.ime.describe() if getattr(p, "ime", None) is not None else None,
-        "profile": p.router.profile_status(),
+        "profile": p.desktop_delivery.profile_status(),
         "save_audio_dir": s.debug.save_audio_dir or None,
         "word_timestamps": _words(s, p),
         "system_audio": p.system.status() if getattr(p, "system", None) is not None else None,

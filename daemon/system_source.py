@@ -17,7 +17,8 @@ from qasr.daemon.audio.capture import CaptureOptions
 from qasr.daemon.audio.source_clock import SourceClock
 from qasr.daemon.audio.system_audio import SOURCE, SystemAudio
 from qasr.daemon.results.call_transcript import CallRecorder
-from qasr.daemon.results.system_route import SystemRoute
+from qasr.daemon.results.requester_route import RequesterRoute
+from qasr.daemon.transcription.routes import Source
 from qasr.errors import QasrError
 
 log = logging.getLogger("qasr.system_audio")
@@ -28,7 +29,7 @@ SETTLE_S = 30.0  # record-call stop waits at most this long for finals (and thei
 
 class SystemSource:
     def __init__(self, parts: Any) -> None:
-        self.parts = parts  # Components: settings, pipeline, router, aligner, publish, publish_warning
+        self.parts = parts  # Components: settings, pipeline, results, aligner, publish, publish_warning
         self.source: SystemAudio | None = None
         self.recorder = CallRecorder(paths.transcripts_dir, self._clock_of)
         self._asked = False  # system-audio on (a session), beside [audio] system
@@ -50,11 +51,22 @@ class SystemSource:
     def _open(self) -> None:
         s = self.parts.settings
         capture = CaptureOptions(preroll_s=0.0, ring_s=s.audio.queue_s, wait_for_device=True)
-        source = SystemAudio(capture, opts.segmenter_options(s, "vad"), self.parts.pipeline, self._on_state)
-        self.parts.router.add_route(SOURCE, SystemRoute(self.parts.publish))
+        source = SystemAudio(capture, opts.segmenter_options(s, "vad"), self.parts.pipeline, self._source(),
+                             self._on_state)
         source.start()  # waits for a monitor (state no-device) rather than failing
         self.source = source
         log.info("system audio captions on")
+
+    def _source(self) -> Source:
+        """Captions for every subscriber: its partials, finals and errors are broadcast as they are (each
+        with ``"source": "system"``), never typed nor journaled; the call recorder taps the broadcast."""
+        publish = self.parts.publish
+
+        def broadcast(utterance_id: str, message: dict | None, outcome: str | None) -> None:
+            if message is not None:
+                publish(message)
+
+        return Source.of(SOURCE, SOURCE, RequesterRoute(SOURCE, SOURCE, self.parts.results, broadcast))
 
     def _close(self) -> None:
         source, self.source = self.source, None
@@ -113,7 +125,7 @@ class SystemSource:
         pipeline = self.parts.pipeline
         if pipeline is not None:
             pipeline.drain(SETTLE_S)
-        words = self.parts.router.words
+        words = self.parts.results.words
         if words is not None:
             done = threading.Event()
             words.in_order(done.set)
@@ -136,7 +148,6 @@ class SystemSource:
         with self._lock:
             if self.source is not None:
                 self._close()
-        self.parts.router.remove_route(SOURCE)
 
     def _settle_briefly(self) -> None:
         if self.parts.pipeline is not None:

@@ -8,12 +8,16 @@ import threading
 
 import numpy as np
 
-from qasr.daemon.results.router import ResultRouter
-from qasr.daemon.transcription.audio_jobs import AudioJob, JobRoutes
+from qasr.daemon.results.requester_route import RequesterRoute
+from qasr.daemon.results.result_services import ResultServices
+from qasr.daemon.transcription.audio_jobs import AudioJob
 from qasr.daemon.transcription.engine_streams import WholeUtteranceBackend
 from qasr.daemon.transcription.pipeline import Pipeline
+from qasr.daemon.transcription.route_dispatch import RouteDispatcher
+from qasr.daemon.transcription.routes import BACKGROUND, OPENAI
+from qasr.daemon.transcription.service import TranscriptionService
 from tests.test_openai_api import tone
-from tests.test_prepared_final import WAIT_S, FakeBackend, block, run_pipeline
+from tests.test_prepared_final import WAIT_S, FakeBackend, block, run_pipeline, src
 
 SR = 16000
 
@@ -23,14 +27,14 @@ def test_a_background_final_waits_for_a_foreground_one_queued_after_it():
     backend = FakeBackend(a={"gate": gate})  # the first utterance holds the decoder until the gate opens
 
     def script(p):
-        first = p.begin("mic")
+        first = p.begin(src("mic"))
         p.audio(first, block(), partial=False)
         p.end(first)
         p._inbox.join()
-        background = p.begin("openai:1", background=True)  # older, but background
+        background = p.begin(src("openai:1", BACKGROUND))  # older, but background
         p.audio(background, block(), partial=False)
         p.end(background)
-        foreground = p.begin("ws:c1")
+        foreground = p.begin(src("ws:c1"))
         p.audio(foreground, block(), partial=False)
         p.end(foreground)
         p._inbox.join()
@@ -44,8 +48,8 @@ def test_background_partials_give_way_to_foreground_partials():
     backend = FakeBackend()
 
     def script(p):
-        background = p.begin("openai:1", background=True)
-        foreground = p.begin("mic")
+        background = p.begin(src("openai:1", BACKGROUND))
+        foreground = p.begin(src("mic"))
         for _ in range(3):
             p.audio(background, block())
             p.audio(foreground, block())
@@ -59,36 +63,41 @@ def test_background_partials_give_way_to_foreground_partials():
 
 
 def test_a_job_is_cut_and_routed_like_offline_transcribe(tiny_transcriber):
-    routes = JobRoutes()
-    router = ResultRouter(publish=lambda message: None, live_typing=lambda: False)
-    router.add_route("openai", routes)
+    results = ResultServices(publish=lambda message: None)
     seen: list[dict] = []
-    router.on_final = lambda kind, message: seen.append(message)
-    pipeline = Pipeline(WholeUtteranceBackend(lambda audio, options: tiny_transcriber.transcribe(audio)), router)
+    results.on_final = lambda kind, message: seen.append(message)
+    dispatch = RouteDispatcher()
+    pipeline = Pipeline(WholeUtteranceBackend(lambda audio, options: tiny_transcriber.transcribe(audio)), dispatch,
+                        delivery=dispatch)
+    service = TranscriptionService(pipeline, None, lambda kind, name, deliver: RequesterRoute(kind, name, results,
+                                                                                              deliver),
+                                   segmenter_options=lambda mode: None)
     pipeline.start()
     audio = np.concatenate([tone(22.0, 4), np.zeros(SR // 4, np.float32), tone(12.0, 5)])
     try:
-        job = AudioJob(pipeline, routes, "openai:1", background=True, partials=False)
+        job = AudioJob(service, OPENAI, "openai:1", partials=False)
+        assert job.source.lane == BACKGROUND
         job.transcribe_audio(audio)
         result = job.wait(WAIT_S)
     finally:
         pipeline.stop()
+        dispatch.stop()
     reference = tiny_transcriber.transcribe(audio)
     assert len(result.finals) == len(reference.segments) == 2 and result.error is None
     for final, span, segment in zip(result.finals, result.pieces, reference.segments):
         assert final["token_ids"] == segment.token_ids and final["source"] == "openai:1"
         assert span == (segment.start_s, segment.end_s)
-    assert seen == result.finals and len(routes) == 0  # every utterance was routed and closed
+    assert seen == result.finals and job.done()  # every utterance was routed and closed
 
 
 def test_background_work_waits_while_a_foreground_utterance_is_spoken():
     backend = FakeBackend()
 
     def script(p):
-        foreground = p.begin("mic")
+        foreground = p.begin(src("mic"))
         p.audio(foreground, block(), partial=False)
         p._inbox.join()  # being spoken: open, not ended
-        background = p.begin("openai:1", background=True)
+        background = p.begin(src("openai:1", BACKGROUND))
         p.audio(background, block(), partial=False)
         p.end(background)
         p._inbox.join()

@@ -17,6 +17,7 @@ import pytest
 
 from qasr.engine.streaming import CONTINUATION_CONTEXT_CHARS
 from tests.harness.daemon import DaemonProcess
+from tests.test_prepared_final import src
 
 SR = 16000
 
@@ -58,7 +59,7 @@ def test_pipeline_finals_in_order_equal_offline_transcription(transcriber):
     try:
         ids = {}
         for n, audio in audios.items():
-            ids[n] = pipeline.begin("mic", audio_start=float(n))
+            ids[n] = pipeline.begin(src("mic"), audio_start=float(n))
             for block in np.array_split(audio, 12):  # more blocks than the queue holds: put() waits
                 pipeline.audio(ids[n], block)
             if n == 2:
@@ -99,10 +100,10 @@ def test_failed_transcription_reports_an_error_and_the_next_utterance_still_runs
     pipeline = Pipeline(WholeUtteranceBackend(transcribe), lambda source, event: events.append(event))
     pipeline.start()
     try:
-        bad = pipeline.begin("mic", language="Klingon")
+        bad = pipeline.begin(src("mic"), language="Klingon")
         pipeline.audio(bad, _tone_audio(0.6, 4))
         pipeline.end(bad)
-        good = pipeline.begin("mic")
+        good = pipeline.begin(src("mic"))
         pipeline.audio(good, _tone_audio(0.6, 5))
         pipeline.end(good)
         assert pipeline.drain(120)
@@ -248,7 +249,7 @@ def test_streaming_backend_gives_partials_and_offline_equal_finals(transcriber):
     try:
         ids = []
         for audio in audios:  # the second utterance starts before the first one's final is out
-            ids.append(pipeline.begin("mic"))
+            ids.append(pipeline.begin(src("mic")))
             for block in np.array_split(audio, int(audio.size / 480)):  # 30 ms blocks, as from the microphone
                 pipeline.audio(ids[-1], block)
                 time.sleep(0.002)

@@ -1,7 +1,7 @@
 """Word timestamps in the daemon (issue 12): ``[output] word_timestamps`` puts the forced aligner's ``words`` on
 finals, the OpenAI endpoint answers ``timestamp_granularities[]=word``.
 
-In-process: the aligner host's lanes and ordering, and the router with a fake aligner (typing never waits for
+In-process: the aligner host's lanes and ordering, and the routes with a fake aligner (typing never waits for
 the alignment; later events never overtake a final that waits for its words; a failed alignment still
 publishes the final). Real daemons (tiny random ASR + aligner bundles): the words equal the engine's
 ``ForcedAligner.align`` of the very audio and text of the final, on the WebSocket and through the ``openai``
@@ -20,7 +20,10 @@ import pytest
 
 from qasr.daemon.desktop.output import DeliveryResult
 from qasr.daemon.results.final_words import FinalWords
-from qasr.daemon.results.router import ResultRouter
+from qasr.daemon.results.desktop_delivery import DesktopDelivery
+from qasr.daemon.results.dictation_route import DictationRoute
+from qasr.daemon.results.requester_route import RequesterRoute
+from qasr.daemon.results.result_services import ResultServices
 from qasr.daemon.transcription.aligner_host import AlignerHost, AlignerHostOptions
 from qasr.engine.events import FinalEvent, FinalTimings, PartialEvent, StepTimings
 from qasr.errors import QasrError
@@ -127,17 +130,28 @@ def test_host_without_a_bundle_says_once_what_to_run(tmp_path):
         h.close()
 
 
+class Routes:
+    """The microphone's route and requesters' routes over one set of result services, as the daemon has them."""
+
+    def __init__(self, host: AlignerHost, enabled: bool, published: list[dict], output: FakeOutput) -> None:
+        self.results = ResultServices(published.append)
+        self.results.words = self.words = FinalWords(host, lambda: enabled)
+        desktop = DesktopDelivery(self.results)
+        desktop._output = output
+        self.mic = DictationRoute(self.results, desktop, live_typing=lambda: False)
+
+    def requester(self, kind: str, name: str, deliver=lambda utterance_id, message, outcome: None) -> RequesterRoute:
+        return RequesterRoute(kind, name, self.results, deliver)
+
+
 def router_with_words(tmp_path, enabled=True):
     host, fake = fake_host(tmp_path)
     published: list[dict] = []
-    router = ResultRouter(published.append, live_typing=lambda: False)
-    router.words = FinalWords(host, lambda: enabled)
     output = FakeOutput()
-    router._output = output
-    return router, host, fake, published, output
+    return Routes(host, enabled, published, output), host, fake, published, output
 
 
-def feed(router: ResultRouter, uid: str, seconds: float, source: str = "mic") -> np.ndarray:
+def feed(router: Routes, uid: str, seconds: float, source: str = "mic") -> np.ndarray:
     audio = np.random.default_rng(int(uid)).standard_normal(int(seconds * SR)).astype(np.float32) * 0.1
     for piece in np.array_split(audio, 3):
         router.words.collect(uid, piece, source)
@@ -148,17 +162,13 @@ def test_mic_final_is_typed_before_its_words_and_later_events_wait_behind_it(tmp
     router, host, fake, published, output = router_with_words(tmp_path)
     feed(router, "1", 1.5)
     fake.gate.clear()  # the alignment takes its time
-    router("mic", final("1", "hello big world", 1.5))
+    router.mic.final(final("1", "hello big world", 1.5))
     assert [text for _, text in output.typed] and "hello big world" in output.typed[0][1]  # typed already
-    router("mic", partial("2"))  # the next utterance's partial must not overtake the final
+    router.mic.partial(partial("2"))  # the next utterance's partial must not overtake the final
     jobs: list = []
-
-    class Jobs:
-        def deliver(self, utterance_id, message, outcome):
-            jobs.append((utterance_id, outcome))
-
-    router.add_route("openai", Jobs())
-    router("openai:1", final("3", "a request", 1.0))  # goes to its own request: never waits for words
+    job = router.requester("openai", "openai:1", lambda utterance_id, message, outcome: jobs.append((utterance_id,
+                                                                                                     outcome)))
+    job.final(final("3", "a request", 1.0))  # goes to its own request: never waits for words
     assert jobs == [("3", "final")]
     time.sleep(0.1)
     assert published == []
@@ -178,13 +188,9 @@ def test_failed_alignment_publishes_the_final_without_words(tmp_path, caplog):
     feed(router, "1", 1.0, source="ws:c1")
     delivered: list[tuple] = []
 
-    class Route:
-        def deliver(self, utterance_id, message, outcome):
-            delivered.append((utterance_id, message, outcome))
-
-    router.add_route("ws", Route())
+    stream = router.requester("stream", "ws:c1", lambda *result: delivered.append(result))
     with caplog.at_level("WARNING", logger="qasr.words"):
-        router("ws:c1", final("1", "some words", 1.0))
+        stream.final(final("1", "some words", 1.0))
         assert wait_for(lambda: delivered)
     [(uid, message, outcome)] = delivered
     assert (uid, outcome) == ("1", "final") and message["text"] == "some words" and "words" not in message
@@ -198,12 +204,12 @@ def test_finals_without_all_their_audio_or_with_words_off_have_no_words(tmp_path
     audio = feed(router, "1", 1.0)
     router.words.drop("1")
     router.words.collect("1", audio[: SR // 2], "mic")  # turned on in mid-utterance: half the audio
-    router("mic", final("1", "half", 1.0))
-    router("openai:3", final("2", "not ours", 1.0))  # OpenAI requests align themselves
+    router.mic.final(final("1", "half", 1.0))
+    router.requester("openai", "openai:3").final(final("2", "not ours", 1.0))  # OpenAI requests align themselves
     assert wait_for(lambda: published) and "words" not in published[0] and fake.calls == []
     off, off_host, off_fake, off_published, _ = router_with_words(tmp_path, enabled=False)
     feed(off, "1", 1.0)
-    off("mic", final("1", "off", 1.0))
+    off.mic.final(final("1", "off", 1.0))
     assert "words" not in off_published[0] and off_fake.calls == [] and not off.words._audio
     for h in (host, off_host):
         h.close()

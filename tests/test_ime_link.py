@@ -17,6 +17,8 @@ import pytest
 from qasr.clients.ime import daemon_link
 from qasr.config import paths
 from qasr.daemon.desktop.ime_link import ImeLink, ImeOptions, key_spec
+from qasr.daemon.desktop.output import OutputOptions, TextOutput, UtteranceTarget
+from qasr.daemon.desktop.x11 import WindowInfo
 from qasr.daemon.desktop.ime_text import combined_context, context_tail, fit_to_surrounding, sentence_starts
 from qasr.daemon.server.control_socket import ControlServer, request
 
@@ -285,3 +287,46 @@ def test_the_protocol_xml_gives_wlroots_opcodes_and_the_wire_round_trips():
     assert len(data) % 4 == 0 and decode_args(preedit, data) == ["Grüße 你好", 13, 13]
     surrounding = im.events[2]
     assert decode_args(surrounding, encode_args(surrounding, (None, 0, 0))) == [None, 0, 0]
+
+
+class TerminalOutput:
+    """A text output whose focused window is ``window`` (an input-method field's window); types nothing."""
+
+    focus_known = True
+    backend = None
+    text_for = TextOutput.text_for
+
+    def __init__(self, window: WindowInfo, terminal_newlines: bool = False) -> None:
+        self.window = window
+        self.options = OutputOptions(terminal_newlines=terminal_newlines)
+        self.cancelled: list = []
+
+    def begin_utterance(self) -> UtteranceTarget:
+        return UtteranceTarget(self.window)
+
+    def cancel_utterance(self, target=None) -> None:
+        self.cancelled.append(target)
+
+
+@pytest.mark.parametrize("window, newlines, expected", [
+    (WindowInfo(1, "foot", "foot"), False, "Echo one  echo two"),  # a terminal: Enter and Tab would act
+    (WindowInfo(1, "foot", "foot"), True, "Echo one\n\techo two"),  # [output] terminal_newlines = true
+    (WindowInfo(2, "gedit", "Gedit"), False, "Echo one\n\techo two"),  # an editor takes them as they are
+])
+def test_the_input_methods_commit_follows_the_terminal_newline_rule(link, window, newlines, expected):
+    from qasr.daemon.results.desktop_delivery import DesktopDelivery
+    from qasr.daemon.results.result_services import ResultServices
+
+    engine = attach()
+    engine.send({"type": "focus", "focused": True, "serial": 5, "before": ""})
+    assert wait_until(lambda: link.active)
+    desktop = DesktopDelivery(ResultServices(publish=lambda message: None))
+    desktop.ime = link
+    output = desktop._output = TerminalOutput(window, newlines)
+    desktop.begin_output("u1")
+    replier = answer_commits(engine)
+    result = desktop.deliver_final("u1", "echo one\n\techo two", "unused", "unused ")
+    replier.join()
+    assert result.sink == "ime" and result.delivered and output.cancelled
+    assert replier.seen[0]["text"] == expected
+    engine.close()

@@ -8,8 +8,8 @@ import threading
 import time
 
 from qasr.daemon.transcription import pipeline as pipeline_module
-from qasr.daemon.transcription.pipeline import LIVE
-from tests.test_prepared_final import WAIT_S, FakeBackend, FakeStream, block, run_pipeline
+from qasr.daemon.transcription.routes import BACKGROUND, LIVE
+from tests.test_prepared_final import WAIT_S, FakeBackend, FakeStream, block, run_pipeline, src
 
 
 def final_order(backend) -> list[str]:
@@ -21,9 +21,9 @@ def test_a_live_final_waits_for_the_dictation_utterance_being_spoken():
     seen_before_end: list = []
 
     def script(p):
-        mic = p.begin("mic")
+        mic = p.begin(src("mic"))
         p.audio(mic, block(), partial=False)  # stream "a": dictation, still being spoken
-        live = p.begin("system", lane=LIVE)
+        live = p.begin(src("system", LIVE))
         p.audio(live, block(), partial=False)  # stream "b"
         p.end(live)
         p._inbox.join()
@@ -42,9 +42,9 @@ def test_the_hold_is_bounded(monkeypatch):
     ran = threading.Event()
 
     def script(p):
-        mic = p.begin("mic")
+        mic = p.begin(src("mic"))
         p.audio(mic, block(), partial=False)
-        live = p.begin("system", lane=LIVE)
+        live = p.begin(src("system", LIVE))
         p.audio(live, block(), partial=False)
         p.end(live)
         deadline = time.monotonic() + 10
@@ -91,10 +91,10 @@ def test_a_live_partial_in_flight_is_interrupted_when_dictation_ends():
     backend = LiveFirstBackend()
 
     def script(p):
-        live = p.begin("system", lane=LIVE)
+        live = p.begin(src("system", LIVE))
         p.audio(live, block())  # partial wanted: the decoder starts a (long) live partial step
         assert _wait_streams(backend) and backend.streams[0].in_partial.wait(WAIT_S)
-        mic = p.begin("mic")
+        mic = p.begin(src("mic"))
         p.audio(mic, block(), partial=False)
         p.end(mic)  # interrupts the live step: the dictation final does not wait for it
         p._inbox.join()
@@ -120,14 +120,14 @@ def test_live_work_goes_before_older_background_work():
     backend = FakeBackend(a={"gate": gate})  # the first utterance holds the decoder until the gate opens
 
     def script(p):
-        first = p.begin("mic")
+        first = p.begin(src("mic"))
         p.audio(first, block(), partial=False)
         p.end(first)
         p._inbox.join()
-        job = p.begin("openai:1", background=True)
+        job = p.begin(src("openai:1", BACKGROUND))
         p.audio(job, block(), partial=False)
         p.end(job)
-        live = p.begin("system", lane=LIVE)
+        live = p.begin(src("system", LIVE))
         p.audio(live, block(), partial=False)
         p.end(live)
         p._inbox.join()

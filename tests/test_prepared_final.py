@@ -18,6 +18,7 @@ import pytest
 from qasr.daemon.audio.segmenter import Segmenter, SegmenterOptions, SpeechAudio, SpeechEnd, SpeechPause, SpeechStart
 from qasr.daemon.transcription.engine_streams import StreamingBackend, StreamOptions, WholeUtteranceStream
 from qasr.daemon.transcription.pipeline import Pipeline
+from qasr.daemon.transcription.routes import DICTATION, Source
 from qasr.engine.events import FinalEvent, FinalTimings, PartialEvent, StepTimings
 from tests.test_segmenter import silence, voiced_burst
 
@@ -91,6 +92,11 @@ class FakeBackend:
         return stream
 
 
+def src(name: str = "mic", lane: int = DICTATION) -> Source:
+    """A source for tests that read the events the pipeline emits (no route runs)."""
+    return Source(name.partition(":")[0], name, route=None, lane=lane)
+
+
 def run_pipeline(backend, script):
     events: list = []
     pipeline = Pipeline(backend, lambda source, event: events.append(event))
@@ -113,7 +119,7 @@ def block(n=1600):
 
 def speak_and_pause(p, backend) -> int:
     """A new utterance with one block of audio and a pause; returns once its final is prepared."""
-    u = p.begin("mic")
+    u = p.begin(src("mic"))
     p.audio(u, block(), partial=False)
     p.pause(u)
     p._inbox.join()
@@ -155,14 +161,14 @@ def test_a_wanted_final_is_never_preceded_by_a_prepare_and_prepares_go_before_pa
     backend = FakeBackend(a={"gate": gate})
 
     def script(p):
-        a = p.begin("mic")
+        a = p.begin(src("mic"))
         p.audio(a, block(), partial=False)
         p.end(a)  # the decoder holds in a's final until the gate opens
-        b = p.begin("mic")
+        b = p.begin(src("mic"))
         p.audio(b, block(), partial=True)
         p.pause(b)
         p.end(b)  # paused and ended before the decoder is free: the final is due, nothing to prepare
-        c = p.begin("mic")
+        c = p.begin(src("mic"))
         p.audio(c, block(), partial=True)  # a partial is wanted ...
         p.pause(c)  # ... but the pause comes first and covers the same audio
         p._inbox.join()
@@ -192,7 +198,7 @@ def test_audio_still_queued_at_the_end_asks_for_no_partial_before_the_final():
     backend = FakeBackend(a={"encode_gate": gate})
 
     def script(p):
-        a = p.begin("mic")
+        a = p.begin(src("mic"))
         p.audio(a, block(), partial=True)  # the encoder worker holds in here until the gate opens ...
         p.audio(a, block(), partial=True)  # ... and the decoder would be free for a partial meanwhile
         p.end(a)
@@ -243,19 +249,19 @@ def test_whole_utterance_stream_reuses_the_prepared_transcription():
 
 
 def test_the_protocol_final_says_whether_it_was_prepared():
-    from qasr.daemon.results.router import final_message
+    from qasr.daemon.results.messages import final_message
     from qasr.daemon.server.metrics import Metrics
 
     base = FinalEvent("3", 4, text="hi", language="English", token_ids=[1], audio_start_s=1.0, audio_end_s=2.0,
                       stop_reason="stop", committed="hi",
                       timings=FinalTimings(final_ms=300.0, compute_ms=500.0, latency_ms=12.0))
-    prepared = final_message(replace(base, prepared=True), "mic", "paste")
+    prepared = final_message(replace(base, prepared=True), "mic", "hi", "paste")
     assert prepared["prepared"] is True and prepared["timings"]["final_ms"] == 300.0
     assert prepared["timings"] == {"latency_ms": 12.0, "compute_ms": 500.0, "final_ms": 300.0}
-    assert final_message(replace(base, prepared=False), "mic")["prepared"] is False
-    assert final_message(base, "mic")["prepared"] is False  # an engine final says it either way
+    assert final_message(replace(base, prepared=False), "mic", "hi")["prepared"] is False
+    assert final_message(base, "mic", "hi")["prepared"] is False  # an engine final says it either way
     metrics = Metrics()
-    for event in (prepared, final_message(replace(base, prepared=False), "mic")):
+    for event in (prepared, final_message(replace(base, prepared=False), "mic", "hi")):
         metrics.observe_event(event)
     assert metrics.counter("finals_prepared") == 1
     jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is a dev dependency")
@@ -321,7 +327,7 @@ def dictate(transcriber, signal, stop_at_s=None):
                 seg_events += seg.finish()
             for e in seg_events:
                 if isinstance(e, SpeechStart):
-                    ids[e.utterance_id] = pipeline.begin("mic", audio_start=e.t_s)
+                    ids[e.utterance_id] = pipeline.begin(src("mic"), audio_start=e.t_s)
                 elif isinstance(e, SpeechAudio):
                     audio.setdefault(e.utterance_id, []).append(e.pcm)
                     pipeline.audio(ids[e.utterance_id], e.pcm, e.t_s, partial=seg.silence_s < 0.25)
@@ -390,7 +396,7 @@ def test_a_pause_interrupts_the_partial_step_in_flight():
     backend.open_stream = lambda options: backend.streams.append(BlockingPartialStream("a", backend.log)) or backend.streams[-1]
 
     def script(p):
-        u = p.begin("mic")
+        u = p.begin(src("mic"))
         p.audio(u, block(), partial=True)
         assert p._inbox.join() is None and backend.streams[0].in_partial.wait(WAIT_S)
         p.pause(u)  # from the segmenter thread, while the decoder is inside the partial step

@@ -439,7 +439,7 @@ def test_handshake_refusals_are_openai_errors():
 
     from qasr.daemon.server.realtime_bridge import RealtimeEndpoint, offered_key
 
-    endpoint = RealtimeEndpoint(parts=None, options=None, routes=None)
+    endpoint = RealtimeEndpoint(service=None, options=None)
 
     def refuse(headers, query=None, origin_ok=True, full=False, upgrade=True):
         answer = endpoint.refuse(Headers(headers), query or {}, "tok", "/run/token", origin_ok, full, upgrade)

@@ -149,7 +149,7 @@ def test_shaping_keeps_a_rules_newline_and_tab_and_nothing_else(tmp_path):
     assert shaper.shape("one next line indent two bell return three") == "one \n \t two   three"
 
 
-def test_a_newline_into_a_terminal_is_a_space_unless_asked_for():
+def test_a_newline_or_tab_into_a_terminal_is_a_space_unless_asked_for():
     options = OutputOptions()
     foot, editor = WindowInfo(1, "foot", "foot"), WindowInfo(2, "gedit", "Gedit")
     text = "ls -la\nrm -rf x\r\n"
@@ -157,6 +157,10 @@ def test_a_newline_into_a_terminal_is_a_space_unless_asked_for():
     assert text_for_window(text, editor, options, focus_known=True) == text
     assert text_for_window(text, None, options, focus_known=False) == "ls -la rm -rf x "  # may be a terminal
     assert text_for_window(text, foot, OutputOptions(terminal_newlines=True), focus_known=True) == text
+    tabbed = "cd src\tls"  # a tab into a terminal would complete the command line
+    assert text_for_window(tabbed, foot, options, focus_known=True) == "cd src ls"
+    assert text_for_window(tabbed, editor, options, focus_known=True) == tabbed
+    assert text_for_window(tabbed, foot, OutputOptions(terminal_newlines=True), focus_known=True) == tabbed
 
 
 def test_history_escapes_control_characters_for_the_terminal():

@@ -16,6 +16,7 @@ from qasr.daemon.audio.segment_events import VadState
 from qasr.daemon.audio.segmenter import Segmenter, SegmenterOptions
 from qasr.daemon.audio.source_clock import SourceClock
 from qasr.daemon.transcription.pipeline import Pipeline
+from qasr.daemon.transcription.routes import Source
 from qasr.daemon.transcription.utterance_feed import UtteranceFeed
 from qasr.engine.audio_constants import SAMPLE_RATE
 
@@ -26,7 +27,7 @@ IDLE_BLOCKS = 1.5  # samples an idle read waits for, in capture blocks: two bloc
 
 class Microphone:
     def __init__(self, capture_options: CaptureOptions, segmenter_options: SegmenterOptions, pipeline: Pipeline,
-                 on_capture_state: Callable[[str, str], None], on_failure: Callable[[str], None],
+                 source: Source, on_capture_state: Callable[[str, str], None], on_failure: Callable[[str], None],
                  on_vad: Callable[[VadState], None], on_begin: Callable[[str], None],
                  on_end: Callable[[str, bool, bool], None], on_audio: Callable[[], None]) -> None:
         self.capture = AudioCapture(capture_options, on_state=on_capture_state)
@@ -34,7 +35,7 @@ class Microphone:
         self._on_failure = on_failure
         self._on_audio = on_audio  # an utterance began or ended: the daemon's state changed
         self.lock = threading.RLock()  # segmenter and feed
-        self.feed = UtteranceFeed(pipeline, "mic", Segmenter(segmenter_options), on_vad=on_vad,
+        self.feed = UtteranceFeed(pipeline, source, Segmenter(segmenter_options), on_vad=on_vad,
                                   on_begin=on_begin, on_end=on_end)
         self.clock = SourceClock()  # stream time → wall clock (the call transcript orders sources by it)
         self.paused = False

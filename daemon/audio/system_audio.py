@@ -1,8 +1,8 @@
 """System audio as an utterance source: monitor capture → its own VAD segmenter → ``UtteranceFeed``
 (source ``system``, the pipeline's ``LIVE`` lane) on the ``system-audio`` thread.
 
-What the computer plays is captioned, never typed: the router sends these results to the ``system``
-route (``results/system_route.py``), which broadcasts them. The segmenter always runs in vad mode
+What the computer plays is captioned, never typed: its source's route (``system_source.py``) broadcasts
+the results. The segmenter always runs in vad mode
 (there is no key to hold for someone else's voice); dictation's ptt/toggle mode does not apply.
 """
 
@@ -16,19 +16,20 @@ from qasr.daemon.audio.capture import CaptureOptions
 from qasr.daemon.audio.monitor_capture import MonitorCapture
 from qasr.daemon.audio.segmenter import Segmenter, SegmenterOptions
 from qasr.daemon.audio.source_clock import SourceClock
-from qasr.daemon.transcription.pipeline import LIVE, Pipeline
+from qasr.daemon.transcription.pipeline import Pipeline
+from qasr.daemon.transcription.routes import SYSTEM, Source
 from qasr.daemon.transcription.utterance_feed import UtteranceFeed
 
 log = logging.getLogger("qasr.system_audio")
 
-SOURCE = "system"
+SOURCE = SYSTEM  # its name and kind
 
 
 class SystemAudio:
     def __init__(self, capture_options: CaptureOptions, segmenter_options: SegmenterOptions, pipeline: Pipeline,
-                 on_capture_state: Callable[[str, str], None]) -> None:
+                 source: Source, on_capture_state: Callable[[str, str], None]) -> None:
         self.capture = MonitorCapture(capture_options, on_state=on_capture_state)
-        self.feed = UtteranceFeed(pipeline, SOURCE, Segmenter(segmenter_options), lane=LIVE)
+        self.feed = UtteranceFeed(pipeline, source, Segmenter(segmenter_options))
         self.clock = SourceClock()
         self.lock = threading.Lock()
         self._stop = threading.Event()

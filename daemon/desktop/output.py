@@ -19,9 +19,10 @@ Sinks
   handle remapped keycodes poorly).
 - `none`: deliver nothing (captions/clients only).
 
-Newlines: typed or pasted into a terminal (`terminal_classes`, as for the paste keys; also a window the
-desktop cannot name) a newline is Enter and runs the command line, so there it becomes a space unless
-`terminal_newlines` (`text_for_window`). Every sink sends what `text_for_window` gives.
+Newlines and tabs: typed or pasted into a terminal (`terminal_classes`, as for the paste keys; also a window
+the desktop cannot name) a newline is Enter and runs the command line and a tab completes it, so there each
+becomes a space unless `terminal_newlines` (`text_for_window`). Every sink sends what `text_for_window` gives,
+and so does the input method's commit (`text_for`).
 
 Focus safety (where the desktop can tell the focused window: X11, sway, Hyprland; elsewhere the text
 goes to whatever has focus and status says so): `begin_utterance()` records the focused window and returns an `UtteranceTarget`; the
@@ -159,11 +160,12 @@ def is_terminal(window: x11.WindowInfo | None, options: OutputOptions) -> bool:
 
 
 def text_for_window(text: str, window: x11.WindowInfo | None, options: OutputOptions, focus_known: bool) -> str:
-    """What may be sent to `window`: no newline (Enter) into a terminal, or into a window that may be one."""
-    if options.terminal_newlines or ("\n" not in text and "\r" not in text):
+    """What may be sent to `window`: no newline (Enter) nor tab (completion) into a terminal, or into a window
+    that may be one."""
+    if options.terminal_newlines or not any(c in text for c in "\n\r\t"):
         return text
     if is_terminal(window, options) or (window is None and not focus_known):
-        return text.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+        return text.replace("\r\n", " ").replace("\n", " ").replace("\r", " ").replace("\t", " ")
     return text
 
 
@@ -320,8 +322,12 @@ class TextOutput:
             return utt.sink
         return resolve_sink(utt.window, replace(self.options, sink="auto"), self.backend.auto_sink)
 
+    def text_for(self, text: str, target: UtteranceTarget | None) -> str:
+        """``text`` as it may go to the window of ``target`` (an utterance's; None: the focused one, unknown)."""
+        return text_for_window(text, target.window if target is not None else None, self.options, self.focus_known)
+
     def _text_for(self, text: str, utt: UtteranceTarget) -> str:
-        return text_for_window(text, utt.window, self.options, self.focus_known)
+        return self.text_for(text, utt)
 
     def _focus_moved(self, utt: UtteranceTarget, focused: x11.WindowInfo | None) -> bool:
         return self.options.focus_check and self.focus_known and not _same_window(utt, focused)

@@ -2,7 +2,7 @@
 
     words = FinalWords(host, enabled=lambda: settings.output.word_timestamps)
     pipeline on_audio → words.collect(utterance_id, pcm, source)     (encoder worker: a copy of each block)
-    router, at a final → audio = words.take(utterance_id, source, audio_s)
+    a route, at a final → audio = words.take(utterance_id, source, audio_s)
                          words.attach(message, audio, send)          (send(message + words) on the aligner thread)
                          words.in_order(lambda: publish(other))      (later events never overtake a waiting final)
 
@@ -78,7 +78,7 @@ class FinalWords:
             self._audio.pop(utterance_id, None)
             self._samples.pop(utterance_id, None)
 
-    # -- decoder worker (the router) -------------------------------------------------------------
+    # -- a route's thread, at a final ----------------------------------------------------------
     def take(self, utterance_id: str, source: str, audio_s: float) -> np.ndarray | None:
         """The utterance's audio if its final should get words (and all of it was kept), else None."""
         with self._lock:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -55,6 +56,14 @@ class ShapingOptions:
     spoken_formatting: bool = False               # "new line", "comma" … (spoken_formatting.py)
     spoken_match: str = "edges"                   # edges | anywhere
     spoken_dir: str = "spoken"                    # per-language tables; relative: in the config folder
+
+
+@dataclass(frozen=True)
+class ShapedFinal:
+    replaced: str  # the replacement rules applied
+    text: str  # and spoken formatting
+    delivered: str  # as it is typed or committed (before the trailing space)
+    undo: bool = False  # "scratch that": remove the last dictation instead
 
 
 @dataclass(frozen=True)
@@ -135,12 +144,14 @@ def _template_problem(pattern: re.Pattern[str], replacement: str) -> str:
 
 
 class TextShaper:
-    """Applies the user's rules to final text; reloads the files when they change. One thread at a time."""
+    """Applies the user's rules to final text; reloads the files when they change. Thread-safe (the routes of
+    several sources, the engine host's hot words)."""
 
     def __init__(self, options: ShapingOptions | None = None,
                  on_warning: Callable[[str], None] | None = None) -> None:
         self.options = options or ShapingOptions()
         self._on_warning = on_warning
+        self._lock = threading.RLock()
         self._rules: list[ReplacementRule] = []
         self._hotwords: list[str] = []
         self._replacements = _WatchedFile(self._resolve(self.options.replacements_file))
@@ -162,6 +173,10 @@ class TextShaper:
 
     def refresh(self) -> bool:
         """Re-read whichever file changed since the last look; True if anything was reloaded."""
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> bool:
         changed = False
         if self._stale(self._replacements):
             text = self._read(self._replacements)
@@ -190,32 +205,42 @@ class TextShaper:
         return text
 
     def apply_replacements(self, text: str) -> str:
-        self.refresh()
-        for rule in list(self._rules):
-            try:
-                text = rule.pattern.sub(rule.replacement, text)
-            except (re.error, IndexError) as exc:  # a template problem the load-time check missed
-                self._warn(f"{rule.source}: replacement failed ({exc}); rule skipped")
-                self._rules.remove(rule)
-        return text
+        with self._lock:
+            self._refresh()
+            for rule in list(self._rules):
+                try:
+                    text = rule.pattern.sub(rule.replacement, text)
+                except (re.error, IndexError) as exc:  # a template problem the load-time check missed
+                    self._warn(f"{rule.source}: replacement failed ({exc}); rule skipped")
+                    self._rules.remove(rule)
+            return text
 
     def format_spoken(self, text: str, language: str | None, enabled: bool | None = None) -> Formatted:
         """Spoken formatting of already replaced text (``enabled`` None: the option decides)."""
         on = self.options.spoken_formatting if enabled is None else enabled
         if not (on and text):
             return Formatted(text)
-        formatted = self.spoken.apply(text, language)
+        with self._lock:
+            formatted = self.spoken.apply(text, language)
         formatted.text = safe_text(formatted.text, keep=ON_PURPOSE)
         return formatted
 
     def shape(self, text: str, language: str | None = None, spoken: bool | None = None,
               trailing_space: bool | None = None) -> str:
         """Final text of one utterance as it should be delivered (None: the options decide)."""
-        text = safe_text(self.format_spoken(self.apply_replacements(text), language, spoken).text, keep=ON_PURPOSE)
+        return self.with_trailing_space(self.shape_final(text, language, spoken).delivered, trailing_space)
+
+    def shape_final(self, text: str, language: str | None = None, spoken: bool | None = None) -> ShapedFinal:
+        """One pass over a dictated final: its text with the replacement rules, then spoken formatting, the
+        text to deliver (also without control characters but newline/tab, and the short final's period dropped)
+        and whether it was the spoken undo command."""
+        replaced = self.apply_replacements(text)
+        formatted = self.format_spoken(replaced, language, spoken)
+        delivered = safe_text(formatted.text, keep=ON_PURPOSE)
         limit = self.options.strip_final_period_max_words
-        if limit > 0 and word_count(text) <= limit:
-            text = _FINAL_PERIOD.sub(r"\1", text)
-        return self.with_trailing_space(text, trailing_space)
+        if limit > 0 and word_count(delivered) <= limit:
+            delivered = _FINAL_PERIOD.sub(r"\1", delivered)
+        return ShapedFinal(replaced, formatted.text, delivered, formatted.undo)
 
     def shape_live_final(self, text: str) -> str:
         """Final text when live typing already sent the committed prefix unchanged: only the trailing space.

@@ -3,10 +3,11 @@
 - ``ServerRunner`` runs an ``EventServer`` on its own asyncio loop in a thread, so the rest of the
   daemon stays synchronous (``publish``/``send_to`` are thread-safe).
 - ``DaemonServerHandler`` answers the server: hello/health/metrics facts, commands (the daemon's
-  ``CommandHandler``), and audio streams; it is also the result router's ``IngestRoutes``.
-- ``IngestStream`` is one client's audio stream, fed through the same ``UtteranceFeed`` as the
-  microphone: VAD-delimited utterances (segment "vad") or the whole stream as one utterance ("none").
-  Its results go to that client only; ``end()`` returns once the stream's last final was sent.
+  ``CommandHandler``), and audio streams.
+- ``ClientAudio`` is one client's audio (``audio.start`` … ``audio.end``): an ``AudioJob`` (source kind
+  ``stream``) fed through the same ``UtteranceFeed`` as the microphone: VAD-delimited utterances (segment
+  "vad") or all of it as one utterance ("none"). Its results go to that client only; ``end()`` returns
+  once its last final was sent.
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from qasr.daemon import status
-from qasr.daemon.audio.segmenter import Segmenter
 from qasr.daemon.server import web_pages
 from qasr.daemon.server.ws_server import BaseServerHandler, EventServer, IngestRequest
-from qasr.daemon.transcription.utterance_feed import UtteranceFeed
-from qasr.daemon.transcription.utterance_targets import UtteranceTargets
+from qasr.daemon.transcription.audio_jobs import AudioJob
+from qasr.daemon.transcription.routes import STREAM
+from qasr.daemon.transcription.service import TranscriptionService
 from qasr.errors import QasrError
 from qasr.protocol import ErrorCode, ProtocolError
 
@@ -63,12 +64,15 @@ class ServerRunner:
 class DaemonServerHandler(BaseServerHandler):
     """Plain methods: the server runs them in a worker thread, so they may block.
 
-    ``daemon``: settings, state, commands; ``parts``: its Components (pipeline, server, languages)."""
+    ``daemon``: settings, state, commands, status facts; ``service``: the transcription service (streams);
+    ``openai`` / ``realtime``: the OpenAI endpoints, when on; ``send_to(client_id, message)``: the server's."""
 
-    def __init__(self, daemon: Any, parts: Any) -> None:
+    def __init__(self, daemon: Any, service: TranscriptionService) -> None:
         self.daemon = daemon
-        self.parts = parts
-        self._streams: UtteranceTargets[IngestStream] = UtteranceTargets()  # utterance id -> its stream
+        self.service = service
+        self.openai: Any = None
+        self.realtime: Any = None
+        self.send_to: Callable[[str, dict], None] = lambda client_id, message: None
 
     def hello_info(self) -> dict:
         return status.hello_info(self.daemon)
@@ -78,11 +82,11 @@ class DaemonServerHandler(BaseServerHandler):
 
     def http_app(self):
         """Other HTTP requests on the port (``POST /v1/audio/transcriptions``): the OpenAI endpoint, if on."""
-        return self.parts.openai
+        return self.openai
 
     def realtime_app(self):
         """WebSockets on ``/v1/realtime`` (OpenAI Realtime transcription), if the OpenAI endpoint is on."""
-        return self.parts.realtime
+        return self.realtime
 
     def health_info(self) -> dict:
         return status.health_info(self.daemon)
@@ -96,62 +100,34 @@ class DaemonServerHandler(BaseServerHandler):
         except QasrError as exc:
             raise ProtocolError(ErrorCode.INVALID_STATE, str(exc)) from None
 
-    def open_ingest(self, client_id: str, request: IngestRequest) -> "IngestStream":
+    def open_ingest(self, client_id: str, request: IngestRequest) -> "ClientAudio":
         if request.language:
             try:
-                self.parts.check_language(request.language)
+                self.service.check_language(request.language)
             except QasrError as exc:
                 raise ProtocolError(ErrorCode.BAD_MESSAGE, str(exc)) from None
-        segmenter = Segmenter(self.parts.segmenter_options(mode="vad")) if request.segment == "vad" else None
-        return IngestStream(self, client_id, request, segmenter)
-
-    # -- IngestRoutes: results of streamed audio (decoder thread) --------------------------------
-    def register(self, utterance_id: str, stream: "IngestStream") -> None:
-        self._streams.register(utterance_id, stream)
-
-    def deliver(self, utterance_id: str, message: dict | None, outcome: str | None) -> None:
-        """An event of an ingested utterance: to its client; an outcome closes the utterance."""
-        stream = self._streams.lookup(utterance_id, outcome)
-        if stream is None:
-            return
-        server = self.parts.server
-        if message is not None and server is not None:
-            server.send_to(stream.client_id, message)
-        if outcome is not None:
-            stream.utterance_done(utterance_id, outcome == "final")
+        job = AudioJob(self.service, STREAM, f"ws:{client_id}", language=request.language, context=request.context,
+                       on_message=lambda message: self.send_to(client_id, message))
+        job.open_audio(segmenter=self.service.segmenter("vad") if request.segment == "vad" else None)
+        return ClientAudio(job)
 
 
-class IngestStream:
-    def __init__(self, handler: DaemonServerHandler, client_id: str, request: IngestRequest,
-                 segmenter: Segmenter | None) -> None:
-        self.handler = handler
-        self.client_id = client_id
-        self._cond = threading.Condition()
-        self._open: set[str] = set()
-        self._finals = 0
-        self._feed = UtteranceFeed(handler.parts.pipeline, f"ws:{client_id}", segmenter, language=request.language,
-                                  context=request.context, on_begin=self._began)
+class ClientAudio:
+    """A client's ``audio.start`` … ``audio.end`` as the server's ingest sink: its ``AudioJob``, whose results
+    go to that client only; ``end()`` returns once the stream's last final was sent."""
 
-    def _began(self, utterance_id: str) -> None:
-        with self._cond:
-            self._open.add(utterance_id)
-        self.handler.register(utterance_id, self)
+    def __init__(self, job: AudioJob) -> None:
+        self.job = job
 
     def feed(self, samples: np.ndarray) -> None:
-        self._feed.process(samples)
+        self.job.feed(samples)
 
     def end(self) -> dict | None:
-        self._feed.finish()  # closes a speech segment still open
-        with self._cond:
-            if not self._cond.wait_for(lambda: not self._open, timeout=INGEST_END_TIMEOUT_S):
-                raise QasrError("transcribing the stream took too long; see the daemon log")
-            return {"utterances": self._finals}
+        self.job.finish()  # closes a speech segment still open
+        result = self.job.wait(INGEST_END_TIMEOUT_S)
+        if result is None:
+            raise QasrError("transcribing the stream took too long; see the daemon log")
+        return {"utterances": len(result.finals)}
 
     def cancel(self) -> None:
-        self._feed.cancel()
-
-    def utterance_done(self, utterance_id: str, final: bool) -> None:
-        with self._cond:
-            self._open.discard(utterance_id)
-            self._finals += int(final)
-            self._cond.notify_all()
+        self.job.cancel()

@@ -38,9 +38,18 @@ def text(status: int, message: str) -> Response:
     return http(status, message.rstrip("\n") + "\n", "text/plain; charset=utf-8")
 
 
-def allowed_origins(port: int, extra: tuple[str, ...]) -> set[str]:
+def allowed_origins(port: int, extra: tuple[str, ...]) -> frozenset[str]:
     own = {f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"http://[::1]:{port}"}
-    return own | {o.rstrip("/") for o in extra}
+    return frozenset(own | {o.rstrip("/") for o in extra})
+
+
+def origin_allowed(origin: str | None, origins: frozenset[str]) -> bool:
+    """The one Origin check (WebSocket upgrades, the OpenAI endpoints): no Origin (not a browser) or an allowed one."""
+    return origin is None or origin.rstrip("/") in origins
+
+
+def origin_refused(origin: str | None) -> str:
+    return f"origin {origin} is not allowed; add it to server.allowed_origins"
 
 
 def token_ok(request: Request, query: dict[str, list[str]], token: str) -> bool | None:

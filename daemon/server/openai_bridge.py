@@ -21,15 +21,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 import numpy as np
 
-from qasr.daemon.server import openai_api as api
+from qasr.daemon.server import http_routes, openai_api as api
+from qasr.daemon.server.append_only import AppendOnlyText
 from qasr.daemon.server.connection import TokenBucket
 from qasr.daemon.server.http_front import FrontOptions, Guard, HttpRequest, HttpResponse
 from qasr.daemon.server.metrics import Metrics
-from qasr.daemon.transcription.audio_jobs import AudioJob, JobResult, JobRoutes
+from qasr.daemon.transcription.audio_jobs import AudioJob, JobResult
+from qasr.daemon.transcription.routes import OPENAI
+from qasr.daemon.transcription.service import TranscriptionService
 from qasr.engine.audio_constants import SAMPLE_RATE
 from qasr.engine.transcribe import join_texts, merge_languages, normalize_waveform
 from qasr.errors import QasrError
@@ -50,12 +53,11 @@ class OpenAIOptions:
 
 
 class OpenAIEndpoint:
-    """``HttpApp`` for ``/v1/...``. ``parts``: the daemon's Components (pipeline, router, model)."""
+    """``HttpApp`` for ``/v1/...``. ``service``: the model, its languages, jobs' sources, the words aligner."""
 
-    def __init__(self, parts: Any, options: OpenAIOptions, routes: JobRoutes) -> None:
-        self.parts = parts
+    def __init__(self, service: TranscriptionService, options: OpenAIOptions) -> None:
+        self.service = service
         self.options = options
-        self.routes = routes
         self.metrics = Metrics()  # replaced by the server's own in bind()
         self.guard: Guard | None = None
         self._active = 0
@@ -124,9 +126,9 @@ class OpenAIEndpoint:
 
     def _check_origin(self, request: HttpRequest) -> None:
         origin = request.header("origin")
-        if origin is not None and origin.rstrip("/") not in self.guard.origins:
+        if not http_routes.origin_allowed(origin, self.guard.origins):
             self.metrics.count("rejected_origin")
-            raise api.ApiError(403, f"origin {origin} is not allowed; add it to server.allowed_origins")
+            raise api.ApiError(403, http_routes.origin_refused(origin))
 
     def _check_capacity(self) -> None:
         if self._active >= self.options.max_concurrent_jobs:
@@ -143,7 +145,7 @@ class OpenAIEndpoint:
 
     # -- GET /v1/models ------------------------------------------------------------------------
     def _models(self, path: str) -> HttpResponse:
-        name = self.parts.model_name or "qasr"
+        name = self.service.model_name or "qasr"
         wanted = path.rstrip("/")[len(api.MODELS_PATH) + 1:]
         if not wanted:
             return api.json_response(200, api.models_list(name, self._created))
@@ -157,7 +159,7 @@ class OpenAIEndpoint:
         self._active += 1
         try:
             parsed = api.parse_transcription(request.header("content-type"), request.body,
-                                             self.parts.languages(), aligner=True)
+                                             self.service.languages(), aligner=True)
             aligner = self._word_aligner() if parsed.words else None
             loop = asyncio.get_running_loop()
             audio = await loop.run_in_executor(self._executor, decode_upload, parsed.file.filename, parsed.file.data,
@@ -178,7 +180,7 @@ class OpenAIEndpoint:
 
     def _word_aligner(self):
         """The daemon's AlignerHost for a request that wants words; 400 aligner_not_installed without one."""
-        host = self.parts.words_aligner()
+        host = self.service.words_aligner()
         if host is None or not host.available:
             note = host.error if host is not None and host.path is not None else api.WORDS_NEED_ALIGNER
             raise api.ApiError(400, note, param="timestamp_granularities", code="aligner_not_installed")
@@ -193,8 +195,8 @@ class OpenAIEndpoint:
             raise api.ApiError(500, f"word timestamps failed: {exc}") from None
 
     def _job(self, parsed: api.TranscriptionRequest, source: str, on_message=None) -> AudioJob:
-        return AudioJob(self.parts.pipeline, self.routes, source, language=parsed.language, context=parsed.prompt,
-                        background=True, partials=parsed.stream, on_message=on_message)
+        return AudioJob(self.service, OPENAI, source, language=parsed.language, context=parsed.prompt,
+                        partials=parsed.stream, on_message=on_message)
 
     def _run(self, job: AudioJob, audio: np.ndarray) -> JobResult:
         job.transcribe_audio(audio)
@@ -245,7 +247,7 @@ class OpenAIEndpoint:
         work = loop.run_in_executor(self._executor, self._run, job, audio)
         work.add_done_callback(lambda _: queue.put_nowait(None))
         finished: list[str] = []
-        sent = ""
+        sent = AppendOnlyText()
         try:
             while True:
                 message = await queue.get()
@@ -258,9 +260,9 @@ class OpenAIEndpoint:
                     text = join_texts(finished)
                 else:
                     continue
-                if text.startswith(sent) and len(text) > len(sent):
-                    yield api.sse_delta(text[len(sent):])
-                    sent = text
+                delta = sent.delta(text)
+                if delta:
+                    yield api.sse_delta(delta)
             try:
                 result = work.result()
             except QasrError as exc:

@@ -6,13 +6,13 @@ handshake is checked here (the daemon token as the API key, in ``Authorization: 
 refusals in OpenAI's error JSON), then ``serve`` runs the session: ``realtime_session.RealtimeSession``
 makes every decision, this module carries them out.
 
-The audio goes the way of every other source: a ``_Stream`` (one per session, on the server's worker
-threads) feeds an ``UtteranceFeed`` (with the ``Segmenter`` under ``server_vad``) of source
-``realtime:<client>``; the ``ResultRouter`` sends that source kind's results to ``RealtimeRoutes``, which
-hands them to the session that began the utterance; finals are journaled with their source and counted in
-``/metrics`` (``finals_realtime``). Utterances are foreground work, like dictation: a person is talking.
+The audio goes the way of every other source: a ``_SessionAudio`` (one per session, on the server's
+worker threads) feeds an ``UtteranceFeed`` (with the ``Segmenter`` under ``server_vad``) of source
+``realtime:<client>``, whose route hands the results to the session (``_SessionAudio._result``);
+finals are journaled with their source and counted in ``/metrics`` (``finals_realtime``). Utterances are
+foreground work, like dictation: a person is talking.
 
-The stream reports what the VAD and the commits did (``began``/``stopped``) through the event loop before
+The session's audio reports what the VAD and the commits did (``began``/``stopped``) through the event loop before
 the pipeline hears of it, so a session always learns of an item before any of its results.
 """
 
@@ -31,18 +31,19 @@ import numpy as np
 
 from qasr.daemon.audio.segment_events import Cancelled, SegmentEvent, SpeechEnd, SpeechStart
 from qasr.daemon.audio.segmenter import Segmenter
-from qasr.daemon.server import realtime_protocol as rt
+from qasr.daemon.server import http_routes, realtime_protocol as rt
 from qasr.daemon.server.connection import Close
 from qasr.daemon.server.openai_api import ApiError, resolve_language
 from qasr.daemon.server.realtime_session import Clear, Commit, Feed, Reconfigure, RealtimeSession, with_defaults
+from qasr.daemon.transcription.routes import REALTIME
+from qasr.daemon.transcription.service import TranscriptionService
 from qasr.daemon.transcription.utterance_feed import UtteranceFeed
-from qasr.daemon.transcription.utterance_targets import UtteranceTargets
 from qasr.engine.audio_constants import SAMPLE_RATE
 from qasr.errors import QasrError
 
 log = logging.getLogger("qasr.realtime")
 
-SOURCE_KIND = "realtime"
+SOURCE_KIND = REALTIME
 KEY_PROTOCOL = "openai-insecure-api-key."
 BETA_PROTOCOL = "openai-beta.realtime-v1"
 
@@ -52,24 +53,14 @@ class RealtimeOptions:
     max_item_s: float = 30.0  # without turn detection: the most audio one commit may hold (engine.max_utterance_s)
 
 
-class RealtimeRoutes(UtteranceTargets["_Stream"]):
-    """The router's route for ``realtime:*`` sources: each utterance's results to the stream that began it."""
-
-    def deliver(self, utterance_id: str, message: dict | None, outcome: str | None) -> None:
-        stream = self.lookup(utterance_id, outcome)
-        if stream is not None and message is not None:
-            stream.post("result", message)
-
-
 class RealtimeEndpoint:
-    """``parts``: the daemon's Components (pipeline, languages, segmenter options, model name)."""
+    """``service``: the model's languages, segmenter options, a source and feed per session."""
 
     path = rt.PATH
 
-    def __init__(self, parts: Any, options: RealtimeOptions, routes: RealtimeRoutes) -> None:
-        self.parts = parts
+    def __init__(self, service: TranscriptionService, options: RealtimeOptions) -> None:
+        self.service = service
         self.options = options
-        self.routes = routes
 
     # -- handshake (ws_server's process_request) -------------------------------------------------
     def refuse(self, headers, query: dict[str, list[str]], token: str, token_path: str, origin_ok: bool,
@@ -79,7 +70,7 @@ class RealtimeEndpoint:
             return _refusal(426, f"{rt.PATH} is a WebSocket endpoint (OpenAI Realtime API, transcription); "
                                  "connect with a WebSocket client", "upgrade_required")
         if not origin_ok:
-            return _refusal(403, f"origin {headers.get('Origin')} is not allowed; add it to server.allowed_origins",
+            return _refusal(403, http_routes.origin_refused(headers.get('Origin')),
                             "origin_not_allowed")
         offered = offered_key(headers, query)
         if offered is None:
@@ -103,7 +94,7 @@ class RealtimeEndpoint:
         from websockets.exceptions import ConnectionClosed
 
         loop = asyncio.get_running_loop()
-        vad = self.parts.segmenter_options(mode="vad")
+        vad = self.service.segmenter_options(mode="vad")
         beta = BETA_PROTOCOL in _subprotocols(ws.request.headers) or \
             "realtime=v1" in (ws.request.headers.get("OpenAI-Beta") or "")
         config = with_defaults(rt.SessionConfig(model=_query(ws.request.path, "model") or "", beta=beta),
@@ -130,7 +121,7 @@ class RealtimeEndpoint:
             except RuntimeError:  # the server's loop is closed (shutting down): nobody to tell
                 pass
 
-        stream = _Stream(self, link.id, config, post)
+        stream = _SessionAudio(self, link.id, config, post)
         link.metrics.count("realtime_connections")
         log.info("realtime %s: connected (%s names)", link.id, "beta" if beta else "GA")
         flush()
@@ -152,7 +143,8 @@ class RealtimeEndpoint:
                 stream.close()
             log.info("realtime %s: closed", link.id)
 
-    async def _carry_out(self, link: Any, session: RealtimeSession, stream: "_Stream", request) -> "_Stream":
+    async def _carry_out(self, link: Any, session: RealtimeSession, stream: "_SessionAudio",
+                         request) -> "_SessionAudio":
         if request is None:
             return stream
         if isinstance(request, Close):
@@ -171,7 +163,7 @@ class RealtimeEndpoint:
             elif isinstance(request, Reconfigure):
                 if request.rebuild:
                     await link.run(stream.close)
-                    return _Stream(self, link.id, request.config, stream.post, stream.position)
+                    return _SessionAudio(self, link.id, request.config, stream.post, stream.position)
                 stream.configure(request.config)
         except Exception as exc:  # the pipeline refused: the session goes on
             if not isinstance(exc, QasrError):
@@ -182,12 +174,12 @@ class RealtimeEndpoint:
 
     def _language(self, code: str) -> str:
         try:
-            return resolve_language(code, self.parts.languages())
+            return resolve_language(code, self.service.languages())
         except ApiError as exc:
             raise ValueError(exc.message) from None
 
 
-class _Stream:
+class _SessionAudio:
     """The session's audio into the pipeline (server worker threads, one call at a time).
 
     ``server_vad``: one ``Segmenter`` over the whole stream cuts it into utterances. Without: the first
@@ -197,7 +189,7 @@ class _Stream:
                  post: Callable[..., None], offset: int = 0) -> None:
         self.endpoint = endpoint
         self.post = post
-        self.source = f"{SOURCE_KIND}:{client_id}"
+        self.source = endpoint.service.source(REALTIME, f"{SOURCE_KIND}:{client_id}", self._result)
         self.language, self.context = config.language, config.prompt or None
         self.position = offset  # 16 kHz samples of the session before this stream, then fed
         self._start = offset  # where the open utterance starts
@@ -208,14 +200,14 @@ class _Stream:
         self._offset_s = offset / SAMPLE_RATE  # the segmenter's clock starts here
         if config.turn_detection is not None:
             td = config.turn_detection
-            options = replace(endpoint.parts.segmenter_options(mode="vad"), preroll_ms=td.prefix_padding_ms,
+            options = replace(endpoint.service.segmenter_options(mode="vad"), preroll_ms=td.prefix_padding_ms,
                               hangover_ms=td.silence_duration_ms)
             self.segmenter = Segmenter(options)
             self._feed = self._new_feed(self.segmenter)
 
     def _new_feed(self, segmenter: Segmenter | None) -> UtteranceFeed:
-        return UtteranceFeed(self.endpoint.parts.pipeline, self.source, segmenter, language=self.language,
-                             context=self.context, on_begin=self._began)
+        return self.endpoint.service.feed(self.source, segmenter, language=self.language, context=self.context,
+                                          on_begin=self._began)
 
     def configure(self, config: rt.SessionConfig) -> None:
         """Language and prompt for the utterances that begin from now on."""
@@ -223,8 +215,12 @@ class _Stream:
         if self.segmenter is not None and self._feed is not None:
             self._feed.language, self._feed.context = self.language, self.context
 
+    def _result(self, utterance_id: str, message: dict | None, outcome: str | None) -> None:
+        """Its route's thread: a result of one of its utterances, to the session."""
+        if message is not None:
+            self.post("result", message)
+
     def _began(self, utterance_id: str) -> None:
-        self.endpoint.routes.register(utterance_id, self)
         if self.segmenter is not None:
             self._uids[self._segment] = utterance_id
         self.post("began", utterance_id, self._start / SAMPLE_RATE)

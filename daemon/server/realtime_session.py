@@ -24,12 +24,13 @@ dropped, ``Close(1008)`` past ``rate_violation_limit``). Without turn detection 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 
 from qasr.daemon.server import realtime_protocol as rt
+from qasr.daemon.server.append_only import AppendOnlyText
 from qasr.daemon.server.connection import Close, ConnectionLimits, TokenBucket
 from qasr.daemon.server.metrics import Metrics
 from qasr.protocol import AudioFormat, CloseCode, PcmDecoder, TARGET_SAMPLE_RATE
@@ -63,7 +64,7 @@ Request = Feed | Commit | Clear | Reconfigure | Close
 @dataclass
 class _Item:
     id: str
-    sent: str = ""  # transcript text already sent as deltas
+    sent: AppendOnlyText = field(default_factory=AppendOnlyText)  # transcript text already sent as deltas
     ended_at: float | None = None  # when the item's audio ended (commit / speech end)
     previous: str | None = None  # the item committed before it
     start_s: float = 0.0  # its audio in the session's audio (s)
@@ -253,9 +254,9 @@ class RealtimeSession:
             self._done(message, item, now)
 
     def _extend(self, item: _Item, text: str) -> None:
-        if len(text) > len(item.sent) and text.startswith(item.sent):
-            self._out.append(rt.delta(self.ids, item.id, text[len(item.sent):]))
-            item.sent = text
+        delta = item.sent.delta(text)
+        if delta:
+            self._out.append(rt.delta(self.ids, item.id, delta))
 
     def _done(self, message: dict, item: _Item, now: float) -> None:
         self._items.pop(str(message.get("utterance_id")), None)

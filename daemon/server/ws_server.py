@@ -240,8 +240,7 @@ class EventServer:
         self._port = self._server.sockets[0].getsockname()[1]
         self._started = time.monotonic()
         if self._front is not None:
-            origins = frozenset(http_routes.allowed_origins(self._port, self.options.allowed_origins))
-            self._front.app.bind(Guard(self._token, str(self._token_path), origins), self.metrics)
+            self._front.app.bind(Guard(self._token, str(self._token_path), self._origins()), self.metrics)
         if self.options.write_info_file:
             write_private_json(self._info_path, self.server_info())
         log.info("serving %s (http %s)", self.ws_url, self.http_url)
@@ -350,7 +349,7 @@ class EventServer:
             return http_routes.metrics(request, query, app, self.metrics, uptime, len(self._clients))
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
         origin = request.headers.get("Origin")
-        origin_ok = origin is None or origin.rstrip("/") in http_routes.allowed_origins(self._port, self.options.allowed_origins)
+        origin_ok = http_routes.origin_allowed(origin, self._origins())
         if self._is_realtime(url.path):
             refusal = self._realtime.refuse(request.headers, query, self._token, str(self._token_path), origin_ok,
                                             len(self._clients) >= self.options.max_clients, upgrade)
@@ -365,7 +364,7 @@ class EventServer:
 
         if not origin_ok:
             self.metrics.count("rejected_origin")
-            return http_routes.text(403, f"origin {origin} is not allowed; add it to server.allowed_origins")
+            return http_routes.text(403, http_routes.origin_refused(origin))
         token_ok = http_routes.token_ok(request, query, self._token)
         if not token_ok:
             self.metrics.count("rejected_auth")
@@ -409,6 +408,9 @@ class EventServer:
         return None if method is None else await self._call(method, *args)
 
     # ---- WebSocket side ------------------------------------------------------------------------
+
+    def _origins(self) -> frozenset[str]:
+        return http_routes.allowed_origins(self._port, self.options.allowed_origins)
 
     def _is_realtime(self, path: str) -> bool:
         return self._realtime is not None and urlsplit(path).path.rstrip("/") == self._realtime.path

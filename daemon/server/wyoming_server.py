@@ -22,7 +22,6 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
@@ -34,9 +33,12 @@ from wyoming.info import AsrModel, AsrProgram, Attribution, Info
 from qasr import __version__
 from qasr.daemon.server.connection import TokenBucket
 from qasr.daemon.server.metrics import Metrics
+from qasr.daemon.server.append_only import AppendOnlyText
 from qasr.daemon.server.openai_api import LANGUAGE_CODES, ApiError, resolve_language
 from qasr.daemon.server.wyoming_frames import FrameError, FrameReader
-from qasr.daemon.transcription.audio_jobs import AudioJob, JobRoutes
+from qasr.daemon.transcription.audio_jobs import AudioJob
+from qasr.daemon.transcription.routes import WYOMING
+from qasr.daemon.transcription.service import TranscriptionService
 from qasr.engine.audio_constants import SAMPLE_RATE
 from qasr.errors import QasrError
 from qasr.protocol import AudioFormat, PcmDecoder
@@ -96,12 +98,11 @@ class Closing(Exception):
 
 
 class WyomingServer:
-    """``parts``: the daemon's Components (pipeline, languages, model name)."""
+    """``service``: the model, its languages, a source and feed per request."""
 
-    def __init__(self, parts: Any, options: WyomingOptions, routes: JobRoutes, metrics: Metrics | None = None) -> None:
-        self.parts = parts
+    def __init__(self, service: TranscriptionService, options: WyomingOptions, metrics: Metrics | None = None) -> None:
+        self.service = service
         self.options = options
-        self.routes = routes
         self.metrics = metrics or Metrics()
         self.host, self.requested_port = parse_uri(options.uri, options.allow_remote)
         self.port = 0
@@ -134,9 +135,9 @@ class WyomingServer:
 
     def info(self) -> Info:
         attribution = Attribution(name="Qwen3-ASR (Alibaba Qwen); qasr", url="https://github.com/QwenLM/Qwen3-ASR")
-        model = AsrModel(name=self.parts.model_name or "qasr", attribution=attribution, installed=True,
+        model = AsrModel(name=self.service.model_name or "qasr", attribution=attribution, installed=True,
                          description="Qwen3-ASR served by qasr", version=None,
-                         languages=language_codes(self.parts.languages()))
+                         languages=language_codes(self.service.languages()))
         program = AsrProgram(name="qasr", attribution=attribution, installed=True, description="qasr dictation daemon",
                              version=__version__, models=[model], supports_transcript_streaming=self.options.streaming)
         return Info(asr=[program])
@@ -176,7 +177,7 @@ class _Session:
         self.decoder: PcmDecoder | None = None
         self.format: tuple[int, int, int] | None = None  # audio-start's rate, width, channels
         self.pending = 0  # utterances whose transcript is still to come
-        self.sent = ""  # transcript-chunk text sent for the current utterance
+        self.sent = AppendOnlyText()  # transcript-chunk text sent for the current utterance
         self.stopped_at = 0.0
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.last_activity = time.monotonic()
@@ -226,7 +227,7 @@ class _Session:
 
     def _gone(self, otherwise: str) -> str:
         """The client closed (or reset) the connection: worth a line only if it left an utterance open."""
-        if self.job is not None and self.job.streaming:
+        if self.job is not None and self.job.audio_open:
             return "went away mid-audio; the utterance was dropped"
         return otherwise
 
@@ -252,7 +253,7 @@ class _Session:
         self.language = None
         if request.language:
             try:
-                self.language = resolve_language(request.language, self.server.parts.languages())
+                self.language = resolve_language(request.language, self.server.service.languages())
             except ApiError as exc:
                 log.info("wyoming %s: %s", self.name, exc.message)
                 self._send(Error(text=exc.message, code="unsupported_language").event())
@@ -262,22 +263,22 @@ class _Session:
 
     async def _audio_start(self, event: Event) -> None:
         fmt = self._format(event, "audio-start")
-        if self.job is not None and self.job.streaming:
+        if self.job is not None and self.job.audio_open:
             log.info("wyoming %s: audio-start inside an utterance: the open one is dropped", self.name)
             self._drop_stream()
         self.decoder = PcmDecoder(AudioFormat("s16le", fmt[0], fmt[2]))
         self.format = fmt
-        self.sent = ""
-        self.job = AudioJob(self.server.parts.pipeline, self.server.routes, self.name, language=self.language,
+        self.sent = AppendOnlyText()
+        self.job = AudioJob(self.server.service, WYOMING, self.name, language=self.language,
                             context=self.context, partials=self.options.streaming,
                             on_message=lambda m: self.loop.call_soon_threadsafe(self._result, m))
-        await self.loop.run_in_executor(self.server._executor, self.job.open_stream)
+        await self.loop.run_in_executor(self.server._executor, self.job.open_audio)
         self.pending += 1
         if self.options.streaming:
             self._send(TranscriptStart(language=self._code(self.language)).event())
 
     async def _audio_chunk(self, event: Event) -> None:
-        if self.job is None or not self.job.streaming or self.decoder is None:
+        if self.job is None or not self.job.audio_open or self.decoder is None:
             raise Closing("audio-chunk before audio-start")
         if any(key in event.data for key in ("rate", "width", "channels")):
             if self._format(event, "audio-chunk") != self.format:
@@ -290,7 +291,7 @@ class _Session:
             await self.loop.run_in_executor(self.server._executor, self.job.feed, pcm)
 
     async def _audio_stop(self) -> None:
-        if self.job is None or not self.job.streaming or self.decoder is None:
+        if self.job is None or not self.job.audio_open or self.decoder is None:
             raise Closing("audio-stop before audio-start")
         tail = self.decoder.flush()
         job = self.job
@@ -315,7 +316,7 @@ class _Session:
         return rate, width, channels
 
     def _drop_stream(self) -> None:
-        if self.job is not None and self.job.streaming:
+        if self.job is not None and self.job.audio_open:
             self.job.cancel()
             self.pending = max(0, self.pending - 1)
         self.decoder = None
@@ -324,15 +325,15 @@ class _Session:
     def _result(self, message: dict) -> None:
         kind = message.get("type")
         if kind == "partial" and self.options.streaming:
-            committed = message.get("committed", "")
-            if committed.startswith(self.sent) and len(committed) > len(self.sent):
-                self._send(TranscriptChunk(text=committed[len(self.sent):]).event())
-                self.sent = committed
+            chunk = self.sent.delta(message.get("committed", ""))
+            if chunk:
+                self._send(TranscriptChunk(text=chunk).event())
         elif kind == "final":
             text, language = message.get("text", ""), self._code(message.get("language"))
             if self.options.streaming:
-                if text.startswith(self.sent) and len(text) > len(self.sent):
-                    self._send(TranscriptChunk(text=text[len(self.sent):]).event())
+                chunk = self.sent.delta(text)
+                if chunk:
+                    self._send(TranscriptChunk(text=chunk).event())
                 self._send(TranscriptStop().event())
             self._send(Transcript(text=text, language=language).event())
             self.pending = max(0, self.pending - 1)

@@ -1,16 +1,17 @@
-"""Audio of one request (an uploaded file, a Wyoming audio stream) → utterances in the pipeline → its results.
+"""A requester's audio → utterances in the pipeline → its results: an uploaded file (OpenAI), a Wyoming
+request, a ``qasr.v1`` WebSocket audio stream.
 
-Front-ends that are not the microphone or a WebSocket client use this: it goes through the same
-``UtteranceFeed`` and ``Pipeline`` as every other source, and its results come back through the
-``ResultRouter``'s route for the job's source kind (``JobRoutes`` is that route).
+The job is its own source (``TranscriptionService.source``): its audio goes through the same
+``UtteranceFeed`` and ``Pipeline`` as every other source, and its source's route hands each result back
+to it (``_result``, on the route's thread).
 
-    routes = JobRoutes()                      # router.add_route("openai", routes, journal=True)
-    job = AudioJob(pipeline, routes, "openai:7", language=None, context=None, background=True)
+    job = AudioJob(service, OPENAI, "openai:7", language=None, context=None)
     job.transcribe_audio(pcm)                 # pieces ≤ 30 s cut where offline `transcribe` cuts them
     result = job.wait(timeout_s)              # finals in order, or the error
 
-    job = AudioJob(pipeline, routes, "wyoming:3", on_message=send)   # partials/finals as they come
-    job.open_stream(); job.feed(pcm) ...; job.finish(); job.wait(...)
+    job = AudioJob(service, WYOMING, "wyoming:3", on_message=send)   # partials/finals as they come
+    job.open_audio(); job.feed(pcm) ...; job.finish(); job.wait(...)
+    job.open_audio(segmenter=vad)            # utterances where the segmenter cuts (WebSocket streams)
 
 A file is cut exactly as ``Transcriber.transcribe`` cuts it (``engine.segmentation.cut_points`` on the
 same normalised waveform), and each piece is one utterance with the same language and context, so each
@@ -22,16 +23,18 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from qasr.daemon.transcription.pipeline import Pipeline
+from qasr.daemon.audio.segmenter import Segmenter
 from qasr.daemon.transcription.utterance_feed import UtteranceFeed
-from qasr.daemon.transcription.utterance_targets import UtteranceTargets
 from qasr.engine.audio_constants import SAMPLE_RATE
 from qasr.engine.segmentation import SegmentationOptions, cut_points
 from qasr.engine.transcribe import TranscribeOptions, normalize_waveform
+
+if TYPE_CHECKING:
+    from qasr.daemon.transcription.service import TranscriptionService
 
 log = logging.getLogger("qasr.jobs")
 
@@ -47,29 +50,19 @@ class JobResult:
     cancelled: bool = False
 
 
-class JobRoutes(UtteranceTargets["AudioJob"]):
-    """The router's route for one source kind: results of each utterance to the job that began it."""
-
-    def deliver(self, utterance_id: str, message: dict | None, outcome: str | None) -> None:
-        job = self.lookup(utterance_id, outcome)
-        if job is not None:
-            job._result(utterance_id, message, outcome)
-
-
 class AudioJob:
-    """One request's audio. Not thread-safe for feeding (one caller); results arrive on the decoder thread.
+    """One request's audio. Not thread-safe for feeding (one caller); results arrive on its route's thread.
 
-    ``on_message(message)`` (decoder thread) sees every ``partial``/``final``/``error`` message of the job."""
+    ``on_message(message)`` (that thread, or the aligner's for a final with words) sees every
+    ``partial``/``final``/``error`` message of the job."""
 
-    def __init__(self, pipeline: Pipeline, routes: JobRoutes, source: str, language: str | None = None,
-                 context: str | None = None, background: bool = False, partials: bool = True,
+    def __init__(self, service: TranscriptionService, kind: str, name: str, language: str | None = None,
+                 context: str | None = None, partials: bool = True,
                  on_message: Callable[[dict], None] | None = None) -> None:
-        self.pipeline = pipeline
-        self.routes = routes
-        self.source = source
+        self.service = service
+        self.source = service.source(kind, name, self._result)
         self.language = language
         self.context = context
-        self.background = background
         self.partials = partials
         self._on_message = on_message
         self._cond = threading.Condition()
@@ -90,22 +83,23 @@ class AudioJob:
         for piece in cut_points(audio, SegmentationOptions(max_piece_s=MAX_PIECE_S, sample_rate=SAMPLE_RATE)):
             if self._cancelled:
                 return
-            self.open_stream(piece.start / SAMPLE_RATE)
+            self.open_audio(piece.start / SAMPLE_RATE)
             block = int(FEED_BLOCK_S * SAMPLE_RATE)
             for start in range(piece.start, piece.end, block):
                 self.feed(audio[start:min(start + block, piece.end)])
             self.finish()
 
-    # -- one streamed utterance ----------------------------------------------------------------
-    def open_stream(self, offset_s: float = 0.0) -> None:
+    # -- audio as it comes -----------------------------------------------------------------------
+    def open_audio(self, offset_s: float = 0.0, segmenter: Segmenter | None = None) -> None:
+        """One utterance from here to ``finish()``; with ``segmenter``, one per stretch of speech it finds."""
         if self._feed is not None:
-            raise RuntimeError("an utterance of this job is still open")
+            raise RuntimeError("audio of this job is still open")
         self._offset, self._fed = offset_s, 0
-        self._feed = UtteranceFeed(self.pipeline, self.source, None, language=self.language, context=self.context,
-                                   on_begin=self._began, background=self.background, partials=self.partials)
+        self._feed = self.service.feed(self.source, segmenter, language=self.language, context=self.context,
+                                       on_begin=self._began, partials=self.partials)
 
     @property
-    def streaming(self) -> bool:
+    def audio_open(self) -> bool:
         return self._feed is not None
 
     @property
@@ -114,13 +108,13 @@ class AudioJob:
 
     def feed(self, pcm: np.ndarray) -> None:
         if self._feed is None:
-            raise RuntimeError("no open utterance")
+            raise RuntimeError("no open audio")
         pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
         self._fed += pcm.size
         self._feed.process(pcm)
 
     def finish(self) -> None:
-        """End the open utterance: its final follows."""
+        """End the open audio: the final of its last utterance follows."""
         feed, self._feed = self._feed, None
         if feed is not None:
             uid = feed.current
@@ -140,14 +134,13 @@ class AudioJob:
         with self._cond:
             self._order.append(utterance_id)
             self._open.add(utterance_id)
-        self.routes.register(utterance_id, self)
 
     def _result(self, utterance_id: str, message: dict | None, outcome: str | None) -> None:
         if message is not None and self._on_message is not None:
             try:
                 self._on_message(message)
             except Exception:
-                log.exception("%s: delivering a result failed", self.source)
+                log.exception("%s: delivering a result failed", self.source.name)
         if outcome is None:
             return
         with self._cond:

@@ -4,12 +4,16 @@
     encoder worker    ──(per-utterance flags: "partial", "prepare", "final" wanted)──────────► decoder worker
     decoder worker    ──(the engine's PartialEvent / FinalEvent, UtteranceCancelled / Failed)──► emit(source, event)
 
+``emit`` hands the event over and returns (``route_dispatch.RouteDispatcher``: the source's route runs on a
+thread of its own); with ``delivery`` (the dispatcher), ``busy()`` holds until a final's route has it and
+``drain()`` until the routes took every event.
+
 The encoder worker consumes an utterance's audio while the person speaks (``stream.encode``). The
 decoder worker works on the oldest utterance first: a requested final always runs (finals are never
 dropped, and come out in utterance order); partials are a flag, not a queue, so when decoding falls
 behind the intermediate partials are skipped and only the newest state is decoded.
-Lanes, served in this order: ``DICTATION`` (the microphone, WebSocket and Wyoming audio), ``LIVE``
-(system audio captions) and ``BACKGROUND`` (``begin(background=True)``: OpenAI requests). A lower lane
+Lanes (``source.lane``), served in this order: ``DICTATION`` (the microphone, WebSocket and Wyoming
+audio), ``LIVE`` (system audio captions) and ``BACKGROUND`` (OpenAI requests). A lower lane
 runs only when no higher lane has work for the decoder; while a dictation utterance is being spoken a
 lower lane's work waits at most ``HOLD_S[lane]`` (a final once started is never stopped; LIVE partial
 steps do not wait: one in flight is interrupted when a dictation utterance pauses or ends).
@@ -22,6 +26,10 @@ utterance goes on and its final is computed at the end. A failed prepare is logg
 
 Events are the engine's own (``qasr.engine.streaming``) with the pipeline's numbering: ``seq`` counts
 the events sent for the utterance and the final's ``timings.latency_ms`` runs from ``end()`` to emit.
+
+Continuation: the model's text of the last ``KEPT_FINAL_TEXTS`` finals is kept (``final_text``), so an
+utterance that continues speech cut at max length gets it as context when its session opens (the decoder
+serves utterances in order: the previous final is out by then).
 """
 
 from __future__ import annotations
@@ -31,45 +39,42 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field, replace
-from typing import Callable, Union
+from dataclasses import dataclass, replace
+from typing import Callable, Protocol
 
 import numpy as np
 
 from qasr.engine.audio_constants import SAMPLE_RATE
 from qasr.daemon.transcription.engine_streams import EngineBackend, StreamOptions, UtteranceStream
-from qasr.engine.events import FinalEvent, PartialEvent
+from qasr.daemon.transcription.routes import (
+    BACKGROUND, DICTATION, LIVE, PipelineEvent, Source, UtteranceCancelled, UtteranceFailed,
+)
 
 log = logging.getLogger("qasr.pipeline")
 
 
-@dataclass(frozen=True)
-class UtteranceCancelled:
-    utterance_id: str
-    type: str = field(default="cancelled", init=False)
-
-
-@dataclass(frozen=True)
-class UtteranceFailed:
-    utterance_id: str
-    message: str
-    type: str = field(default="error", init=False)
-
-
-DICTATION, LIVE, BACKGROUND = 0, 1, 2  # decoder lanes, highest priority first
 # how long a lane's final/prepare waits at most for a dictation utterance being spoken
 HOLD_S = {LIVE: 2.0, BACKGROUND: 5.0}
 BACKGROUND_HOLD_S = HOLD_S[BACKGROUND]
 
 
-PipelineEvent = Union[PartialEvent, FinalEvent, UtteranceCancelled, UtteranceFailed]
-Emit = Callable[[str, PipelineEvent], None]  # (source, event)
+Emit = Callable[[Source, PipelineEvent], None]
+
+
+class Delivery(Protocol):
+    """What ``emit`` handed over, as far as its routes got (``route_dispatch.RouteDispatcher``)."""
+
+    def wait_idle(self, timeout_s: float) -> bool: ...
+
+    def delivering_final(self) -> bool: ...
+
+KEPT_FINAL_TEXTS = 8  # finals remembered as context for an utterance that continues cut speech
 
 
 @dataclass
 class _Utterance:
     id: str
-    source: str
+    source: Source
     options: StreamOptions
     lane: int = DICTATION  # DICTATION, LIVE or BACKGROUND
     held_since: float | None = None  # when a lower lane's job was first held back for a dictation utterance
@@ -90,12 +95,15 @@ _STOP = object()
 
 
 class Pipeline:
-    """Utterances in, events out. ``emit(source, event)`` is called on the decoder worker thread."""
+    """Utterances in, events out. ``emit(source, event)`` is called on the worker threads and must not block."""
 
     def __init__(self, backend: EngineBackend, emit: Emit, max_queued_blocks: int = 1000,
-                 on_audio: Callable[[str, np.ndarray, str], None] | None = None) -> None:
+                 on_audio: Callable[[str, np.ndarray, str], None] | None = None,
+                 delivery: Delivery | None = None) -> None:
         self._backend = backend
         self._emit = emit
+        self._delivery = delivery
+        self._final_texts: dict[str, str] = {}
         self._on_audio = on_audio
         self._inbox: queue.Queue = queue.Queue(maxsize=max_queued_blocks)
         self._ids = itertools.count(1)
@@ -116,17 +124,19 @@ class Pipeline:
         for thread in self._threads:
             thread.start()
 
-    def begin(self, source: str = "mic", audio_start: float = 0.0, language: str | None = None,
-              context: str | None = None, continues: str | None = None, background: bool = False,
-              lane: int = DICTATION) -> str:
-        """A new utterance; returns its id. ``continues``: the utterance whose cut speech this one goes on.
-        ``background`` (OpenAI requests; the same as ``lane=BACKGROUND``): the decoder serves it only when
-        no other utterance has work, so live dictation never waits for a queued job (a final in flight
-        still ends). ``lane=LIVE`` (system audio): after dictation, before background jobs."""
+    def begin(self, source: Source, audio_start: float = 0.0, language: str | None = None,
+              context: str | None = None, continues: str | None = None) -> str:
+        """A new utterance of ``source`` (its lane: BACKGROUND is served only when no other utterance has
+        work, so live dictation never waits for a queued job; LIVE after dictation, before background
+        jobs); returns its id. ``continues``: the utterance whose cut speech this one goes on."""
         utterance_id = str(next(self._ids))
         options = StreamOptions(utterance_id, float(audio_start), language, context, continues)
-        self._inbox.put(("begin", utterance_id, (source, options, BACKGROUND if background else lane)))
+        self._inbox.put(("begin", utterance_id, (source, options, source.lane)))
         return utterance_id
+
+    def final_text(self, utterance_id: str | None) -> str:
+        """The model's text of a recent final (context for the utterance that continues it)."""
+        return self._final_texts.get(utterance_id or "", "")
 
     def audio(self, utterance_id: str, pcm: np.ndarray, t_s: float | None = None, partial: bool = True) -> None:
         """Append audio; `t_s` (its start on the source clock) of the first piece fixes the utterance's
@@ -168,22 +178,26 @@ class Pipeline:
             log.debug("interrupt failed", exc_info=True)
 
     def busy(self) -> bool:
-        """True while some utterance's final is still being produced."""
+        """True while some utterance's final is still being produced or delivered."""
         with self._cond:
-            return any(u.final_wanted for u in self._active.values()) or not self._inbox.empty()
+            if any(u.final_wanted for u in self._active.values()) or not self._inbox.empty():
+                return True
+        return self._delivery is not None and self._delivery.delivering_final()
 
     def pending(self) -> int:
         with self._cond:
             return len(self._active)
 
     def drain(self, timeout_s: float) -> bool:
-        """Wait until every queued utterance has its final (or was cancelled). True if it did."""
+        """Wait until every queued utterance has its final (or was cancelled) and its route has it. True if so."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._inbox.unfinished_tasks == 0:
                 with self._cond:
-                    if not any(u.final_wanted or u.ended is not None for u in self._active.values()):
-                        return True
+                    done = not any(u.final_wanted or u.ended is not None for u in self._active.values())
+                if done:
+                    return self._delivery is None or self._delivery.wait_idle(max(0.0, deadline - time.monotonic()))
+                with self._cond:
                     self._cond.wait(0.05)
                     continue
             time.sleep(0.02)
@@ -258,7 +272,7 @@ class Pipeline:
     def _encode(self, utt: _Utterance, pcm: np.ndarray, t_s: float | None, partial: bool) -> None:
         stream = self._open_stream(utt, t_s)
         if self._on_audio is not None:
-            self._on_audio(utt.id, pcm, utt.source)
+            self._on_audio(utt.id, pcm, utt.source.name)
         stream.encode(pcm)
         utt.audio_s += pcm.size / SAMPLE_RATE
         if partial:
@@ -377,6 +391,9 @@ class Pipeline:
                         timings=replace(final.timings, latency_ms=latency_ms, wait_ms=wait_ms))
         self.utterances_done += 1
         self.last_latency_ms = latency_ms
+        self._final_texts[utt.id] = final.text
+        while len(self._final_texts) > KEPT_FINAL_TEXTS:
+            self._final_texts.pop(next(iter(self._final_texts)))
         self._emit(utt.source, final)
         self._finish(utt)  # only now may drain() see the utterance as done
 

@@ -21,7 +21,8 @@ from qasr.daemon.audio.segment_events import (
     Cancelled, SegmentEvent, SpeechAudio, SpeechEnd, SpeechPause, SpeechStart, VadState,
 )
 from qasr.daemon.audio.segmenter import Segmenter
-from qasr.daemon.transcription.pipeline import DICTATION, Pipeline
+from qasr.daemon.transcription.pipeline import Pipeline
+from qasr.daemon.transcription.routes import Source
 
 # Silence (s) after which partial steps pause until the voice resumes: a running step would delay the final.
 PARTIAL_PAUSE_S = 0.25
@@ -32,16 +33,15 @@ class UtteranceFeed:
 
     ``on_begin(utterance_id)`` and ``on_end(utterance_id, ended, more_follows)`` let the caller track
     its utterances (``ended`` False: cancelled; ``more_follows``: speech cut at max length goes on).
-    ``background``: the pipeline serves these utterances after foreground ones (OpenAI requests);
-    ``partials`` False: no partial steps at all (a request that wants only the final); ``lane``: the
-    pipeline's lane for the others (``pipeline.LIVE``: system audio)."""
+    ``partials`` False: no partial steps at all (a request that wants only the final). The ``source``
+    (its route, its decoder lane) is every utterance's."""
 
-    def __init__(self, pipeline: Pipeline, source: str, segmenter: Segmenter | None = None,
+    def __init__(self, pipeline: Pipeline, source: Source, segmenter: Segmenter | None = None,
                  language: str | None = None, context: str | None = None,
                  on_vad: Callable[[VadState], None] | None = None,
                  on_begin: Callable[[str], None] | None = None,
                  on_end: Callable[[str, bool, bool], None] | None = None,
-                 background: bool = False, partials: bool = True, lane: int = DICTATION) -> None:
+                 partials: bool = True) -> None:
         self.pipeline = pipeline
         self.source = source
         self.segmenter = segmenter
@@ -50,9 +50,7 @@ class UtteranceFeed:
         self._on_vad = on_vad
         self._on_begin = on_begin
         self._on_end = on_end
-        self.background = background
         self.partials = partials
-        self.lane = lane
         # (language, context) -> (language, context) at each utterance start (the mic: per-application profiles)
         self.choose: Callable[[str | None, str | None], tuple[str | None, str | None]] | None = None
         self._open: dict[int, str] = {}  # segmenter utterance id -> pipeline utterance id
@@ -109,8 +107,7 @@ class UtteranceFeed:
         if self.choose is not None:
             language, context = self.choose(language, context)
         utterance = self.pipeline.begin(self.source, audio_start=t_s, language=language, context=context,
-                                        continues=self._last if continued else None,
-                                        background=self.background, lane=self.lane)
+                                        continues=self._last if continued else None)
         self._open[segment_id] = self._last = self.current = utterance
         if self._on_begin is not None:
             self._on_begin(utterance)
