@@ -437,7 +437,7 @@ def test_the_end_stops_a_partial_step_before_its_decodes():
     backend.open_stream = lambda options: backend.streams.append(DeafPartialStream("a", backend.log)) or backend.streams[-1]
 
     def script(p):
-        u = p.begin("mic")
+        u = p.begin(src("mic"))
         p.audio(u, block(), partial=True)
         assert p._inbox.join() is None and backend.streams[0].in_partial.wait(WAIT_S)
         p.end(u)

@@ -368,8 +368,8 @@ def ensure_bundle(checkpoint: Path, work_dir: Path, encoder: str, decoder: str) 
     return target
 
 
-def run_worker(args: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "qasr.daemon.bench.engine_bench", "worker", *args]
+def run_worker(args: list[str], module: str = "qasr.daemon.bench.engine_bench") -> dict:
+    cmd = [sys.executable, "-m", module, "worker", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -410,8 +410,9 @@ def run_bench(args: argparse.Namespace) -> int:
         encoder, _, decoder = config.partition("/")
         bundle = ensure_bundle(checkpoint, work_dir, encoder, decoder)
         if args.release:
-            result = run_worker(["release", str(bundle), ",".join(map(str, args.streaming_lengths)), str(threads),
-                                 str(args.rtf_budget), str(args.release_points), str(args.paused_points)])
+            result = run_worker([str(bundle), ",".join(map(str, args.streaming_lengths)), str(threads),
+                                 str(args.rtf_budget), str(args.release_points), str(args.paused_points)],
+                                module="qasr.daemon.bench.release_bench")
             result.update({"encoder": encoder, "decoder": decoder})
             _print(result, args.json)
             continue
@@ -470,12 +471,6 @@ def worker_main(argv: list[str]) -> int:
     elif kind == "streaming":
         bundle, audio_s, threads, budget, realtime = rest
         result = streaming_worker(Path(bundle), float(audio_s), int(threads), float(budget), realtime == "1")
-    elif kind == "release":
-        from qasr.daemon.bench.release_bench import release_worker
-
-        bundle, lengths, threads, budget, points, paused = rest
-        result = release_worker(Path(bundle), [float(x) for x in lengths.split(",")], int(threads), float(budget),
-                                int(points), int(paused))
     else:
         raise SystemExit(f"unknown worker {kind}")
     print(json.dumps(result))

@@ -176,11 +176,10 @@ def release_worker(bundle: Path, lengths: list[float], threads: int, rtf_budget:
     return result
 
 
-if __name__ == "__main__":  # python -m qasr.daemon.bench.release_bench BUNDLE 3,10 [POINTS PAUSED THREADS]
+if __name__ == "__main__":  # python -m qasr.daemon.bench.release_bench worker BUNDLE 3,10 THREADS BUDGET POINTS PAUSED
     import json
     import sys
 
-    args = sys.argv[1:]
-    print(json.dumps(release_worker(Path(args[0]), [float(x) for x in args[1].split(",")],
-                                    int(args[4]) if len(args) > 4 else 2, 0.5,
-                                    int(args[2]) if len(args) > 2 else 20, int(args[3]) if len(args) > 3 else 10)))
+    _, bundle, lengths, threads, budget, points, paused = sys.argv[1:8]
+    print(json.dumps(release_worker(Path(bundle), [float(x) for x in lengths.split(",")], int(threads), float(budget),
+                                    int(points), int(paused))))
