@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from qasr.daemon.server.http_front import HttpResponse
 from qasr.daemon.server.multipart import FormError, Part, parse_form
+from qasr.engine.languages import ISO_639_1, language_of_code
 from qasr.engine.subtitles import Cue, format_srt, format_vtt
 
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
@@ -25,14 +26,6 @@ JSON = "application/json"
 SSE = "text/event-stream"
 
 # ISO-639-1 (and a few ISO-639-3) codes of the languages Qwen3-ASR names.
-LANGUAGE_CODES = {
-    "zh": "Chinese", "en": "English", "yue": "Cantonese", "ar": "Arabic", "de": "German", "fr": "French",
-    "es": "Spanish", "pt": "Portuguese", "id": "Indonesian", "it": "Italian", "ko": "Korean", "ru": "Russian",
-    "th": "Thai", "vi": "Vietnamese", "ja": "Japanese", "tr": "Turkish", "hi": "Hindi", "ms": "Malay",
-    "nl": "Dutch", "sv": "Swedish", "da": "Danish", "fi": "Finnish", "pl": "Polish", "cs": "Czech",
-    "fil": "Filipino", "tl": "Filipino", "fa": "Persian", "el": "Greek", "hu": "Hungarian", "mk": "Macedonian",
-    "ro": "Romanian",
-}
 WORDS_NEED_ALIGNER = (
     "word timestamps need the forced aligner (Qwen3-ForcedAligner), and this daemon has none installed; "
     "ask for timestamp_granularities[]=segment (the default), or install it with "
@@ -77,10 +70,10 @@ def resolve_language(value: str, languages: list[str]) -> str:
     key = value.strip().lower()
     if key in names:
         return names[key]
-    name = LANGUAGE_CODES.get(key) or LANGUAGE_CODES.get(key.split("-")[0].split("_")[0])
+    name = language_of_code(key)
     if name is not None and name.lower() in names:
         return names[name.lower()]
-    codes = [code for code, n in LANGUAGE_CODES.items() if n.lower() in names]
+    codes = [code for code, n in ISO_639_1.items() if n.lower() in names]
     raise ApiError(400, f"language {value!r} is not one this model transcribes; use an ISO-639-1 code "
                         f"({', '.join(codes)}) or leave it out to detect the language", param="language",
                    code="unsupported_language")

@@ -34,12 +34,13 @@ from qasr import __version__
 from qasr.daemon.server.connection import TokenBucket
 from qasr.daemon.server.metrics import Metrics
 from qasr.daemon.server.append_only import AppendOnlyText
-from qasr.daemon.server.openai_api import LANGUAGE_CODES, ApiError, resolve_language
+from qasr.daemon.server.openai_api import ApiError, resolve_language
 from qasr.daemon.server.wyoming_frames import FrameError, FrameReader
 from qasr.daemon.transcription.audio_jobs import AudioJob
 from qasr.daemon.transcription.routes import WYOMING
 from qasr.daemon.transcription.service import TranscriptionService
 from qasr.engine.audio_constants import SAMPLE_RATE
+from qasr.engine.languages import code_of_language
 from qasr.errors import QasrError
 from qasr.protocol import AudioFormat, PcmDecoder
 
@@ -87,7 +88,7 @@ def language_codes(languages: list[str]) -> list[str]:
     """The model's language names as the codes Home Assistant uses (``English`` → ``en``)."""
     codes = []
     for name in languages:
-        code = next((c for c, n in LANGUAGE_CODES.items() if n == name), None)
+        code = code_of_language(name)
         if code is not None and code not in codes:
             codes.append(code)
     return codes
@@ -351,7 +352,7 @@ class _Session:
         if not language:
             return None
         first = language.split(",")[0]
-        return next((c for c, n in LANGUAGE_CODES.items() if n == first), first)
+        return code_of_language(first) or first
 
     def _send(self, event: Event) -> None:
         self.outbox.put_nowait(event)

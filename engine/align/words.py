@@ -16,6 +16,7 @@ import importlib.util
 import os
 import unicodedata
 
+from qasr.engine.languages import language_of_code
 from qasr.errors import QasrError
 
 # The languages Qwen3-ForcedAligner was trained on.
@@ -23,25 +24,6 @@ ALIGNER_LANGUAGES = (
     "Chinese", "English", "Cantonese", "French", "German", "Italian",
     "Japanese", "Korean", "Portuguese", "Russian", "Spanish",
 )
-
-# Official Qwen3-ASR language names (qwen_asr.inference.utils.SUPPORTED_LANGUAGES) by ISO 639 code.
-_CODES = {
-    "zh": "Chinese", "zho": "Chinese", "chi": "Chinese", "cmn": "Chinese",
-    "en": "English", "eng": "English",
-    "yue": "Cantonese",
-    "fr": "French", "fra": "French", "fre": "French",
-    "de": "German", "deu": "German", "ger": "German",
-    "it": "Italian", "ita": "Italian",
-    "ja": "Japanese", "jpn": "Japanese",
-    "ko": "Korean", "kor": "Korean",
-    "pt": "Portuguese", "por": "Portuguese",
-    "ru": "Russian", "rus": "Russian",
-    "es": "Spanish", "spa": "Spanish",
-    "ar": "Arabic", "id": "Indonesian", "th": "Thai", "vi": "Vietnamese", "tr": "Turkish",
-    "hi": "Hindi", "ms": "Malay", "nl": "Dutch", "sv": "Swedish", "da": "Danish", "fi": "Finnish",
-    "pl": "Polish", "cs": "Czech", "fil": "Filipino", "tl": "Filipino", "fa": "Persian", "el": "Greek",
-    "ro": "Romanian", "hu": "Hungarian", "mk": "Macedonian",
-}
 
 # The official ideograph ranges (Unified, Extensions A-E, Compatibility).
 _CJK_RANGES = (
@@ -77,13 +59,7 @@ def normalize_language(language: str | None) -> str | None:
     s = str(language).strip()
     if not s:
         return None
-    key = s.lower()
-    if key in _CODES:
-        return _CODES[key]
-    primary = key.replace("_", "-").split("-")[0]  # "en-US", "zh_CN"
-    if primary != key and primary in _CODES:
-        return _CODES[primary]
-    return s[:1].upper() + s[1:].lower()
+    return language_of_code(s) or s[:1].upper() + s[1:].lower()
 
 
 def is_cjk_ideograph(ch: str) -> bool:
