@@ -27,7 +27,7 @@ a step that is not due is skipped, never queued. Nothing carries over between ut
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from qasr.engine import output as out
 from qasr.engine.commit import CommitOptions, CommitTracker, TextOfTokens
 from qasr.engine.decoder import DecodeInterrupted
 from qasr.engine.events import FinalEvent, FinalTimings, PartialEvent, StepTimings
+from qasr.engine.greedy import Hypothesis, Prefill, TokenRules, decode_greedy
 from qasr.engine.incremental_encoder import IncrementalEncoder
 from qasr.engine.prompt import build_prompt, resolve_language
 from qasr.engine.segmentation import SegmentationOptions, cut_points, is_silent
@@ -66,13 +67,6 @@ class StreamingOptions:
     commit: CommitOptions = CommitOptions()
 
 
-@dataclass
-class _Hypothesis:
-    ids: list[int] = field(default_factory=list)
-    stop_reason: str = ""
-    cut: int | None = None  # loop guard cut
-
-
 class StreamingSession:
     """One utterance. Not thread-safe: one caller at a time (the daemon's workers hold a lock)."""
 
@@ -101,7 +95,7 @@ class StreamingSession:
         self.steps = 0
         self.skipped = 0
         self.interrupted = 0  # partial steps stopped by interrupt()
-        self._hyp = _Hypothesis()
+        self._hyp = Hypothesis()
         self._last_step_audio_s = 0.0
         self._step_cost_s = 0.0  # running average of a partial step's compute
         self.steps_compute_s = 0.0  # compute_s spent in partial steps (the rest is not optional)
@@ -375,56 +369,17 @@ class StreamingSession:
         self._kv_open_audio = open_embeds.shape[0] if self.options.reuse_open_audio else 0
 
     def _decode(self, draft: list[int], cap: int, max_beyond_draft: int | None, timings: StepTimings | FinalTimings,
-                trusted: int = 0, parked: int = 0, audio: np.ndarray | None = None) -> _Hypothesis:
-        """Prompt tail + draft verification + greedy continuation, with offline's stop/cap/loop rules.
-
-        `parked`: the prompt tail and the first `parked` draft tokens are in the cache already (see
-        `_park_committed`); they are committed tokens and taken as they are. `audio`: embeddings that go
-        in first, in the same decode as the tail and the draft (the final's new audio: one weight pass)."""
-        t0 = time.perf_counter()
-        dec = self.decoder
-        draft = list(draft[: max(0, cap)])
-        ids: list[int] = []
-        hyp = _Hypothesis(stop_reason="max_tokens")
-        # Greedy predictions after the prompt tail and after each draft token: one batch, one decode call.
-        # The first `trusted` draft tokens are taken as they are (no logits computed for them).
-        if parked:
-            base = dec.n_past - parked
-            predictions = draft[: parked + 1] + dec.feed_tokens_argmax(draft[parked:])
-        else:
-            trusted = min(trusted, len(draft))
-            first = len(self._after_ids) - 1 + trusted
-            if audio is None:
-                base = dec.n_past + len(self._after_ids)
-                predictions = draft[:trusted] + dec.feed_tokens_argmax([*self._after_ids, *draft], first=first)
-            else:
-                base = dec.n_past + len(audio) + len(self._after_ids)
-                predictions = draft[:trusted] + dec.feed_embeddings_tokens_argmax(audio, [*self._after_ids, *draft],
-                                                                                  first=first)
-        accepted = 0
-        done = False
-        for i, token in enumerate(predictions):
-            if self._accept(ids, token, cap, hyp):
-                done = True
-                break
-            if i < len(draft) and draft[i] == token:
-                accepted += 1
-                continue
-            break  # the draft disagrees (or is used up): continue greedily from `token`
-        timings.draft_tokens = len(draft)
-        timings.accepted_tokens = accepted
-        if draft:
-            dec.truncate(base + accepted)
-        t1 = time.perf_counter()
-        timings.prefill_ms += (t1 - t0) * 1000.0
-        extra = 0
-        while not done and (max_beyond_draft is None or extra < max_beyond_draft):
-            extra += 1
-            if self._accept(ids, dec.step(ids[-1]), cap, hyp):
-                break
-        timings.decode_ms += (time.perf_counter() - t1) * 1000.0
-        hyp.ids = ids
-        self._kv_text = (base, ids[: dec.n_past - base])  # the hypothesis tokens now in the cache
+                trusted: int = 0, parked: int = 0, audio: np.ndarray | None = None) -> Hypothesis:
+        """Prompt tail + draft verification + greedy continuation, with offline's stop/cap/loop rules
+        (greedy.decode_greedy). `parked`, `trusted`: see greedy.Prefill. `audio`: embeddings that go in
+        first, in the same decode as the tail and the draft (the final's new audio: one weight pass)."""
+        rules = TokenRules(cap, self.stop_ids, self.engine.options.loop_guard)
+        prefill = Prefill(tail=self._after_ids, audio=audio, parked=parked, trusted=trusted)
+        hyp = decode_greedy(self.decoder, prefill, rules, draft, max_beyond_draft)
+        timings.draft_tokens, timings.accepted_tokens = hyp.draft_tokens, hyp.accepted_tokens
+        timings.prefill_ms += hyp.prefill_ms
+        timings.decode_ms += hyp.decode_ms
+        self._kv_text = (hyp.base, hyp.ids[: self.decoder.n_past - hyp.base])  # the hypothesis tokens now in the cache
         return hyp
 
     def _park_committed(self, trusted: int) -> int:
@@ -443,13 +398,6 @@ class StreamingSession:
             return 0
         self.decoder.park(base, base + n)
         return n
-
-    def _accept(self, ids: list[int], token: int, cap: int, hyp: _Hypothesis) -> bool:
-        """Apply one greedy token exactly as offline generation does; True when generation ends."""
-        reason, cut = out.accept_greedy_token(ids, token, cap, self.stop_ids, self.engine.options.loop_guard)
-        if reason is not None:
-            hyp.stop_reason, hyp.cut = reason, cut
-        return reason is not None
 
     # --- ends -----------------------------------------------------------------------------------
 
