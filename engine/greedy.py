@@ -27,7 +27,7 @@ class Hypothesis:
     ids: list[int] = field(default_factory=list)  # generated ids (the stop token excluded)
     stop_reason: str = "max_tokens"  # stays so when `max_beyond_draft` ended the decode
     cut: int | None = None  # loop guard cut: ids[:cut] is the text to show
-    base: int = 0  # cache position of ids[0]; the cache holds ids up to Decoder.n_past
+    base: int = 0  # cache position of ids[0]; the cache holds ids up to its n_past
     draft_tokens: int = 0
     accepted_tokens: int = 0  # draft tokens greedy decoding agreed with
     prefill_ms: float = 0.0  # the batch (prompt or audio, tail, draft) and the draft check
@@ -62,7 +62,7 @@ class Prefill:
     `head` (the prompt before the audio) makes it a whole prompt: the cache is reset and the prompt goes in
     with `Decoder.feed_prompt` (no draft).
     `parked`: the tail and the first `parked` draft tokens are in the cache already (a streaming step
-    that kept its committed text, see `Decoder.park`); they are taken as they are.
+    that kept its committed text, see `KvCache.park`); they are taken as they are.
     `trusted`: the first draft tokens are taken as they are (no logits are computed for them).
     """
 
@@ -93,7 +93,7 @@ def decode_greedy(decoder: Decoder, prefill: Prefill, rules: TokenRules, draft: 
             continue
         break  # the draft disagrees (or is used up): continue greedily from `token`
     if draft:
-        decoder.truncate(base + hyp.accepted_tokens)
+        decoder.cache.truncate(base + hyp.accepted_tokens)
     t1 = time.perf_counter()
     hyp.prefill_ms = (t1 - t0) * 1000.0
     added = 0
@@ -112,16 +112,16 @@ def _verify(decoder: Decoder, prefill: Prefill, draft: list[int]) -> tuple[list[
     if prefill.head is not None:
         if draft:
             raise ValueError("a whole prompt is decoded without a draft")
-        decoder.reset()
+        decoder.cache.reset()
         decoder.feed_prompt(prefill.head, prefill.audio, tail)
-        return [decoder.argmax()], decoder.n_past
+        return [decoder.argmax()], decoder.cache.n_past
     if prefill.parked:
         parked = prefill.parked
-        return draft[: parked + 1] + decoder.feed_tokens_argmax(draft[parked:]), decoder.n_past - parked
+        return draft[: parked + 1] + decoder.feed_tokens_argmax(draft[parked:]), decoder.cache.n_past - parked
     trusted = min(prefill.trusted, len(draft))
     first = len(tail) - 1 + trusted
     if prefill.audio is None:
-        base = decoder.n_past + len(tail)
+        base = decoder.cache.n_past + len(tail)
         return draft[:trusted] + decoder.feed_tokens_argmax([*tail, *draft], first=first), base
-    base = decoder.n_past + len(prefill.audio) + len(tail)
+    base = decoder.cache.n_past + len(prefill.audio) + len(tail)
     return draft[:trusted] + decoder.feed_embeddings_tokens_argmax(prefill.audio, [*tail, *draft], first=first), base

@@ -88,7 +88,7 @@ class StreamingSession:
         self.encoder = IncrementalEncoder(engine.encoder, engine.feature_params, options.min_audio_s)
         self.decoder = engine.decoder
         self.stop_ids = frozenset(manifest.stop_token_ids)
-        self.text_of = TextOfTokens(self.decoder.speech_bytes, manifest.tokens["asr_text"], self.language is not None)
+        self.text_of = TextOfTokens(self.decoder.vocab.speech_bytes, manifest.tokens["asr_text"], self.language is not None)
         self.commits = CommitTracker(options.commit)
         self.seq = 0
         self.compute_s = 0.0  # every step's compute, for the budget
@@ -107,9 +107,9 @@ class StreamingSession:
         self._prepared: tuple[int, FinalEvent] | None = None  # (n_samples it covers, the final)
         self._kv_text: tuple[int, list[int]] | None = None  # (position, hypothesis tokens cached there)
         self.next_session: StreamingSession | None = None
-        head = build_prompt(self.decoder.tokenize, 0, options.context, self.language)
+        head = build_prompt(self.decoder.vocab.tokenize, 0, options.context, self.language)
         self._before_ids, self._after_ids = head.before_ids, head.after_ids
-        self.decoder.owner = None  # a new utterance: nothing in the cache is this session's yet
+        self.decoder.cache.owner = None  # a new utterance: nothing in the cache is this session's yet
         self._claim_decoder()
 
     # --- public API -----------------------------------------------------------------------------
@@ -169,14 +169,14 @@ class StreamingSession:
                 self._sync_audio_into_kv(open_embeds)
                 if parked:
                     self.decoder.feed_tokens(self._after_ids, want_logits=False)
-                    parked = self.decoder.unpark()
+                    parked = self.decoder.cache.unpark()
                 timings.prefill_ms = (time.perf_counter() - t1) * 1000.0
                 cap = out.new_token_cap(self.audio_s, self.options.max_new_tokens)
                 hyp = self._decode(self._hyp.ids, cap, self.options.max_new_tokens_per_step, timings, trusted,
                                    parked)
         except DecodeInterrupted:
             # Back to the audio the cache holds for sure; the previous hypothesis stays the draft.
-            self.decoder.drop_parked()
+            self.decoder.cache.drop_parked()
             self._kv_text = None
             self._drop_open_audio()
             elapsed = time.perf_counter() - t0
@@ -256,7 +256,7 @@ class StreamingSession:
         cap = out.new_token_cap(n_audio, self.options.max_new_tokens)
         window = self.engine.bundle.manifest.audio.window_tokens
         kept = min(kept, self._kv_audio_windows, self.encoder.changed_from_window)
-        self.decoder.truncate(self._head_len + kept * window)  # the new audio goes in with the tail (_decode)
+        self.decoder.cache.truncate(self._head_len + kept * window)  # the new audio goes in with the tail (_decode)
         self._kv_audio_windows, self._kv_open_audio = kept, 0
         if (self.options.reuse_open_audio and kept == len(self.encoder.finished_windows)
                 and self.encoder.n_samples >= self.encoder.min_samples):
@@ -283,18 +283,18 @@ class StreamingSession:
     def _claim_decoder(self) -> None:
         """The decoder is shared: if another session used it since (a daemon may serve a newer utterance
         first), put this one's prompt head back; audio and text re-enter at the next step or final, exactly."""
-        if self.decoder.owner is self:
+        if self.decoder.cache.owner is self:
             return
-        self.decoder.reset()
+        self.decoder.cache.reset()
         self.decoder.feed_tokens(self._before_ids, want_logits=False)
-        self._head_len = self.decoder.n_past
+        self._head_len = self.decoder.cache.n_past
         self._kv_audio_windows, self._kv_open_audio, self._kv_text = 0, 0, None
-        self.decoder.owner = self
+        self.decoder.cache.owner = self
 
     def _release_decoder(self) -> None:
         """The utterance is over: clear the cache if it is this session's (never another session's)."""
-        if self.decoder.owner is self:
-            self.decoder.reset()  # and it belongs to no session
+        if self.decoder.cache.owner is self:
+            self.decoder.cache.reset()  # and it belongs to no session
 
     # --- budget ---------------------------------------------------------------------------------
 
@@ -349,7 +349,7 @@ class StreamingSession:
         new_windows = self.encoder.finished_windows[self._kv_audio_windows :]
         if new_windows:
             self._kv_open_audio = 0  # stale open-window audio gives way to the exact finished window
-        self.decoder.truncate(self._head_len + self._kv_audio_windows * window + self._kv_open_audio)
+        self.decoder.cache.truncate(self._head_len + self._kv_audio_windows * window + self._kv_open_audio)
         for embeds in new_windows:
             self.decoder.feed_embeddings(embeds)
             self._kv_audio_windows += 1
@@ -357,7 +357,7 @@ class StreamingSession:
     def _drop_open_audio(self) -> None:
         """Keep only the prompt head and the finished windows in the cache."""
         self._kv_open_audio = 0
-        self.decoder.truncate(self._head_len + self._kv_audio_windows * self.engine.bundle.manifest.audio.window_tokens)
+        self.decoder.cache.truncate(self._head_len + self._kv_audio_windows * self.engine.bundle.manifest.audio.window_tokens)
 
     def _sync_audio_into_kv(self, open_embeds: np.ndarray) -> None:
         """Trim the cache after the audio it keeps, append newly finished windows, then the open window
@@ -379,12 +379,12 @@ class StreamingSession:
         timings.draft_tokens, timings.accepted_tokens = hyp.draft_tokens, hyp.accepted_tokens
         timings.prefill_ms += hyp.prefill_ms
         timings.decode_ms += hyp.decode_ms
-        self._kv_text = (hyp.base, hyp.ids[: self.decoder.n_past - hyp.base])  # the hypothesis tokens now in the cache
+        self._kv_text = (hyp.base, hyp.ids[: self.decoder.cache.n_past - hyp.base])  # hypothesis tokens in the cache
         return hyp
 
     def _park_committed(self, trusted: int) -> int:
         """Keep the committed text's cache entries across the step: set them aside while new audio and the
-        prompt tail go in, then put them back after (Decoder.park/unpark). They were computed before the
+        prompt tail go in, then put them back after (KvCache.park/unpark). They were computed before the
         newest audio, which partials accept; without this every step would re-feed the whole committed
         text, so a step's cost would grow with the utterance. `trusted`: the draft's leading tokens that
         are the committed text (0 when the draft contradicts it). Returns how many tokens were set aside
@@ -396,14 +396,14 @@ class StreamingSession:
         # worth it beyond a few tokens: the prompt tail then needs a decode call of its own (~20 ms)
         if n < self.PARK_MIN_TOKENS or cached[:n] != self._hyp.ids[:n]:
             return 0
-        self.decoder.park(base, base + n)
+        self.decoder.cache.park(base, base + n)
         return n
 
     # --- ends -----------------------------------------------------------------------------------
 
     def _final(self, ids, reason, cut, committed, timings, was_cut: bool = False) -> FinalEvent:
         visible = ids if cut is None else ids[:cut]
-        parsed = out.transcript_of_ids(visible, self.decoder.speech_bytes, self.text_of.asr_text_id, self.language)
+        parsed = out.transcript_of_ids(visible, self.decoder.vocab.speech_bytes, self.text_of.asr_text_id, self.language)
         return FinalEvent(
             utterance_id=self.utterance_id,
             seq=self.seq,

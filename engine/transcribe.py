@@ -187,7 +187,7 @@ class Transcriber:
         a = self.bundle.manifest.audio
         embeds = self.encoder.encode(np.zeros((a.num_mel_bins, a.chunk_frames), dtype=np.float32))
         self.prefill(embeds)
-        self.decoder.reset()
+        self.decoder.cache.reset()
 
     def set_prompt(self, language: str | None, context: str, max_new_tokens: int | None = None) -> None:
         """Language and context for the next transcriptions (e.g. per utterance in the daemon)."""
@@ -217,13 +217,13 @@ class Transcriber:
         return self.encoder.encode(self.features(audio))
 
     def prompt(self, n_audio: int) -> Prompt:
-        return build_prompt(self.decoder.tokenize, n_audio, self.options.context, self.language)
+        return build_prompt(self.decoder.vocab.tokenize, n_audio, self.options.context, self.language)
 
     def prefill(self, embeds: np.ndarray, want_logits: bool = True) -> np.ndarray | None:
         """Reset the decoder and feed the whole prompt (one decode: Decoder.feed_prompt); returns the logits
         for the first new token (a copy; without `want_logits` read them with decoder.argmax())."""
         prompt = self.prompt(embeds.shape[0])
-        self.decoder.reset()
+        self.decoder.cache.reset()
         return self.decoder.feed_prompt(prompt.before_ids, embeds, prompt.after_ids, want_logits)
 
     def generate(self, embeds: np.ndarray, max_new_tokens: int) -> Hypothesis:
@@ -261,7 +261,7 @@ class Transcriber:
         segment.encoder_ms = (time.perf_counter() - t0) * 1000.0
         cap = out.new_token_cap(audio.shape[0] / rate, self.options.max_new_tokens)
         hyp = self.generate(embeds, cap)
-        parsed = out.transcript_of_ids(hyp.visible, self.decoder.speech_bytes, self.bundle.manifest.tokens["asr_text"],
+        parsed = out.transcript_of_ids(hyp.visible, self.decoder.vocab.speech_bytes, self.bundle.manifest.tokens["asr_text"],
                                        self.language)
         segment.language, segment.text = parsed.language, parsed.text
         segment.prefill_ms, segment.decode_ms = hyp.prefill_ms, hyp.decode_ms
