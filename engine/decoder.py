@@ -152,14 +152,7 @@ class Decoder:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # --- feeding --------------------------------------------------------------------------------
-
-    def _ensure_room(self, n: int) -> None:
-        if self.cache.n_past + n > self.n_ctx:
-            raise DecoderError(
-                f"the decoder context holds {self.n_ctx} positions but {self.cache.n_past + n} are needed; "
-                "shorten the audio piece or the context text"
-            )
+    # --- interrupts -----------------------------------------------------------------------------
 
     def interrupt(self) -> None:
         """Stop the decode in flight if it is interruptible (callable from any thread)."""
@@ -175,6 +168,15 @@ class Decoder:
             yield
         finally:
             self.interruptible = False
+
+    # --- feeding --------------------------------------------------------------------------------
+
+    def _ensure_room(self, n: int) -> None:
+        if self.cache.n_past + n > self.n_ctx:
+            raise DecoderError(
+                f"the decoder context holds {self.n_ctx} positions but {self.cache.n_past + n} are needed; "
+                "shorten the audio piece or the context text"
+            )
 
     def _decode(self, batch: _Batch) -> None:
         """Decode a batch starting at cache.n_past. An interrupted decode leaves the cache as it was; one that

@@ -219,12 +219,12 @@ class Transcriber:
     def prompt(self, n_audio: int) -> Prompt:
         return build_prompt(self.decoder.vocab.tokenize, n_audio, self.options.context, self.language)
 
-    def prefill(self, embeds: np.ndarray, want_logits: bool = True) -> np.ndarray | None:
+    def prefill(self, embeds: np.ndarray) -> np.ndarray:
         """Reset the decoder and feed the whole prompt (one decode: Decoder.feed_prompt); returns the logits
-        for the first new token (a copy; without `want_logits` read them with decoder.argmax())."""
+        for the first new token (a copy)."""
         prompt = self.prompt(embeds.shape[0])
         self.decoder.cache.reset()
-        return self.decoder.feed_prompt(prompt.before_ids, embeds, prompt.after_ids, want_logits)
+        return self.decoder.feed_prompt(prompt.before_ids, embeds, prompt.after_ids)
 
     def generate(self, embeds: np.ndarray, max_new_tokens: int) -> Hypothesis:
         """Greedy decoding after the whole prompt (greedy.decode_greedy without a draft)."""
