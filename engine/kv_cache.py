@@ -61,8 +61,8 @@ class KvCache:
 
     def advance(self, n: int, token_ids=None) -> None:
         """`n` positions went in at n_past; `token_ids` when they were fed as tokens (reusable after reset())."""
-        if token_ids is not None:
-            self.note_tokens(self.n_past, token_ids)
+        if token_ids is not None and len(self._token_prefix) == self.n_past:  # note_tokens, inlined: per token
+            self._token_prefix.extend(int(t) for t in token_ids)
         self.n_past += n
 
     def note_tokens(self, start: int, ids) -> None:
