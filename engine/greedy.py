@@ -117,7 +117,8 @@ def _verify(decoder: Decoder, prefill: Prefill, draft: list[int]) -> tuple[list[
         return [decoder.argmax()], decoder.cache.n_past
     if prefill.parked:
         parked = prefill.parked
-        return draft[: parked + 1] + decoder.feed_tokens_argmax(draft[parked:]), decoder.cache.n_past - parked
+        base = decoder.cache.n_past - parked
+        return draft[: parked + 1] + decoder.feed_tokens_argmax(draft[parked:]), base
     trusted = min(prefill.trusted, len(draft))
     first = len(tail) - 1 + trusted
     if prefill.audio is None:
