@@ -44,7 +44,7 @@ def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
 class TextOfTokens:
     """Turns generated ids into user text the way `output.transcript_of_ids` does, but safe mid-generation:
     the ``language X<asr_text>`` header (finished or not) is never shown. `speech_bytes`: a token's bytes,
-    b"" for the model's markers (`Decoder.speech_bytes`)."""
+    b"" for the model's markers (`Vocab.speech_bytes`)."""
 
     def __init__(self, speech_bytes: Callable[[int], bytes], asr_text_id: int, forced_language: bool):
         self._token_bytes = speech_bytes

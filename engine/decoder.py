@@ -1,9 +1,8 @@
 """The text decoder: a GGUF model run with llama.cpp's low-level API (llama-cpp-python).
 
-One sequence (id 0). The caller controls the KV cache explicitly: `n_past` is the next position,
-`feed_tokens` / `feed_embeddings` append at `n_past`, `truncate(n_keep)` drops every cached position
-from `n_keep` on (llama_memory_seq_rm), so a streaming caller can keep a prompt prefix and re-decode
-only what changed. Greedy decoding is argmax over the logits of the last fed position.
+One sequence (id 0), whose positions `cache` (kv_cache.KvCache) controls explicitly: the feeds append at
+`cache.n_past`, `cache.truncate` / `park` / `reset` take positions out. Text ↔ token ids is `vocab`
+(vocab.Vocab). Greedy decoding is argmax over the logits of the last fed position (the loop: greedy.py).
 """
 
 from __future__ import annotations
@@ -18,9 +17,10 @@ import numpy as np
 
 from qasr.engine.encoder import default_threads
 from qasr.engine.llama_runtime import Batch as _Batch
-from qasr.engine.llama_runtime import flag_reader, install_log_callback, is_added_token, last_error_line, tokenize
+from qasr.engine.kv_cache import KvCache
+from qasr.engine.llama_runtime import flag_reader, install_log_callback, last_error_line
 from qasr.engine.token_table import open_token_table
-from qasr.engine.output import complete_utf8_prefix
+from qasr.engine.vocab import Vocab
 from qasr.errors import QasrError
 
 log = logging.getLogger(__name__)
@@ -70,27 +70,16 @@ class Decoder:
             raise DecoderError(
                 f"cannot load decoder model {path}{f' ({why})' if why else ''}; re-pull or re-convert the model"
             )
-        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.vocab = Vocab(llama_cpp, llama_cpp.llama_model_get_vocab(self._model))
         self._path = path
         self._ctx = None
         self._create_context(options.n_ctx)
         self.n_embd = int(llama_cpp.llama_model_n_embd(self._model))
-        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        self.n_vocab = self.vocab.n_tokens
         self.n_batch = options.n_batch
         self._token_batch = _Batch(self.n_batch, 0)
         self._embd_batch = _Batch(self.n_batch, self.n_embd)
         self._logits_row_type = ctypes.POINTER(ctypes.c_float * self.n_vocab)
-        self.n_past = 0
-        self.owner: object | None = None  # the streaming session whose state the cache holds
-        self._parked: tuple[int, int] | None = None  # positions held by park()
-        # Token ids of positions [0, len) when all of them were fed as tokens. After reset() they stay
-        # in the cache (`_stale`) until the next feed: one that starts with the same ids keeps them
-        # instead of decoding them again (the prompt head before the audio, ~9 positions: one weight
-        # pass of the whole model, ~30 ms on 2 cores for 0.6B q4_k).
-        self._token_prefix: list[int] = []
-        self._stale = False
-        self._piece_cache: dict[tuple[int, bool], bytes] = {}
-        self._speech: dict[int, bytes] = {}
         self._token_table = ... if options.one_pass_prompt else None  # token_table.TokenTable, read at first use
         # interrupt(): another thread sets the flag byte; llama_decode then returns 2 at the next node
         self.interruptible = False  # only decodes run while this is True may be interrupted
@@ -120,25 +109,20 @@ class Decoder:
             ll.llama_model_free(self._model)
             self._model = None
             raise DecoderError(f"cannot create a llama.cpp context for {self._path}{f' ({why})' if why else ''}")
-        self._memory = ll.llama_get_memory(self._ctx)
         self.n_ctx = int(ll.llama_n_ctx(self._ctx))
+        self.cache = KvCache(ll, ll.llama_get_memory(self._ctx), self.n_ctx)
 
     def _arm_abort(self) -> None:
         self._ll.llama_set_abort_callback(self._ctx, self._abort_callback, ctypes.cast(self._abort_flag, ctypes.c_void_p))
 
     def ensure_context(self, n_positions: int) -> None:
-        """Grow the context to hold `n_positions` (a new, empty KV cache; rounded up to 512)."""
+        """Grow the context to hold `n_positions` (a new, empty `cache`; rounded up to 512)."""
         if n_positions <= self.n_ctx:
             return
         self._ll.llama_free(self._ctx)
         self._ctx = None
         self._create_context(-(-n_positions // 512) * 512)
         self._arm_abort()
-        self.n_past = 0
-        self.owner = None
-        self._parked = None
-        self._token_prefix = []
-        self._stale = False
 
     # --- lifetime -------------------------------------------------------------------------------
 
@@ -168,138 +152,7 @@ class Decoder:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # --- tokens <-> text ------------------------------------------------------------------------
-
-    def tokenize(self, text: str, parse_special: bool = True) -> list[int]:
-        ids = tokenize(self._vocab, text, parse_special)
-        if ids is None:
-            raise DecoderError("tokenization failed")
-        return ids
-
-    def token_bytes(self, token: int, render_control: bool = False) -> bytes:
-        """Raw bytes of one token; may be part of a UTF-8 character.
-
-        Control tokens (<|im_start|>, <|audio_pad|> ...) give b"" unless `render_control`, as the
-        official decode with skip_special_tokens=True; user-defined ones such as <asr_text> always
-        render, which the output parser relies on.
-        """
-        key = (int(token), bool(render_control))
-        cached = self._piece_cache.get(key)
-        if cached is not None:
-            return cached
-        size = 64
-        while True:
-            buf = ctypes.create_string_buffer(size)
-            n = self._ll.llama_token_to_piece(self._vocab, int(token), buf, size, 0, render_control)
-            if n >= 0:
-                piece = buf.raw[:n]
-                break
-            size = -n
-        self._piece_cache[key] = piece
-        return piece
-
-    def speech_bytes(self, token: int) -> bytes:
-        """A token's bytes as transcript text: b"" for the model's markers (`llama_runtime.is_added_token`)."""
-        token = int(token)
-        if token not in self._speech:
-            self._speech[token] = b"" if is_added_token(self._vocab, token) else self.token_bytes(token)
-        return self._speech[token]
-
-    def detokenize(self, ids, render_control: bool = False) -> str:
-        return b"".join(self.token_bytes(t, render_control) for t in ids).decode("utf-8", errors="replace")
-
-    def text_stream(self) -> "TokenTextStream":
-        return TokenTextStream(self)
-
-    # --- KV cache -------------------------------------------------------------------------------
-
-    def reset(self) -> None:
-        """Forget every cached position (n_past 0). Positions fed as tokens from 0 on are kept until the
-        next feed, which reuses them if it starts with the same ids; anything else drops them."""
-        self.drop_parked()
-        self.n_past = 0
-        self.owner = None
-        if self._token_prefix:
-            self._stale = True
-        else:
-            self._ll.llama_memory_clear(self._memory, True)
-            self._stale = False
-
-    def _settle(self, ids=(), want_logits: bool = False) -> None:
-        """After reset(): keep the cached positions that match the start of `ids` and drop the rest.
-        With `want_logits` the last id is decoded again even if cached (its logits are not kept)."""
-        if not self._stale:
-            return
-        reuse, prefix = 0, self._token_prefix
-        limit = min(len(ids) - (1 if want_logits else 0), len(prefix))
-        while reuse < limit and int(ids[reuse]) == prefix[reuse]:
-            reuse += 1
-        self._ll.llama_memory_seq_rm(self._memory, 0, reuse, -1)
-        del prefix[reuse:]
-        self.n_past = reuse
-        self._stale = False
-
-    def _note_tokens(self, ids) -> None:
-        """`ids` went into the cache at n_past: advance, extending the known token prefix."""
-        if len(self._token_prefix) == self.n_past:
-            self._token_prefix.extend(int(t) for t in ids)
-        self.n_past += len(ids)
-
-    def park(self, start: int, end: int) -> None:
-        """Set the cached positions [start, end) aside and drop everything from `start` on.
-
-        llama.cpp only appends at the end of a sequence, so cache entries that should stay but must move
-        further back (a streaming hypothesis's committed text, when new audio goes in before it) are
-        held in a second sequence meanwhile; `unpark()` puts them back after whatever was fed since.
-        """
-        self.drop_parked()
-        self._settle()
-        end = min(end, self.n_past)
-        if end <= start:
-            return
-        self._ll.llama_memory_seq_cp(self._memory, 0, 1, start, end)
-        self.truncate(start)
-        self._parked = (start, end)
-
-    def unpark(self) -> int:
-        """Put the parked positions back right after n_past (their positions shifted to follow, which
-        llama.cpp re-rotates); returns how many came back."""
-        if self._parked is None:
-            return 0
-        start, end = self._parked
-        shift = self.n_past - start
-        if shift:
-            self._ll.llama_memory_seq_add(self._memory, 1, start, end, shift)
-        self._ll.llama_memory_seq_cp(self._memory, 1, 0, start + shift, end + shift)
-        self._ll.llama_memory_seq_rm(self._memory, 1, -1, -1)
-        self._parked = None
-        self.n_past += end - start
-        return end - start
-
-    def drop_parked(self) -> None:
-        if self._parked is not None:
-            self._ll.llama_memory_seq_rm(self._memory, 1, -1, -1)
-            self._parked = None
-
-    def truncate(self, n_keep: int) -> None:
-        """Keep positions [0, n_keep) in the KV cache, drop the rest."""
-        self._settle()
-        n_keep = max(0, min(int(n_keep), self.n_past))
-        if n_keep == self.n_past:
-            return
-        if not self._ll.llama_memory_seq_rm(self._memory, 0, n_keep, -1):
-            raise DecoderError("llama.cpp refused to trim the KV cache")
-        self.n_past = n_keep
-        del self._token_prefix[n_keep:]
-
-    # --- feeding --------------------------------------------------------------------------------
-
-    def _ensure_room(self, n: int) -> None:
-        if self.n_past + n > self.n_ctx:
-            raise DecoderError(
-                f"the decoder context holds {self.n_ctx} positions but {self.n_past + n} are needed; "
-                "shorten the audio piece or the context text"
-            )
+    # --- interrupts -----------------------------------------------------------------------------
 
     def interrupt(self) -> None:
         """Stop the decode in flight if it is interruptible (callable from any thread)."""
@@ -316,14 +169,23 @@ class Decoder:
         finally:
             self.interruptible = False
 
+    # --- feeding --------------------------------------------------------------------------------
+
+    def _ensure_room(self, n: int) -> None:
+        if self.cache.n_past + n > self.n_ctx:
+            raise DecoderError(
+                f"the decoder context holds {self.n_ctx} positions but {self.cache.n_past + n} are needed; "
+                "shorten the audio piece or the context text"
+            )
+
     def _decode(self, batch: _Batch) -> None:
-        """Decode a batch starting at n_past. An interrupted decode leaves the cache as it was; one that
+        """Decode a batch starting at cache.n_past. An interrupted decode leaves the cache as it was; one that
         was not meant to be interruptible (an interrupt raced with its start) is run again."""
         while True:
             rc = self._ll.llama_decode(self._ctx, batch.batch)
             if rc != 2:
                 break
-            self._ll.llama_memory_seq_rm(self._memory, 0, self.n_past, -1)  # ubatches done before the stop
+            self.cache.discard_unfinished()
             self._abort_flag[0] = 0
             if self.interruptible:
                 raise DecodeInterrupted("decode interrupted")
@@ -331,20 +193,19 @@ class Decoder:
             raise DecoderError(f"llama_decode failed (code {rc}); the decoder model may be corrupt")
 
     def feed_tokens(self, ids, want_logits: bool = True) -> np.ndarray | None:
-        """Append token ids at n_past; returns the logits of the last one if `want_logits`."""
+        """Append token ids at cache.n_past; returns the logits of the last one if `want_logits`."""
+        cache = self.cache
         ids = list(ids)
-        if self._stale:
-            self._settle(ids, want_logits)
-            ids = ids[self.n_past :] if self.n_past else ids
+        ids = ids[cache.settle(ids, want_logits) :]
         if not ids:
             return self.logits() if want_logits else None
         self._ensure_room(len(ids))
         for start in range(0, len(ids), self.n_batch):
             part = ids[start : start + self.n_batch]
             last = start + len(part) == len(ids)
-            self._token_batch.fill(self.n_past, len(part), want_logits and last, token_ids=part)
+            self._token_batch.fill(cache.n_past, len(part), want_logits and last, token_ids=part)
             self._decode(self._token_batch)
-            self._note_tokens(part)
+            cache.advance(len(part), part)
         return self.logits() if want_logits else None
 
     def _table(self):
@@ -362,19 +223,16 @@ class Decoder:
             self.feed_embeddings(embeds)
             return self.feed_tokens(after_ids, want_logits)
         head = list(before_ids)
-        if self._stale:
-            self._settle(head)
-            head = head[self.n_past :]
-        head_is_prefix = len(self._token_prefix) == self.n_past
+        head = head[self.cache.settle(head) :]
+        start = self.cache.n_past
         rows = [table.rows(head)] if head else []
         rows += [np.asarray(embeds, dtype=np.float32), table.rows(list(after_ids))]
         logits = self.feed_embeddings(np.concatenate(rows), want_logits)
-        if head_is_prefix:  # the head's positions hold what a token feed puts there: reusable after reset()
-            self._token_prefix.extend(int(t) for t in head)
+        self.cache.note_tokens(start, head)  # reusable after reset() as if fed as tokens
         return logits
 
     def feed_embeddings(self, embeds: np.ndarray, want_logits: bool = False) -> np.ndarray | None:
-        """Append float embeddings [n, n_embd] (audio) at n_past."""
+        """Append float embeddings [n, n_embd] (audio) at cache.n_past."""
         embeds = np.asarray(embeds, dtype=np.float32)
         if embeds.ndim != 2 or embeds.shape[1] != self.n_embd:
             raise DecoderError(
@@ -384,32 +242,34 @@ class Decoder:
         n = embeds.shape[0]
         if n == 0:
             return self.logits() if want_logits else None
-        self._settle()
+        cache = self.cache
+        cache.settle()
         self._ensure_room(n)
         for start in range(0, n, self.n_batch):
             part = embeds[start : start + self.n_batch]
             last = start + part.shape[0] == n
-            self._embd_batch.fill(self.n_past, part.shape[0], want_logits and last, embeds=part)
+            self._embd_batch.fill(cache.n_past, part.shape[0], want_logits and last, embeds=part)
             self._decode(self._embd_batch)
-            self.n_past += part.shape[0]
+            cache.advance(part.shape[0])
         return self.logits() if want_logits else None
 
     def feed_embeddings_rows(self, embeds: np.ndarray, rows) -> np.ndarray:
-        """Append embeddings [n, n_embd] at n_past in one pass and return the logits at `rows` (ascending
+        """Append embeddings [n, n_embd] at cache.n_past in one pass and return the logits at `rows` (ascending
         indices into `embeds`) as float32 [len(rows), n_vocab]: the forced aligner's single forward."""
         embeds = np.asarray(embeds, dtype=np.float32)
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), self.n_vocab), dtype=np.float32)
-        self._settle()
+        cache = self.cache
+        cache.settle()
         self._ensure_room(embeds.shape[0])
         done = 0
         for start in range(0, embeds.shape[0], self.n_batch):
             part = embeds[start : start + self.n_batch]
             mine = rows[(rows >= start) & (rows < start + part.shape[0])] - start
-            self._embd_batch.fill(self.n_past, part.shape[0], False, embeds=part)
+            self._embd_batch.fill(cache.n_past, part.shape[0], False, embeds=part)
             self._embd_batch.want_logits(mine)
             self._decode(self._embd_batch)
-            self.n_past += part.shape[0]
+            cache.advance(part.shape[0])
             for i in mine:
                 out[done] = self.logits_view(int(i))
                 done += 1
@@ -424,16 +284,17 @@ class Decoder:
         ids = list(ids)
         if not ids:
             return []
-        self._settle()
+        cache = self.cache
+        cache.settle()
         self._ensure_room(len(ids))
         best: list[int] = []
         for start in range(0, len(ids), self.n_batch):
             part = ids[start : start + self.n_batch]
-            self._token_batch.fill(self.n_past, len(part), False, token_ids=part)
+            self._token_batch.fill(cache.n_past, len(part), False, token_ids=part)
             wanted = range(max(0, first - start), len(part))
             self._token_batch.want_logits(slice(wanted.start, wanted.stop))
             self._decode(self._token_batch)
-            self._note_tokens(part)
+            cache.advance(len(part), part)
             best.extend(self.argmax(i) for i in wanted)
         return best
 
@@ -447,21 +308,23 @@ class Decoder:
             self.feed_embeddings(embeds)
             return self.feed_tokens_argmax(ids, first)
         n = len(embeds)
-        self._settle()
+        cache = self.cache
+        cache.settle()
         self._ensure_room(n + len(ids))
-        self._embd_batch.fill(self.n_past, n + len(ids), False, embeds=np.concatenate([embeds, table.rows(ids)]))
+        self._embd_batch.fill(cache.n_past, n + len(ids), False, embeds=np.concatenate([embeds, table.rows(ids)]))
         self._embd_batch.want_logits(slice(n + first, n + len(ids)))
         self._decode(self._embd_batch)
-        self.n_past += n + len(ids)
+        cache.advance(n + len(ids))
         return [self.argmax(i) for i in range(n + first, n + len(ids))]
 
     def step(self, token: int) -> int:
         """Feed one token, return the greedy next one (the logits are read in place, never copied)."""
-        self._settle()
+        cache = self.cache
+        cache.settle()
         self._ensure_room(1)
-        self._token_batch.fill(self.n_past, 1, True, token_ids=(token,))
+        self._token_batch.fill(cache.n_past, 1, True, token_ids=(token,))
         self._decode(self._token_batch)
-        self._note_tokens((token,))
+        cache.advance(1, (token,))
         return self.argmax(0)
 
     def logits_view(self, i: int = -1) -> np.ndarray:
@@ -479,21 +342,3 @@ class Decoder:
     def argmax(self, i: int = -1) -> int:
         """The greedy next token after output row `i` of the last decode (no copy of the logits)."""
         return int(self.logits_view(i).argmax())
-
-
-class TokenTextStream:
-    """Token ids in, text out; holds back bytes of a UTF-8 character split across tokens."""
-
-    def __init__(self, decoder: Decoder):
-        self._decoder = decoder
-        self._pending = b""
-
-    def push(self, token: int) -> str:
-        data = self._pending + self._decoder.token_bytes(token)
-        cut = len(complete_utf8_prefix(data))
-        self._pending = data[cut:]
-        return data[:cut].decode("utf-8", errors="replace")
-
-    def flush(self) -> str:
-        data, self._pending = self._pending, b""
-        return data.decode("utf-8", errors="replace")

@@ -48,7 +48,7 @@ class Prompt:
 def build_prompt(
     tokenize: Callable[[str], list[int]], n_audio: int, context: str = "", language: str | None = None
 ) -> Prompt:
-    """`tokenize` must parse special tokens (e.g. `Decoder.tokenize`)."""
+    """`tokenize` must parse special tokens (e.g. `Vocab.tokenize`)."""
     before, after = prompt_texts(context, language)
     return Prompt(before_ids=list(tokenize(before)), n_audio=int(n_audio), after_ids=list(tokenize(after)))
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -37,6 +37,7 @@ from qasr.engine import output as out
 from qasr.engine.commit import CommitOptions, CommitTracker, TextOfTokens
 from qasr.engine.decoder import DecodeInterrupted
 from qasr.engine.events import FinalEvent, FinalTimings, PartialEvent, StepTimings
+from qasr.engine.greedy import Hypothesis, Prefill, TokenRules, decode_greedy
 from qasr.engine.incremental_encoder import IncrementalEncoder
 from qasr.engine.prompt import build_prompt, resolve_language
 from qasr.engine.segmentation import SegmentationOptions, cut_points, is_silent
@@ -68,13 +69,6 @@ class StreamingOptions:
     commit: CommitOptions = CommitOptions()
 
 
-@dataclass
-class _Hypothesis:
-    ids: list[int] = field(default_factory=list)
-    stop_reason: str = ""
-    cut: int | None = None  # loop guard cut
-
-
 class StreamingSession:
     """One utterance. Not thread-safe: one caller at a time (the daemon's workers hold a lock)."""
 
@@ -101,14 +95,14 @@ class StreamingSession:
         self.encoder = IncrementalEncoder(engine.encoder, engine.feature_params, options.min_audio_s)
         self.decoder = engine.decoder
         self.stop_ids = frozenset(manifest.stop_token_ids)
-        self.text_of = TextOfTokens(self.decoder.speech_bytes, manifest.tokens["asr_text"], self.language is not None)
+        self.text_of = TextOfTokens(self.decoder.vocab.speech_bytes, manifest.tokens["asr_text"], self.language is not None)
         self.commits = CommitTracker(options.commit)
         self.seq = 0
         self.compute_s = 0.0  # every step's compute, for the budget
         self.steps = 0
         self.skipped = 0
         self.interrupted = 0  # partial steps stopped by interrupt()
-        self._hyp = _Hypothesis()
+        self._hyp = Hypothesis()
         self._last_step_audio_s = 0.0
         self._step_cost_s = 0.0  # running average of a partial step's compute
         self.steps_compute_s = 0.0  # compute_s spent in partial steps (the rest is not optional)
@@ -122,9 +116,9 @@ class StreamingSession:
         self._prepared: tuple[int, FinalEvent] | None = None  # (n_samples it covers, the final)
         self._kv_text: tuple[int, list[int]] | None = None  # (position, hypothesis tokens cached there)
         self.next_session: StreamingSession | None = None
-        head = build_prompt(self.decoder.tokenize, 0, options.context, self.language)
+        head = build_prompt(self.decoder.vocab.tokenize, 0, options.context, self.language)
         self._before_ids, self._after_ids = head.before_ids, head.after_ids
-        self.decoder.owner = None  # a new utterance: nothing in the cache is this session's yet
+        self.decoder.cache.owner = None  # a new utterance: nothing in the cache is this session's yet
         self._claim_decoder()
 
     # --- public API -----------------------------------------------------------------------------
@@ -198,14 +192,14 @@ class StreamingSession:
                 self._sync_audio_into_kv(open_embeds)
                 if parked:
                     self.decoder.feed_tokens(self._after_ids, want_logits=False)
-                    parked = self.decoder.unpark()
+                    parked = self.decoder.cache.unpark()
                 timings.prefill_ms = (time.perf_counter() - t1) * 1000.0
                 cap = out.new_token_cap(audio_s, self.options.max_new_tokens)
                 hyp = self._decode(self._hyp.ids, cap, self.options.max_new_tokens_per_step, timings, trusted,
                                    parked)
         except DecodeInterrupted:
             # Back to the audio the cache holds for sure; the previous hypothesis stays the draft.
-            self.decoder.drop_parked()
+            self.decoder.cache.drop_parked()
             self._kv_text = None
             self._drop_open_audio()
             self._count_step(time.perf_counter() - t0)
@@ -296,7 +290,7 @@ class StreamingSession:
         cap = out.new_token_cap(n_audio, self.options.max_new_tokens)
         window = self.engine.bundle.manifest.audio.window_tokens
         kept = min(kept, self._kv_audio_windows, self._changed_from)
-        self.decoder.truncate(self._head_len + kept * window)  # the new audio goes in with the tail (_decode)
+        self.decoder.cache.truncate(self._head_len + kept * window)  # the new audio goes in with the tail (_decode)
         self._kv_audio_windows, self._kv_open_audio = kept, 0
         if (self.options.reuse_open_audio and kept == len(self.encoder.finished_windows)
                 and self.encoder.n_samples >= self.encoder.min_samples):
@@ -323,18 +317,18 @@ class StreamingSession:
     def _claim_decoder(self) -> None:
         """The decoder is shared: if another session used it since (a daemon may serve a newer utterance
         first), put this one's prompt head back; audio and text re-enter at the next step or final, exactly."""
-        if self.decoder.owner is self:
+        if self.decoder.cache.owner is self:
             return
-        self.decoder.reset()
+        self.decoder.cache.reset()
         self.decoder.feed_tokens(self._before_ids, want_logits=False)
-        self._head_len = self.decoder.n_past
+        self._head_len = self.decoder.cache.n_past
         self._kv_audio_windows, self._kv_open_audio, self._kv_text = 0, 0, None
-        self.decoder.owner = self
+        self.decoder.cache.owner = self
 
     def _release_decoder(self) -> None:
         """The utterance is over: clear the cache if it is this session's (never another session's)."""
-        if self.decoder.owner is self:
-            self.decoder.reset()  # and it belongs to no session
+        if self.decoder.cache.owner is self:
+            self.decoder.cache.reset()  # and it belongs to no session
 
     # --- budget ---------------------------------------------------------------------------------
 
@@ -389,7 +383,7 @@ class StreamingSession:
         new_windows = self._windows[self._kv_audio_windows :]
         if new_windows:
             self._kv_open_audio = 0  # stale open-window audio gives way to the exact finished window
-        self.decoder.truncate(self._head_len + self._kv_audio_windows * window + self._kv_open_audio)
+        self.decoder.cache.truncate(self._head_len + self._kv_audio_windows * window + self._kv_open_audio)
         for embeds in new_windows:
             self.decoder.feed_embeddings(embeds)
             self._kv_audio_windows += 1
@@ -397,7 +391,7 @@ class StreamingSession:
     def _drop_open_audio(self) -> None:
         """Keep only the prompt head and the finished windows in the cache."""
         self._kv_open_audio = 0
-        self.decoder.truncate(self._head_len + self._kv_audio_windows * self.engine.bundle.manifest.audio.window_tokens)
+        self.decoder.cache.truncate(self._head_len + self._kv_audio_windows * self.engine.bundle.manifest.audio.window_tokens)
 
     def _sync_audio_into_kv(self, open_embeds: np.ndarray) -> None:
         """Trim the cache after the audio it keeps, append newly finished windows, then the open window
@@ -409,61 +403,22 @@ class StreamingSession:
         self._kv_open_audio = open_embeds.shape[0] if self.options.reuse_open_audio else 0
 
     def _decode(self, draft: list[int], cap: int, max_beyond_draft: int | None, timings: StepTimings | FinalTimings,
-                trusted: int = 0, parked: int = 0, audio: np.ndarray | None = None) -> _Hypothesis:
-        """Prompt tail + draft verification + greedy continuation, with offline's stop/cap/loop rules.
-
-        `parked`: the prompt tail and the first `parked` draft tokens are in the cache already (see
-        `_park_committed`); they are committed tokens and taken as they are. `audio`: embeddings that go
-        in first, in the same decode as the tail and the draft (the final's new audio: one weight pass)."""
-        t0 = time.perf_counter()
-        dec = self.decoder
-        draft = list(draft[: max(0, cap)])
-        ids: list[int] = []
-        hyp = _Hypothesis(stop_reason="max_tokens")
-        # Greedy predictions after the prompt tail and after each draft token: one batch, one decode call.
-        # The first `trusted` draft tokens are taken as they are (no logits computed for them).
-        if parked:
-            base = dec.n_past - parked
-            predictions = draft[: parked + 1] + dec.feed_tokens_argmax(draft[parked:])
-        else:
-            trusted = min(trusted, len(draft))
-            first = len(self._after_ids) - 1 + trusted
-            if audio is None:
-                base = dec.n_past + len(self._after_ids)
-                predictions = draft[:trusted] + dec.feed_tokens_argmax([*self._after_ids, *draft], first=first)
-            else:
-                base = dec.n_past + len(audio) + len(self._after_ids)
-                predictions = draft[:trusted] + dec.feed_embeddings_tokens_argmax(audio, [*self._after_ids, *draft],
-                                                                                  first=first)
-        accepted = 0
-        done = False
-        for i, token in enumerate(predictions):
-            if self._accept(ids, token, cap, hyp):
-                done = True
-                break
-            if i < len(draft) and draft[i] == token:
-                accepted += 1
-                continue
-            break  # the draft disagrees (or is used up): continue greedily from `token`
-        timings.draft_tokens = len(draft)
-        timings.accepted_tokens = accepted
-        if draft:
-            dec.truncate(base + accepted)
-        t1 = time.perf_counter()
-        timings.prefill_ms += (t1 - t0) * 1000.0
-        extra = 0
-        while not done and (max_beyond_draft is None or extra < max_beyond_draft):
-            extra += 1
-            if self._accept(ids, dec.step(ids[-1]), cap, hyp):
-                break
-        timings.decode_ms += (time.perf_counter() - t1) * 1000.0
-        hyp.ids = ids
-        self._kv_text = (base, ids[: dec.n_past - base])  # the hypothesis tokens now in the cache
+                trusted: int = 0, parked: int = 0, audio: np.ndarray | None = None) -> Hypothesis:
+        """Prompt tail + draft verification + greedy continuation, with offline's stop/cap/loop rules
+        (greedy.decode_greedy). `parked`, `trusted`: see greedy.Prefill. `audio`: embeddings that go in
+        first, in the same decode as the tail and the draft (the final's new audio: one weight pass)."""
+        rules = TokenRules(cap, self.stop_ids, self.engine.options.loop_guard)
+        prefill = Prefill(tail=self._after_ids, audio=audio, parked=parked, trusted=trusted)
+        hyp = decode_greedy(self.decoder, prefill, rules, draft, max_beyond_draft)
+        timings.draft_tokens, timings.accepted_tokens = hyp.draft_tokens, hyp.accepted_tokens
+        timings.prefill_ms += hyp.prefill_ms
+        timings.decode_ms += hyp.decode_ms
+        self._kv_text = (hyp.base, hyp.ids[: self.decoder.cache.n_past - hyp.base])  # hypothesis tokens in the cache
         return hyp
 
     def _park_committed(self, trusted: int) -> int:
         """Keep the committed text's cache entries across the step: set them aside while new audio and the
-        prompt tail go in, then put them back after (Decoder.park/unpark). They were computed before the
+        prompt tail go in, then put them back after (KvCache.park/unpark). They were computed before the
         newest audio, which partials accept; without this every step would re-feed the whole committed
         text, so a step's cost would grow with the utterance. `trusted`: the draft's leading tokens that
         are the committed text (0 when the draft contradicts it). Returns how many tokens were set aside
@@ -475,21 +430,14 @@ class StreamingSession:
         # worth it beyond a few tokens: the prompt tail then needs a decode call of its own (~20 ms)
         if n < self.PARK_MIN_TOKENS or cached[:n] != self._hyp.ids[:n]:
             return 0
-        self.decoder.park(base, base + n)
+        self.decoder.cache.park(base, base + n)
         return n
-
-    def _accept(self, ids: list[int], token: int, cap: int, hyp: _Hypothesis) -> bool:
-        """Apply one greedy token exactly as offline generation does; True when generation ends."""
-        reason, cut = out.accept_greedy_token(ids, token, cap, self.stop_ids, self.engine.options.loop_guard)
-        if reason is not None:
-            hyp.stop_reason, hyp.cut = reason, cut
-        return reason is not None
 
     # --- ends -----------------------------------------------------------------------------------
 
     def _final(self, ids, reason, cut, committed, timings, was_cut: bool = False) -> FinalEvent:
         visible = ids if cut is None else ids[:cut]
-        parsed = out.transcript_of_ids(visible, self.decoder.speech_bytes, self.text_of.asr_text_id, self.language)
+        parsed = out.transcript_of_ids(visible, self.decoder.vocab.speech_bytes, self.text_of.asr_text_id, self.language)
         return FinalEvent(
             utterance_id=self.utterance_id,
             seq=self.seq,

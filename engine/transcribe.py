@@ -31,6 +31,7 @@ from qasr.engine.decoder import Decoder, DecoderOptions
 from qasr.engine.device import resolve_device
 from qasr.engine.encoder import EncoderOptions, EncoderRunner, chunk_tokens
 from qasr.engine.features import log_mel_features
+from qasr.engine.greedy import Hypothesis, Prefill, TokenRules, decode_greedy
 from qasr.engine.prompt import Prompt, build_prompt, resolve_language
 from qasr.engine.segmentation import SegmentationOptions, cut_points, is_silent
 from qasr.errors import QasrError
@@ -186,7 +187,7 @@ class Transcriber:
         a = self.bundle.manifest.audio
         embeds = self.encoder.encode(np.zeros((a.num_mel_bins, a.chunk_frames), dtype=np.float32))
         self.prefill(embeds)
-        self.decoder.reset()
+        self.decoder.cache.reset()
 
     def set_prompt(self, language: str | None, context: str, max_new_tokens: int | None = None) -> None:
         """Language and context for the next transcriptions (e.g. per utterance in the daemon)."""
@@ -216,29 +217,25 @@ class Transcriber:
         return self.encoder.encode(self.features(audio))
 
     def prompt(self, n_audio: int) -> Prompt:
-        return build_prompt(self.decoder.tokenize, n_audio, self.options.context, self.language)
+        return build_prompt(self.decoder.vocab.tokenize, n_audio, self.options.context, self.language)
 
-    def prefill(self, embeds: np.ndarray, want_logits: bool = True) -> np.ndarray | None:
+    def prefill(self, embeds: np.ndarray) -> np.ndarray:
         """Reset the decoder and feed the whole prompt (one decode: Decoder.feed_prompt); returns the logits
-        for the first new token (a copy; without `want_logits` read them with decoder.argmax())."""
+        for the first new token (a copy)."""
         prompt = self.prompt(embeds.shape[0])
-        self.decoder.reset()
-        return self.decoder.feed_prompt(prompt.before_ids, embeds, prompt.after_ids, want_logits)
+        self.decoder.cache.reset()
+        return self.decoder.feed_prompt(prompt.before_ids, embeds, prompt.after_ids)
 
-    def generate(self, embeds: np.ndarray, max_new_tokens: int) -> tuple[list[int], str, int, float, float]:
-        """Greedy decoding: (ids, stop_reason, cut, prefill_ms, decode_ms). ids[:cut] is the text to show."""
+    def generate(self, embeds: np.ndarray, max_new_tokens: int) -> Hypothesis:
+        """Greedy decoding after the whole prompt (greedy.decode_greedy without a draft)."""
         t0 = time.perf_counter()
-        self.prefill(embeds, want_logits=True)  # one copy; the steps read llama.cpp's buffer in place
-        token = self.decoder.argmax()
+        prompt = self.prompt(embeds.shape[0])
+        rules = TokenRules(max_new_tokens, self.stop_ids, self.options.loop_guard)
+        prefill = Prefill(head=prompt.before_ids, audio=embeds, tail=prompt.after_ids)
         t1 = time.perf_counter()
-        ids: list[int] = []
-        while True:
-            reason, cut = out.accept_greedy_token(ids, token, max_new_tokens, self.stop_ids, self.options.loop_guard)
-            if reason is not None:
-                break
-            token = self.decoder.step(ids[-1])
-        t2 = time.perf_counter()
-        return ids, reason, (len(ids) if cut is None else cut), (t1 - t0) * 1000.0, (t2 - t1) * 1000.0
+        hyp = decode_greedy(self.decoder, prefill, rules)
+        hyp.prefill_ms += (t1 - t0) * 1000.0
+        return hyp
 
     # --- transcription --------------------------------------------------------------------------
 
@@ -263,13 +260,14 @@ class Transcriber:
         embeds = self.encode(audio)
         segment.encoder_ms = (time.perf_counter() - t0) * 1000.0
         cap = out.new_token_cap(audio.shape[0] / rate, self.options.max_new_tokens)
-        ids, reason, cut, segment.prefill_ms, segment.decode_ms = self.generate(embeds, cap)
-        parsed = out.transcript_of_ids(ids[:cut], self.decoder.speech_bytes, self.bundle.manifest.tokens["asr_text"],
+        hyp = self.generate(embeds, cap)
+        parsed = out.transcript_of_ids(hyp.visible, self.decoder.vocab.speech_bytes, self.bundle.manifest.tokens["asr_text"],
                                        self.language)
         segment.language, segment.text = parsed.language, parsed.text
-        segment.token_ids = ids
-        segment.stop_reason = reason
-        segment.n_tokens = len(ids)
+        segment.prefill_ms, segment.decode_ms = hyp.prefill_ms, hyp.decode_ms
+        segment.token_ids = hyp.ids
+        segment.stop_reason = hyp.stop_reason
+        segment.n_tokens = len(hyp.ids)
         segment.elapsed_s = time.perf_counter() - started
         return segment
 

@@ -52,19 +52,19 @@ def test_prefill_in_small_batches_equals_one_batch(decoder, official_ref):
     """n_batch 64 splits the prompt; the logits equal a per-token feed."""
     rng = np.random.default_rng(0)
     embeds = rng.standard_normal((150, decoder.n_embd)).astype(np.float32)
-    prompt = build_prompt(decoder.tokenize, 150)
-    decoder.reset()
+    prompt = build_prompt(decoder.vocab.tokenize, 150)
+    decoder.cache.reset()
     decoder.feed_tokens(prompt.before_ids, want_logits=False)
     decoder.feed_embeddings(embeds)
     batched = decoder.feed_tokens(prompt.after_ids)
-    decoder.reset()
+    decoder.cache.reset()
     for t in prompt.before_ids:
         decoder.feed_tokens([t], want_logits=False)
     for row in embeds:
         decoder.feed_embeddings(row[None])
     for t in prompt.after_ids:
         single = decoder.feed_tokens([t])
-    assert decoder.n_past == prompt.n_tokens
+    assert decoder.cache.n_past == prompt.n_tokens
     assert np.abs(batched - single).max() < 1e-3
 
 
@@ -73,11 +73,11 @@ def test_kv_truncate_reuses_a_prompt_prefix(decoder):
     rng = np.random.default_rng(1)
     first = rng.standard_normal((20, decoder.n_embd)).astype(np.float32)
     second = rng.standard_normal((33, decoder.n_embd)).astype(np.float32)
-    prompt = build_prompt(decoder.tokenize, 20)
-    prompt2 = build_prompt(decoder.tokenize, 33)
+    prompt = build_prompt(decoder.vocab.tokenize, 20)
+    prompt2 = build_prompt(decoder.vocab.tokenize, 33)
 
     def fresh(embeds, p):
-        decoder.reset()
+        decoder.cache.reset()
         decoder.feed_tokens(p.before_ids, want_logits=False)
         decoder.feed_embeddings(embeds)
         return decoder.feed_tokens(p.after_ids)
@@ -86,15 +86,15 @@ def test_kv_truncate_reuses_a_prompt_prefix(decoder):
     fresh(first, prompt)
     for _ in range(5):  # generate a little, as a streaming step would
         decoder.feed_tokens([int(np.argmax(decoder.logits()))])
-    decoder.truncate(len(prompt.before_ids))
-    assert decoder.n_past == len(prompt.before_ids)
+    decoder.cache.truncate(len(prompt.before_ids))
+    assert decoder.cache.n_past == len(prompt.before_ids)
     decoder.feed_embeddings(second)
     got = decoder.feed_tokens(prompt2.after_ids)
     assert np.abs(got - want).max() < 1e-4
     # trimming generated tokens and re-feeding them reproduces the same logits
     decoder.feed_tokens([5, 6, 7])
     again_want = decoder.logits()
-    decoder.truncate(decoder.n_past - 3)
+    decoder.cache.truncate(decoder.cache.n_past - 3)
     assert np.abs(decoder.feed_tokens([5, 6, 7]) - again_want).max() < 1e-4
 
 
@@ -102,31 +102,31 @@ def test_interrupt_stops_an_interruptible_decode_and_leaves_the_cache_as_it_was(
     rng = np.random.default_rng(4)
     head = rng.standard_normal((10, decoder.n_embd)).astype(np.float32)
     more = rng.standard_normal((150, decoder.n_embd)).astype(np.float32)  # three ubatches of 64
-    decoder.reset()
+    decoder.cache.reset()
     decoder.feed_embeddings(head)
     want = decoder.feed_embeddings(more, want_logits=True)
-    decoder.truncate(10)
+    decoder.cache.truncate(10)
     with decoder.interruptible_decodes():
         decoder.interrupt()  # the flag is set before the decode starts: it stops at its first node
         with pytest.raises(DecodeInterrupted):
             decoder.feed_embeddings(more, want_logits=True)
-    assert decoder.n_past == 10
+    assert decoder.cache.n_past == 10
     # nothing of the interrupted call stayed in the cache: the same feed gives the same logits
     got = decoder.feed_embeddings(more, want_logits=True)
     assert np.abs(got - want).max() < 1e-5
 
 
 def test_an_interrupt_outside_interruptible_decodes_is_ignored(decoder):
-    decoder.reset()
+    decoder.cache.reset()
     decoder.interrupt()  # not interruptible: no effect
     decoder.feed_tokens([5, 6, 7])
     decoder._abort_flag[0] = 1  # an interrupt that raced with the end of an interruptible section
     decoder.feed_tokens([8])  # runs again instead of failing
-    assert decoder.n_past == 4 and decoder._abort_flag.raw[0] == 0
+    assert decoder.cache.n_past == 4 and decoder._abort_flag.raw[0] == 0
 
 
 def test_context_overflow_is_a_clear_error(decoder):
-    decoder.reset()
+    decoder.cache.reset()
     with pytest.raises(DecoderError, match="context holds 512 positions"):
         decoder.feed_embeddings(np.zeros((600, decoder.n_embd), dtype=np.float32))
     with pytest.raises(DecoderError, match="embeddings have shape"):
@@ -135,27 +135,27 @@ def test_context_overflow_is_a_clear_error(decoder):
 
 def test_tokenize_parses_special_tokens(decoder, tiny_bundle):
     tokens = load_bundle(tiny_bundle).manifest.tokens
-    ids = decoder.tokenize("<|im_start|>user\n<|audio_start|><|audio_pad|><|audio_end|>language English<asr_text>hi")
+    ids = decoder.vocab.tokenize("<|im_start|>user\n<|audio_start|><|audio_pad|><|audio_end|>language English<asr_text>hi")
     for name in ("im_start", "audio_start", "audio_pad", "audio_end", "asr_text"):
         assert tokens[name] in ids
-    assert tokens["im_start"] not in decoder.tokenize("<|im_start|>", parse_special=False)
+    assert tokens["im_start"] not in decoder.vocab.tokenize("<|im_start|>", parse_special=False)
 
 
 def test_detokenize_matches_official_decode(decoder, official_ref):
     text = "language English<asr_text>Zoë says 语音识别 works — 👍 ok"
-    ids = decoder.tokenize(text)
+    ids = decoder.vocab.tokenize(text)
     assert ids == official_ref.tokenizer(text)["input_ids"]
-    with_control = ids + decoder.tokenize("<|im_end|>")
-    assert decoder.detokenize(with_control) == official_ref.decode(with_control) == text
-    assert decoder.detokenize(with_control, render_control=True).endswith("<|im_end|>")
+    with_control = ids + decoder.vocab.tokenize("<|im_end|>")
+    assert decoder.vocab.detokenize(with_control) == official_ref.decode(with_control) == text
+    assert decoder.vocab.detokenize(with_control, render_control=True).endswith("<|im_end|>")
 
 
 def test_text_stream_never_splits_a_utf8_character(decoder):
     text = "语音识别 Zoë 👍🏽 naïve ☕"
-    ids = decoder.tokenize(text)
-    pieces = [decoder.token_bytes(t) for t in ids]
+    ids = decoder.vocab.tokenize(text)
+    pieces = [decoder.vocab.token_bytes(t) for t in ids]
     assert any(_invalid_utf8(p) for p in pieces), "the sample should have tokens that split a character"
-    stream = decoder.text_stream()
+    stream = decoder.vocab.text_stream()
     out = [stream.push(t) for t in ids]
     out.append(stream.flush())
     assert "".join(out) == text

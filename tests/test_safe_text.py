@@ -110,10 +110,10 @@ def decoder(tiny_bundle):
 
 def test_every_added_token_is_a_marker_and_speech_tokens_are_not(decoder):
     for text, _special in ADDED_TOKENS:
-        ids = decoder.tokenize(text)
-        assert len(ids) == 1 and decoder.speech_bytes(ids[0]) == b"", text
-    for token in decoder.tokenize("language English hello 你好"):
-        assert decoder.speech_bytes(token) == decoder.token_bytes(token) != b""
+        ids = decoder.vocab.tokenize(text)
+        assert len(ids) == 1 and decoder.vocab.speech_bytes(ids[0]) == b"", text
+    for token in decoder.vocab.tokenize("language English hello 你好"):
+        assert decoder.vocab.speech_bytes(token) == decoder.vocab.token_bytes(token) != b""
 
 
 def test_decoder_output_with_every_control_and_marker_renders_only_the_visible_text(decoder, tiny_bundle):
@@ -125,8 +125,8 @@ def test_decoder_output_with_every_control_and_marker_renders_only_the_visible_t
     body = ""
     for i, ch in enumerate(CONTROLS):
         body += ch + markers[i % len(markers)] + (words[i % len(words)] if i % 9 == 0 else "")
-    ids = decoder.tokenize("language English<asr_text>" + VISIBLE + body) + [_first_byte_token(decoder, "中")]
-    language, text = transcript_of_ids(ids, decoder.speech_bytes, asr_text)
+    ids = decoder.vocab.tokenize("language English<asr_text>" + VISIBLE + body) + [_first_byte_token(decoder, "中")]
+    language, text = transcript_of_ids(ids, decoder.vocab.speech_bytes, asr_text)
     assert language == "English"
     assert _no_unsafe(text) and not any(m in text for m in markers if m)
     assert text.startswith(VISIBLE)
@@ -136,7 +136,7 @@ def test_decoder_output_with_every_control_and_marker_renders_only_the_visible_t
 def _first_byte_token(decoder, ch: str) -> int:
     """The id of the byte token of `ch`'s first UTF-8 byte (an incomplete tail)."""
     first = ch.encode()[:1]
-    return next(t for t in range(decoder.n_vocab) if decoder.token_bytes(t) == first)
+    return next(t for t in range(decoder.n_vocab) if decoder.vocab.token_bytes(t) == first)
 
 
 # -- daemon: shaping, terminals, history ------------------------------------------------------------

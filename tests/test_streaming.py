@@ -407,7 +407,7 @@ def test_partials_keep_the_committed_text_cached_instead_of_re_feeding_it(engine
     audio = make_test_audio(12.0, seed=42)
     parks: list[int] = []
     fed_tokens: list[int] = []
-    real_park, real_argmax = engine.decoder.park, engine.decoder.feed_tokens_argmax
+    real_park, real_argmax = engine.decoder.cache.park, engine.decoder.feed_tokens_argmax
 
     def park(start, end):
         parks.append(end - start)
@@ -417,7 +417,7 @@ def test_partials_keep_the_committed_text_cached_instead_of_re_feeding_it(engine
         fed_tokens.append(len(ids))
         return real_argmax(ids, first=first)
 
-    engine.decoder.park, engine.decoder.feed_tokens_argmax = park, argmax
+    engine.decoder.cache.park, engine.decoder.feed_tokens_argmax = park, argmax
     try:
         session = StreamingSession(engine, StreamingOptions(language="English", rtf_budget=100.0), "u1")
         partials = []
@@ -426,8 +426,8 @@ def test_partials_keep_the_committed_text_cached_instead_of_re_feeding_it(engine
         committed_tokens = len(session.commits.committed)
         final = session.finish()
     finally:
-        for name in ("park", "feed_tokens_argmax"):
-            engine.decoder.__dict__.pop(name, None)
+        engine.decoder.cache.__dict__.pop("park", None)
+        engine.decoder.__dict__.pop("feed_tokens_argmax", None)
     print(f"committed {committed_tokens}, parked {parks}, verified {fed_tokens}")
     assert committed_tokens >= 4, "the test needs committed text to prove anything"
     assert parks and max(parks) >= committed_tokens - 1 - 3  # the committed text was set aside, not re-fed

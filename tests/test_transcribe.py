@@ -268,7 +268,7 @@ def test_warm_up_leaves_no_state(transcriber):
     audio = make_test_audio(2.0, seed=8)
     before = transcriber.transcribe(audio).token_ids
     transcriber.warm_up()
-    assert transcriber.decoder.n_past == 0
+    assert transcriber.decoder.cache.n_past == 0
     assert transcriber.transcribe(audio).token_ids == before
 
 

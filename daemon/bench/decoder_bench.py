@@ -49,24 +49,24 @@ def qasr_round(decoder, prompt: int, gen: int, rng: np.random.Generator) -> dict
     ids = rng.integers(1000, 100000, prompt).tolist()
     head, tail = ids[:HEAD], ids[-TAIL:]
     audio = rng.standard_normal((prompt - HEAD - TAIL, decoder.n_embd)).astype(np.float32)
-    decoder.reset()
-    decoder._settle()  # nothing kept: a cold start
+    decoder.cache.reset()
+    decoder.cache.settle()  # nothing kept: a cold start
     t0 = time.perf_counter()
     decoder.feed_tokens(ids)
     t1 = time.perf_counter()
-    decoder.reset()
-    decoder._settle()
+    decoder.cache.reset()
+    decoder.cache.settle()
     t2 = time.perf_counter()
     decoder.feed_prompt(head, audio, tail, want_logits=False)
     t3 = time.perf_counter()
-    decoder.reset()
-    decoder._settle()
+    decoder.cache.reset()
+    decoder.cache.settle()
     t3b = time.perf_counter()
     decoder.feed_tokens(head, want_logits=False)
     decoder.feed_embeddings(audio)
     decoder.feed_tokens(tail)
     t3c = time.perf_counter()
-    decoder.reset()  # the head stays cached, as between two utterances
+    decoder.cache.reset()  # the head stays cached, as between two utterances
     t4 = time.perf_counter()
     decoder.feed_prompt(head, audio, tail)
     t5 = time.perf_counter()

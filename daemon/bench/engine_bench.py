@@ -83,7 +83,7 @@ def offline_worker(bundle: Path, audio_s: float, new_tokens: int, threads: int, 
                 "prefill_ms": (t_pre - t_enc) * 1000.0,
                 "decode_ms": (t_end - t_pre) * 1000.0,
                 "total_ms": (t_end - t_start) * 1000.0,
-                "prompt_tokens": engine.decoder.n_past - new_tokens,
+                "prompt_tokens": engine.decoder.cache.n_past - new_tokens,
             }
         )
     runs = runs[1:]

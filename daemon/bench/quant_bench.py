@@ -44,13 +44,13 @@ def make_variants(src: Path, out_dir: Path) -> dict[str, Path]:
 def _prompt(decoder):
     from qasr.engine.prompt import build_prompt
 
-    p = build_prompt(decoder.tokenize, 0)
+    p = build_prompt(decoder.vocab.tokenize, 0)
     return p.before_ids, p.after_ids
 
 
 def prefill(decoder, embeds: np.ndarray) -> None:
     head, tail = _prompt(decoder)
-    decoder.reset()
+    decoder.cache.reset()
     decoder.feed_tokens(head, want_logits=False)
     decoder.feed_embeddings(embeds)
     decoder.feed_tokens(tail)

@@ -137,9 +137,9 @@ class ForcedAligner:
         embeds[1 : 1 + audio_embeds.shape[0]] = audio_embeds
         dec = self.decoder
         dec.ensure_context(len(ids))
-        dec.reset()
+        dec.cache.reset()
         logits = dec.feed_embeddings_rows(embeds, stamps)
-        dec.reset()
+        dec.cache.reset()
         return logits.argmax(axis=1)
 
     def align_piece(self, audio: np.ndarray, words: list[str]) -> list[AlignedWord]:
