@@ -90,10 +90,13 @@ def load(path: Path, threads: int):
     llama_runtime._RECENT_LOG = collections.deque(maxlen=100000)  # the whole load log, this once
     try:
         decoder = Decoder(path, DecoderOptions(threads=threads))
-        lines = [line for line in llama_runtime._RECENT_LOG if "buffer size" in line or "repack" in line.lower()]
+        lines = list(llama_runtime._RECENT_LOG)
     finally:
         llama_runtime._RECENT_LOG = kept
-    return decoder, lines
+    repacked = collections.Counter(line.rsplit(" with ", 1)[-1].strip() for line in lines
+                                   if line.startswith("repack: repack tensor"))
+    buffers = [" ".join(line.split(":", 1)[-1].split()) for line in lines if "model buffer size" in line]
+    return decoder, {"repacked_tensors": dict(repacked), "model_buffers": buffers}
 
 
 def timed_round(decoder, audio: np.ndarray, draft: list[int], gen: int) -> dict:
@@ -127,9 +130,9 @@ def run(source: Path, types: list[str], threads: int, rounds: int, audio_n: int 
                     "shape": {"audio": audio_n, "verify": verify, "gen": gen}, "types": {}}
     decoders = {}
     for name, path in files.items():
-        decoders[name], lines = load(path, threads)
+        decoders[name], repack = load(path, threads)
         result["types"][name] = {"tensors": tensor_types(path), "file_mb": round(path.stat().st_size / 2**20, 1),
-                                 "load_log": lines}
+                                 **repack}
     rng = np.random.default_rng(0)
     n_embd = next(iter(decoders.values())).n_embd
     audio = rng.standard_normal((audio_n, n_embd)).astype(np.float32)
@@ -147,6 +150,7 @@ def run(source: Path, types: list[str], threads: int, rounds: int, audio_n: int 
         for key in ("prefill_ms", "verify_ms", "step_ms"):
             values = [s[key] for s in samples[name]]
             row[key] = round(statistics.median(values), 2)
+            row[f"{key}_min"] = round(min(values), 2)
             row[f"{key}_range"] = [round(min(values), 1), round(max(values), 1)]
             if name != ref:
                 row[f"{key}_vs_{ref}"] = round(statistics.median(

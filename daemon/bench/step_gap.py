@@ -10,11 +10,12 @@ each (+ `llama_synchronize`, as llama-bench). Per variant: ms per token in all (
 figure on a shared host; with more it includes the barrier spinning). The variants add one of qasr's settings at a time to the minimal loop
 (llama-bench's context: n_ctx = DEPTH + GEN, one sequence, `llama_batch_get_one`, no logits read):
 
-- `ctx2048`: n_ctx 2048 (qasr's default); `seq2`: n_seq_max 2 + kv_unified (qasr's park sequence);
+- `ctx512` … `ctx4096`: that n_ctx (qasr's default is 2048); `seq2`: n_seq_max 2 + kv_unified (qasr's park sequence);
 - `abort`: qasr's abort callback (libc strlen on a flag byte); `batch`: qasr's reusable `llama_batch`;
 - `argmax`: numpy argmax over the last row of logits (as `Decoder.argmax`);
 - `tp`: a ggml threadpool attached (llama-bench does this; poll 50, its default);
-- `all`: everything qasr sets; `decoder`: `Decoder.step` itself (its own context, kept across rounds).
+- `all`: everything qasr sets; `decoder`: `Decoder.step` itself (its own context, kept across rounds;
+  `decoder_fresh`: the context made anew each round, `decoder_clear`: emptied with llama_memory_clear).
 
 Medians over rounds and per-round ratios to `min` and to llama-bench. Never called from the test suite.
 """
@@ -33,7 +34,10 @@ import numpy as np
 
 VARIANTS = {
     "min": {},
+    "ctx512": {"n_ctx": 512},
+    "ctx1024": {"n_ctx": 1024},
     "ctx2048": {"n_ctx": 2048},
+    "ctx4096": {"n_ctx": 4096},
     "seq2": {"seq2": True},
     "abort": {"abort": True},
     "batch": {"batch": True},
@@ -148,9 +152,22 @@ def run_variant(model, n_vocab: int, cfg: dict, threads: int, depth: int, gen: i
     return total * 1e3 / gen, in_decode * 1e3 / gen, cpu * 1e3 / gen
 
 
-def run_decoder(decoder, depth: int, gen: int, rng) -> tuple[float, float, float]:
-    """`Decoder.step` after DEPTH token ids; llama_decode timed by wrapping the decoder's binding."""
+def run_decoder(decoder, depth: int, gen: int, rng, how: str = "") -> tuple[float, float, float]:
+    """`Decoder.step` after DEPTH token ids; llama_decode timed by wrapping the decoder's binding.
+    how: "fresh" recreates the decoder's context first, "clear" empties it with llama_memory_clear."""
     ll = decoder._ll
+    if how == "fresh":
+        ll.llama_free(decoder._ctx)
+        decoder._create_context(decoder.n_ctx)
+        decoder._arm_abort()
+        decoder._token_prefix = []
+        decoder._stale = False
+        decoder.n_past = 0
+    elif how == "clear":
+        ll.llama_memory_clear(decoder._memory, True)
+        decoder._token_prefix = []
+        decoder._stale = False
+        decoder.n_past = 0
     spent = [0.0]
     real = ll.llama_decode
 
@@ -183,7 +200,7 @@ def run_decoder(decoder, depth: int, gen: int, rng) -> tuple[float, float, float
 
 
 def llama_bench_tg(binary: Path, gguf: Path, threads: int, depth: int, gen: int, extra: tuple[str, ...] = ()) -> float:
-    out = subprocess.run([str(binary), "-m", str(gguf), "-t", str(threads), "-r", "1", "-mmp", "0", "-o", "jsonl",
+    out = subprocess.run([str(binary), "-m", str(gguf), "-t", str(threads), "-r", "1", "-mmp", "0", "-fa", "0", "-o", "jsonl",
                           "-p", "0", "-n", str(gen), "-d", str(depth), *extra],
                          capture_output=True, text=True, check=True).stdout
     row = json.loads(out.strip().splitlines()[-1])
@@ -194,14 +211,16 @@ def run(gguf: Path, threads: int, rounds: int, depth: int = 148, gen: int = 40, 
         variants: list[str] | None = None) -> dict:
     from qasr.engine.decoder import Decoder, DecoderOptions
 
-    names = list(variants or VARIANTS) + ["decoder"] + (["llama-bench"] if binary else [])
+    names = list(variants or VARIANTS)
+    names += [] if any(n.startswith("decoder") for n in names) else ["decoder"]
+    names += ["llama-bench"] if binary else []
     decoder = Decoder(gguf, DecoderOptions(threads=threads))
     rng = np.random.default_rng(0)
     samples: dict[str, list[tuple[float, float, float]]] = {n: [] for n in names}
 
     def one(name):
-        if name == "decoder":
-            return run_decoder(decoder, depth, gen, rng)
+        if name.startswith("decoder"):
+            return run_decoder(decoder, depth, gen, rng, name.partition("_")[2])
         if name == "llama-bench":
             ms = llama_bench_tg(binary, gguf, threads, depth, gen)
             return ms, ms, float("nan")
@@ -219,7 +238,7 @@ def run(gguf: Path, threads: int, rounds: int, depth: int = 148, gen: int = 40, 
     for name in names:
         step = [s[0] for s in samples[name]]
         dec = [s[1] for s in samples[name]]
-        row = {"step_ms": round(statistics.median(step), 2), "step_ms_range": [round(min(step), 1), round(max(step), 1)],
+        row = {"step_ms": round(statistics.median(step), 2), "step_ms_min": round(min(step), 2), "step_ms_range": [round(min(step), 1), round(max(step), 1)],
                "decode_ms": round(statistics.median(dec), 2)}
         if name != "llama-bench":
             row["cpu_ms"] = round(statistics.median(s[2] for s in samples[name]), 2)
