@@ -59,7 +59,10 @@ class Decoder:
             raise DecoderError(f"decoder model {path} does not exist; re-pull or re-convert the model")
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = options.n_gpu_layers
-        mparams.use_mmap = options.use_mmap
+        if hasattr(mparams, "load_mode"):  # llama-cpp-python >= 0.3.2x: an enum replaced use_mmap/use_mlock
+            mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if options.use_mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
+        else:
+            mparams.use_mmap = options.use_mmap
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode("utf-8"), mparams)
         if not self._model and options.n_gpu_layers:
             log.warning("decoder on the CPU: loading it onto the GPU failed (%s)", last_error_line() or "no reason given")
@@ -100,6 +103,8 @@ class Decoder:
         cparams.n_threads = threads
         cparams.n_threads_batch = options.threads_batch or threads
         cparams.no_perf = True
+        if hasattr(cparams, "flash_attn_type"):  # newer llama.cpp: auto (on, on the CPU) by default; off as before
+            cparams.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
         if options.kv_f32:
             cparams.type_k = ll.GGML_TYPE_F32
             cparams.type_v = ll.GGML_TYPE_F32

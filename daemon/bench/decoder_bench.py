@@ -31,7 +31,8 @@ HEAD, TAIL = 9, 6  # the ASR prompt around the audio (no context, language detec
 def llama_bench(binary: Path, gguf: Path, threads: int, prompt: int, gen: int, reps: int = 1,
                 extra: tuple[str, ...] = ()) -> dict:
     """llama-bench's pp (depth 0) and tg (after `prompt` cached positions), ms."""
-    common = ["-m", str(gguf), "-t", str(threads), "-r", str(reps), "-mmp", "0", "-o", "jsonl", *extra]
+    # flash attention off, as qasr runs (llama-bench of newer llama.cpp defaults to auto: on for the CPU)
+    common = ["-m", str(gguf), "-t", str(threads), "-r", str(reps), "-mmp", "0", "-fa", "0", "-o", "jsonl", *extra]
     out = "".join(subprocess.run([str(binary), *common, *args], capture_output=True, text=True, check=True).stdout
                   for args in (["-p", str(prompt), "-n", "0"], ["-p", "0", "-n", str(gen), "-d", str(prompt)]))
     result = {}
@@ -82,7 +83,9 @@ def run(gguf: Path, threads: int, rounds: int, prompt: int = 148, gen: int = 40,
         n_batch: int = 512) -> dict:
     from qasr.engine.decoder import Decoder, DecoderOptions
 
-    decoder = Decoder(gguf, DecoderOptions(n_ctx=1024, n_batch=n_batch, threads=threads))
+    # llama-bench's context holds exactly its positions (n_ctx = prompt + gen); the KV cache's size costs
+    # per token (non-flash attention reads V transposed, one row per KV-size stride), so the same here
+    decoder = Decoder(gguf, DecoderOptions(n_ctx=prompt + gen, n_batch=n_batch, threads=threads))
     rng = np.random.default_rng(0)
     qasr_round(decoder, prompt, gen, rng)  # warm-up
     ours: list[dict] = []
