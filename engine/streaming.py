@@ -152,10 +152,17 @@ class StreamingSession:
             return events
         with self._guard:
             due = self._step_due()
+            if not due:
+                self._read_windows()
         if due:
             event = self.step(should_stop)
             if event is not None:
                 events.append(event)
+        elif self._pending_positions() > 0:
+            # A finished window enters the cache as soon as it exists, not at the next due step: the final
+            # needs it there, and a key released soon after the window would otherwise wait for it.
+            self._claim_decoder()
+            self._sync_pending_windows()
         return events
 
     def step(self, should_stop: Callable[[], bool] | None = None) -> PartialEvent | None:

@@ -361,6 +361,16 @@ def test_interrupt_stops_the_partial_step_in_flight_and_the_final_stays_exact(en
     assert final.token_ids == engine.transcribe(audio).token_ids
 
 
+def test_a_finished_window_enters_the_cache_without_waiting_for_a_step(engines):
+    engine = engines()
+    audio = make_test_audio(9.0, seed=24)
+    session = StreamingSession(engine, StreamingOptions(first_step_s=1e9), "u1")  # no partial step ever due
+    for i in range(0, audio.shape[0], RATE // 10):
+        assert session.feed(audio[i : i + RATE // 10]) == []
+    assert session.steps == 0 and session._kv_audio_windows == 1
+    assert session.finish().token_ids == engine.transcribe(audio).token_ids
+
+
 def test_a_step_told_to_stop_gives_no_partial_and_changes_nothing(engines):
     engine = engines()
     audio = make_test_audio(3.0, seed=23)
