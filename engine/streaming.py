@@ -183,10 +183,9 @@ class StreamingSession:
         sync_s = self._sync_pending_windows()
         if open_embeds is None:
             return None
-        timings = StepTimings()
+        timings = StepTimings(encoder_ms=encoder_s * 1000.0)
         t1 = time.perf_counter()
-        t0 = t1 - encoder_s
-        timings.encoder_ms = (t1 - t0) * 1000.0
+        t0 = t1 - encoder_s  # the step's own time: its encoder read and its decodes, not the windows' sync
         try:
             with self.decoder.interruptible_decodes():
                 if should_stop is not None and should_stop():  # an interrupt() before decodes could see it

@@ -54,14 +54,13 @@ class _Recorder:
             return self.finals.setdefault(utterance_id, queue.Queue())
 
     def __call__(self, source, event) -> None:
-        from qasr.engine.events import FinalEvent, PartialEvent
+        from qasr.engine.events import PartialEvent
 
         now = time.perf_counter()
-        utterance_id = getattr(event, "utterance_id", None)
         if isinstance(event, PartialEvent):
-            self.first_partial.setdefault(utterance_id, now)
-        elif isinstance(event, FinalEvent) or utterance_id is not None:
-            self.expect(utterance_id).put((now, event))
+            self.first_partial.setdefault(event.utterance_id, now)
+        else:  # a final, or the utterance cancelled or failed: it ends the wait either way
+            self.expect(event.utterance_id).put((now, event))
 
 
 def _speak(pipeline, recorder: _Recorder, audio: np.ndarray, tail: np.ndarray | None = None,
